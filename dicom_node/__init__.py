@@ -1,0 +1,1 @@
+"""Everything DICOM: the node (SCP/SCU), the spool, study assembly, series to volumes, result writers."""

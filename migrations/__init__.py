@@ -1,0 +1,1 @@
+"""Alembic revisions of the m3edge database."""

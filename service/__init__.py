@@ -1,0 +1,1 @@
+"""The m3edge service: configuration, database, pipeline, API, command line."""

@@ -1,0 +1,39 @@
+"""``m3edge``: one entry point, a sub-command per job. Settings are built here, once, and passed down."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from service.cli.context import CliContext, CliError
+from service.cli.db import db_app
+from service.cli.node import node_commands
+from service.cli.studies import studies_app
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="m3edge",
+    help="VILA-M3 at the edge of your PACS: DICOM node, expert models, VLM agent, structured reports.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(db_app, name="db")
+app.add_typer(studies_app, name="studies")
+node_commands(app)
+
+
+@app.callback()
+def _root(ctx: typer.Context) -> None:
+    """Settings come from M3EDGE_* environment variables, or the YAML file named by M3EDGE_CONFIG."""
+    ctx.obj = CliContext.create()
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=True)
+    except CliError as exc:
+        print(f"m3edge: error: {exc}", file=sys.stderr)
+        sys.exit(2)

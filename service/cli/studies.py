@@ -1,0 +1,91 @@
+"""``m3edge studies``: what arrived, before any API exists."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from service.cli.context import CliError, cli_context
+
+__all__ = ["studies_app"]
+
+studies_app = typer.Typer(help="List and inspect received studies.", no_args_is_help=True)
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+@studies_app.command("list")
+def list_command(
+    ctx: typer.Context,
+    as_json: bool = typer.Option(False, "--json", help="One JSON array instead of a table."),
+    status: str | None = typer.Option(None, help="Only studies in this status (receiving, complete, ...)."),
+    limit: int = typer.Option(100, min=1, max=10_000),
+) -> None:
+    """One row per study: Study Instance UID, description, modality, status, series and instance counts."""
+    from service.catalog import list_studies
+    from service.db.models import StudyStatus
+    from service.db.session import session_scope
+
+    if status is not None and status not in {s.value for s in StudyStatus}:
+        raise CliError(f"unknown status {status!r}; one of {', '.join(s.value for s in StudyStatus)}")
+    with session_scope(cli_context(ctx).session_factory) as session:
+        rows = list_studies(session, status=status, limit=limit)
+    if as_json:
+        typer.echo(json.dumps([r.to_json() for r in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("Study Instance UID", "Description", "Modality", "Status", "Series", "Instances", "Size", "Last received")
+    for r in rows:
+        table.add_row(
+            r.study_uid, r.description, r.modalities, r.status, str(r.series_count), str(r.instance_count),
+            _human_bytes(r.size_bytes), r.last_received_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    Console(width=200).print(table)
+
+
+@studies_app.command("show")
+def show_command(
+    ctx: typer.Context,
+    study_uid: str = typer.Argument(..., help="Study Instance UID."),
+    as_json: bool = typer.Option(False, "--json", help="JSON instead of text."),
+) -> None:
+    """One study: its state, assembly, and every series with instance counts."""
+    from service.catalog import StudyNotFound, get_study
+    from service.db.session import session_scope
+
+    with session_scope(cli_context(ctx).session_factory) as session:
+        try:
+            detail = get_study(session, study_uid)
+        except StudyNotFound as exc:
+            raise CliError(str(exc)) from exc
+    if as_json:
+        typer.echo(json.dumps(detail.to_json(), indent=2))
+        return
+    s = detail.summary
+    typer.echo(f"Study {s.study_uid}")
+    typer.echo(f"  description   {s.description or '-'}")
+    typer.echo(f"  modality      {s.modalities or '-'}   date {s.study_date or '-'}")
+    typer.echo(f"  status        {s.status}" + ("   (reprocess requested)" if detail.reprocess_requested else ""))
+    typer.echo(f"  calling AE    {detail.calling_ae or '-'}")
+    typer.echo(f"  received      {s.first_received_at:%Y-%m-%d %H:%M:%S} .. {s.last_received_at:%Y-%m-%d %H:%M:%S}")
+    if detail.completed_at:
+        typer.echo(f"  completed     {detail.completed_at:%Y-%m-%d %H:%M:%S} ({detail.completion_reason}, #{detail.completion_count})")
+    if detail.error:
+        typer.echo(f"  error         {detail.error}")
+    typer.echo(f"  {s.series_count} series, {s.instance_count} instances, {_human_bytes(s.size_bytes)}")
+    for series in detail.series:
+        flag = f"  {series.conflict_count} CONFLICTING" if series.conflict_count else ""
+        typer.echo(
+            f"    #{series.series_number if series.series_number is not None else '-':>4} {series.modality:<4} "
+            f"{series.instance_count:>5} inst  {series.description or '-'}  {series.series_uid}{flag}"
+        )

@@ -1,0 +1,200 @@
+"""The one settings object of m3edge.
+
+Built once by the command line (``Settings.load()``) and passed down; nothing reads it from a global.
+Sources, highest first: keyword arguments, ``M3EDGE_*`` environment variables, the YAML file named by
+``M3EDGE_CONFIG``, the defaults below.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from dicom_node.network import AllowedCaller, DicomAddress
+
+__all__ = ["Settings", "VlmBackend", "PredictorBackend", "ConfigurationError"]
+
+
+class ConfigurationError(ValueError):
+    """A setting is missing or unsafe; the message names it and what to do."""
+
+
+class VlmBackend(str, enum.Enum):
+    VILA = "vila"
+    OPENAI = "openai"
+
+
+class PredictorBackend(str, enum.Enum):
+    AUTO = "auto"
+    TENSORRT = "tensorrt"
+    TORCH = "torch"
+    ONNXRUNTIME = "onnxruntime"
+
+
+def _split_list(value: Any) -> Any:
+    """Accept ``"a, b"`` (environment style) as well as a YAML list."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class TlsSettings(BaseModel):
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Environment names are the field names upper-cased with ``M3EDGE_``."""
+
+    model_config = SettingsConfigDict(env_prefix="M3EDGE_", extra="forbid", env_nested_delimiter="__")
+
+    home: Path = Field(Path("./var"), description="Spool, database, models and engines live here.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; SQLite in HOME when unset.")
+    broker_url: str | None = Field(None, description="Celery broker; a file-based broker in HOME when unset.")
+
+    dicom_ae_title: str = "M3EDGE"
+    dicom_host: str = Field("0.0.0.0", description="Address the DICOM node listens on.")
+    dicom_port: int = Field(11112, ge=0, le=65535)
+    dicom_allowed_aes: Annotated[list[AllowedCaller], NoDecode] = Field(
+        default_factory=list,
+        description="Calling AE titles allowed to associate, each optionally bound to an address (AE@host). "
+        "Empty: only loopback callers are accepted.",
+    )
+    dicom_max_associations: int = Field(16, ge=1)
+    dicom_max_pdu_size: int = Field(1_048_576, ge=0, description="Largest P-DATA PDU we accept (0 = unlimited).")
+    dicom_tls: TlsSettings | None = None
+    dicom_receivers: int = Field(1, ge=1, le=64, description="Receiving processes sharing the DICOM port.")
+
+    spool_high_water_percent: float = Field(
+        95.0, gt=0, le=100, description="Refuse new associations when the spool's disk is fuller than this."
+    )
+    spool_reserve_bytes: int = Field(
+        1 << 30, ge=0, description="Refuse new associations when less than this is free on the spool's disk."
+    )
+
+    study_idle_seconds: float = Field(30.0, gt=0)
+    study_release_grace_seconds: float = Field(5.0, ge=0)
+    study_max_open_seconds: float = Field(3600.0, gt=0, description="Force completion of a study that keeps trickling.")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+
+    destinations: Annotated[list[DicomAddress], NoDecode] = Field(default_factory=list)
+    routing_rules: Path | None = None
+    vlm_backend: VlmBackend = VlmBackend.VILA
+    vlm_url: str | None = None
+    predictor_backend: PredictorBackend = PredictorBackend.AUTO
+
+    log_json: bool = False
+    log_level: str = "INFO"
+
+    # -- validation -----------------------------------------------------------------------------------------------
+
+    @field_validator("dicom_allowed_aes", mode="before")
+    @classmethod
+    def _parse_allowed(cls, value: Any) -> Any:
+        value = _split_list(value)
+        return [AllowedCaller.parse(v) if isinstance(v, str) else v for v in value]
+
+    @field_validator("destinations", mode="before")
+    @classmethod
+    def _parse_destinations(cls, value: Any) -> Any:
+        value = _split_list(value)
+        return [DicomAddress.parse(v) if isinstance(v, str) else v for v in value]
+
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _check_ae_title(cls, value: str) -> str:
+        from dicom_node.network import validate_ae_title
+
+        return validate_ae_title(value)
+
+    @field_validator("api_host", "dicom_host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if value != "localhost":
+            try:
+                ipaddress.ip_address(value)
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address (use 0.0.0.0 for every interface)") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _check_vlm(self) -> Settings:
+        if self.vlm_backend is VlmBackend.OPENAI and not self.vlm_url:
+            raise ValueError("VLM_BACKEND=openai needs M3EDGE_VLM_URL (the trtllm-serve address, e.g. http://gpu1:8000/v1)")
+        return self
+
+    # -- derived locations ----------------------------------------------------------------------------------------
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def engines_dir(self) -> Path:
+        return self.home / "engines"
+
+    @property
+    def results_dir(self) -> Path:
+        return self.home / "results"
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.home / 'm3edge.db').resolve()}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or f"sqla+{self.effective_database_url}"
+
+    @property
+    def is_embedded(self) -> bool:
+        """True when no outside service is configured (SQLite, file-backed broker)."""
+        return self.database_url is None and self.broker_url is None
+
+    # -- sources --------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = os.environ.get("M3EDGE_CONFIG")
+        if config_file:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        sources.append(file_secret_settings)
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Build the settings from the environment and ``M3EDGE_CONFIG``; raise ``ConfigurationError`` with the cause."""
+        config_file = os.environ.get("M3EDGE_CONFIG")
+        if config_file and not Path(config_file).is_file():
+            raise ConfigurationError(f"M3EDGE_CONFIG names {config_file!r}, which is not a readable file")
+        try:
+            return cls(**overrides)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc

@@ -1,0 +1,91 @@
+"""Fixtures every test may use: a migrated database (SQLite and PostgreSQL), free ports, real-peer tools."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+
+import pydicom
+import pytest
+from sqlalchemy import text
+
+from service.db.migrate import upgrade_database
+from service.db.models import Base
+from service.db.session import create_db_engine, make_session_factory
+
+POSTGRES_ADMIN_URL = os.environ.get("M3EDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _strict_pydicom() -> Iterator[None]:
+    """Our own writers must produce standard-conformant data: pydicom raises instead of warning."""
+    pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
+    pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
+    yield
+
+
+def _postgres_database(name: str) -> str:
+    import sqlalchemy
+
+    admin = create_db_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return str(sqlalchemy.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False))
+
+
+def _drop_postgres_database(name: str) -> None:
+    admin = create_db_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def migrated_database_url(request, tmp_path_factory) -> Iterator[str]:
+    """A database at the latest migration: the suite's tests that touch the database run against both engines."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'm3edge.db'}"
+        upgrade_database(url)
+        yield url
+        return
+    name = f"m3edge_test_{uuid.uuid4().hex[:12]}"
+    url = _postgres_database(name)
+    try:
+        upgrade_database(url)
+        yield url
+    finally:
+        _drop_postgres_database(name)
+
+
+@pytest.fixture
+def database_url(migrated_database_url: str) -> Iterator[str]:
+    """The migrated database, emptied after each test."""
+    yield migrated_database_url
+    engine = create_db_engine(migrated_database_url)
+    with engine.begin() as connection:
+        for table in reversed(Base.metadata.sorted_tables):
+            connection.execute(table.delete())
+    engine.dispose()
+
+
+@pytest.fixture
+def db_engine(database_url: str):
+    engine = create_db_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def session_factory(db_engine):
+    return make_session_factory(db_engine)
+
+
+def require_tool(name: str) -> str:
+    """The path of a real peer's executable; the test command installs them, so absence is an error, not a skip."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(f"{name} is not installed: run scripts/test, which installs dcmtk, orthanc and dicom3tools")
+    return path

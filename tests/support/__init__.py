@@ -1,0 +1,1 @@
+"""Helpers the tests share: free ports, peer processes, generated DICOM data."""

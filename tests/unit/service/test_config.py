@@ -1,0 +1,75 @@
+from pathlib import Path
+
+import pytest
+
+from dicom_node.network import AllowedCaller, DicomAddress
+from service.config import ConfigurationError, PredictorBackend, Settings, VlmBackend
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch):
+    for key in list(__import__("os").environ):
+        if key.startswith("M3EDGE_"):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_are_the_embedded_mode():
+    settings = Settings.load()
+    assert settings.home == Path("./var")
+    assert settings.dicom_ae_title == "M3EDGE"
+    assert settings.dicom_port == 11112
+    assert settings.api_host == "127.0.0.1" and settings.api_port == 8000
+    assert settings.dicom_allowed_aes == []
+    assert settings.is_embedded
+    assert settings.effective_database_url.startswith("sqlite:///") and settings.effective_database_url.endswith("var/m3edge.db")
+    assert settings.vlm_backend is VlmBackend.VILA
+    assert settings.predictor_backend is PredictorBackend.AUTO
+
+
+def test_environment_lists_are_comma_separated(monkeypatch):
+    monkeypatch.setenv("M3EDGE_DESTINATIONS", "PACS@10.0.0.5:104, ARCHIVE@archive.local:11112")
+    monkeypatch.setenv("M3EDGE_DICOM_ALLOWED_AES", "ORTHANC@127.0.0.1,MODALITY")
+    settings = Settings.load()
+    assert settings.destinations == [DicomAddress("PACS", "10.0.0.5", 104), DicomAddress("ARCHIVE", "archive.local", 11112)]
+    assert settings.dicom_allowed_aes == [AllowedCaller("ORTHANC", "127.0.0.1"), AllowedCaller("MODALITY")]
+
+
+def test_yaml_file_named_by_m3edge_config_is_read_and_environment_wins(monkeypatch, tmp_path):
+    config = tmp_path / "m3edge.yaml"
+    config.write_text(
+        "dicom_port: 4242\n"
+        "study_idle_seconds: 12\n"
+        "destinations:\n  - PACS@127.0.0.1:104\n  - {ae_title: B, host: 127.0.0.1, port: 105}\n"
+    )
+    monkeypatch.setenv("M3EDGE_CONFIG", str(config))
+    monkeypatch.setenv("M3EDGE_STUDY_IDLE_SECONDS", "7")
+    settings = Settings.load()
+    assert settings.dicom_port == 4242
+    assert settings.study_idle_seconds == 7
+    assert [str(d) for d in settings.destinations] == ["PACS@127.0.0.1:104", "B@127.0.0.1:105"]
+
+
+def test_missing_config_file_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("M3EDGE_CONFIG", str(tmp_path / "absent.yaml"))
+    with pytest.raises(ConfigurationError, match="absent.yaml"):
+        Settings.load()
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "fragment"),
+    [
+        ("M3EDGE_DESTINATIONS", "PACS:104", "AE@host:port"),
+        ("M3EDGE_DICOM_AE_TITLE", "A" * 17, "1-16"),
+        ("M3EDGE_DICOM_PORT", "70000", "dicom_port"),
+        ("M3EDGE_VLM_BACKEND", "openai", "VLM_URL"),
+        ("M3EDGE_API_HOST", "not a host", "not an IP address"),
+        ("M3EDGE_UNKNOWN_SETTING", "1", None),
+    ],
+)
+def test_bad_values_name_the_setting(monkeypatch, name, value, fragment):
+    monkeypatch.setenv(name, value)
+    if fragment is None:  # unknown environment variables are ignored (they may belong to another version)
+        Settings.load()
+        return
+    with pytest.raises(ConfigurationError, match=fragment):
+        Settings.load()
