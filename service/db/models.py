@@ -48,6 +48,8 @@ class Study(Base):
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    # When the current receiving period began: the first instance, or the instance that re-opened a completed study.
+    opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     completion_reason: Mapped[str] = mapped_column(String(32), default="")
