@@ -9,6 +9,7 @@ import typer
 from service.cli.context import CliContext, CliError
 from service.cli.db import db_app
 from service.cli.node import node_commands
+from service.cli.routes import routes_app
 from service.cli.studies import studies_app
 
 __all__ = ["app", "main"]
@@ -22,6 +23,7 @@ app = typer.Typer(
 )
 app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
+app.add_typer(routes_app, name="routes")
 node_commands(app)
 
 
