@@ -27,8 +27,13 @@ class LocatedYaml:
         return self._lines.get(())
 
 
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{name}" for name in ("map", "seq", "str", "int", "float", "bool", "null")}
+
+
 def _convert(node: yaml.Node, path: Path_, lines: dict[Path_, int]) -> Any:
     lines[path] = node.start_mark.line + 1
+    if node.tag not in _PLAIN_TAGS:
+        raise yaml.MarkedYAMLError(problem=f"tag {node.tag} is not allowed (plain data only)", problem_mark=node.start_mark)
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
         for key_node, value_node in node.value:
