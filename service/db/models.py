@@ -5,10 +5,22 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["Base", "StudyStatus", "Study", "Series", "Instance", "utcnow"]
+__all__ = [
+    "Base",
+    "Delivery",
+    "Instance",
+    "PipelineRun",
+    "RunStatus",
+    "Series",
+    "StageRun",
+    "StageStatus",
+    "Study",
+    "StudyStatus",
+    "utcnow",
+]
 
 UID = String(64)
 
@@ -94,3 +106,82 @@ class Instance(Base):
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class RunStatus(str, enum.Enum):
+    PENDING = "pending"  # created; its first stage waits to be (re-)enqueued: this row is the outbox
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class StageStatus(str, enum.Enum):
+    PENDING = "pending"  # to be enqueued (again) by the dispatcher or the sweeper
+    QUEUED = "queued"  # a message is with the broker
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    return Enum(cls, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+
+
+class PipelineRun(Base):
+    """One pass of a study through the pipeline; a reprocess or a re-opened study makes a new run."""
+
+    __tablename__ = "pipeline_runs"
+    __table_args__ = (UniqueConstraint("study_id", "run_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    run_number: Mapped[int] = mapped_column(Integer)
+    trigger: Mapped[str] = mapped_column(String(16))  # complete | reprocess
+    status: Mapped[RunStatus] = mapped_column(_enum(RunStatus), default=RunStatus.PENDING, index=True)
+    priority: Mapped[str] = mapped_column(String(8), default="routine")
+    route: Mapped[dict] = mapped_column(JSON, default=dict)  # the plan stage's decision
+    error: Mapped[str] = mapped_column(Text, default="")
+    error_stage: Mapped[str] = mapped_column(String(16), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+    stages: Mapped[list[StageRun]] = relationship(back_populates="run", cascade="all, delete-orphan")
+
+
+class StageRun(Base):
+    """One stage of one run: the idempotency key is (run, stage); its result is what later stages read."""
+
+    __tablename__ = "stage_runs"
+    __table_args__ = (UniqueConstraint("run_id", "stage"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("pipeline_runs.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(16))
+    status: Mapped[StageStatus] = mapped_column(_enum(StageStatus), default=StageStatus.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    queued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    worker: Mapped[str] = mapped_column(String(128), default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    result: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    run: Mapped[PipelineRun] = relationship(back_populates="stages")
+
+
+class Delivery(Base):
+    """One object (SR, SEG, SC) to one destination; survives restarts so delivery resumes."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("run_id", "destination", "sop_instance_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("pipeline_runs.id", ondelete="CASCADE"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    sop_instance_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(String(512))
+    status: Mapped[str] = mapped_column(String(16), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str] = mapped_column(Text, default="")
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
