@@ -9,6 +9,8 @@ import typer
 from service.cli.context import CliContext, CliError
 from service.cli.db import db_app
 from service.cli.node import node_commands
+from service.cli.peers import peer_commands
+from service.cli.serve import serve_commands
 from service.cli.routes import routes_app
 from service.cli.studies import studies_app
 
@@ -25,6 +27,8 @@ app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
 app.add_typer(routes_app, name="routes")
 node_commands(app)
+serve_commands(app)
+peer_commands(app)
 
 
 @app.callback()

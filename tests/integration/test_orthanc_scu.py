@@ -3,6 +3,10 @@ checked through its REST API, pixel data and UIDs included."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -88,3 +92,23 @@ def test_orthanc_down_at_first_then_started_gets_the_study(tmp_path):
         _assert_orthanc_holds(late, files)
     finally:
         late.stop()
+
+
+def _m3edge(*args: str, home) -> subprocess.CompletedProcess:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "M3EDGE_HOME": str(home), "M3EDGE_DICOM_AE_TITLE": "M3EDGE"}
+    return subprocess.run([sys.executable, "-c", "from service.cli.main import main; main()", *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_the_echo_and_send_commands_talk_to_orthanc(tmp_path, orthanc):
+    address = str(_address(orthanc))
+    echoed = _m3edge("echo", address, f"NOBODY@127.0.0.1:{free_port()}", home=tmp_path)
+    assert echoed.returncode == 1, echoed.stderr
+    assert f"{address}: ok" in echoed.stdout and "NOBODY" in echoed.stdout and "FAILED: cannot connect" in echoed.stdout
+    files = ct_series(tmp_path / "ct", count=2)
+    sent = _m3edge("send", address, str(tmp_path / "ct"), "--json", home=tmp_path)
+    assert sent.returncode == 0, sent.stderr
+    lines = [json.loads(line) for line in sent.stdout.splitlines()]
+    assert [(line["delivered"], line["status"]) for line in lines] == [(True, "0x0000")] * 2
+    assert {line["sop_instance_uid"] for line in lines} == {str(dcmread(p).SOPInstanceUID) for p in files}
+    _assert_orthanc_holds(orthanc, files)
