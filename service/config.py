@@ -163,7 +163,7 @@ class Settings(BaseSettings):
 
     @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or f"sqla+{self.effective_database_url}"
+        return self.broker_url or f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
 
     @property
     def is_embedded(self) -> bool:

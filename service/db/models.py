@@ -146,6 +146,7 @@ class PipelineRun(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
+    study: Mapped[Study] = relationship()
     stages: Mapped[list[StageRun]] = relationship(back_populates="run", cascade="all, delete-orphan")
 
 

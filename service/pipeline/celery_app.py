@@ -1,0 +1,95 @@
+"""The Celery application: queues cpu, gpu, io (and their .urgent twins), late acks, prefetch 1, no result backend.
+
+Messages carry only ``(run_id, stage)``; the database holds the state, so a lost or duplicated message is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from pathlib import Path
+
+from celery import Celery
+from kombu import Queue
+
+from service.config import Settings
+from service.pipeline.ledger import PipelineLedger, StageTicket
+from service.pipeline.stages import TIME_LIMITS, Stage, queue_for
+
+__all__ = ["create_celery", "CeleryDispatcher", "QUEUES", "RUN_STAGE_TASK"]
+
+LOGGER = logging.getLogger(__name__)
+RUN_STAGE_TASK = "m3edge.run_stage"
+QUEUES = ("cpu.urgent", "gpu.urgent", "io.urgent", "cpu", "gpu", "io")
+
+
+def create_celery(settings: Settings, executor_factory: Callable[[], object] | None = None) -> Celery:
+    """The app for ``settings``. ``executor_factory`` builds the worker's StageExecutor once, on its first task."""
+    broker = settings.effective_broker_url
+    if broker.startswith("sqla+sqlite:///"):
+        Path(broker.removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    app = Celery("m3edge", broker=broker, set_as_current=False)
+    transport_options: dict = {"visibility_timeout": max(TIME_LIMITS.values()) + 600}
+    if broker.startswith(("redis://", "rediss://")):
+        transport_options["queue_order_strategy"] = "priority"  # urgent queues are read first
+    if broker.startswith("sqla+"):
+        transport_options["polling_interval"] = 0.2
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_default_queue="cpu",
+        task_queues=[Queue(name) for name in QUEUES],
+        task_create_missing_queues=False,
+        broker_transport_options=transport_options,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        enable_utc=True,
+    )
+    state: dict = {}
+
+    @app.task(name=RUN_STAGE_TASK, acks_late=True, reject_on_worker_lost=True)
+    def run_stage(run_id: int, stage: str) -> str:
+        if executor_factory is None:
+            raise RuntimeError("this Celery app was created without a stage executor (a sender-only app)")
+        if "executor" not in state:
+            state["executor"] = executor_factory()
+        return state["executor"].execute(int(run_id), Stage(stage))
+
+    return app
+
+
+class CeleryDispatcher:
+    """Sends a stage's message; returns False (and leaves the stage pending for the sweeper) when the broker is down."""
+
+    def __init__(self, app: Celery, ledger: PipelineLedger) -> None:
+        self.app = app
+        self.ledger = ledger
+
+    def dispatch(self, ticket: StageTicket, countdown: float = 0) -> bool:
+        limit = TIME_LIMITS[ticket.stage]
+        try:
+            self.app.send_task(
+                RUN_STAGE_TASK,
+                args=(ticket.run_id, ticket.stage.value),
+                queue=queue_for(ticket.stage, ticket.priority),
+                countdown=countdown or None,
+                time_limit=limit,
+                soft_time_limit=max(1, limit - 30),
+            )
+        except Exception as exc:  # kombu raises OperationalError and friends when the broker is unreachable
+            LOGGER.warning("cannot send stage %s of run %s to the broker: %s", ticket.stage.value, ticket.run_id,
+                           exc.__class__.__name__)
+            return False
+        self.ledger.mark_queued(ticket)
+        return True
+
+
+def worker_name() -> str:
+    return f"m3edge@{socket.gethostname()}"

@@ -1,0 +1,84 @@
+"""Run one claimed stage and move the run on: the body of every pipeline task, free of Celery so it can be tested."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from service.pipeline.ledger import PipelineLedger, StageClaim, StageTicket
+from service.pipeline.stages import PermanentStageError, Stage, StudySkipped, TransientStageError
+
+__all__ = ["StageOutcome", "StageHandler", "Dispatcher", "StageExecutor", "backoff_seconds"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    result: dict = field(default_factory=dict)  # JSON-serialisable; later stages read it
+    route: dict | None = None  # the plan stage sets the run's route
+    priority: str | None = None
+
+
+StageHandler = Callable[[StageClaim], StageOutcome]
+
+
+class Dispatcher(Protocol):
+    def dispatch(self, ticket: StageTicket, countdown: float = 0) -> bool: ...
+
+
+def backoff_seconds(attempt: int, base: float = 5.0, cap: float = 300.0) -> float:
+    return min(cap, base * 2 ** max(0, attempt - 1))
+
+
+class StageExecutor:
+    def __init__(self, ledger: PipelineLedger, handlers: Mapping[Stage, StageHandler], dispatcher: Dispatcher,
+                 worker_name: str = "", backoff: Callable[[int], float] = backoff_seconds) -> None:
+        missing = [stage.value for stage in Stage if stage not in handlers]
+        if missing:
+            raise ValueError(f"no handler for stages {', '.join(missing)}")
+        self.ledger = ledger
+        self.handlers = dict(handlers)
+        self.dispatcher = dispatcher
+        self.worker_name = worker_name
+        self.backoff = backoff
+
+    def execute(self, run_id: int, stage: Stage | str) -> str:
+        """Claim, run, record, hand on. Returns what happened (for logs and tests)."""
+        stage = Stage(stage)
+        claim = self.ledger.claim(run_id, stage, self.worker_name)
+        if claim is None:
+            return "not-claimed"
+        started = time.perf_counter()
+        try:
+            outcome = self.handlers[stage](claim)
+        except StudySkipped as exc:
+            self.ledger.skip(run_id, stage, str(exc))
+            LOGGER.info("study %s skipped at %s: %s", claim.study_uid, stage.value, exc)
+            return "skipped"
+        except TransientStageError as exc:
+            attempts = self.ledger.retry_later(run_id, stage, str(exc))
+            if attempts >= self.ledger.max_attempts:
+                self.ledger.fail(run_id, stage, f"{exc} (gave up after {attempts} attempts)")
+                return "failed"
+            delay = self.backoff(attempts)
+            LOGGER.warning("stage %s of run %s failed (attempt %d), retry in %.0f s: %s",
+                           stage.value, run_id, attempts, delay, exc)
+            self.dispatcher.dispatch(StageTicket(run_id, stage, claim.route.get("priority", "routine")), countdown=delay)
+            return "retrying"
+        except PermanentStageError as exc:
+            self.ledger.fail(run_id, stage, str(exc))
+            return "failed"
+        except Exception as exc:  # an unexpected error: the study fails visibly and can be reprocessed
+            LOGGER.exception("stage %s of run %s raised", stage.value, run_id)
+            self.ledger.fail(run_id, stage, f"{exc.__class__.__name__}: {exc}")
+            return "failed"
+        elapsed = time.perf_counter() - started
+        ticket = self.ledger.finish(run_id, stage, outcome.result, route=outcome.route, priority=outcome.priority)
+        LOGGER.info("study %s: %s done in %.2f s", claim.study_uid, stage.value, elapsed)
+        if ticket is not None:
+            self.dispatcher.dispatch(ticket)
+        return "done"

@@ -1,0 +1,290 @@
+"""The pipeline's state in the database: the truth that Celery messages only point at.
+
+A run and all its stage rows are created in one transaction when a study is handed over (``start_run``); a stage row
+in ``pending`` is the outbox entry that the dispatcher (or, if the broker was down, the sweeper) turns into a message.
+Each stage is claimed before it runs (``claim``): a stage already done is never run again, a stage running elsewhere is
+not run twice, and an attempts counter ends redelivery loops.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.db.models import PipelineRun, RunStatus, StageRun, StageStatus, Study, StudyStatus, utcnow
+from service.db.session import session_scope
+from service.pipeline.stages import STAGE_ORDER, TIME_LIMITS, Stage, next_stage
+
+__all__ = ["PipelineLedger", "StageClaim", "StageTicket", "RunNotFound"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class StageTicket:
+    """What a message carries: the stage to run and where to send it."""
+
+    run_id: int
+    stage: Stage
+    priority: str
+
+
+@dataclass(frozen=True)
+class StageClaim:
+    """A stage this worker now owns, with what it needs from earlier stages."""
+
+    run_id: int
+    study_uid: str
+    stage: Stage
+    attempt: int
+    route: dict
+    results: dict[str, dict]  # stage name -> result of every stage already done in this run
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+class PipelineLedger:
+    def __init__(self, session_factory: sessionmaker[Session], max_attempts: int = 5) -> None:
+        self.session_factory = session_factory
+        self.max_attempts = max_attempts
+
+    # -- runs -----------------------------------------------------------------------------------------------------
+
+    def start_run(self, study_uid: str, trigger: str = "complete", from_stage: Stage | str | None = None) -> int | None:
+        """Create a run for a completed study (exactly once per completion) or for a reprocess request.
+
+        ``trigger='complete'`` takes the study only while it is ``complete`` (a conditional update), so the assembler's
+        hook and the sweeper can both call it safely. ``trigger='reprocess'`` starts a new run at ``from_stage``
+        (default: the stage that failed last, else the start), copying the results of the stages before it.
+        """
+        with session_scope(self.session_factory) as session:
+            study = session.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
+            if study is None:
+                raise RunNotFound(f"no study {study_uid!r}")
+            if trigger == "complete":
+                taken = session.execute(
+                    update(Study)
+                    .where(Study.id == study.id, Study.status == StudyStatus.COMPLETE)
+                    .values(status=StudyStatus.QUEUED, reprocess_requested=False, error="")
+                    .execution_options(synchronize_session=False)
+                ).rowcount
+                if taken != 1:
+                    return None
+            elif study.status in (StudyStatus.RECEIVING,):
+                raise ValueError(f"study {study_uid} is still receiving; it will be processed when complete")
+            previous = session.execute(
+                select(PipelineRun).where(PipelineRun.study_id == study.id).order_by(PipelineRun.run_number.desc())
+            ).scalars().first()
+            start = Stage(from_stage) if from_stage else None
+            if trigger == "reprocess" and start is None and previous is not None and previous.error_stage:
+                start = Stage(previous.error_stage)
+            carried: dict[str, dict] = {}
+            if start is not None and previous is not None:
+                done = {s.stage: s.result for s in previous.stages if s.status == StageStatus.DONE}
+                for stage in STAGE_ORDER[: STAGE_ORDER.index(start)]:
+                    if stage.value not in done:
+                        raise ValueError(f"cannot start at {start.value}: {stage.value} never finished in run "
+                                         f"{previous.run_number}; reprocess from the start instead")
+                    carried[stage.value] = done[stage.value]
+            run = PipelineRun(
+                study_id=study.id,
+                run_number=(previous.run_number + 1) if previous else 1,
+                trigger=trigger,
+                priority=(previous.priority if previous and carried else "routine"),
+                route=(previous.route if previous and carried else {}),
+            )
+            for stage in STAGE_ORDER:
+                if stage.value in carried:
+                    run.stages.append(StageRun(stage=stage.value, status=StageStatus.DONE, result=carried[stage.value]))
+                else:
+                    run.stages.append(StageRun(stage=stage.value))
+            session.add(run)
+            study.status = StudyStatus.QUEUED
+            study.error = ""
+            session.flush()
+            return run.id
+
+    def next_ticket(self, run_id: int) -> StageTicket | None:
+        """The first stage of the run that is not done yet (None when the run has finished)."""
+        with session_scope(self.session_factory) as session:
+            run = session.get(PipelineRun, run_id)
+            if run is None:
+                raise RunNotFound(f"no pipeline run {run_id}")
+            if run.status in (RunStatus.DONE, RunStatus.FAILED, RunStatus.SKIPPED):
+                return None
+            states = {s.stage: s.status for s in run.stages}
+            for stage in STAGE_ORDER:
+                if states.get(stage.value) != StageStatus.DONE:
+                    return StageTicket(run_id, stage, run.priority)
+        return None
+
+    def mark_queued(self, ticket: StageTicket) -> None:
+        with session_scope(self.session_factory) as session:
+            session.execute(
+                update(StageRun)
+                .where(StageRun.run_id == ticket.run_id, StageRun.stage == ticket.stage.value,
+                       StageRun.status == StageStatus.PENDING)
+                .values(status=StageStatus.QUEUED, queued_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+    # -- one stage ------------------------------------------------------------------------------------------------
+
+    def claim(self, run_id: int, stage: Stage | str, worker: str = "") -> StageClaim | None:
+        """Take a stage to run it; None when it is done, running elsewhere, or its run has ended."""
+        stage = Stage(stage)
+        with session_scope(self.session_factory) as session:
+            row = session.execute(
+                select(StageRun).where(StageRun.run_id == run_id, StageRun.stage == stage.value).with_for_update()
+            ).scalar_one_or_none()
+            if row is None:
+                raise RunNotFound(f"no stage {stage.value} in run {run_id}")
+            run = row.run
+            if run.status in (RunStatus.DONE, RunStatus.FAILED, RunStatus.SKIPPED):
+                return None
+            if row.status not in (StageStatus.PENDING, StageStatus.QUEUED):
+                LOGGER.info("stage %s of run %s is %s: not run again", stage.value, run_id, row.status.value)
+                return None
+            if row.attempts >= self.max_attempts:
+                self._fail(session, row, f"gave up after {row.attempts} attempts")
+                return None
+            row.status = StageStatus.RUNNING
+            row.attempts += 1
+            row.started_at = utcnow()
+            row.worker = worker[:128]
+            run.status = RunStatus.RUNNING
+            run.study.status = StudyStatus.PROCESSING
+            results = {s.stage: dict(s.result or {}) for s in run.stages if s.status == StageStatus.DONE}
+            return StageClaim(run_id, run.study.study_uid, stage, row.attempts, dict(run.route or {}), results)
+
+    def finish(self, run_id: int, stage: Stage | str, result: dict, route: dict | None = None,
+               priority: str | None = None) -> StageTicket | None:
+        """Record a stage's result; return the next stage to dispatch (None when the run is complete)."""
+        stage = Stage(stage)
+        with session_scope(self.session_factory) as session:
+            row = self._stage_row(session, run_id, stage)
+            row.status = StageStatus.DONE
+            row.result = result
+            row.finished_at = utcnow()
+            row.error = ""
+            run = row.run
+            if route is not None:
+                run.route = route
+            if priority is not None:
+                run.priority = priority
+            following = next_stage(stage)
+            if following is None:
+                run.status = RunStatus.DONE
+                run.finished_at = utcnow()
+                if run.study.status == StudyStatus.PROCESSING:
+                    run.study.status = StudyStatus.DONE
+                return None
+            return StageTicket(run_id, following, run.priority)
+
+    def retry_later(self, run_id: int, stage: Stage | str, error: str) -> int:
+        """A transient failure: back to ``pending`` with the error kept; returns the attempts made so far."""
+        with session_scope(self.session_factory) as session:
+            row = self._stage_row(session, run_id, Stage(stage))
+            row.status = StageStatus.PENDING
+            row.error = error
+            return row.attempts
+
+    def fail(self, run_id: int, stage: Stage | str, error: str) -> None:
+        with session_scope(self.session_factory) as session:
+            self._fail(session, self._stage_row(session, run_id, Stage(stage)), error)
+
+    def skip(self, run_id: int, stage: Stage | str, reason: str) -> None:
+        with session_scope(self.session_factory) as session:
+            row = self._stage_row(session, run_id, Stage(stage))
+            row.status = StageStatus.DONE
+            row.result = {"skipped": reason}
+            row.finished_at = utcnow()
+            run = row.run
+            run.status = RunStatus.SKIPPED
+            run.finished_at = utcnow()
+            run.error = reason
+            run.study.status = StudyStatus.SKIPPED
+            run.study.error = reason
+
+    # -- the sweeper's view ---------------------------------------------------------------------------------------
+
+    def completed_unqueued_studies(self) -> list[str]:
+        with session_scope(self.session_factory) as session:
+            return list(session.execute(select(Study.study_uid).where(Study.status == StudyStatus.COMPLETE)).scalars())
+
+    def stalled(self, now: datetime | None = None, queued_grace: timedelta = timedelta(minutes=2),
+                running_margin: timedelta = timedelta(minutes=1)) -> list[StageTicket]:
+        """Stages that should be moving but are not: never sent (pending), a message lost (queued too long),
+        or a worker lost (running past the stage's time limit). Running ones are put back to pending here."""
+        now = now or utcnow()
+        tickets: list[StageTicket] = []
+        with session_scope(self.session_factory) as session:
+            rows = session.execute(
+                select(StageRun, PipelineRun.priority)
+                .join(PipelineRun, PipelineRun.id == StageRun.run_id)
+                .where(PipelineRun.status.in_([RunStatus.PENDING, RunStatus.RUNNING]),
+                       StageRun.status.in_([StageStatus.PENDING, StageStatus.QUEUED, StageStatus.RUNNING]))
+            ).all()
+            current: dict[int, tuple[StageRun, str]] = {}
+            for row, priority in rows:
+                best = current.get(row.run_id)
+                if best is None or STAGE_ORDER.index(Stage(row.stage)) < STAGE_ORDER.index(Stage(best[0].stage)):
+                    current[row.run_id] = (row, priority)
+            for row, priority in current.values():
+                stage = Stage(row.stage)
+                if row.status == StageStatus.PENDING:
+                    due = True
+                elif row.status == StageStatus.QUEUED:
+                    due = _utc(row.queued_at) is None or now - _utc(row.queued_at) > queued_grace
+                else:
+                    limit = timedelta(seconds=TIME_LIMITS[stage]) + running_margin
+                    due = _utc(row.started_at) is None or now - _utc(row.started_at) > limit
+                    if due:
+                        LOGGER.warning("stage %s of run %s ran past its limit: re-queued (a worker was lost)",
+                                       stage.value, row.run_id)
+                        row.status = StageStatus.PENDING
+                if due:
+                    tickets.append(StageTicket(row.run_id, stage, priority))
+        return tickets
+
+    def stage_counts(self) -> dict[tuple[str, str], int]:
+        with session_scope(self.session_factory) as session:
+            rows = session.execute(select(StageRun.stage, StageRun.status, func.count()).group_by(StageRun.stage, StageRun.status))
+            return {(stage, StageStatus(status).value): n for stage, status, n in rows}
+
+    # -- internals ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _stage_row(session: Session, run_id: int, stage: Stage) -> StageRun:
+        row = session.execute(
+            select(StageRun).where(StageRun.run_id == run_id, StageRun.stage == stage.value).with_for_update()
+        ).scalar_one_or_none()
+        if row is None:
+            raise RunNotFound(f"no stage {stage.value} in run {run_id}")
+        return row
+
+    @staticmethod
+    def _fail(session: Session, row: StageRun, error: str) -> None:
+        row.status = StageStatus.FAILED
+        row.error = error
+        row.finished_at = utcnow()
+        run = row.run
+        run.status = RunStatus.FAILED
+        run.error = error
+        run.error_stage = row.stage
+        run.finished_at = utcnow()
+        run.study.status = StudyStatus.FAILED
+        run.study.error = f"{row.stage}: {error}"
+        LOGGER.error("run %s failed in stage %s: %s", run.id, row.stage, error)
