@@ -16,9 +16,14 @@ from pydicom.filebase import DicomBytesIO
 from dicom_node.network import DicomAddress
 from dicom_node.scu import AssociationRejected, DestinationUnreachable, RetryPolicy, StorageSCU
 from tests.conftest import require_tool
-from tests.support.ct_series import ct_series
+from tests.support.dicom_corpus import write_ct_series
 from tests.support.orthanc import OrthancServer
 from tests.support.ports import free_port
+
+
+def _ct_files(tmp_path, count: int):
+    """A small generated CT series (64x64 pixels) of ``count`` files."""
+    return write_ct_series(tmp_path / "ct", count, rows=64, columns=64).paths
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +49,7 @@ def _assert_orthanc_holds(server: OrthancServer, files) -> None:
 
 
 def test_a_series_sent_to_orthanc_arrives_with_its_pixel_data(tmp_path, orthanc):
-    files = ct_series(tmp_path / "ct", count=5)
+    files = _ct_files(tmp_path, 5)
     report = StorageSCU("M3EDGE").send(_address(orthanc), files)
     assert report.all_delivered and report.associations == 1
     assert [o.status for o in report.outcomes] == [0x0000] * 5
@@ -61,7 +66,7 @@ def test_echo_to_orthanc_succeeds_and_a_wrong_called_ae_title_is_rejected(orthan
 
 def test_an_orthanc_that_does_not_know_our_ae_title_rejects_us_clearly(tmp_path):
     require_tool("Orthanc")
-    files = ct_series(tmp_path / "ct", count=1)
+    files = _ct_files(tmp_path, 1)
     with OrthancServer(tmp_path / "strict", allow_unknown_callers=False) as strict:
         scu = StorageSCU("M3EDGE", retry=RetryPolicy(attempts=3, first_delay=0.1))
         with pytest.raises(AssociationRejected, match="add 'M3EDGE' .* to the destination's known AEs") as raised:
@@ -73,7 +78,7 @@ def test_an_orthanc_that_does_not_know_our_ae_title_rejects_us_clearly(tmp_path)
 @pytest.mark.slow
 def test_orthanc_down_at_first_then_started_gets_the_study(tmp_path):
     require_tool("Orthanc")
-    files = ct_series(tmp_path / "ct", count=3)
+    files = _ct_files(tmp_path, 3)
     late = OrthancServer(tmp_path / "late", dicom_port=free_port())
     waits: list[float] = []
 
@@ -105,7 +110,7 @@ def test_the_echo_and_send_commands_talk_to_orthanc(tmp_path, orthanc):
     echoed = _m3edge("echo", address, f"NOBODY@127.0.0.1:{free_port()}", home=tmp_path)
     assert echoed.returncode == 1, echoed.stderr
     assert f"{address}: ok" in echoed.stdout and "NOBODY" in echoed.stdout and "FAILED: cannot connect" in echoed.stdout
-    files = ct_series(tmp_path / "ct", count=2)
+    files = _ct_files(tmp_path, 2)
     sent = _m3edge("send", address, str(tmp_path / "ct"), "--json", home=tmp_path)
     assert sent.returncode == 0, sent.stderr
     lines = [json.loads(line) for line in sent.stdout.splitlines()]

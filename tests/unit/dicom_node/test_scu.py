@@ -17,12 +17,17 @@ from dicom_node.scu import (
     RetryPolicy,
     StorageSCU,
 )
-from tests.support.ct_series import ct_series
+from tests.support.dicom_corpus import write_ct_series
 from tests.support.ports import free_port
 
 OUT_OF_RESOURCES = 0xA700
 DATA_SET_DOES_NOT_MATCH = 0xA900
 FAST_RETRY = RetryPolicy(attempts=3, first_delay=0.5, multiplier=2.0, max_delay=10.0)
+
+
+def _ct_files(tmp_path, count: int):
+    """A small generated CT series (64x64 pixels) of ``count`` files."""
+    return write_ct_series(tmp_path / "ct", count, rows=64, columns=64).paths
 
 
 class PeerSCP:
@@ -90,7 +95,7 @@ class RecordedSleep:
 
 def test_every_file_is_delivered_byte_for_byte_over_one_association(tmp_path, peer_factory):
     peer = peer_factory()
-    files = ct_series(tmp_path / "ct", count=4)
+    files = _ct_files(tmp_path, 4)
     report = StorageSCU("M3EDGE").send(peer.address, files)
     assert report.all_delivered and report.associations == 1
     assert [o.status for o in report.outcomes] == [0x0000] * 4
@@ -102,7 +107,7 @@ def test_every_file_is_delivered_byte_for_byte_over_one_association(tmp_path, pe
 
 
 def test_a_transient_status_is_retried_after_a_back_off(tmp_path, peer_factory):
-    files = ct_series(tmp_path / "ct", count=3)
+    files = _ct_files(tmp_path, 3)
     busy = str(dcmread(files[1]).SOPInstanceUID)
     peer = peer_factory(lambda uid, n: OUT_OF_RESOURCES if uid == busy and n == 1 else 0x0000)
     sleep = RecordedSleep()
@@ -114,7 +119,7 @@ def test_a_transient_status_is_retried_after_a_back_off(tmp_path, peer_factory):
 
 
 def test_a_permanent_failure_is_reported_and_not_retried(tmp_path, peer_factory):
-    files = ct_series(tmp_path / "ct", count=3)
+    files = _ct_files(tmp_path, 3)
     bad = str(dcmread(files[0]).SOPInstanceUID)
     peer = peer_factory(lambda uid, n: DATA_SET_DOES_NOT_MATCH if uid == bad else 0x0000)
     sleep = RecordedSleep()
@@ -126,7 +131,7 @@ def test_a_permanent_failure_is_reported_and_not_retried(tmp_path, peer_factory)
 
 
 def test_a_status_that_stays_transient_fails_after_the_last_attempt(tmp_path, peer_factory):
-    files = ct_series(tmp_path / "ct", count=1)
+    files = _ct_files(tmp_path, 1)
     peer = peer_factory(lambda uid, n: OUT_OF_RESOURCES)
     sleep = RecordedSleep()
     report = StorageSCU("M3EDGE", retry=FAST_RETRY, sleep=sleep).send(peer.address, files)
@@ -137,7 +142,7 @@ def test_a_status_that_stays_transient_fails_after_the_last_attempt(tmp_path, pe
 
 
 def test_a_destination_that_comes_up_during_the_back_off_gets_the_files(tmp_path, peer_factory):
-    files = ct_series(tmp_path / "ct", count=2)
+    files = _ct_files(tmp_path, 2)
     port = free_port()
 
     def start_peer_on_second_wait(nth: int) -> None:
@@ -152,7 +157,7 @@ def test_a_destination_that_comes_up_during_the_back_off_gets_the_files(tmp_path
 
 
 def test_an_unreachable_destination_raises_after_every_attempt(tmp_path):
-    files = ct_series(tmp_path / "ct", count=1)
+    files = _ct_files(tmp_path, 1)
     sleep = RecordedSleep()
     scu = StorageSCU("M3EDGE", retry=FAST_RETRY, sleep=sleep)
     with pytest.raises(DestinationUnreachable, match=r"cannot connect to PEER@127.0.0.1:\d+ .*gave up after 3 attempts"):
@@ -164,14 +169,14 @@ def test_a_destination_that_does_not_know_our_ae_title_is_a_clear_permanent_erro
     peer = peer_factory(require_calling_aet=["SOMEONE"])
     sleep = RecordedSleep()
     with pytest.raises(AssociationRejected, match="add 'M3EDGE' .* to the destination's known AEs") as raised:
-        StorageSCU("M3EDGE", retry=FAST_RETRY, sleep=sleep).send(peer.address, ct_series(tmp_path / "ct", count=1))
+        StorageSCU("M3EDGE", retry=FAST_RETRY, sleep=sleep).send(peer.address, _ct_files(tmp_path, 1))
     assert raised.value.permanent and sleep.delays == []
     assert peer.received == {}
 
 
 def test_a_sop_class_the_destination_does_not_take_fails_alone(tmp_path, peer_factory):
     peer = peer_factory(contexts=[CTImageStorage])
-    files = ct_series(tmp_path / "ct", count=2)
+    files = _ct_files(tmp_path, 2)
     mr = dcmread(files[1])
     mr.SOPClassUID = mr.file_meta.MediaStorageSOPClassUID = MRImageStorage
     mr.Modality = "MR"
@@ -185,7 +190,7 @@ def test_a_file_that_is_not_dicom_is_reported_and_the_rest_goes(tmp_path, peer_f
     peer = peer_factory()
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not dicom at all")
-    files = [junk, *ct_series(tmp_path / "ct", count=1)]
+    files = [junk, *_ct_files(tmp_path, 1)]
     report = StorageSCU("M3EDGE").send(peer.address, files)
     assert [o.delivered for o in report.outcomes] == [False, True]
     assert "not a readable DICOM Part 10 file" in report.outcomes[0].error
