@@ -1,0 +1,55 @@
+"""Result writers: the draft SR (TID 1500), SEG, overlay Secondary Capture, verified SR and IOCM retraction."""
+
+from dicom_node.results.codes import LOCAL_SCHEME, StructureCoding, pathology_code, procedure_code, structure_coding
+from dicom_node.results.content import (
+    POSITIVE_SCORE_THRESHOLD,
+    AlgorithmIdentity,
+    Amendment,
+    DraftReportContent,
+    ExpertFindings,
+    LabelSegmentation,
+    Narrative,
+    PathologyScore,
+    StructureSegment,
+    VerifyingObserver,
+)
+from dicom_node.results.equipment import PROCESSING_EQUIPMENT, WRITER_MANUFACTURER, algorithm_equipment
+from dicom_node.results.retraction import RejectionReason, build_retraction
+from dicom_node.results.secondary_capture import AXIAL_DISPLAY_ORIENTATION, build_overlay_capture
+from dicom_node.results.seg import build_segmentation, frames_on_source_grid
+from dicom_node.results.sr import COMPREHENSIVE_3D_SR, build_draft_report, build_verified_report
+from dicom_node.results.uids import OrganisationRoot, ResultKind, ResultUids, SeriesNumber
+
+__all__ = [
+    "AXIAL_DISPLAY_ORIENTATION",
+    "COMPREHENSIVE_3D_SR",
+    "LOCAL_SCHEME",
+    "POSITIVE_SCORE_THRESHOLD",
+    "PROCESSING_EQUIPMENT",
+    "WRITER_MANUFACTURER",
+    "AlgorithmIdentity",
+    "Amendment",
+    "DraftReportContent",
+    "ExpertFindings",
+    "LabelSegmentation",
+    "Narrative",
+    "OrganisationRoot",
+    "PathologyScore",
+    "RejectionReason",
+    "ResultKind",
+    "ResultUids",
+    "SeriesNumber",
+    "StructureCoding",
+    "StructureSegment",
+    "VerifyingObserver",
+    "algorithm_equipment",
+    "build_draft_report",
+    "build_overlay_capture",
+    "build_retraction",
+    "build_segmentation",
+    "build_verified_report",
+    "frames_on_source_grid",
+    "pathology_code",
+    "procedure_code",
+    "structure_coding",
+]

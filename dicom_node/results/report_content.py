@@ -1,0 +1,193 @@
+"""The content tree of the draft report: TID 1500 with volumes, CXR evaluations and the model's narrative.
+
+Layout (TID 1500 "Imaging Measurement Report"):
+- observation context: the VLM as device observer (TID 1004: UID from its weights, name with backend, manufacturer,
+  model name with version);
+- Procedure Reported: the imaging procedure analysed (CT, MRI, plain radiography);
+- Imaging Measurements: per SEG segment a TID 1411 volumetric group (tracking identifier, finding, algorithm
+  identification with backend, Referenced Segment, volume in mL); per CXR pathology a TID 1501 group (tracking
+  identifier, finding, source image, the score and Present/Absent at the 0.5 threshold);
+- Qualitative Evaluations (TID 1500 row 10): TEXT items: the draft statement (with DEMO), the question, the narrative.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from dicom_node.results.codes import (
+    ABSENT,
+    AI_SCORE,
+    DRAFT_STATEMENT,
+    PRESENT,
+    QUALITATIVE_EVALUATIONS,
+    QUESTION,
+    pathology_code,
+    procedure_code,
+    structure_coding,
+)
+from dicom_node.results.content import AlgorithmIdentity, DraftReportContent, ExpertFindings
+from dicom_node.results.equipment import describe_algorithm
+from dicom_node.results.uids import ResultUids
+
+__all__ = [
+    "draft_statement",
+    "measurement_report",
+    "text_item",
+    "qualitative_evaluations_container",
+    "NARRATIVE",
+    "MILLILITRE",
+    "NO_UNITS",
+]
+
+NARRATIVE = codes.DCM.Findings
+MILLILITRE = Code("mL", "UCUM", "milliliter")
+NO_UNITS = Code("1", "UCUM", "no units")
+_EMPTY_ANSWER = "(the model gave no answer)"
+
+
+def draft_statement(content: DraftReportContent) -> str:
+    """The visible statement that this is an unverified AI draft, naming the models (and DEMO)."""
+    models = "; ".join(describe_algorithm(a) for a in content.algorithms)
+    demo = (
+        "DEMO: produced with random demo weights; the findings are meaningless and only exercise the system. "
+        if content.demo else ""
+    )
+    return (
+        f"{demo}AI-generated DRAFT for a qualified reader: not verified, not a diagnosis. "
+        "Research and evaluation use only; the models are not approved for diagnostic use. "
+        f"Models: {models}."
+    )
+
+
+def text_item(name: Code, value: str) -> hd.sr.TextContentItem:
+    return hd.sr.TextContentItem(
+        name=name, value=value or _EMPTY_ANSWER, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def qualitative_evaluations_container(items: list[hd.sr.TextContentItem]) -> hd.sr.ContainerContentItem:
+    container = hd.sr.ContainerContentItem(
+        name=QUALITATIVE_EVALUATIONS, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+    container.ContentSequence = hd.sr.ContentSequence(items)
+    return container
+
+
+def _algorithm_id(algorithm: AlgorithmIdentity) -> hd.sr.AlgorithmIdentification:
+    return hd.sr.AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        parameters=[f"backend={algorithm.backend}", f"weights={algorithm.weights_digest}"[:64]]
+        + (["DEMO weights"] if algorithm.demo else []),
+    )
+
+
+def _volume_groups(
+    findings: ExpertFindings, segmentation_dataset: Dataset, uids: ResultUids
+) -> list[hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations]:
+    assert findings.segmentation is not None
+    algorithm_id = _algorithm_id(findings.algorithm)
+    source_series = hd.sr.SourceSeriesForSegmentation(str(findings.source_images[0].SeriesInstanceUID))
+    groups = []
+    for number, segment in enumerate(findings.segmentation.segments, start=1):
+        coding = structure_coding(segment.name)
+        measurements = []
+        if segment.volume_ml is not None:
+            measurements.append(
+                hd.sr.Measurement(
+                    name=codes.SCT.Volume, value=float(segment.volume_ml), unit=MILLILITRE
+                )
+            )
+        sites = None
+        if coding.anatomic_region is not None or coding.type_modifier is not None:
+            location = coding.anatomic_region or coding.type
+            sites = [hd.sr.FindingSite(anatomic_location=location, laterality=coding.type_modifier)]
+        groups.append(
+            hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking_uid(segment.name), identifier=segment.name),
+                referenced_segment=hd.sr.ReferencedSegment(
+                    sop_class_uid=segmentation_dataset.SOPClassUID,
+                    sop_instance_uid=segmentation_dataset.SOPInstanceUID,
+                    segment_number=number,
+                    source_series=source_series,
+                ),
+                finding_type=coding.type,
+                finding_category=coding.category,
+                algorithm_id=algorithm_id,
+                finding_sites=sites,
+                measurements=measurements or None,
+            )
+        )
+    return groups
+
+
+def _pathology_groups(
+    findings: ExpertFindings, uids: ResultUids
+) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    algorithm_id = _algorithm_id(findings.algorithm)
+    source_image = hd.sr.SourceImageForMeasurementGroup.from_source_image(findings.source_images[0])
+    groups = []
+    for pathology in findings.scores:
+        code = pathology_code(pathology.name)
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=uids.tracking_uid(f"pathology:{pathology.name}"), identifier=pathology.name[:64]
+                ),
+                finding_type=code,
+                algorithm_id=algorithm_id,
+                source_images=[source_image],
+                measurements=[
+                    hd.sr.Measurement(
+                        name=AI_SCORE, value=float(pathology.score), unit=NO_UNITS
+                    )
+                ],
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(name=code, value=PRESENT if pathology.present else ABSENT)
+                ],
+            )
+        )
+    return groups
+
+
+def device_observer(model: AlgorithmIdentity, uids: ResultUids) -> hd.sr.ObserverContext:
+    return hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=uids.device_uid(model.weights_digest),
+            name=f"{model.name} ({model.backend})"[:64],
+            manufacturer_name=model.manufacturer,
+            model_name=f"{model.name} {model.version}"[:64],
+        ),
+    )
+
+
+def measurement_report(
+    content: DraftReportContent, uids: ResultUids, segmentation_dataset: Dataset | None
+) -> hd.sr.MeasurementReport:
+    """The TID 1500 tree of the draft; ``segmentation_dataset`` is the SEG its volume groups reference."""
+    findings = content.findings
+    groups: list = []
+    if findings.segmentation is not None:
+        if segmentation_dataset is None:
+            raise ValueError("findings have a segmentation: pass the SEG built from it as segmentation")
+        groups.extend(_volume_groups(findings, segmentation_dataset, uids))
+    groups.extend(_pathology_groups(findings, uids))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(content.model, uids)),
+        procedure_reported=procedure_code(str(findings.source_images[0].get("Modality", ""))),
+        imaging_measurements=groups,
+    )
+    report[0].ContentSequence.append(
+        qualitative_evaluations_container(
+            [
+                text_item(DRAFT_STATEMENT, draft_statement(content)),
+                text_item(QUESTION, content.narrative.question),
+                text_item(NARRATIVE, content.narrative.answer),
+            ]
+        )
+    )
+    return report

@@ -1,0 +1,163 @@
+"""DICOM SEG of one expert's label volume, on the frames of the source series.
+
+The engines give a label volume in (X, Y, Z) = (column, row, slice) order with an affine from voxel index to RAS mm,
+on the grid of the source series. For every source instance (in the order given), the frame is read out of that
+volume: its Image Position (Patient) and Image Orientation (Patient) are turned from LPS into RAS
+(x -> -x, y -> -y), mapped into voxel indices with the inverse affine, and must land on whole voxels with the
+in-plane steps along volume axes (any permutation or flip). Anything else means the labels are not on the source grid
+and is refused: resampling belongs to the engines, not to the writer.
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from dicom_node.results.codes import local_coding_scheme, structure_coding
+from dicom_node.results.content import AlgorithmIdentity, ExpertFindings, LabelSegmentation, StructureSegment
+from dicom_node.results.equipment import algorithm_equipment
+from dicom_node.results.uids import ResultKind, ResultUids, SeriesNumber
+
+__all__ = ["build_segmentation", "frames_on_source_grid", "segment_descriptions", "GRID_TOLERANCE_VOXELS"]
+
+GRID_TOLERANCE_VOXELS = 1e-3
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def _axis_step(step: np.ndarray, what: str) -> tuple[int, int]:
+    rounded = np.round(step)
+    if np.max(np.abs(step - rounded)) > GRID_TOLERANCE_VOXELS or np.count_nonzero(rounded) != 1 or np.max(
+        np.abs(rounded)
+    ) != 1:
+        raise ValueError(
+            f"labels are not on the source grid: one {what} of the source is {np.round(step, 4).tolist()} voxels; "
+            "give the label volume on the source series' own grid"
+        )
+    axis = int(np.flatnonzero(rounded)[0])
+    return axis, int(rounded[axis])
+
+
+def _frame(labels: np.ndarray, to_voxel: np.ndarray, image: Dataset) -> np.ndarray:
+    orientation = np.asarray(image.ImageOrientationPatient, dtype=float)
+    row_spacing, column_spacing = (float(v) for v in image.PixelSpacing)
+    origin_ras = _LPS_TO_RAS @ np.asarray(image.ImagePositionPatient, dtype=float)
+    origin = to_voxel[:3, :3] @ origin_ras + to_voxel[:3, 3]
+    column_axis, column_sign = _axis_step(
+        to_voxel[:3, :3] @ _LPS_TO_RAS @ (orientation[:3] * column_spacing), "column step"
+    )
+    row_axis, row_sign = _axis_step(to_voxel[:3, :3] @ _LPS_TO_RAS @ (orientation[3:] * row_spacing), "row step")
+    if column_axis == row_axis:
+        raise ValueError("labels are not on the source grid: rows and columns map onto the same volume axis")
+    start = np.round(origin)
+    if np.max(np.abs(origin - start)) > GRID_TOLERANCE_VOXELS:
+        raise ValueError(
+            f"labels are not on the source grid: instance {image.SOPInstanceUID} starts at voxel "
+            f"{np.round(origin, 3).tolist()}, between voxels"
+        )
+    rows, columns = int(image.Rows), int(image.Columns)
+    index: list[np.ndarray | int] = [int(start[axis]) for axis in range(3)]
+    index[column_axis] = int(start[column_axis]) + column_sign * np.arange(columns)[None, :]
+    index[row_axis] = int(start[row_axis]) + row_sign * np.arange(rows)[:, None]
+    for axis in range(3):
+        values = np.asarray(index[axis])
+        if values.min() < 0 or values.max() >= labels.shape[axis]:
+            raise ValueError(
+                f"labels of shape {labels.shape} do not cover instance {image.SOPInstanceUID}: "
+                "give the label volume on the source series' own grid"
+            )
+    return labels[tuple(index)]
+
+
+def frames_on_source_grid(segmentation: LabelSegmentation, source_images: tuple[Dataset, ...]) -> np.ndarray:
+    """The label volume as (frames, rows, columns), one frame per source instance in the order given."""
+    for image in source_images:
+        if int(image.get("NumberOfFrames", 1) or 1) != 1:
+            raise ValueError("multi-frame source images are not supported: give single-frame source instances")
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
+            if keyword not in image:
+                raise ValueError(f"source instance {image.SOPInstanceUID} lacks {keyword}, needed to place its frame")
+    to_voxel = np.linalg.inv(segmentation.affine)
+    return np.stack([_frame(segmentation.labels, to_voxel, image) for image in source_images])
+
+
+def segment_descriptions(
+    segments: tuple[StructureSegment, ...], algorithm: AlgorithmIdentity, uids: ResultUids
+) -> list[hd.seg.SegmentDescription]:
+    """One description per segment, numbered from 1 in the order given, coded by ``codes.structure_coding``."""
+    algorithm_id = hd.AlgorithmIdentificationSequence(
+        name=algorithm.name,
+        family=codes.cid7162.ArtificialIntelligence,
+        version=algorithm.version,
+        source=algorithm.manufacturer,
+        parameters={"backend": algorithm.backend, "weights": algorithm.weights_digest[:64]},
+    )
+    descriptions = []
+    for number, segment in enumerate(segments, start=1):
+        coding = structure_coding(segment.name)
+        description = hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=segment.name,
+            segmented_property_category=coding.category,
+            segmented_property_type=coding.type,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm_id,
+            tracking_uid=uids.tracking_uid(segment.name),
+            tracking_id=segment.name,
+            anatomic_regions=[coding.anatomic_region] if coding.anatomic_region is not None else None,
+        )
+        if coding.type_modifier is not None:
+            description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
+                hd.sr.CodedConcept.from_code(coding.type_modifier)
+            ]
+        descriptions.append(description)
+    return descriptions
+
+
+def build_segmentation(
+    findings: ExpertFindings,
+    uids: ResultUids,
+    *,
+    now: datetime.datetime | None = None,
+    index: int = 0,
+) -> hd.seg.Segmentation:
+    """The SEG of ``findings.segmentation``: binary, one (possibly overlapping) segment per StructureSegment."""
+    if not isinstance(findings, ExpertFindings):
+        raise TypeError("findings must be ExpertFindings")
+    if findings.segmentation is None:
+        raise ValueError("findings have no segmentation to write: build a SEG only for segmenting experts")
+    if not isinstance(uids, ResultUids):
+        raise TypeError("uids must be a ResultUids")
+    if uids.study_instance_uid != findings.study_instance_uid:
+        raise ValueError("uids were made for another study than the findings' source images")
+    now = now or datetime.datetime.now()
+    segmentation = findings.segmentation
+    algorithm = findings.algorithm
+    frames = frames_on_source_grid(segmentation, findings.source_images)
+    masks = np.stack([np.isin(frames, segment.label_ids) for segment in segmentation.segments], axis=-1)
+    demo = " DEMO" if algorithm.demo else ""
+    return hd.seg.Segmentation(
+        source_images=list(findings.source_images),
+        pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segment_descriptions(segmentation.segments, algorithm, uids),
+        series_instance_uid=uids.series_uid(ResultKind.SEGMENTATION, index),
+        series_number=int(SeriesNumber.SEGMENTATION) + index,
+        sop_instance_uid=uids.instance_uid(ResultKind.SEGMENTATION, index),
+        instance_number=1,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        device_serial_number=algorithm.weights_digest[:64],
+        content_label="AI_DRAFT",
+        content_description=f"AI draft for a qualified reader{demo}"[:64],
+        content_creator_name=None,
+        series_description=f"AI DRAFT {algorithm.name} segmentation{demo}"[:64],
+        coding_schemes=[local_coding_scheme()],
+        contributing_equipment=[algorithm_equipment(algorithm, uids, now)],
+        content_date=now.date(),
+        content_time=now.time(),
+    )
