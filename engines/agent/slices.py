@@ -1,0 +1,51 @@
+"""Which axial slice the model sees (the same one in every turn): the middle one, or where the expert found most.
+
+``most_structure`` needs a segmentation before turn 1, so it uses the first ready-made result of the form's expert
+(VISTA3D for CT, BraTS for the four MRI sequences) and counts the voxels of that result's label group (all labels for
+``everything`` and for BraTS). Without one, or when it found nothing, the middle slice is used and the reason recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from engines.agent.rendering import ImageForm, StudyImageRenderer
+from engines.agent.request import ConsultationRequest, SlicePolicy
+from engines.experts.base import ExpertName
+
+__all__ = ["choose_slice"]
+
+_FORM_EXPERT = {ImageForm.CT: ExpertName.VISTA3D, ImageForm.BRATS: ExpertName.BRATS}
+
+
+def choose_slice(
+    request: ConsultationRequest,
+    policy: SlicePolicy,
+    renderer: StudyImageRenderer,
+    label_groups: Mapping[str, Any],
+) -> tuple[int | None, str]:
+    """``(slice index or None for the middle one, how it was chosen)``; ``(None, "")`` for a radiograph."""
+    if request.form is ImageForm.CXR:
+        return None, ""
+    if SlicePolicy(policy) is SlicePolicy.MIDDLE:
+        return None, "middle slice (the reference's default)"
+    expert = _FORM_EXPERT.get(request.form)
+    ready = [
+        result
+        for result in request.ready_results
+        if expert is not None and ExpertName(result.expert) is expert and result.label_volume is not None
+    ]
+    if not ready:
+        return None, "most_structure: no ready-made segmentation of this study before turn 1, so the middle slice"
+    result = ready[0]
+    group = label_groups.get(result.argument or "everything") if expert is ExpertName.VISTA3D else None
+    labels = list(group.values()) if isinstance(group, dict) else None
+    asked = f"{expert.value}({result.argument})" if result.argument else expert.value
+    try:
+        index = renderer.best_slice(result.label_volume, request.expert_input.affine, labels)
+    except ValueError as error:
+        return None, f"most_structure: the {asked} result could not be searched ({error}), so the middle slice"
+    if index is None:
+        return None, f"most_structure: {asked} found none of its structures, so the middle slice"
+    return int(index), f"most_structure: the slice with the most voxels of {asked}"
