@@ -93,6 +93,8 @@ def radiograph_to_uint8(dataset: Dataset) -> np.ndarray:
     values = apply_modality_lut(dataset.pixel_array, dataset).astype(np.float64)
     if _has_voi(dataset):
         low, high = _voi_output_range(dataset)
+        if dataset.get("VOILUTSequence"):  # a LUT is indexed by (integer) modality values
+            values = np.rint(values).astype(np.int64)
         values = apply_voi_lut(values, dataset, index=0, prefer_lut=True).astype(np.float64)
     else:
         low, high = float(values.min()), float(values.max())

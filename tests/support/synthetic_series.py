@@ -297,8 +297,8 @@ def brain_mri_study(
     grids = [
         axial_geometry(40, 36, 32, pixel_spacing=(1.0, 1.0), slice_spacing=1.0, origin=(-18.0, -20.0, -16.0)),
         axial_geometry(40, 36, 7, pixel_spacing=(1.0, 1.0), slice_spacing=5.0, origin=(-18.0, -20.0, -15.0)),
-        axial_geometry(45, 40, 9, pixel_spacing=(0.9, 0.9), slice_spacing=4.0, origin=(-18.0, -20.0, -16.0)),
-        sagittal_geometry(28, 34, 30, pixel_spacing=(1.2, 1.2), slice_spacing=1.2, origin=(-18.0, -20.0, 16.0)),
+        axial_geometry(45, 40, 9, pixel_spacing=(0.9, 0.9), slice_spacing=4.0, origin=(-18.0, -20.0, -15.5)),
+        sagittal_geometry(28, 34, 30, pixel_spacing=(1.2, 1.2), slice_spacing=1.2, origin=(17.0, -20.0, 16.0)),
     ]
     series: dict[str, list[Dataset]] = {}
     for number, description in enumerate([*descriptions, *extra_series]):
