@@ -112,6 +112,25 @@ def _common_grid(reference_shape: Sequence[int], reference_affine: np.ndarray, s
     return out_shape, out_affine
 
 
+def _normalised_theta(
+    source_affine: np.ndarray, source_shape: Sequence[int], out_affine: np.ndarray, out_size: np.ndarray
+) -> np.ndarray:
+    """The (3, 4) ``theta`` of ``torch.nn.functional.affine_grid`` (align_corners=True) that maps the output
+    grid's normalised coordinates to the source volume's, for (1, 1, X, Y, Z) tensors.
+
+    Torch orders normalised coordinates (last axis, middle, first) = (k, j, i); with ``index = (u + 1) (n - 1) / 2``
+    per axis, the source index is ``inv(source_affine) @ out_affine`` applied to the output index.
+    """
+    source_size = np.asarray(source_shape, dtype=np.float64)
+    out_half = np.diag(np.append((out_size - 1.0) / 2.0, 1.0))
+    out_half[:3, 3] = (out_size - 1.0) / 2.0  # normalised u -> output index
+    source_scale = np.diag(np.append(2.0 / np.maximum(source_size - 1.0, 1.0), 1.0))
+    source_scale[:3, 3] = -1.0  # source index -> normalised v
+    index_ijk = source_scale @ np.linalg.inv(source_affine) @ out_affine @ out_half  # u_ijk -> v_ijk
+    reverse = np.eye(4)[[2, 1, 0, 3]]
+    return (reverse @ index_ijk @ reverse)[:3].astype(np.float32)
+
+
 def resample_to_common_grid(
     volumes: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
@@ -144,18 +163,13 @@ def resample_to_common_grid(
         checked.append((values, check_affine(affine, f"affine of volume {position}")))
 
     out_shape, out_affine = _common_grid(checked[reference][0].shape, checked[reference][1], spacing_mm)
-    axes = [np.arange(n, dtype=np.float64) for n in out_shape]
-    grid_index = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)  # (X, Y, Z, 3) output indices
-    grid_world = grid_index @ out_affine[:3, :3].T + out_affine[:3, 3]
-
+    out_size = np.asarray(out_shape, dtype=np.float64)
     channels = []
     for values, affine in checked:
-        inverse = np.linalg.inv(affine)
-        source_index = grid_world @ inverse[:3, :3].T + inverse[:3, 3]  # (X, Y, Z, 3) in (i, j, k)
-        size = np.asarray(values.shape, dtype=np.float64)
-        # grid_sample on a (1, 1, D=X, H=Y, W=Z) tensor takes (x, y, z) = (k, j, i) normalised to [-1, 1].
-        normalised = 2.0 * source_index / np.maximum(size - 1.0, 1.0) - 1.0
-        grid = torch.from_numpy(normalised[..., ::-1].astype(np.float32).copy()).unsqueeze(0)
+        theta = _normalised_theta(affine, values.shape, out_affine, out_size)
+        grid = functional.affine_grid(
+            torch.from_numpy(theta).unsqueeze(0), [1, 1, *out_shape], align_corners=True
+        )
         source = torch.from_numpy(values - np.float32(fill_value)).unsqueeze(0).unsqueeze(0)
         sampled = functional.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         channels.append(sampled[0, 0].numpy() + np.float32(fill_value))
