@@ -105,7 +105,12 @@ class MlpDownsampleProjector(nn.Module):
             raise ValueError(f"{config_path}: mm_projector_type is {kind!r}; only {PROJECTOR_TYPE!r} (VILA1.5 / VILA-M3) is supported")
         projector = cls(mm_hidden_size, hidden_size, order)
         state = _read_state_dict(directory)
-        missing, unexpected = projector.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = projector.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # shape mismatch
+            raise ValueError(
+                f"{directory}: projector weights do not match mlp_downsample(mm_hidden={mm_hidden_size}, hidden={hidden_size}): {error}"
+            ) from error
         if missing or unexpected:
             raise ValueError(
                 f"{directory}: projector weights do not match mlp_downsample(mm_hidden={mm_hidden_size}, hidden={hidden_size}): "
