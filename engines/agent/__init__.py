@@ -2,7 +2,13 @@
 
 from engines.agent.agent import ConsultationAgent
 from engines.agent.prompts import Modality
-from engines.agent.rendering import FirstTurnImages, ImageForm, ProtocolImageRenderer, RenderedOverlay, StudyImageRenderer
+from engines.agent.rendering import (
+    FirstTurnImages,
+    ImageForm,
+    ProtocolImageRenderer,
+    RenderedOverlay,
+    StudyImageRenderer,
+)
 from engines.agent.request import AgentSettings, Consultation, ConsultationRequest, SlicePolicy
 from engines.agent.transcript import ExpertSource, Outcome, OutcomeReason, Transcript
 from engines.agent.triggers import Trigger, TriggerError, TriggerKind, TriggerProblem, parse_trigger

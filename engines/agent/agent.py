@@ -178,16 +178,19 @@ class ConsultationAgent:
     def _converse(self, run: _Run) -> _End:
         request = run.request
         begun = self._clock()
-        slice_index, slice_reason = choose_slice(request, self._settings.slice_policy, self._renderer, self._label_groups)
+        policy = self._settings.slice_policy
+        slice_index, slice_reason = choose_slice(request, policy, self._renderer, self._label_groups)
         first = self._renderer.first_turn_images(request.form, request.expert_input, slice_index)
         if first.slice_index is not None:
-            run.slice = SliceRecord(self._settings.slice_policy.value, first.slice_index, first.slice_count, slice_reason)
+            run.slice = SliceRecord(policy.value, first.slice_index, first.slice_count, slice_reason)
         if request.form is ImageForm.BRATS:
             text = prompts.brats_first_turn_text(request.question, self._model_cards)
         else:
             text = prompts.first_turn_text(request.question, request.modality, self._model_cards)
         conversation = Conversation(self._template).add(Role.USER, text, first.images)
-        records = [ImageRecord(role, list(image.shape), first.slice_index) for role, image in zip(first.roles, first.images)]
+        records = [
+            ImageRecord(role, list(image.shape), first.slice_index) for role, image in zip(first.roles, first.images)
+        ]
         run.timings["prompt_build"] = self._clock() - begun
 
         answer = self._generate(run, conversation, text, records, self._settings.max_new_tokens)
@@ -195,7 +198,7 @@ class ConsultationAgent:
             run.trigger = TriggerRecord(kind="unparsed", detail="turn 1 produced no answer")
             return _End(Outcome.MODEL_FAILED, OutcomeReason.TURN_1_MODEL_ERROR, run.model_error)
         if answer.stopped_by == "max_new_tokens":
-            run.trigger = TriggerRecord(kind="unparsed", detail="turn 1 hit max_new_tokens: a truncated answer is not parsed")
+            run.trigger = TriggerRecord(kind="unparsed", detail="turn 1 hit max_new_tokens: not parsed")
             return _End(
                 Outcome.ANSWER_TRUNCATED,
                 OutcomeReason.TURN_1_TRUNCATED,
@@ -237,7 +240,8 @@ class ConsultationAgent:
             return _End(
                 Outcome.SEGMENTED_NO_SECOND_PASS,
                 None,
-                f"the trigger answer says 'segmented': the {trigger.expert.value} overlay is the result, no second pass",
+                f"the trigger answer says 'segmented': the {trigger.expert.value} overlay is the result, "
+                "no second pass",
                 answer.text,
             )
 
@@ -307,7 +311,9 @@ class ConsultationAgent:
         try:
             trigger = parse_trigger(answer, self._label_groups)
         except TriggerError as error:
-            run.trigger = TriggerRecord(kind="invalid", tag=" | ".join(error.tags), problem=error.problem.value, detail=str(error))
+            run.trigger = TriggerRecord(
+                kind="invalid", tag=" | ".join(error.tags), problem=error.problem.value, detail=str(error)
+            )
             return None
         run.trigger = TriggerRecord(
             kind=trigger.kind.value,
@@ -332,7 +338,9 @@ class ConsultationAgent:
                 f"the model asked for <{trigger.tag}>, which has no expert here: its answer is passed through",
                 answer,
             )
-        return _End(Outcome.ANSWERED_WITHOUT_EXPERT, OutcomeReason.NO_TRIGGER, "the model answered without an expert", answer)
+        return _End(
+            Outcome.ANSWERED_WITHOUT_EXPERT, OutcomeReason.NO_TRIGGER, "the model answered without an expert", answer
+        )
 
     def _expert_result(self, run: _Run, trigger: Trigger) -> ExpertResult | _End:
         expert_name, argument = trigger.expert, trigger.argument
@@ -382,7 +390,9 @@ class ConsultationAgent:
             defaults = _vista3d_names() if trigger.expert is ExpertName.VISTA3D else BRATS_LABEL_NAMES
             names = {**defaults, **{int(label): name for label, name in result.label_names.items()}}
             slice_index = run.slice.index if run.slice else None
-            overlay = self._renderer.overlay(request.form, request.expert_input, result.label_volume, names, slice_index)
+            overlay = self._renderer.overlay(
+                request.form, request.expert_input, result.label_volume, names, slice_index
+            )
         except (ValueError, TypeError, IndexError, KeyError) as error:
             call.error = f"the {trigger.expert.value} result cannot be shown to the model: {error}"
             return _End(Outcome.ANSWERED_WITHOUT_EXPERT, OutcomeReason.EXPERT_RESULT_UNUSABLE, call.error)

@@ -1,8 +1,8 @@
 """Getting the expert result a trigger asks for: a matching ready-made result, or the expert run under a timeout.
 
-A ready-made result matches when it is from the same expert with the same argument (VISTA3D's label group; ``None`` for a
-VISTA3D result means ``everything``; BraTS and CXR take no argument). No subsetting: VISTA3D's ``everything`` set leaves
-out the tumour classes a tumour group asks for, so a result for another group is never reused.
+A ready-made result matches when it is from the same expert with the same argument (VISTA3D's label group; ``None``
+for a VISTA3D result means ``everything``; BraTS and CXR take no argument). No subsetting: VISTA3D's ``everything``
+set leaves out the tumour classes a tumour group asks for, so a result for another group is never reused.
 
 The expert runs in its own daemon thread; when it outlives the timeout the agent stops waiting and records it, and the
 thread is abandoned (Python cannot stop it; a daemon thread never holds up the process's exit).
@@ -58,8 +58,8 @@ def find_ready_result(
 def run_expert(expert: Expert, inputs: ExpertInput, argument: str | None, timeout_s: float) -> ExpertResult:
     """``expert.run(inputs, argument)`` within ``timeout_s``.
 
-    Raises ExpertError or ValueError as the expert did, :class:`ExpertTimeout`, or :class:`ExpertCrash` for anything else
-    (logged with its traceback: that is a bug in the expert, not a property of the study).
+    Raises ExpertError or ValueError as the expert did, :class:`ExpertTimeout`, or :class:`ExpertCrash` for anything
+    else (logged with its traceback: that is a bug in the expert, not a property of the study).
     """
     box: list[_Outcome] = []
     finished = threading.Event()

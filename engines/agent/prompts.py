@@ -35,12 +35,13 @@ MODEL_CARDS_LENGTH = 1373  # characters of vila_m3_model_cards.txt, trailing new
 # Section 5: the one legend every BraTS training conversation used, whatever the slice showed.
 BRATS_TRAINING_LEGEND = "yellow and red: tumor core, only yellow: enhancing tumor, all colors: whole tumor"
 
-# Section 5 says each CXR line is "{name}: yes|no\n" but not in which order. The training predictions files were written by
-# the reference's make_ensemble_probs.py: a dict filled by walking the models in order, densenet121-res224-all first, each in
-# torchxrayvision's default_pathologies order, skipping a pathology for a model outside its group. Pneumothorax is only in
-# the resnet50-res512-all group (the last model), so it was added last; every other pathology keeps default_pathologies order.
-# We therefore put the lines in this order, whatever order the expert's dict has; pathologies not listed here (none for the
-# 18-class ensemble) follow in sorted order. The demo's sorted order is NOT used.
+# Section 5 says each CXR line is "{name}: yes|no\n" but not in which order. The training predictions files were
+# written by the reference's make_ensemble_probs.py: a dict filled by walking the models in order,
+# densenet121-res224-all first, each in torchxrayvision's default_pathologies order, skipping a pathology for a model
+# outside its group. Pneumothorax is only in the resnet50-res512-all group (the last model), so it was added last;
+# every other pathology keeps default_pathologies order. We therefore put the lines in this order, whatever order the
+# expert's dict has; pathologies not listed here (none for the 18-class ensemble) follow in sorted order. The demo's
+# sorted order is NOT used.
 CXR_TRAINING_PATHOLOGY_ORDER: tuple[str, ...] = (
     "Atelectasis",
     "Consolidation",
@@ -79,7 +80,8 @@ def load_model_cards() -> str:
     if len(text) != MODEL_CARDS_LENGTH or not text.endswith("\n"):
         raise ValueError(
             f"engines/protocol_data/vila_m3_model_cards.txt has {len(text)} characters, expected {MODEL_CARDS_LENGTH} "
-            "ending with a newline: restore it from the protocol page, the model only behaves as trained with the exact text"
+            "ending with a newline: restore it from the protocol page; the model only behaves as trained with the "
+            "exact text"
         )
     return text
 
@@ -90,13 +92,13 @@ def _label_groups_json() -> str:
 
 
 def load_label_groups() -> dict[str, dict[str, int] | str]:
-    """VISTA3D argument -> {label name: class id}; ``everything`` maps to a path string (the bundle's everything set)."""
+    """VISTA3D argument -> {label name: class id}; ``everything`` maps to a path string (the bundle's own set)."""
     return json.loads(_label_groups_json())
 
 
 def _check_question(question: str) -> str:
     if not isinstance(question, str) or not question.strip():
-        raise ValueError("question must be a non-empty string: pass the task text, e.g. 'Describe the image in detail.'")
+        raise ValueError("question must be a non-empty string: pass the task, e.g. 'Describe the image in detail.'")
     if "<image>" in question:
         raise ValueError("question must not contain '<image>': the agent places the image placeholders itself")
     return question
@@ -115,7 +117,8 @@ def brats_first_turn_text(question: str, model_cards: str) -> str:
     """Four co-registered MRI sequences, images attached in the order T1c, T1, T2, FLAIR."""
     return (
         model_cards
-        + "T1(contrast enhanced): <image>, T1: <image>, T2: <image>, FLAIR: <image> These are different MRI modalities.\n"
+        + "T1(contrast enhanced): <image>, T1: <image>, T2: <image>, FLAIR: <image> "
+        + "These are different MRI modalities.\n"
         + _check_question(question)
     )
 

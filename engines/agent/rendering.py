@@ -103,7 +103,7 @@ class ProtocolImageRenderer:
 
         form = ImageForm(form)
         if form is ImageForm.CXR:
-            raise ValueError("a radiograph has no slices to draw a segmentation over: the CXR expert only returns scores")
+            raise ValueError("a radiograph has no slices to draw a segmentation over (only the CXR expert fits it)")
         affine = _require_affine(inputs)
         # BraTS: drawn over the T1c slice, as the reference's training slices and demo do.
         base, modality = (inputs.volume[0], "MRI") if form is ImageForm.BRATS else (inputs.volume, form.value)

@@ -1,5 +1,5 @@
-"""What one consultation is asked (:class:`ConsultationRequest`), under which bounds (:class:`AgentSettings`), and what it
-gives back (:class:`Consultation`)."""
+"""What one consultation is asked (:class:`ConsultationRequest`), under which bounds (:class:`AgentSettings`), and
+what it gives back (:class:`Consultation`)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class SlicePolicy(str, enum.Enum):
     """Which axial slice of a CT/MRI volume the model sees (the same slice in every turn)."""
 
     MIDDLE = "middle"  # the reference's default
-    MOST_STRUCTURE = "most_structure"  # the slice where a ready-made expert result found most of the structures asked about
+    MOST_STRUCTURE = "most_structure"  # where a ready-made expert result found most of the structures asked about
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class AgentSettings:
 
     def _check_turns(self) -> None:
         if self.max_turns not in (1, 2):
-            raise ValueError(f"max_turns must be 1 or 2 (the protocol has at most two generations), got {self.max_turns}")
+            raise ValueError(f"max_turns must be 1 or 2 (the protocol has two generations), got {self.max_turns}")
 
     def _check_tokens(self) -> None:
         if self.min_new_tokens < 0 or self.max_new_tokens < 1:
@@ -53,7 +53,8 @@ class AgentSettings:
             raise ValueError(f"min_new_tokens {self.min_new_tokens} exceeds max_new_tokens {self.max_new_tokens}")
         if self.max_total_new_tokens < self.max_new_tokens:
             raise ValueError(
-                f"max_total_new_tokens {self.max_total_new_tokens} must be at least max_new_tokens {self.max_new_tokens}"
+                f"max_total_new_tokens {self.max_total_new_tokens} must be at least "
+                f"max_new_tokens {self.max_new_tokens}"
             )
 
     def _check_timeouts(self) -> None:

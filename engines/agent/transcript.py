@@ -1,4 +1,4 @@
-"""The structured record of one consultation: every prompt, every answer, the expert call, the slice, timings, the outcome.
+"""The structured record of one consultation: every prompt and answer, the expert call, the slice, timings, the outcome.
 
 Plain dataclasses of JSON types (str, int, float, bool, None, lists, str-keyed dicts, str enums), so
 ``Transcript.from_json(t.to_json()) == t``. Images are recorded by shape and role, never by pixels.
@@ -31,7 +31,7 @@ class Outcome(str, enum.Enum):
 
     ANSWERED_WITH_EXPERT = "answered_with_expert"  # turn 2 answered with the expert's result
     ANSWERED_WITHOUT_EXPERT = "answered_without_expert"  # the turn-1 answer is final; ``reason`` says why
-    SEGMENTED_NO_SECOND_PASS = "segmented_no_second_pass"  # the trigger answer said "segmented": overlay shown, no turn 2
+    SEGMENTED_NO_SECOND_PASS = "segmented_no_second_pass"  # the trigger answer said "segmented": overlay, no turn 2
     ANSWER_TRUNCATED = "answer_truncated"  # a turn hit its token bound; the text so far is kept, never parsed
     MODEL_FAILED = "model_failed"  # the model raised (server down, timeout): no usable final answer
 
@@ -57,7 +57,7 @@ class OutcomeReason(str, enum.Enum):
 
 
 class ExpertSource(str, enum.Enum):
-    PROVIDED = "provided"  # a ready-made result handed in by the caller matched the trigger: the expert did not run here
+    PROVIDED = "provided"  # a ready-made result from the caller matched the trigger: the expert did not run here
     RAN = "ran"  # the agent ran the expert on the request path
 
 
@@ -154,7 +154,7 @@ class Transcript:
     trigger: TriggerRecord | None = None
     expert_call: ExpertCallRecord | None = None
     slice: SliceRecord | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # seconds: prompt_build, turn_1, expert, overlay, turn_2, total
+    timings: dict[str, float] = field(default_factory=dict)  # s: prompt_build, turn_1, expert, overlay, turn_2, total
     settings: dict[str, Any] = field(default_factory=dict)  # the AgentSettings in force
 
     def to_dict(self) -> dict[str, Any]:
@@ -169,10 +169,12 @@ class Transcript:
         data["outcome"] = Outcome(data["outcome"])
         data["reason"] = OutcomeReason(data["reason"]) if data["reason"] is not None else None
         data["turns"] = [
-            TurnRecord(**{**turn, "images": [ImageRecord(**image) for image in turn["images"]]}) for turn in data["turns"]
+            TurnRecord(**{**turn, "images": [ImageRecord(**image) for image in turn["images"]]})
+            for turn in data["turns"]
         ]
         data["trigger"] = TriggerRecord(**data["trigger"]) if data["trigger"] is not None else None
-        data["expert_call"] = ExpertCallRecord.from_dict(data["expert_call"]) if data["expert_call"] is not None else None
+        call = data["expert_call"]
+        data["expert_call"] = ExpertCallRecord.from_dict(call) if call is not None else None
         data["slice"] = SliceRecord(**data["slice"]) if data["slice"] is not None else None
         return cls(**data)
 

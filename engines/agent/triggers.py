@@ -1,15 +1,15 @@
 """Finding the expert trigger in a model answer, as the reference parses it (VILA_M3_PROTOCOL.md section 4).
 
-The reference takes every ``<...>`` span (regex ``<(.*?)>``); exactly one must be present; the expert is the one whose name is
-a substring of it (``VISTA3D``, ``BRATS``, ``CXR``; case-sensitive); VISTA3D's argument is the text in the parentheses after
-its name, empty or absent meaning ``everything``; an argument that is not a key of the label-group file is an error.
-``VISTA2D`` is in the model cards but has no expert: its answer is passed through. Where the reference silently ignores a
-problem (two tags, an unknown name), :func:`parse_trigger` raises :class:`TriggerError` with a :class:`TriggerProblem`, so
-the agent can record why it answered without an expert.
+The reference takes every ``<...>`` span (regex ``<(.*?)>``); exactly one must be present; the expert is the one whose
+name is a substring of it (``VISTA3D``, ``BRATS``, ``CXR``; case-sensitive); VISTA3D's argument is the text in the
+parentheses after its name, empty or absent meaning ``everything``; an argument that is not a key of the label-group
+file is an error. ``VISTA2D`` is in the model cards but has no expert: its answer is passed through. Where the
+reference silently ignores a problem (two tags, an unknown name), :func:`parse_trigger` raises :class:`TriggerError`
+with a :class:`TriggerProblem`, so the agent can record why it answered without an expert.
 
-Two choices beyond the reference, both documented here: a tag naming two experts is refused as ambiguous (the reference takes
-the first of CXR, VISTA3D, BRATS), and a VISTA3D argument is stripped of surrounding blanks and one pair of matching quotes
-(the model cards list the arguments quoted, e.g. ``'hepatic tumor'``) before it is looked up.
+Two choices beyond the reference, both documented here: a tag naming two experts is refused as ambiguous (the
+reference takes the first of CXR, VISTA3D, BRATS), and a VISTA3D argument is stripped of surrounding blanks and one
+pair of matching quotes (the model cards list the arguments quoted, e.g. ``'hepatic tumor'``) before it is looked up.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class TriggerProblem(str, enum.Enum):
 
 
 class TriggerError(ValueError):
-    """The answer holds a trigger the agent cannot act on; ``problem`` says which kind, the message says what was seen."""
+    """The answer holds a trigger the agent cannot act on; ``problem`` says which kind, the message what was seen."""
 
     def __init__(self, problem: TriggerProblem, message: str, tags: tuple[str, ...] = ()) -> None:
         super().__init__(message)
@@ -83,7 +83,9 @@ def parse_trigger(answer: str, vista3d_arguments: Container[str]) -> Trigger:
         return Trigger(kind=TriggerKind.NONE)
     if len(tags) > 1:
         raise TriggerError(
-            TriggerProblem.MULTIPLE_TAGS, f"the answer holds {len(tags)} <...> tags, exactly one is allowed: {list(tags)}", tags
+            TriggerProblem.MULTIPLE_TAGS,
+            f"the answer holds {len(tags)} <...> tags, exactly one is allowed: {list(tags)}",
+            tags,
         )
     tag = tags[0]
     named = [name for name in _SERVED_NAMES if name.value in tag]

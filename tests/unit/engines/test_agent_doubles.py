@@ -2,8 +2,8 @@
 
 - ``ScriptedModel``: a TEST DOUBLE of a VILA-M3 backend (the real one needs the 8B weights and a GPU): it returns
   predetermined answers in order and records every conversation it was given.
-- ``FixedLabelExpert`` / ``FixedScoresExpert``: TEST DOUBLES of the experts (VISTA3D/BraTS need bundle weights and a GPU,
-  CXR the TorchXRayVision weights): they return fixed label volumes / scores, or fail, or block, as told.
+- ``FixedLabelExpert`` / ``FixedScoresExpert``: TEST DOUBLES of the experts (VISTA3D/BraTS need bundle weights and a
+  GPU, CXR the TorchXRayVision weights): they return fixed label volumes / scores, or fail, or block, as told.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ class SeenMessage:
     role: str
     text: str
     image_shapes: tuple[tuple[int, ...], ...]
+    images: tuple[np.ndarray, ...] = ()
 
 
 class ScriptedModel:
     """TEST DOUBLE of VisionLanguageModel: answers from a script, records what it was asked."""
 
-    def __init__(self, *answers: str | Scripted, backend: str = "scripted-test-double", model: str = "scripted") -> None:
+    def __init__(self, *answers: str | Scripted, backend: str = "scripted-test-double", model: str = "scripted"):
         self._script = [a if isinstance(a, Scripted) else Scripted(a) for a in answers]
         self.backend, self.model = backend, model
         self.conversations: list[tuple[SeenMessage, ...]] = []
@@ -48,13 +49,13 @@ class ScriptedModel:
     def generate(self, conversation: Conversation, config: GenerationConfig = GenerationConfig()) -> Generation:
         self.conversations.append(
             tuple(
-                SeenMessage(m.role.value, m.text, tuple(tuple(image.shape) for image in m.images))
+                SeenMessage(m.role.value, m.text, tuple(tuple(image.shape) for image in m.images), tuple(m.images))
                 for m in conversation.messages
             )
         )
         self.configs.append(config)
         if len(self.conversations) > len(self._script):
-            raise AssertionError(f"the model was asked {len(self.conversations)} times; the script has {len(self._script)}")
+            raise AssertionError(f"asked {len(self.conversations)} times; the script has {len(self._script)} answers")
         step = self._script[len(self.conversations) - 1]
         if step.error is not None:
             raise step.error
@@ -133,8 +134,8 @@ def failing_model_error() -> Scripted:
 
 
 def ct_study(shape: tuple[int, int, int] = (8, 8, 6)) -> tuple[np.ndarray, np.ndarray]:
-    """A small CT volume (HU) and its VISTA3D labels: liver (1) everywhere in slices 1-4, a hepatic tumour (26) in slice 3,
-    lung (20) only in slice 5."""
+    """A small CT volume (HU) and its VISTA3D labels: liver (1) in slices 1-4, a hepatic tumour (26) in slice 3, lung
+    (20) only in slice 5."""
     volume = np.full(shape, -1000.0, dtype=np.float32)
     volume[2:6, 2:6, :] = 60.0
     labels = np.zeros(shape, dtype=np.uint8)

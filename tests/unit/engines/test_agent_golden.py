@@ -1,8 +1,8 @@
 """Golden tests: for each expert and both templates, the exact texts (and full templated prompts) of turn 1 and turn 2.
 
-Expected strings are literals copied from VILA_M3_PROTOCOL.md (sections 2, 3 and 5), not computed by the code under test.
-A ScriptedModel (test double for VILA-M3) answers; the experts are test doubles returning fixed results; the images are drawn
-by the real renderer (engines.images), so the VISTA3D legend below is the real colour cycle over the real slice.
+Expected strings are literals copied from VILA_M3_PROTOCOL.md (sections 2, 3 and 5), not computed by the code under
+test. A ScriptedModel (test double for VILA-M3) answers; the experts are test doubles returning fixed results; the
+images are drawn by the real renderer (engines.images): the VISTA3D legend below is the real colour cycle.
 """
 
 from __future__ import annotations

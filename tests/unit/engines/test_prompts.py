@@ -1,4 +1,4 @@
-"""The protocol's user-turn texts (VILA_M3_PROTOCOL.md sections 3 and 5) against literal strings copied from the page."""
+"""The protocol's user-turn texts (VILA_M3_PROTOCOL.md sections 3 and 5) against literal strings from the page."""
 
 from __future__ import annotations
 
@@ -10,18 +10,21 @@ from engines.agent.prompts import Modality
 # The model cards, copied by hand from the protocol's data file (1,373 characters, ends with a newline).
 MODEL_CARDS = (
     "Here is a list of available expert models:\n"
-    "<BRATS(args)> Modality: MRI, Task: segmentation, Overview: A pre-trained model for volumetric (3D) segmentation of "
-    "brain tumor subregions from multimodal MRIs based on BraTS 2018 data, Accuracy: Tumor core (TC): 0.8559 - Whole tumor "
-    "(WT): 0.9026 - Enhancing tumor (ET): 0.7905 - Average: 0.8518, Valid args are: None\n"
-    "<VISTA3D(args)> Modality: CT, Task: segmentation, Overview: domain-specialized interactive foundation model developed "
-    "for segmenting and annotating human anatomies with precision, Accuracy: 127 organs: 0.792 Dice on average, Valid args "
-    "are: 'everything', 'hepatic tumor', 'pancreatic tumor', 'lung tumor', 'bone lesion', 'organs', 'cardiovascular', "
-    "'gastrointestinal', 'skeleton', or 'muscles'\n"
-    "<VISTA2D(args)> Modality: cell imaging, Task: segmentation, Overview: model for cell segmentation, which was trained on "
-    "a variety of cell imaging outputs, including brightfield, phase-contrast, fluorescence, confocal, or electron "
-    "microscopy, Accuracy: Good accuracy across several cell imaging datasets, Valid args are: None\n"
-    "<CXR(args)> Modality: chest x-ray (CXR), Task: classification, Overview: pre-trained model which are trained on large "
-    "cohorts of data, Accuracy: Good accuracy across several diverse chest x-rays datasets, Valid args are: None\n"
+    "<BRATS(args)> Modality: MRI, Task: segmentation, Overview: A pre-trained model for volumetric (3D) "
+    "segmentation of brain tumor subregions from multimodal MRIs based on BraTS 2018 data, Accuracy: Tumor core "
+    "(TC): 0.8559 - Whole tumor (WT): 0.9026 - Enhancing tumor (ET): 0.7905 - Average: 0.8518, Valid args are: "
+    "None\n"
+    "<VISTA3D(args)> Modality: CT, Task: segmentation, Overview: domain-specialized interactive foundation model "
+    "developed for segmenting and annotating human anatomies with precision, Accuracy: 127 organs: 0.792 Dice on "
+    "average, Valid args are: 'everything', 'hepatic tumor', 'pancreatic tumor', 'lung tumor', 'bone lesion', "
+    "'organs', 'cardiovascular', 'gastrointestinal', 'skeleton', or 'muscles'\n"
+    "<VISTA2D(args)> Modality: cell imaging, Task: segmentation, Overview: model for cell segmentation, which "
+    "was trained on a variety of cell imaging outputs, including brightfield, phase-contrast, fluorescence, "
+    "confocal, or electron microscopy, Accuracy: Good accuracy across several cell imaging datasets, Valid args "
+    "are: None\n"
+    "<CXR(args)> Modality: chest x-ray (CXR), Task: classification, Overview: pre-trained model which are "
+    "trained on large cohorts of data, Accuracy: Good accuracy across several diverse chest x-rays datasets, "
+    "Valid args are: None\n"
     "Give the model <NAME(args)> when selecting a suitable expert model.\n"
 )
 
