@@ -35,7 +35,7 @@ __all__ = [
 LOGGER = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
-StudyCompleteHook = Callable[[str], None]
+StudyCompleteHook = Callable[[str], object]
 
 
 def _utc(value: datetime) -> datetime:

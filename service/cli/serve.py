@@ -1,8 +1,8 @@
 """``m3edge serve``: the embedded default, every part of the service in one process until SIGINT or SIGTERM.
 
-The parts start in order and stop in reverse: the study assembler, then the DICOM node (with the recorder that writes
-what it receives to the database). The processing worker and the API join this list as they arrive; each is a
-:class:`ServicePart` (a name, ``start()``, ``stop()``).
+The parts start in order and stop in reverse: the recorder that writes what the node receives to the database, the
+study assembler, the DICOM node. The processing worker and the API join this list as they arrive; each is a
+:class:`ServicePart` (a name, how to start it, how to stop it).
 """
 
 from __future__ import annotations
@@ -11,49 +11,56 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import typer
 
 from service.cli.context import CliError, cli_context
 from service.config import Settings
 
-__all__ = ["serve_commands", "ServicePart", "RunningService", "prepare_database", "describe_access"]
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from dicom_node.scp import DicomNode
+
+__all__ = ["serve_commands", "ServicePart", "RunningService", "build_service", "prepare_database"]
 
 LOGGER = logging.getLogger(__name__)
 
 
-class ServicePart(Protocol):
-    def start(self) -> None: ...
+@dataclass(frozen=True)
+class ServicePart:
+    """One part of the running service: how to start it and how to stop it."""
 
-    def stop(self) -> None: ...
+    name: str
+    start: Callable[[], object]
+    stop: Callable[[], object]
 
 
 class RunningService:
-    """Named parts started in order and stopped in reverse; a part that fails to start stops those already running."""
+    """Parts started in order and stopped in reverse; a part that fails to start stops those already running."""
 
-    def __init__(self, parts: list[tuple[str, ServicePart]]) -> None:
+    def __init__(self, parts: list[ServicePart]) -> None:
         self.parts = parts
-        self._started: list[tuple[str, ServicePart]] = []
+        self._started: list[ServicePart] = []
 
     def start(self) -> None:
         try:
-            for name, part in self.parts:
+            for part in self.parts:
                 part.start()
-                self._started.append((name, part))
+                self._started.append(part)
         except BaseException:
             self.stop()
             raise
 
     def stop(self) -> None:
         started, self._started = self._started, []
-        for name, part in reversed(started):
+        for part in reversed(started):
             try:
                 part.stop()
             except Exception:  # keep stopping the others
-                LOGGER.exception("stopping the %s failed", name)
-            else:
-                LOGGER.info("%s stopped", name)
+                LOGGER.exception("stopping the %s failed", part.name)
 
 
 def prepare_database(settings: Settings) -> None:
@@ -66,6 +73,7 @@ def prepare_database(settings: Settings) -> None:
     from service.db.session import create_db_engine
 
     url = settings.effective_database_url
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         if url.startswith("sqlite"):
             upgrade_database(url)
@@ -83,27 +91,29 @@ def prepare_database(settings: Settings) -> None:
         raise CliError(f"the database is at revision {current or 'none'}, not {head}: run `m3edge db upgrade` first")
 
 
-def describe_access(settings: Settings) -> str:
-    if not settings.dicom_allowed_aes:
-        return "only callers on this machine (loopback) may associate; set M3EDGE_DICOM_ALLOWED_AES to admit your PACS"
-    return "calling AE titles allowed: " + ", ".join(str(caller) for caller in settings.dicom_allowed_aes)
-
-
 def _log_study_complete(study_uid: str) -> None:
     LOGGER.info("study %s is complete", study_uid)
 
 
 def build_service(
-    settings: Settings, session_factory, on_study_complete: Callable[[str], None] = _log_study_complete
-) -> tuple[RunningService, object]:
+    settings: Settings,
+    session_factory: sessionmaker[Session],
+    on_study_complete: Callable[[str], object] = _log_study_complete,
+) -> tuple[RunningService, DicomNode]:
     """The parts of the embedded service; returns it and the DICOM node (whose ``port`` is known once started)."""
     from dicom_node.scp import DicomNode
     from service.assembly import build_assembler
     from service.ingest import DatabaseRecorder
 
-    node = DicomNode(settings, DatabaseRecorder(session_factory))
+    recorder = DatabaseRecorder(session_factory)
     assembler = build_assembler(settings, session_factory, on_study_complete)
-    return RunningService([("study assembler", assembler), ("DICOM node", node)]), node
+    node = DicomNode(settings, recorder)
+    parts = [
+        ServicePart("database recorder", recorder.start, recorder.close),
+        ServicePart("study assembler", assembler.start, assembler.stop),
+        ServicePart("DICOM node", node.start, node.stop),
+    ]
+    return RunningService(parts), node
 
 
 def serve_command(ctx: typer.Context) -> None:
@@ -131,11 +141,10 @@ def serve_command(ctx: typer.Context) -> None:
                 f"cannot listen on {settings.dicom_host}:{settings.dicom_port}: {exc} (set M3EDGE_DICOM_PORT)"
             ) from exc
         LOGGER.info(
-            "m3edge serving: DICOM %s on %s:%s; database %s; spool %s",
-            settings.dicom_ae_title, settings.dicom_host, getattr(node, "port", settings.dicom_port),
-            settings.effective_database_url.partition(":")[0], settings.spool_dir.resolve(),
+            "m3edge serving: DICOM %s on %s:%d, database %s, study idle %g s; stop with Ctrl-C or SIGTERM",
+            settings.dicom_ae_title, settings.dicom_host, node.port,
+            settings.effective_database_url.partition(":")[0], settings.study_idle_seconds,
         )
-        LOGGER.info("DICOM access: %s", describe_access(settings))
         while not stop_requested.wait(1.0):
             pass
     finally:
