@@ -163,7 +163,8 @@ class Settings(BaseSettings):
 
     @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or f"sqla+sqlite:///{(self.home / 'broker.db').resolve()}"
+        """The broker URL as configured; the embedded broker is a SQLite file in HOME (see service.pipeline)."""
+        return self.broker_url or f"sqlite:///{(self.home / 'broker.db').resolve()}"
 
     @property
     def is_embedded(self) -> bool:

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
 
 import pydicom
 import pytest
-from sqlalchemy import text
 
 from service.db.migrate import upgrade_database
 from service.db.models import Base
 from service.db.session import create_db_engine, make_session_factory
+from tests.support.databases import create_postgres_database, drop_postgres_database
 
-POSTGRES_ADMIN_URL = os.environ.get("M3EDGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -24,23 +22,6 @@ def _strict_pydicom() -> Iterator[None]:
     pydicom.config.settings.reading_validation_mode = pydicom.config.WARN
     pydicom.config.settings.writing_validation_mode = pydicom.config.RAISE
     yield
-
-
-def _postgres_database(name: str) -> str:
-    import sqlalchemy
-
-    admin = create_db_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return str(sqlalchemy.engine.make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False))
-
-
-def _drop_postgres_database(name: str) -> None:
-    admin = create_db_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture(scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -52,12 +33,12 @@ def migrated_database_url(request, tmp_path_factory) -> Iterator[str]:
         yield url
         return
     name = f"m3edge_test_{uuid.uuid4().hex[:12]}"
-    url = _postgres_database(name)
+    url = create_postgres_database(name)
     try:
         upgrade_database(url)
         yield url
     finally:
-        _drop_postgres_database(name)
+        drop_postgres_database(name)
 
 
 @pytest.fixture

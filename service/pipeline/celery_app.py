@@ -8,12 +8,12 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
-from pathlib import Path
 
 from celery import Celery
 from kombu import Queue
 
 from service.config import Settings
+from service.pipeline.embedded_broker import TRANSPORT_PATH
 from service.pipeline.ledger import PipelineLedger, StageTicket
 from service.pipeline.stages import TIME_LIMITS, Stage, queue_for
 
@@ -27,15 +27,19 @@ QUEUES = ("cpu.urgent", "gpu.urgent", "io.urgent", "cpu", "gpu", "io")
 def create_celery(settings: Settings, executor_factory: Callable[[], object] | None = None) -> Celery:
     """The app for ``settings``. ``executor_factory`` builds the worker's StageExecutor once, on its first task."""
     broker = settings.effective_broker_url
-    if broker.startswith("sqla+sqlite:///"):
-        Path(broker.removeprefix("sqla+sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    app = Celery("m3edge", broker=broker, set_as_current=False)
     transport_options: dict = {"visibility_timeout": max(TIME_LIMITS.values()) + 600}
-    if broker.startswith(("redis://", "rediss://")):
+    extra: dict = {}
+    if settings.broker_url is None:  # the embedded broker: a SQLite file in HOME, no server
+        path = settings.home / "broker.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        broker = f"sqlite:///{path.resolve()}"
+        extra["broker_transport"] = TRANSPORT_PATH
+        transport_options = {"polling_interval": 0.05}
+    elif broker.startswith(("redis://", "rediss://")):
         transport_options["queue_order_strategy"] = "priority"  # urgent queues are read first
-    if broker.startswith("sqla+"):
-        transport_options["polling_interval"] = 0.2
+    app = Celery("m3edge", broker=broker, set_as_current=False)
     app.conf.update(
+        **extra,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -49,6 +53,7 @@ def create_celery(settings: Settings, executor_factory: Callable[[], object] | N
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
         worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,
         worker_send_task_events=False,
         enable_utc=True,
     )

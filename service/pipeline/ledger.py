@@ -259,6 +259,23 @@ class PipelineLedger:
                     tickets.append(StageTicket(row.run_id, stage, priority))
         return tickets
 
+    def recover_worker(self, worker: str) -> list[StageTicket]:
+        """A restarted worker takes back what it held when it died: its RUNNING stages go back to pending."""
+        tickets = []
+        with session_scope(self.session_factory) as session:
+            rows = session.execute(
+                select(StageRun, PipelineRun.priority)
+                .join(PipelineRun, PipelineRun.id == StageRun.run_id)
+                .where(StageRun.worker == worker[:128], StageRun.status == StageStatus.RUNNING)
+                .with_for_update()
+            ).all()
+            for row, priority in rows:
+                LOGGER.warning("stage %s of run %s was running when worker %s stopped: re-queued",
+                               row.stage, row.run_id, worker)
+                row.status = StageStatus.PENDING
+                tickets.append(StageTicket(row.run_id, Stage(row.stage), priority))
+        return tickets
+
     def stage_counts(self) -> dict[tuple[str, str], int]:
         with session_scope(self.session_factory) as session:
             rows = session.execute(select(StageRun.stage, StageRun.status, func.count()).group_by(StageRun.stage, StageRun.status))

@@ -1,0 +1,91 @@
+"""A pipeline worker: one Celery worker process reading the queues it is given, with prefetch 1 and late acks.
+
+GPU workers run one process per GPU (``--pool solo``), so models load once and stay loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable, Mapping, Sequence
+
+from celery import Celery
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+from service.pipeline.celery_app import QUEUES, CeleryDispatcher, create_celery
+from service.pipeline.executor import StageExecutor, StageHandler
+from service.pipeline.intake import PipelineIntake, PipelineSweeper
+from service.pipeline.ledger import PipelineLedger
+from service.pipeline.stages import Stage
+
+__all__ = ["PipelineWorker", "parse_queues", "default_worker_name"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+def parse_queues(text: str) -> list[str]:
+    """``cpu,gpu`` -> ``[cpu.urgent, gpu.urgent, cpu, gpu]``: every queue's urgent twin is read first."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    known = {q for q in QUEUES if not q.endswith(".urgent")}
+    unknown = [n for n in names if n.removesuffix(".urgent") not in known]
+    if unknown or not names:
+        raise ValueError(f"unknown queue(s) {', '.join(unknown) or '(none given)'}; choose from cpu, gpu, io")
+    base = [n.removesuffix(".urgent") for n in names]
+    ordered = [f"{n}.urgent" for n in base] + base
+    return list(dict.fromkeys(ordered))
+
+
+def default_worker_name(queues: Sequence[str]) -> str:
+    """Stable across restarts, so a restarted worker recognises the stages it held when it died."""
+    base = "+".join(q for q in queues if not q.endswith(".urgent"))
+    return f"m3edge-{base}@{socket.gethostname()}"
+
+
+class PipelineWorker:
+    """Builds the Celery app, the executor (handlers made once, lazily, in this process) and runs the worker."""
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
+                 handlers_factory: Callable[[], Mapping[Stage, StageHandler]], queues: Sequence[str],
+                 name: str | None = None, sweeper_interval_s: float | None = 10.0) -> None:
+        self.settings = settings
+        self.queues = list(queues)
+        self.name = name or default_worker_name(self.queues)
+        self.ledger = PipelineLedger(session_factory)
+        self.app: Celery = create_celery(settings, executor_factory=self._make_executor)
+        self.dispatcher = CeleryDispatcher(self.app, self.ledger)
+        self.intake = PipelineIntake(self.ledger, self.dispatcher)
+        self._handlers_factory = handlers_factory
+        self.sweeper = PipelineSweeper(self.intake, sweeper_interval_s) if sweeper_interval_s else None
+        self._worker = None
+
+    def _make_executor(self) -> StageExecutor:
+        return StageExecutor(self.ledger, self._handlers_factory(), self.dispatcher, worker_name=self.name)
+
+    def recover(self) -> int:
+        """Re-queue the stages this worker held when it last stopped (kill -9, power loss)."""
+        tickets = self.ledger.recover_worker(self.name)
+        for ticket in tickets:
+            self.dispatcher.dispatch(ticket)
+        return len(tickets)
+
+    def run(self) -> None:
+        """Block until the worker is told to stop (SIGTERM/SIGINT: Celery's warm shutdown)."""
+        recovered = self.recover()
+        LOGGER.info("worker %s reading %s (%d stage(s) recovered)", self.name, ",".join(self.queues), recovered)
+        if self.sweeper is not None:
+            self.sweeper.start()
+        try:
+            self._worker = self.app.Worker(
+                hostname=self.name, queues=self.queues, pool="solo", concurrency=1, prefetch_multiplier=1,
+                loglevel=logging.getLevelName(logging.getLogger().level), without_heartbeat=True,
+                without_gossip=True, without_mingle=True,
+            )
+            self._worker.start()
+        finally:
+            if self.sweeper is not None:
+                self.sweeper.stop()
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.stop(in_sighandler=False)
