@@ -267,7 +267,7 @@ class VilaM3:
             if len(output_ids) >= budget:
                 return output_ids, "max_new_tokens", first_token_at
             if time.perf_counter() - started > config.timeout_s:
-                raise VlmError(f"generation passed its {config.timeout_s:.0f} s timeout after {len(output_ids)} tokens")
+                raise VlmError(f"generation passed its {config.timeout_s:g} s timeout after {len(output_ids)} tokens")
             step = torch.tensor([[token]], device=self.device)
             out = self.llm(input_ids=step, cache=out.cache, use_cache=True)
 

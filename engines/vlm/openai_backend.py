@@ -235,7 +235,7 @@ class OpenAIVisionLanguageModel:
                     wait = self._backoff(attempt)
                 except httpx.TimeoutException as error:
                     raise VlmError(
-                        f"{self.base_url} did not answer within {config.timeout_s:.0f} s ({type(error).__name__}); "
+                        f"{self.base_url} did not answer within {config.timeout_s:g} s ({type(error).__name__}); "
                         "raise the generation timeout or check the server's load"
                     ) from error
                 except httpx.HTTPError as error:
