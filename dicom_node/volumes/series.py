@@ -149,7 +149,9 @@ def _frame_of_reference(datasets: Sequence[Dataset], series_uid: str) -> str:
 
 def _to_ijk(hd_volume, stack: StackGeometry, series_uid: str) -> tuple[np.ndarray, np.ndarray]:
     """highdicom's (slice, row, column) volume and LPS affine -> our (i, j, k) array and RAS affine, with slices
-    ordered as ``stack`` orders them (increasing along the normal)."""
+    ordered as ``stack`` orders them (increasing along the normal). The two geometries must agree (highdicom's slice
+    spacing may differ from our median interval within the 1 % regularity tolerance); the checked stack's affine
+    is returned."""
     array = np.transpose(np.asarray(hd_volume.array, dtype=np.float32), (2, 1, 0))
     lps = np.asarray(hd_volume.affine, dtype=np.float64)[:, [2, 1, 0, 3]]
     if lps[:3, 2] @ stack.lps_affine[:3, 2] < 0:  # highdicom stacked the other way round
@@ -157,7 +159,15 @@ def _to_ijk(hd_volume, stack: StackGeometry, series_uid: str) -> tuple[np.ndarra
         last = lps[:3, 3] + lps[:3, 2] * (array.shape[2] - 1)
         lps[:3, 2] = -lps[:3, 2]
         lps[:3, 3] = last
-    if not np.allclose(lps, stack.lps_affine, atol=1e-3, rtol=1e-4):
+    expected = stack.lps_affine
+    step, expected_step = lps[:3, 2], expected[:3, 2]
+    agrees = (
+        np.allclose(lps[:3, :2], expected[:3, :2], atol=1e-3)
+        and np.allclose(lps[:3, 3], expected[:3, 3], atol=1e-2)
+        and step @ expected_step / (np.linalg.norm(step) * np.linalg.norm(expected_step)) > 1 - 1e-6
+        and abs(np.linalg.norm(step) / np.linalg.norm(expected_step) - 1) < 0.01
+    )
+    if not agrees:
         raise VolumeGeometryError(
             f"series {series_uid}: highdicom's volume geometry disagrees with the checked stack; refusing to guess"
         )
