@@ -190,3 +190,20 @@ def test_a_single_image_is_not_a_volume() -> None:
     geometry = axial_geometry(4, 4, 1)
     with pytest.raises(VolumeGeometryError, match="at least 2 slices"):
         volume_from_series(ct_series(_index_ramp(geometry), geometry))
+
+
+def test_scanner_rounding_in_positions_and_cosines_is_tolerated() -> None:
+    from dicom_node.volumes import FrameGeometry, check_regular_stack
+
+    rng = np.random.default_rng(3)
+    cosines = (1.0, 1e-6, 0.0, -1e-6, 1.0, 0.0)
+    frames = [
+        FrameGeometry(
+            position=(-100.0 + rng.uniform(-0.004, 0.004), -120.0, 1.25 * k + rng.uniform(-0.004, 0.004)),
+            orientation=cosines, pixel_spacing=(0.7, 0.7), rows=4, columns=4, source=f"frame {k}",
+        )
+        for k in range(200)
+    ]
+    stack = check_regular_stack(frames[::-1])
+    assert stack.slice_spacing == pytest.approx(1.25, abs=0.01)
+    assert stack.order[0] == 199 and stack.order[-1] == 0
