@@ -41,7 +41,7 @@ MORPHOLOGICALLY_ABNORMAL_STRUCTURE = Code("49755003", "SCT", "Morphologically Ab
 LEFT = Code("7771000", "SCT", "Left")
 RIGHT = Code("24028007", "SCT", "Right")
 PRESENT = Code("52101004", "SCT", "Present")
-ABSENT = Code("2667000", "SCT", "Absent")
+ABSENT = Code("272519000", "SCT", "Absent")  # CID 241 with Present
 # TID 1500 row 10: the document-level Qualitative Evaluations container
 QUALITATIVE_EVALUATIONS = Code("C0034375", "UMLS", "Qualitative Evaluations")
 

@@ -58,7 +58,7 @@ class AlgorithmIdentity:
         _check_text("version", self.version)
         _check_text("manufacturer", self.manufacturer)
         _check_text("backend", self.backend)
-        _check_text("weights_digest", self.weights_digest)
+        _check_text("weights_digest", self.weights_digest, max_length=128)
         if not isinstance(self.demo, bool):
             raise TypeError(f"demo must be a bool, got {type(self.demo).__name__}")
 

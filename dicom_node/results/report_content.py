@@ -80,7 +80,7 @@ def _algorithm_id(algorithm: AlgorithmIdentity) -> hd.sr.AlgorithmIdentification
     return hd.sr.AlgorithmIdentification(
         name=algorithm.name,
         version=algorithm.version,
-        parameters=[f"backend={algorithm.backend}", f"weights={algorithm.weights_digest}"[:64]]
+        parameters=[f"backend={algorithm.backend}", f"weights={algorithm.weights_digest}"]
         + (["DEMO weights"] if algorithm.demo else []),
     )
 

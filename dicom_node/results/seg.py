@@ -93,7 +93,7 @@ def segment_descriptions(
         family=codes.cid7162.ArtificialIntelligence,
         version=algorithm.version,
         source=algorithm.manufacturer,
-        parameters={"backend": algorithm.backend, "weights": algorithm.weights_digest[:64]},
+        parameters={"backend": algorithm.backend, "weights": algorithm.weights_digest},
     )
     descriptions = []
     for number, segment in enumerate(segments, start=1):

@@ -128,6 +128,18 @@ def _person_observer(observer: VerifyingObserver) -> hd.sr.ObserverContext:
     )
 
 
+def _without_person_observer(items: list[Dataset]) -> list[Dataset]:
+    kept, in_person_block = [], False
+    for item in items:
+        if _concept(item) == _key(codes.DCM.ObserverType):
+            in_person_block = item.ConceptCodeSequence[0].CodeValue == codes.DCM.Person.value
+        elif item.RelationshipType != "HAS OBS CONTEXT":
+            in_person_block = False
+        if not in_person_block:
+            kept.append(item)
+    return kept
+
+
 def _verified_content(
     draft: Dataset, observer: VerifyingObserver, amendment: Amendment, verified_at: datetime.datetime
 ) -> Dataset:
@@ -142,7 +154,7 @@ def _verified_content(
     if len(containers) != 1:
         raise ValueError("draft has no Qualitative Evaluations container: it was not written by build_draft_report")
     texts = {_concept(item): item for item in _text_items(containers[0])}
-    statement = texts.get(_key(DRAFT_STATEMENT))
+    statement = texts.get(_key(DRAFT_STATEMENT)) or texts.get(_key(VERIFICATION_STATEMENT))
     if statement is None:
         raise ValueError("draft has no draft statement: it was not written by build_draft_report")
     demo = "DEMO" in str(statement.TextValue)
@@ -163,6 +175,7 @@ def _verified_content(
             narrative.TextValue = amendment.narrative
     if amendment.findings_comment is not None:
         containers[0].ContentSequence.append(text_item(READER_COMMENT, amendment.findings_comment))
+    items = _without_person_observer(items)  # an earlier reader, when a verified report is revised
     first_observer = next(
         (n for n, item in enumerate(items) if _concept(item) == _key(codes.DCM.ObserverType)), None
     )

@@ -6,7 +6,6 @@ slice) voxel-to-RAS affine the engines use for a series, so tests can put label 
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -1,0 +1,85 @@
+"""Overlay Secondary Capture and the IOCM rejection note, read back from bytes."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_node.results import (
+    RejectionReason,
+    VerifyingObserver,
+    build_draft_report,
+    build_overlay_capture,
+    build_retraction,
+    build_segmentation,
+)
+from tests.support.result_cases import FIXED_TIME, ct_case, cxr_case
+
+READER = VerifyingObserver("Reader^Rita", "Test Hospital Radiology")
+
+
+def _roundtrip(dataset) -> pydicom.Dataset:
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def test_overlay_capture_keeps_the_rgb_pixels_and_references_its_slice():
+    case = ct_case()
+    source = case.study.series["ct"][3]
+    overlay = np.random.default_rng(3).integers(0, 256, (24, 20, 3), dtype=np.uint8)
+    capture = _roundtrip(build_overlay_capture(overlay, source, case.content.findings.algorithm, case.uids,
+                                               now=FIXED_TIME))
+    np.testing.assert_array_equal(capture.pixel_array, overlay)
+    assert capture.PhotometricInterpretation == "RGB" and capture.SeriesNumber == 9903
+    assert capture.StudyInstanceUID == source.StudyInstanceUID and capture.PatientID == source.PatientID
+    assert capture.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert list(capture.PatientOrientation) == ["L", "P"]
+    assert "DRAFT" in capture.ImageComments and "DEMO" in capture.SeriesDescription
+
+
+@pytest.mark.parametrize(
+    ("overlay", "error", "message"),
+    [(np.zeros((4, 4), np.uint8), ValueError, "rows, columns, 3"), (np.zeros((4, 4, 3), float), TypeError, "uint8")],
+)
+def test_overlay_capture_refuses_anything_but_rgb_uint8(overlay, error, message):
+    case = ct_case()
+    with pytest.raises(error, match=message):
+        build_overlay_capture(overlay, case.study.series["ct"][0], case.content.findings.algorithm, case.uids)
+
+
+def test_retraction_is_an_iocm_rejection_note_referencing_the_draft_and_seg():
+    case = ct_case()
+    seg = build_segmentation(case.content.findings, case.uids, now=FIXED_TIME)
+    draft = build_draft_report(case.content, case.uids, segmentation=seg, now=FIXED_TIME)
+    note = _roundtrip(build_retraction([draft, seg], READER, case.uids, explanation="Wrong series", now=FIXED_TIME))
+    assert note.Modality == "KO" and note.SeriesNumber == 9905
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
+    referenced = {
+        item.ReferencedSOPInstanceUID
+        for series in note.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
+    assert referenced == {draft.SOPInstanceUID, seg.SOPInstanceUID}
+    texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in note.ContentSequence}
+    assert texts["Key Object Description"].TextValue == "Wrong series"
+    assert str(texts["Person Observer Name"].PersonName) == READER.name
+    assert note.StudyDescription == case.study.series["ct"][0].StudyDescription
+
+
+def test_retraction_for_patient_safety_and_its_checks():
+    case = cxr_case()
+    draft = build_draft_report(case.content, case.uids, now=FIXED_TIME)
+    note = build_retraction([draft], READER, case.uids, reason="patient-safety")
+    assert note.ConceptNameCodeSequence[0].CodeValue == "113037"
+    with pytest.raises(ValueError, match="not a valid RejectionReason"):
+        build_retraction([draft], READER, case.uids, reason="boring")
+    with pytest.raises(ValueError, match="rejected must list"):
+        build_retraction([], READER, case.uids)
+    with pytest.raises(TypeError, match="reviewer"):
+        build_retraction([draft], "Reader^Rita", case.uids)
+    assert RejectionReason("quality").title.meaning == "Rejected for Quality Reasons"

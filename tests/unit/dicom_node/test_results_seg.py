@@ -1,0 +1,132 @@
+"""SEG from a label volume on the source grid: frame order, orientation handling, coding, round trip."""
+
+from __future__ import annotations
+
+from io import BytesIO
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from dicom_node.results import LabelSegmentation, StructureSegment, build_segmentation, frames_on_source_grid
+from dicom_node.results.content import AlgorithmIdentity
+from tests.support.result_cases import FIXED_TIME, brain_case, ct_case, cxr_case
+
+
+def _roundtrip(dataset) -> pydicom.Dataset:
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    buffer.seek(0)
+    return pydicom.dcmread(buffer)
+
+
+def test_frames_follow_source_instances_with_rows_and_columns_of_the_source():
+    case = ct_case()
+    findings = case.content.findings
+    frames = frames_on_source_grid(findings.segmentation, findings.source_images)
+    assert frames.shape == (6, 24, 20)  # (instances, rows, columns)
+    np.testing.assert_array_equal(frames, np.transpose(case.labels, (2, 1, 0)))
+
+
+def test_a_volume_reoriented_to_ras_gives_the_same_frames():
+    case = ct_case()
+    findings = case.content.findings
+    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flip[0, 3], flip[1, 3] = case.labels.shape[0] - 1, case.labels.shape[1] - 1  # index i -> (n-1) - i
+    ras = LabelSegmentation(case.labels[::-1, ::-1, :].copy(), findings.segmentation.affine @ flip,
+                            findings.segmentation.segments)
+    np.testing.assert_array_equal(
+        frames_on_source_grid(ras, findings.source_images), np.transpose(case.labels, (2, 1, 0))
+    )
+
+
+def test_labels_off_the_source_grid_are_refused():
+    case = ct_case()
+    findings = case.content.findings
+    shifted = findings.segmentation.affine.copy()
+    shifted[:3, 3] += [0.3, 0.0, 0.0]
+    off_grid = LabelSegmentation(case.labels, shifted, findings.segmentation.segments)
+    with pytest.raises(ValueError, match="not on the source grid"):
+        frames_on_source_grid(off_grid, findings.source_images)
+    resampled = findings.segmentation.affine.copy()
+    resampled[:3, 0] *= 2
+    with pytest.raises(ValueError, match="not on the source grid"):
+        frames_on_source_grid(LabelSegmentation(case.labels, resampled, findings.segmentation.segments),
+                              findings.source_images)
+    small = LabelSegmentation(case.labels[:10], findings.segmentation.affine, findings.segmentation.segments)
+    with pytest.raises(ValueError, match="do not cover"):
+        frames_on_source_grid(small, findings.source_images)
+
+
+def test_ct_segmentation_round_trips_with_coded_segments_and_masks():
+    case = ct_case()
+    seg = hd.seg.Segmentation.from_dataset(_roundtrip(build_segmentation(case.content.findings, case.uids,
+                                                                          now=FIXED_TIME)))
+    assert seg.StudyInstanceUID == case.study.study_instance_uid
+    assert seg.SeriesNumber == 9902 and seg.Modality == "SEG"
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == case.study.series["ct"][0].SeriesInstanceUID
+    described = {d.SegmentLabel: d for d in seg.SegmentSequence}
+    assert list(described) == ["liver", "right kidney", "left kidney", "hepatic tumor"]
+    liver = described["liver"].SegmentedPropertyTypeCodeSequence[0]
+    assert (liver.CodeValue, liver.CodingSchemeDesignator) == ("10200004", "SCT")
+    kidney = described["left kidney"].SegmentedPropertyTypeCodeSequence[0]
+    assert kidney.SegmentedPropertyTypeModifierCodeSequence[0].CodeMeaning == "Left"
+    assert described["hepatic tumor"].AnatomicRegionSequence[0].CodeMeaning == "Liver"
+    assert described["liver"].TrackingUID == case.uids.tracking_uid("liver")
+    assert described["liver"].SegmentAlgorithmName == "VISTA3D"
+    equipment = seg.ContributingEquipmentSequence[-2]
+    assert equipment.DeviceUID == case.uids.device_uid("sha256:" + "cd" * 32)
+    source_uids = [ds.SOPInstanceUID for ds in case.study.series["ct"]]
+    for number, label in ((1, 1), (2, 5), (3, 14), (4, 26)):
+        volume = seg.get_pixels_by_source_instance(source_uids, segment_numbers=[number], skip_overlap_checks=True,
+                                                   combine_segments=False)[..., 0]
+        np.testing.assert_array_equal(volume.astype(bool), np.transpose(case.labels == label, (2, 1, 0)))
+
+
+def test_brats_regions_are_overlapping_binary_segments():
+    case = brain_case()
+    seg = hd.seg.Segmentation.from_dataset(_roundtrip(build_segmentation(case.content.findings, case.uids)))
+    source_uids = [ds.SOPInstanceUID for ds in case.study.series["t1c"]]
+    pixels = seg.get_pixels_by_source_instance(source_uids, skip_overlap_checks=True, combine_segments=False)
+    expected = {1: np.isin(case.labels, (1, 4)), 2: case.labels > 0, 3: case.labels == 4}
+    for number, mask in expected.items():
+        np.testing.assert_array_equal(pixels[..., number - 1].astype(bool), np.transpose(mask, (2, 1, 0)))
+    assert seg.SegmentSequence[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "BRATS-WT"
+
+
+def test_segmentation_needs_a_label_volume_and_the_right_study():
+    case = ct_case()
+    findings = case.content.findings
+    with pytest.raises(ValueError, match="no segmentation"):
+        build_segmentation(cxr_case().content.findings, cxr_case().uids)
+    with pytest.raises(ValueError, match="another study"):
+        build_segmentation(findings, brain_case().uids)
+    with pytest.raises(TypeError, match="findings"):
+        build_segmentation(object(), case.uids)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"labels": np.zeros((2, 2)), "affine": np.eye(4)}, ValueError, "3-D"),
+        ({"labels": np.zeros((2, 2, 2), float), "affine": np.eye(4)}, TypeError, "integer"),
+        ({"labels": np.zeros((2, 2, 2), int), "affine": np.zeros((4, 4))}, ValueError, "invertible"),
+    ],
+)
+def test_label_segmentation_refuses_bad_volumes(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        LabelSegmentation(segments=(StructureSegment("liver", (1,)),), **kwargs)
+
+
+def test_structure_segments_and_algorithms_refuse_bad_values():
+    with pytest.raises(ValueError, match="label_ids of segment 'liver'"):
+        StructureSegment("liver", (0,))
+    with pytest.raises(ValueError, match="volume_ml"):
+        StructureSegment("liver", (1,), -1.0)
+    with pytest.raises(ValueError, match="unique"):
+        LabelSegmentation(np.zeros((2, 2, 2), int), np.eye(4), (StructureSegment("a", (1,)), StructureSegment("a", (2,))))
+    with pytest.raises(ValueError, match="backend must not be empty"):
+        AlgorithmIdentity("VISTA3D", "1", "NVIDIA", " ", "sha256:00")
+    with pytest.raises(TypeError, match="demo must be a bool"):
+        AlgorithmIdentity("VISTA3D", "1", "NVIDIA", "torch", "sha256:00", demo="yes")
