@@ -8,6 +8,7 @@ import typer
 
 from service.cli.context import CliContext, CliError
 from service.cli.db import db_app
+from service.cli.models import engines_app, models_app
 from service.cli.node import node_commands
 from service.cli.peers import peer_commands
 from service.cli.serve import serve_commands
@@ -25,6 +26,8 @@ app = typer.Typer(
 )
 app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
+app.add_typer(models_app, name="models")
+app.add_typer(engines_app, name="engines")
 app.add_typer(routes_app, name="routes")
 node_commands(app)
 serve_commands(app)
