@@ -1,11 +1,91 @@
-"""``m3edge scp`` and ``m3edge serve``: the DICOM node, alone or with everything else in one process."""
+"""``m3edge scp``: the DICOM node on its own (with the recorder and the study assembler) until SIGINT or SIGTERM.
+
+``m3edge serve`` (everything in one process) lives in ``service.cli.serve``.
+"""
 
 from __future__ import annotations
 
+import logging
+import signal
+import threading
+
 import typer
 
-__all__ = ["node_commands"]
+from service.cli.context import CliError, cli_context
+
+__all__ = ["node_commands", "scp_command"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+def _log_study_complete(study_uid: str) -> None:
+    LOGGER.info("study %s is complete", study_uid)
+
+
+def _assembler(settings, session_factory):
+    """H2's study assembler when it is available (``service.assembly.build_assembler``), else ``None``."""
+    try:
+        from service.assembly import build_assembler
+    except ImportError:  # pragma: no cover - the assembler ships with the service; only a partial tree lacks it
+        LOGGER.warning("service.assembly is not available: studies will not be completed by this process")
+        return None
+    return build_assembler(settings, session_factory, _log_study_complete)
+
+
+def scp_command(
+    ctx: typer.Context,
+    assemble: bool = typer.Option(True, help="Also run the study assembler (completes idle or released studies)."),
+) -> None:
+    """Run the DICOM node (Verification + Storage SCP) until SIGINT or SIGTERM.
+
+    Each received instance is written to the spool (fsynced) and recorded in the database before its success status.
+    An embedded SQLite database is created or upgraded automatically.
+    """
+    from dicom_node.scp import DicomNode
+    from service.cli.serve import prepare_database
+    from service.ingest import DatabaseRecorder
+
+    context = cli_context(ctx)
+    settings = context.settings
+    prepare_database(settings)
+    recorder = DatabaseRecorder(context.session_factory).start()
+    node = DicomNode(settings, recorder)
+    assembler = _assembler(settings, context.session_factory) if assemble else None
+
+    stop_requested = threading.Event()
+
+    def request_stop(signum, _frame) -> None:
+        LOGGER.info("%s received: stopping", signal.Signals(signum).name)
+        stop_requested.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if assembler is not None:
+            assembler.start()
+        try:
+            node.start()
+        except OSError as exc:
+            raise CliError(
+                f"cannot listen on {settings.dicom_host}:{settings.dicom_port}: {exc} (set M3EDGE_DICOM_PORT)"
+            ) from exc
+        LOGGER.info(
+            "m3edge scp: AE title %s listening on %s:%d; access: %s; database %s; spool %s",
+            settings.dicom_ae_title, settings.dicom_host, node.port, node.access_policy.describe(),
+            settings.effective_database_url.partition(":")[0], settings.spool_dir.resolve(),
+        )
+        while not stop_requested.wait(1.0):
+            pass
+    finally:
+        node.stop()
+        if assembler is not None:
+            assembler.stop()
+        recorder.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        context.engine.dispose()
+    LOGGER.info("m3edge scp stopped")
 
 
 def node_commands(app: typer.Typer) -> None:
-    """Registered by the DICOM-node work (issue 2): ``scp`` and ``serve``."""
+    """Register ``scp`` (``serve`` is registered by ``service.cli.serve``)."""
+    app.command("scp")(scp_command)

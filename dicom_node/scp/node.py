@@ -1,0 +1,187 @@
+"""``DicomNode``: the Verification and Storage SCP that PACS send studies to."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pynetdicom.sop_class import Verification
+
+from dicom_node.network import AllowedCaller
+from dicom_node.scp.access import AccessPolicy
+from dicom_node.scp.admission import LOCAL_LIMIT_EXCEEDED, DiskAdmission
+from dicom_node.scp.handlers import (
+    AssociationStudies,
+    handle_association_end,
+    handle_echo,
+    handle_store,
+    utc_now,
+)
+from dicom_node.scp.recording import InstanceRecorder
+from dicom_node.scp.spool import SpoolWriter
+
+__all__ = ["DicomNode", "NodeSettings", "NodeNotRunning"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class NodeNotRunning(RuntimeError):
+    """The node was asked for its port (or to stop) before ``start()``."""
+
+
+class _TlsSettings(Protocol):
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None
+    require_client_certificate: bool
+
+
+class NodeSettings(Protocol):
+    """The settings the node reads (the service's ``Settings`` has them all)."""
+
+    dicom_ae_title: str
+    dicom_host: str
+    dicom_port: int
+    dicom_allowed_aes: Sequence[AllowedCaller]
+    dicom_max_associations: int
+    dicom_max_pdu_size: int
+    dicom_tls: _TlsSettings | None
+    spool_high_water_percent: float
+    spool_reserve_bytes: int
+
+    @property
+    def spool_dir(self) -> Path: ...
+
+
+def server_tls_context(tls: _TlsSettings) -> ssl.SSLContext:
+    """TLS 1.2+ server context from the node's certificate and key; client certificates checked against the CA file."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=str(tls.certificate), keyfile=str(tls.private_key))
+    if tls.ca_certificates is not None:
+        context.load_verify_locations(cafile=str(tls.ca_certificates))
+        context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_certificate else ssl.CERT_OPTIONAL
+    elif tls.require_client_certificate:
+        raise ValueError("DICOM_TLS.require_client_certificate needs DICOM_TLS.ca_certificates to check them against")
+    return context
+
+
+class DicomNode:
+    """Verification + Storage SCP on ``DICOM_PORT``; each instance is fsynced and recorded before its success status.
+
+    ``start()`` returns once the port is bound (``port`` gives it, also when ``DICOM_PORT=0``); ``stop()`` closes it.
+    """
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        recorder: InstanceRecorder,
+        *,
+        spool: SpoolWriter | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._settings = settings
+        self._recorder = recorder
+        self._spool = spool or SpoolWriter(settings.spool_dir)
+        self._clock = clock
+        self._access = AccessPolicy(settings.dicom_allowed_aes)
+        self._admission = DiskAdmission(
+            settings.spool_dir, settings.spool_high_water_percent, settings.spool_reserve_bytes
+        )
+        self._studies = AssociationStudies()
+        self._server: Any = None
+
+    @property
+    def access_policy(self) -> AccessPolicy:
+        return self._access
+
+    @property
+    def spool(self) -> SpoolWriter:
+        return self._spool
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise NodeNotRunning("the DICOM node is not running; call start() first")
+        return int(self._server.server_address[1])
+
+    @property
+    def is_running(self) -> bool:
+        return self._server is not None
+
+    def _application_entity(self) -> AE:
+        settings = self._settings
+        ae = AE(ae_title=settings.dicom_ae_title)
+        ae.maximum_associations = settings.dicom_max_associations
+        ae.maximum_pdu_size = settings.dicom_max_pdu_size
+        ae.network_timeout = 60
+        ae.acse_timeout = 30
+        ae.dimse_timeout = 60
+        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        return ae
+
+    def start(self) -> None:
+        """Prepare the spool, bind the port and serve in background threads."""
+        if self._server is not None:
+            return
+        _config.LOG_REQUEST_IDENTIFIERS = False  # pynetdicom would log identifiers (patient data) otherwise
+        _config.LOG_RESPONSE_IDENTIFIERS = False
+        self._spool.prepare()
+        settings = self._settings
+        tls = server_tls_context(settings.dicom_tls) if settings.dicom_tls is not None else None
+        handlers = [
+            (evt.EVT_REQUESTED, self._on_association_requested),
+            (evt.EVT_C_ECHO, handle_echo),
+            (evt.EVT_C_STORE, handle_store, [self._spool, self._recorder, self._studies, self._clock]),
+            (evt.EVT_RELEASED, handle_association_end, [self._recorder, self._studies, self._clock]),
+            (evt.EVT_ABORTED, handle_association_end, [self._recorder, self._studies, self._clock]),
+        ]
+        ae = self._application_entity()
+        self._server = ae.start_server(
+            (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers, ssl_context=tls
+        )
+        if self._access.loopback_only:
+            LOGGER.warning(
+                "DICOM_ALLOWED_AES is empty: only callers on this machine (loopback) may associate. "
+                "This is the safe default; list your PACS as AE or AE@host to accept them."
+            )
+        LOGGER.info(
+            "DICOM node %s listening on %s:%d%s; access: %s; spool %s",
+            settings.dicom_ae_title, settings.dicom_host, self.port, " (TLS)" if tls else "",
+            self._access.describe(), self._spool.root,
+        )
+
+    def stop(self) -> None:
+        """Stop accepting, end open associations and close the port."""
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        for assoc in list(server.active_associations):
+            assoc.abort()
+        LOGGER.info("DICOM node stopped")
+
+    def _on_association_requested(self, event) -> None:
+        """EVT_REQUESTED: refuse callers the access policy does not know, and anyone while the spool is too full."""
+        assoc = event.assoc
+        calling_ae = (assoc.requestor.ae_title or "").strip()
+        address = str(assoc.requestor.address)
+        refusal = self._access.check(calling_ae, address)
+        if refusal is not None:
+            LOGGER.warning("association refused (calling AE not recognised): %s", refusal.reason)
+            assoc.acse.send_reject(*refusal.rejection)
+            return
+        try:
+            full = self._admission.refusal()
+        except OSError as exc:
+            full = f"cannot check the spool's disk: {exc}"
+        if full is not None:
+            LOGGER.warning("association from %s at %s refused (local limit exceeded): %s", calling_ae, address, full)
+            assoc.acse.send_reject(*LOCAL_LIMIT_EXCEEDED)

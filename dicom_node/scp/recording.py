@@ -1,0 +1,52 @@
+"""What the node tells its recorder (the service's database) about each instance, and the protocol it expects.
+
+``dicom_node`` never imports the service: the service passes an object with these methods to ``DicomNode``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+__all__ = ["ReceivedInstance", "InstanceRecorder", "RecorderError"]
+
+
+class RecorderError(RuntimeError):
+    """The recorder could not commit an instance; the C-STORE fails so the sender retries it."""
+
+
+@dataclass(frozen=True)
+class ReceivedInstance:
+    """One instance on disk, with the patient-free attributes the database keeps (no names, IDs, dates of birth)."""
+
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    relative_path: str  # inside the spool
+    size_bytes: int
+    digest: str  # blake2b-256, hex
+    conflict: bool  # a second copy of the SOP Instance UID with different content
+    duplicate: bool  # these exact bytes were already in the spool (a re-send)
+    calling_ae: str
+    received_at: datetime
+    modality: str = ""
+    study_description: str = ""
+    study_date: str = ""
+    series_description: str = ""
+    series_number: int | None = None
+    body_part_examined: str = ""
+
+
+@runtime_checkable
+class InstanceRecorder(Protocol):
+    """Where the node records what it stored. Both methods may be called from many threads at once."""
+
+    def record(self, instance: ReceivedInstance) -> None:
+        """Return only once the instance's row is durably committed; raise ``RecorderError`` otherwise."""
+
+    def associations_ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
+        """An association that stored into these studies was released or aborted (assembly's 'released' signal)."""

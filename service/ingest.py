@@ -1,0 +1,333 @@
+"""The database side of the DICOM node: records what the node stored, with group commit.
+
+``DatabaseRecorder`` implements ``dicom_node.scp.recording.InstanceRecorder``. Every C-STORE handler thread hands its
+instance to one writer thread and waits; the writer takes everything that queued up meanwhile, applies it in one
+transaction and commits once, then wakes each waiter. So many concurrent C-STOREs share one commit (and one fsync),
+yet each C-STORE answers success only after its own row is committed. A batch that fails is retried item by item,
+so one bad row cannot fail its neighbours.
+
+Study state written here (the assembler reads it): a new study starts 'receiving' with first_received_at = opened_at =
+now; every new instance sets last_received_at; an instance for a study in any other state re-opens it (status
+'receiving', opened_at = now, reprocess_requested). A re-send of bytes already recorded changes nothing.
+Patient names, IDs, birth dates and accession numbers never reach these tables: ``ReceivedInstance`` does not carry them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import case, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from dicom_node.scp.recording import ReceivedInstance, RecorderError
+from service.db.models import Instance, Series, Study, StudyStatus
+
+__all__ = ["DatabaseRecorder"]
+
+LOGGER = logging.getLogger(__name__)
+
+_MODALITIES_LENGTH = 64
+
+
+@dataclass
+class _Job:
+    instances: list[ReceivedInstance] = field(default_factory=list)
+    ended: tuple[Collection[str], datetime] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
+def _merge_modalities(current: str, modality: str) -> str:
+    if not modality:
+        return current
+    values = {m for m in current.split("\\") if m} | {modality}
+    merged = "\\".join(sorted(values))
+    return merged if len(merged) <= _MODALITIES_LENGTH else current
+
+
+@dataclass
+class _KnownStudy:
+    id: int
+    modalities: str
+    has_description: bool
+    has_date: bool
+
+
+class _Catalog:
+    """Ids of studies and series the writer has seen, so a batch for a known series costs two statements.
+
+    Only the writer thread uses it; it is cleared whenever a transaction fails (a rolled-back insert may be cached).
+    """
+
+    def __init__(self) -> None:
+        self.studies: dict[str, _KnownStudy] = {}
+        self.series: dict[str, int] = {}
+
+    def clear(self) -> None:
+        self.studies.clear()
+        self.series.clear()
+
+    def load_studies(self, session: Session, instances: list[ReceivedInstance]) -> None:
+        missing = {i.study_uid for i in instances} - self.studies.keys()
+        if missing:
+            rows = session.execute(
+                select(Study.study_uid, Study.id, Study.modalities, Study.study_description, Study.study_date).where(
+                    Study.study_uid.in_(missing)
+                )
+            )
+            for uid, id_, modalities, description, date in rows:
+                self.studies[uid] = _KnownStudy(id_, modalities or "", bool(description), bool(date))
+        for instance in instances:
+            if instance.study_uid not in self.studies:
+                now = instance.received_at
+                id_ = session.execute(
+                    insert(Study)
+                    .values(
+                        study_uid=instance.study_uid, status=StudyStatus.RECEIVING, first_received_at=now,
+                        opened_at=now, last_received_at=now, modalities=instance.modality[:16],
+                        study_description=instance.study_description, study_date=instance.study_date,
+                        calling_ae=instance.calling_ae, reprocess_requested=False,
+                    )
+                    .returning(Study.id)
+                ).scalar_one()
+                self.studies[instance.study_uid] = _KnownStudy(
+                    id_, instance.modality[:16], bool(instance.study_description), bool(instance.study_date)
+                )
+
+    def load_series(self, session: Session, instances: list[ReceivedInstance]) -> None:
+        missing = {i.series_uid for i in instances} - self.series.keys()
+        if missing:
+            rows = session.execute(select(Series.series_uid, Series.id).where(Series.series_uid.in_(missing)))
+            self.series.update({uid: id_ for uid, id_ in rows})
+        for instance in instances:
+            if instance.series_uid not in self.series:
+                self.series[instance.series_uid] = session.execute(
+                    insert(Series)
+                    .values(
+                        study_id=self.studies[instance.study_uid].id, series_uid=instance.series_uid,
+                        modality=instance.modality, series_description=instance.series_description,
+                        series_number=instance.series_number, body_part_examined=instance.body_part_examined,
+                        created_at=instance.received_at,
+                    )
+                    .returning(Series.id)
+                ).scalar_one()
+
+
+def _fresh_instances(session: Session, instances: list[ReceivedInstance]) -> list[ReceivedInstance]:
+    """Drop re-sends already recorded. Only a spool 'duplicate' can have a row: other paths were just created."""
+    resent = {i.relative_path for i in instances if i.duplicate}
+    recorded = set(session.scalars(select(Instance.path).where(Instance.path.in_(resent)))) if resent else set()
+    fresh = []
+    for instance in instances:
+        if instance.relative_path not in recorded:
+            recorded.add(instance.relative_path)
+            fresh.append(instance)
+    return fresh
+
+
+def _touch_studies(session: Session, catalog: _Catalog, instances: list[ReceivedInstance]) -> None:
+    """Per study: last_received_at, re-open a study that had left 'receiving', fill descriptive attributes."""
+    latest: dict[str, ReceivedInstance] = {}
+    for instance in instances:
+        current = latest.get(instance.study_uid)
+        if current is None or instance.received_at >= current.received_at:
+            latest[instance.study_uid] = instance
+    for study_uid, newest in latest.items():
+        known = catalog.studies[study_uid]
+        now = newest.received_at
+        not_receiving = Study.status != StudyStatus.RECEIVING
+        values: dict = {
+            "last_received_at": now,
+            "opened_at": case((not_receiving, now), else_=Study.opened_at),
+            "reprocess_requested": case((not_receiving, True), else_=Study.reprocess_requested),
+            "status": StudyStatus.RECEIVING,
+        }
+        if newest.calling_ae:
+            values["calling_ae"] = newest.calling_ae
+        modalities = known.modalities
+        for instance in instances:
+            if instance.study_uid == study_uid:
+                modalities = _merge_modalities(modalities, instance.modality)
+                if not known.has_description and instance.study_description:
+                    values["study_description"] = instance.study_description
+                    known.has_description = True
+                if not known.has_date and instance.study_date:
+                    values["study_date"] = instance.study_date
+                    known.has_date = True
+        if modalities != known.modalities:
+            values["modalities"] = modalities
+            known.modalities = modalities
+        session.execute(update(Study).where(Study.id == known.id).values(**values))
+
+
+def _apply_instances(session: Session, catalog: _Catalog, instances: list[ReceivedInstance]) -> None:
+    """Upsert studies and series and insert the instances not already recorded (one transaction, no commit)."""
+    fresh = _fresh_instances(session, instances)
+    if not fresh:
+        return
+    catalog.load_studies(session, fresh)
+    catalog.load_series(session, fresh)
+    _touch_studies(session, catalog, fresh)
+    session.execute(
+        insert(Instance),
+        [
+            {
+                "series_id": catalog.series[i.series_uid], "sop_instance_uid": i.sop_instance_uid,
+                "sop_class_uid": i.sop_class_uid, "transfer_syntax_uid": i.transfer_syntax_uid,
+                "path": i.relative_path, "size_bytes": i.size_bytes, "digest": i.digest, "calling_ae": i.calling_ae,
+                "received_at": i.received_at, "conflict": i.conflict,
+            }
+            for i in fresh
+        ],
+    )
+
+
+def _apply_ended(session: Session, study_uids: Collection[str], ended_at: datetime) -> None:
+    session.execute(update(Study).where(Study.study_uid.in_(list(study_uids))).values(last_released_at=ended_at))
+
+
+class DatabaseRecorder:
+    """Records received instances in the service's database; one writer thread, group commit.
+
+    The writer thread starts on first use (or ``start()``); ``close()`` stops it. Thread-safe.
+    """
+
+    def __init__(self, session_factory: sessionmaker[Session], *, max_batch: int = 512, timeout: float = 60.0) -> None:
+        self._session_factory = session_factory
+        self._max_batch = max_batch
+        self._timeout = timeout
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._catalog = _Catalog()
+        self.commits = 0  # how many transactions were committed (tests and the bench read it)
+
+    def start(self) -> DatabaseRecorder:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="ingest-recorder", daemon=True)
+                self._thread.start()
+        return self
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join(timeout=self._timeout)
+
+    def __enter__(self) -> DatabaseRecorder:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- InstanceRecorder -----------------------------------------------------------------------------------------
+
+    def record(self, instance: ReceivedInstance) -> None:
+        self._submit(_Job(instances=[instance]))
+
+    def associations_ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
+        if study_uids:
+            self._submit(_Job(ended=(tuple(study_uids), ended_at)))
+
+    def _submit(self, job: _Job) -> None:
+        if self._thread is None:
+            self.start()  # started on first use, so a recorder handed straight to DicomNode needs no extra call
+        self._jobs.put(job)
+        if not job.done.wait(self._timeout):
+            raise RecorderError(f"the database did not commit within {self._timeout:g} s")
+        if job.error is not None:
+            raise RecorderError(f"cannot record in the database: {job.error.__class__.__name__}") from job.error
+
+    # -- the writer thread ----------------------------------------------------------------------------------------
+
+    def _take_batch(self, first: _Job) -> tuple[list[_Job], bool]:
+        batch = [first]
+        while len(batch) < self._max_batch:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+        return batch, False
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._jobs.get()
+            if first is None:
+                break
+            batch, stopping = self._take_batch(first)
+            self._commit(batch)
+
+    def _apply(self, session: Session, jobs: Iterable[_Job]) -> None:
+        instances = [i for job in jobs for i in job.instances]
+        if instances:
+            _apply_instances(session, self._catalog, instances)
+        for job in jobs:
+            if job.ended is not None:
+                _apply_ended(session, *job.ended)
+
+    def _transaction(self, jobs: list[_Job]) -> None:
+        with self._session_factory() as session:
+            try:
+                self._apply(session, jobs)
+                session.commit()
+            except BaseException:
+                session.rollback()
+                self._catalog.clear()
+                raise
+        self.commits += 1
+
+    def _commit(self, batch: list[_Job]) -> None:
+        try:
+            self._transaction(batch)
+        except SQLAlchemyError as exc:
+            if len(batch) == 1:
+                self._finish(batch, exc)
+                return
+            LOGGER.warning("a batch of %d failed (%s); recording its items one by one", len(batch), exc.__class__.__name__)
+            for job in batch:
+                self._commit_alone(job)
+            return
+        except Exception as exc:  # noqa: BLE001 - the waiters must always be woken; they fail their C-STOREs
+            LOGGER.exception("unexpected error while recording %d job(s)", len(batch))
+            self._finish(batch, exc)
+            return
+        self._finish(batch, None)
+
+    def _commit_alone(self, job: _Job, attempts: int = 2) -> None:
+        error: BaseException | None = None
+        for _ in range(attempts):  # a second attempt absorbs a race with another writer inserting the same study
+            try:
+                self._transaction([job])
+                error = None
+                break
+            except SQLAlchemyError as exc:
+                error = exc
+        if error is not None:
+            LOGGER.error("cannot record an instance: %s", error.__class__.__name__)
+        self._finish([job], error)
+
+    @staticmethod
+    def _finish(jobs: list[_Job], error: BaseException | None) -> None:
+        for job in jobs:
+            job.error = error
+            job.done.set()
+
+
+def make_recorder(session_factory: sessionmaker[Session]) -> DatabaseRecorder:
+    """A started recorder for ``session_factory``."""
+    return DatabaseRecorder(session_factory).start()
+
+
+__all__ += ["make_recorder"]

@@ -1,0 +1,147 @@
+import errno
+import hashlib
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from dicom_node.scp.spool import (
+    INCOMING_DIR,
+    InstanceLocation,
+    SpoolError,
+    SpoolFull,
+    SpoolWriter,
+    StoreOutcome,
+)
+from dicom_node.uids import InvalidUid, validate_uid
+
+LOCATION = InstanceLocation("1.2.3", "1.2.3.4", "1.2.3.4.5")
+
+
+@pytest.fixture
+def spool(tmp_path) -> SpoolWriter:
+    writer = SpoolWriter(tmp_path / "spool")
+    writer.prepare()
+    return writer
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_an_instance_lands_under_study_series_sop_with_size_and_digest(spool):
+    stored = spool.write(LOCATION, [b"head", b"-body"])
+    assert stored.relative_path == "1.2.3/1.2.3.4/1.2.3.4.5.dcm"
+    assert stored.outcome is StoreOutcome.STORED and not stored.conflict
+    assert spool.path_of(stored.relative_path).read_bytes() == b"head-body"
+    assert stored.size_bytes == 9
+    assert stored.digest == hashlib.blake2b(b"head-body", digest_size=32).hexdigest()
+    assert _files(spool.root) == [stored.relative_path]  # no temporary file left behind
+
+
+def test_identical_resend_is_a_duplicate_of_the_same_file(spool):
+    first = spool.write(LOCATION, [b"same bytes"])
+    again = spool.write(LOCATION, [b"same bytes"])
+    assert again.outcome is StoreOutcome.DUPLICATE and not again.conflict
+    assert again.relative_path == first.relative_path
+    assert _files(spool.root) == [first.relative_path]
+
+
+def test_different_content_is_kept_beside_the_first_copy_never_overwriting_it(spool):
+    first = spool.write(LOCATION, [b"first version"])
+    second = spool.write(LOCATION, [b"second version"])
+    assert second.outcome is StoreOutcome.CONFLICT and second.conflict
+    assert second.relative_path != first.relative_path
+    assert spool.path_of(first.relative_path).read_bytes() == b"first version"
+    assert spool.path_of(second.relative_path).read_bytes() == b"second version"
+    third = spool.write(LOCATION, [b"second version"])  # the conflicting copy sent again
+    assert third.outcome is StoreOutcome.DUPLICATE and third.conflict
+    assert third.relative_path == second.relative_path
+    assert len(_files(spool.root)) == 2
+
+
+def test_a_conflict_name_cannot_be_another_instances_primary_name(spool):
+    spool.write(LOCATION, [b"a"])
+    second = spool.write(LOCATION, [b"b"])
+    stem = Path(second.relative_path).name.removesuffix(".dcm")
+    with pytest.raises(InvalidUid):  # no SOP Instance UID can be spelled like a conflict copy's name
+        validate_uid(stem)
+
+
+@pytest.mark.parametrize(
+    "study, series, sop",
+    [("..", "1.2", "1.3"), ("1.2", "../..", "1.3"), ("1.2", "1.3", "../../../etc/passwd"), ("1.2", "1.3", "/abs"),
+     ("1.2", "1.3", "1" * 65), ("1.2", "a b", "1.3")],
+)
+def test_locations_built_from_crafted_uids_are_refused(study, series, sop):
+    with pytest.raises(InvalidUid):
+        InstanceLocation(study, series, sop)
+
+
+def test_prepare_removes_partial_files_a_crash_left_behind(tmp_path):
+    writer = SpoolWriter(tmp_path / "spool")
+    writer.prepare()
+    leftover = tmp_path / "spool" / INCOMING_DIR / "123-abc.part"
+    leftover.write_bytes(b"half an instance")
+    assert writer.prepare() == 1
+    assert not leftover.exists()
+
+
+class _DiskFullSpool(SpoolWriter):
+    """Writes its temporary files to /dev/full, whose writes fail with ENOSPC (the kernel's real error path)."""
+
+    def _open_temp(self, temp: Path) -> int:
+        temp.symlink_to("/dev/full")
+        return os.open("/dev/full", os.O_WRONLY)
+
+
+def test_a_full_disk_raises_spool_full_and_leaves_nothing(tmp_path):
+    writer = _DiskFullSpool(tmp_path / "spool")
+    writer.prepare()
+    with pytest.raises(SpoolFull, match="disk is full") as caught:
+        writer.write(LOCATION, [b"x" * 65536])
+    assert caught.value.errno == errno.ENOSPC
+    assert _files(writer.root) == []
+    assert not list((tmp_path / "spool" / INCOMING_DIR).iterdir())
+
+
+def test_other_io_errors_raise_spool_error(tmp_path):
+    writer = SpoolWriter(tmp_path / "missing-and-never-prepared")
+    with pytest.raises(SpoolError, match="cannot write to the spool"):
+        writer.write(LOCATION, [b"x"])
+
+
+def test_concurrent_writers_of_the_same_instance_keep_exactly_one_file(spool):
+    barrier = threading.Barrier(8)
+    results = []
+
+    def send() -> None:
+        barrier.wait()
+        results.append(spool.write(LOCATION, [b"the same content" * 1000]))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.outcome for r in results) == [StoreOutcome.DUPLICATE] * 7 + [StoreOutcome.STORED]
+    assert _files(spool.root) == ["1.2.3/1.2.3.4/1.2.3.4.5.dcm"]
+
+
+def test_many_series_written_concurrently_are_all_durable_and_distinct(spool):
+    locations = [InstanceLocation("1.9", f"1.9.{s}", f"1.9.{s}.{i}") for s in range(4) for i in range(25)]
+
+    def send(location: InstanceLocation) -> None:
+        spool.write(location, [location.sop_instance_uid.encode()])
+
+    threads = [threading.Thread(target=send, args=(loc,)) for loc in locations]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    files = _files(spool.root)
+    assert len(files) == 100
+    for location in locations:
+        path = spool.root / location.series_dir / location.primary_name
+        assert path.read_bytes() == location.sop_instance_uid.encode()
