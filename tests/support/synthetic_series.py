@@ -194,6 +194,7 @@ def _cross_sectional_series(
         ds.FrameOfReferenceUID = study.frame_of_reference_uid
         ds.PositionReferenceIndicator = ""
         ds.PatientPosition = "HFS"
+        ds.Laterality = ""
         ds.ImagePositionPatient = [_ds(v) for v in geometry.position(k)]
         ds.ImageOrientationPatient = [_ds(v) for v in (*geometry.row_cosine, *geometry.column_cosine)]
         ds.PixelSpacing = [_ds(v) for v in geometry.pixel_spacing]
@@ -204,8 +205,9 @@ def _cross_sectional_series(
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, signed
-        ds.RescaleSlope = _ds(rescale_slope)
-        ds.RescaleIntercept = _ds(rescale_intercept)
+        if modality == "CT" or (rescale_slope, rescale_intercept) != (1.0, 0.0):  # MR: only when scaled (Philips)
+            ds.RescaleSlope = _ds(rescale_slope)
+            ds.RescaleIntercept = _ds(rescale_intercept)
         if modality == "CT":
             ds.RescaleType = "HU"
             ds.KVP = "120"
@@ -255,7 +257,7 @@ def mr_series(
         values, geometry, study=study or SyntheticStudy(), modality="MR", sop_class=MRImageStorage,
         description=description, series_number=series_number, rescale_slope=rescale_slope,
         rescale_intercept=rescale_intercept, reverse_order=reverse_order,
-        image_type=("ORIGINAL", "PRIMARY", "M", "NONE"), extra=add_mr,
+        image_type=("ORIGINAL", "PRIMARY", "OTHER"), extra=add_mr,
     )
 
 
@@ -282,6 +284,7 @@ def enhanced_series(datasets: Sequence[Dataset], *, series_number: int = 20) -> 
         list(datasets), series_instance_uid=generate_uid(), series_number=series_number,
         sop_instance_uid=generate_uid(), instance_number=1,
     )
+    image.Laterality = ""  # General Series 2C; highdicom does not carry it over
     return image
 
 
@@ -338,6 +341,17 @@ def cxr_dataset(
     ds.PhotometricInterpretation = photometric
     ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    ds.ImageLaterality = "U"
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    ds.PixelIntensityRelationship = "LOG"
+    ds.PixelIntensityRelationshipSign = 1
+    ds.DetectorType = "DIRECT"
+    ds.PositionerType = ""
+    ds.AcquisitionContextSequence = DicomSequence([])
+    chest = Dataset()
+    chest.CodeValue, chest.CodingSchemeDesignator, chest.CodeMeaning = "51185008", "SCT", "Chest"
+    ds.AnatomicRegionSequence = DicomSequence([chest])
     ds.PixelSpacing = ["0.15", "0.15"]
     ds.ImagerPixelSpacing = ["0.15", "0.15"]
     ds.RescaleSlope, ds.RescaleIntercept = _ds(rescale[0]), _ds(rescale[1])
