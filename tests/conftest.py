@@ -47,8 +47,17 @@ def database_url(migrated_database_url: str) -> Iterator[str]:
     yield migrated_database_url
     engine = create_db_engine(migrated_database_url)
     with engine.begin() as connection:
-        for table in reversed(Base.metadata.sorted_tables):
-            connection.execute(table.delete())
+        if connection.dialect.name == "postgresql":  # TRUNCATE does not fire the audit log's append-only trigger
+            names = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+            connection.exec_driver_sql(f"TRUNCATE {names} RESTART IDENTITY CASCADE")
+        else:
+            triggers = connection.exec_driver_sql("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'").all()
+            for name, _ in triggers:
+                connection.exec_driver_sql(f'DROP TRIGGER "{name}"')
+            for table in reversed(Base.metadata.sorted_tables):
+                connection.execute(table.delete())
+            for _, sql in triggers:
+                connection.exec_driver_sql(sql)
     engine.dispose()
 
 
