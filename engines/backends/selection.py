@@ -47,7 +47,10 @@ def _torch(network: NetworkArtifacts, device: str, precision: Precision) -> Pred
     if network.torch_module is None:
         raise BackendUnavailable(f"{network.name} has no torch form installed (only ONNX)")
     precision = precision if device.startswith("cuda") else Precision.FP32
-    return TorchPredictor(network.torch_module(), network.inputs, network.outputs, device=device, precision=precision)
+    try:
+        return TorchPredictor(network.torch_module(), network.inputs, network.outputs, device=device, precision=precision)
+    except AssertionError as exc:  # torch built without CUDA asserts instead of raising
+        raise BackendUnavailable(f"torch cannot use {device}: {exc}") from exc
 
 
 def _onnxruntime(network: NetworkArtifacts) -> Predictor:
