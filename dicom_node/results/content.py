@@ -222,7 +222,11 @@ class DraftReportContent:
 
 @dataclass(frozen=True)
 class VerifyingObserver:
-    """The qualified reader who verified the report, and their organisation; both required."""
+    """The qualified reader who verified the report, and their organisation; both required.
+
+    ``name`` is a DICOM person name (``Family^Given``); a name without ``^`` is kept whole as one component
+    (a trailing ``^`` is added, as PS3.5 6.2.1 asks for a single-component name).
+    """
 
     name: str
     organisation: str
@@ -230,6 +234,8 @@ class VerifyingObserver:
     def __post_init__(self) -> None:
         _check_text("name", self.name)
         _check_text("organisation", self.organisation)
+        if "^" not in self.name:
+            object.__setattr__(self, "name", f"{self.name.strip()}^")
 
 
 @dataclass(frozen=True)

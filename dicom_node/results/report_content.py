@@ -107,7 +107,9 @@ def _volume_groups(
             sites = [hd.sr.FindingSite(anatomic_location=location, laterality=coding.type_modifier)]
         groups.append(
             hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(uid=uids.tracking_uid(segment.name), identifier=segment.name),
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=uids.tracking_uid(segment.name), identifier=segment.name
+                ),
                 referenced_segment=hd.sr.ReferencedSegment(
                     sop_class_uid=segmentation_dataset.SOPClassUID,
                     sop_instance_uid=segmentation_dataset.SOPInstanceUID,

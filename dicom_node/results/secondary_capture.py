@@ -65,7 +65,9 @@ def build_overlay_capture(
     image.copy_patient_and_study_information(source_image)
     image.Laterality = source_image.get("Laterality", "")  # General Series: Type 2C, empty when unknown
     image.BurnedInAnnotation = "NO"
-    image.ImageComments = f"AI-generated DRAFT overlay for a qualified reader, not a diagnosis: {describe_algorithm(algorithm)}"
+    image.ImageComments = (
+        f"AI-generated DRAFT overlay for a qualified reader, not a diagnosis: {describe_algorithm(algorithm)}"
+    )[:10240]
     reference = Dataset()
     reference.ReferencedSOPClassUID = source_image.SOPClassUID
     reference.ReferencedSOPInstanceUID = source_image.SOPInstanceUID

@@ -22,7 +22,13 @@ from dicom_node.results.content import AlgorithmIdentity, ExpertFindings, LabelS
 from dicom_node.results.equipment import algorithm_equipment
 from dicom_node.results.uids import ResultKind, ResultUids, SeriesNumber
 
-__all__ = ["build_segmentation", "frames_on_source_grid", "segment_descriptions", "GRID_TOLERANCE_VOXELS"]
+__all__ = [
+    "build_segmentation",
+    "frames_on_source_grid",
+    "segment_descriptions",
+    "segment_pixels",
+    "GRID_TOLERANCE_VOXELS",
+]
 
 GRID_TOLERANCE_VOXELS = 1e-3
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -84,6 +90,19 @@ def frames_on_source_grid(segmentation: LabelSegmentation, source_images: tuple[
     return np.stack([_frame(segmentation.labels, to_voxel, image) for image in source_images])
 
 
+def segment_pixels(frames: np.ndarray, segments: tuple[StructureSegment, ...]) -> np.ndarray:
+    """What highdicom encodes: a label map of segment numbers when the segments are disjoint single labels
+    (VISTA3D: memory of one volume whatever the number of structures), else one boolean mask per segment
+    (BraTS' overlapping TC/WT/ET)."""
+    ids = [segment.label_ids[0] for segment in segments]
+    if all(len(segment.label_ids) == 1 for segment in segments) and len(set(ids)) == len(ids):
+        lookup = np.zeros(max(ids) + 1, dtype=np.uint8 if len(segments) < 256 else np.uint16)
+        lookup[ids] = np.arange(1, len(segments) + 1)
+        inside = (frames >= 0) & (frames <= max(ids))
+        return np.where(inside, lookup[np.clip(frames, 0, max(ids))], 0).astype(lookup.dtype)
+    return np.stack([np.isin(frames, segment.label_ids) for segment in segments], axis=-1)
+
+
 def segment_descriptions(
     segments: tuple[StructureSegment, ...], algorithm: AlgorithmIdentity, uids: ResultUids
 ) -> list[hd.seg.SegmentDescription]:
@@ -137,7 +156,7 @@ def build_segmentation(
     segmentation = findings.segmentation
     algorithm = findings.algorithm
     frames = frames_on_source_grid(segmentation, findings.source_images)
-    masks = np.stack([np.isin(frames, segment.label_ids) for segment in segmentation.segments], axis=-1)
+    masks = segment_pixels(frames, segmentation.segments)
     demo = " DEMO" if algorithm.demo else ""
     return hd.seg.Segmentation(
         source_images=list(findings.source_images),

@@ -116,7 +116,9 @@ def _volume_series(
 def ct_study(slices: int = 6, rows: int = 24, columns: int = 20) -> SourceStudy:
     """One axial CT series, 0.8 x 0.8 x 2.5 mm."""
     study = _uid("ct-study")
-    extra = {"KVP": 120, "RescaleIntercept": -1024, "RescaleSlope": 1, "RescaleType": "HU", "BodyPartExamined": "ABDOMEN"}
+    extra = {
+        "KVP": 120, "RescaleIntercept": -1024, "RescaleSlope": 1, "RescaleType": "HU", "BodyPartExamined": "ABDOMEN",
+    }
     series = _volume_series(study, "CT", "CT", CT_IMAGE_STORAGE, 2, "Abdomen 2.5mm", (rows, columns, slices),
                             (0.8, 0.8, 2.5), extra, "ACC-CT-1", _uid(study, "frame"))
     return SourceStudy(study, {"ct": series})

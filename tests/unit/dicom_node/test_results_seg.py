@@ -125,7 +125,9 @@ def test_structure_segments_and_algorithms_refuse_bad_values():
     with pytest.raises(ValueError, match="volume_ml"):
         StructureSegment("liver", (1,), -1.0)
     with pytest.raises(ValueError, match="unique"):
-        LabelSegmentation(np.zeros((2, 2, 2), int), np.eye(4), (StructureSegment("a", (1,)), StructureSegment("a", (2,))))
+        LabelSegmentation(
+            np.zeros((2, 2, 2), int), np.eye(4), (StructureSegment("a", (1,)), StructureSegment("a", (2,)))
+        )
     with pytest.raises(ValueError, match="backend must not be empty"):
         AlgorithmIdentity("VISTA3D", "1", "NVIDIA", " ", "sha256:00")
     with pytest.raises(TypeError, match="demo must be a bool"):

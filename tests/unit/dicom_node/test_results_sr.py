@@ -236,3 +236,8 @@ def test_a_revised_verified_report_names_only_the_latest_reader():
     assert [str(i.PersonName) for i in _children(second, "Person Observer Name")] == ["Second^Sam"]
     assert len(_children(second, "Device Observer Name")) == 1
     assert "verified by Second^Sam" in _texts(second)["Verification statement"]
+
+
+def test_a_reader_name_without_components_is_kept_whole():
+    assert VerifyingObserver("Rita Reader", "Hospital").name == "Rita Reader^"
+    assert VerifyingObserver("Reader^Rita", "Hospital").name == "Reader^Rita"

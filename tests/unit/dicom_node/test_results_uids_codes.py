@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 from pydicom.sr._concepts_dict import concepts
 
-from dicom_node.results import OrganisationRoot, ResultKind, ResultUids, pathology_code, procedure_code, structure_coding
+from dicom_node.results import (
+    OrganisationRoot,
+    ResultKind,
+    ResultUids,
+    pathology_code,
+    procedure_code,
+    structure_coding,
+)
 from dicom_node.results.codes import ABSENT, KNOWN_STRUCTURES, LOCAL_SCHEME, PRESENT, local_code
 from tests.support.result_cases import CXR_PATHOLOGIES
 
