@@ -62,9 +62,10 @@ def draft_statement(content: DraftReportContent) -> str:
     )
 
 
-def text_item(name: Code, value: str) -> hd.sr.TextContentItem:
+def text_item(name: Code, value: str, when_empty: str = _EMPTY_ANSWER) -> hd.sr.TextContentItem:
+    """A TEXT item; an empty value (not allowed in DICOM) is written as ``when_empty``."""
     return hd.sr.TextContentItem(
-        name=name, value=value or _EMPTY_ANSWER, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+        name=name, value=value.strip() or when_empty, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
     )
 
 
@@ -187,7 +188,7 @@ def measurement_report(
         qualitative_evaluations_container(
             [
                 text_item(DRAFT_STATEMENT, draft_statement(content)),
-                text_item(QUESTION, content.narrative.question),
+                text_item(QUESTION, content.narrative.question, when_empty="(no question was asked)"),
                 text_item(NARRATIVE, content.narrative.answer),
             ]
         )

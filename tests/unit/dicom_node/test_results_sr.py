@@ -11,7 +11,10 @@ from pydicom.dataset import Dataset
 from dicom_node.results import (
     Amendment,
     DraftReportContent,
+    ExpertFindings,
+    LabelSegmentation,
     Narrative,
+    StructureSegment,
     VerifyingObserver,
     build_draft_report,
     build_segmentation,
@@ -241,3 +244,20 @@ def test_a_revised_verified_report_names_only_the_latest_reader():
 def test_a_reader_name_without_components_is_kept_whole():
     assert VerifyingObserver("Rita Reader", "Hospital").name == "Rita Reader^"
     assert VerifyingObserver("Reader^Rita", "Hospital").name == "Reader^Rita"
+
+
+def test_empty_question_and_answer_and_an_empty_segment_still_make_a_valid_report():
+    case = ct_case()
+    findings = case.content.findings
+    segments = (StructureSegment("liver", (1,), 1.0), StructureSegment("spleen", (3,)))  # no spleen voxels
+    sparse = ExpertFindings(findings.algorithm, findings.source_images,
+                            LabelSegmentation(case.labels, findings.segmentation.affine, segments))
+    seg = build_segmentation(sparse, case.uids)
+    report = _roundtrip(build_draft_report(DraftReportContent(sparse, Narrative("", " "), case.content.model),
+                                           case.uids, segmentation=seg))
+    texts = _texts(report)
+    assert texts["Question asked of the model"] == "(no question was asked)"
+    assert texts["Findings"] == "(the model gave no answer)"
+    spleen = _groups(report)[1]
+    assert _children(spleen, "Volume") == []
+    assert int(_child(spleen, "Referenced Segment").ReferencedSOPSequence[0].ReferencedSegmentNumber) == 2

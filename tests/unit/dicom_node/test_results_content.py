@@ -1,0 +1,38 @@
+"""The writers' inputs refuse what would make an invalid object, naming the argument."""
+
+from __future__ import annotations
+
+import pytest
+
+from dicom_node.results import ExpertFindings, Narrative, PathologyScore
+from tests.support.result_cases import brain_case, ct_case, cxr_case
+
+
+def test_findings_must_come_from_one_series_of_one_study():
+    ct, brain = ct_case(), brain_case()
+    algorithm = ct.content.findings.algorithm
+    ct_images = ct.content.findings.source_images
+    with pytest.raises(ValueError, match="one study"):
+        ExpertFindings(algorithm, ct_images, ct.content.findings.segmentation,
+                       other_evidence=tuple(brain.study.series["t1"]))
+    with pytest.raises(ValueError, match="from one series"):
+        ExpertFindings(algorithm, tuple(brain.study.series["t1"]) + tuple(brain.study.series["t2"]),
+                       scores=(PathologyScore("Mass", 0.1),))
+    with pytest.raises(ValueError, match="source_images"):
+        ExpertFindings(algorithm, (), scores=(PathologyScore("Mass", 0.1),))
+    with pytest.raises(ValueError, match="segmentation, scores, or both"):
+        ExpertFindings(algorithm, ct_images)
+
+
+def test_scores_are_probabilities_and_half_means_present():
+    assert PathologyScore("Effusion", 0.5).present and not PathologyScore("Effusion", 0.49).present
+    with pytest.raises(ValueError, match="within 0..1"):
+        PathologyScore("Effusion", 1.2)
+    with pytest.raises(TypeError, match="score of 'Effusion' must be a number"):
+        PathologyScore("Effusion", "high")
+
+
+def test_narrative_is_text_and_demo_follows_any_algorithm():
+    with pytest.raises(TypeError, match="answer must be a str"):
+        Narrative("question", None)
+    assert cxr_case(demo=True).content.demo and not brain_case(demo=False).content.demo
