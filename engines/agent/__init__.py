@@ -1,6 +1,7 @@
 """The VILA-M3 expert-consultation agent: first turn, trigger, expert result, feedback turn, transcript."""
 
 from engines.agent.agent import ConsultationAgent
+from engines.agent.expert_call import PendingExpertResult
 from engines.agent.prompts import Modality
 from engines.agent.rendering import (
     FirstTurnImages,
@@ -24,6 +25,7 @@ __all__ = [
     "Modality",
     "Outcome",
     "OutcomeReason",
+    "PendingExpertResult",
     "ProtocolImageRenderer",
     "RenderedOverlay",
     "SlicePolicy",

@@ -9,17 +9,22 @@ the overlay is drawn on the slice the model saw; turn 2 feeds the result back ex
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from typing import Any
 
 from engines.agent import prompts
-from engines.agent.expert_call import ExpertCrash, ExpertTimeout, find_ready_result, run_expert, summarise_result
+from engines.agent.feedback import FeedbackTurn, build_feedback_turn
+from engines.agent.expert_call import (
+    ExpertCrash,
+    ExpertTimeout,
+    await_result,
+    find_ready_result,
+    run_expert,
+    summarise_result,
+)
 from engines.agent.rendering import ImageForm, ProtocolImageRenderer, StudyImageRenderer
 from engines.agent.request import AgentSettings, Consultation, ConsultationRequest
 from engines.agent.slices import choose_slice
@@ -37,20 +42,13 @@ from engines.agent.transcript import (
 from engines.agent.triggers import Trigger, TriggerError, TriggerKind, parse_trigger
 from engines.experts.base import Expert, ExpertError, ExpertName, ExpertResult
 from engines.vlm.base import Conversation, Generation, GenerationConfig, Role, VisionLanguageModel, VlmError
+from engines.vlm.templates import render_prompt
 
-__all__ = ["ConsultationAgent", "PromptRenderer", "DEFAULT_PROMPT_RENDERER"]
+__all__ = ["ConsultationAgent", "PromptRenderer"]
 
 logger = logging.getLogger(__name__)
 
 PromptRenderer = Callable[[Conversation], str]
-DEFAULT_PROMPT_RENDERER: Any = object()  # sentinel: use engines.vlm.templates.render_prompt when it is importable
-BRATS_LABEL_NAMES = {1: "necrotic tumor core", 2: "peritumoral edema", 4: "enhancing tumor"}  # overlay record only
-_TRIGGER_REASONS = {
-    "multiple_tags": OutcomeReason.MULTIPLE_TAGS,
-    "unknown_expert": OutcomeReason.UNKNOWN_EXPERT,
-    "ambiguous_expert": OutcomeReason.AMBIGUOUS_EXPERT,
-    "invalid_argument": OutcomeReason.INVALID_ARGUMENT,
-}
 
 
 @dataclass
@@ -79,27 +77,13 @@ class _Run:
     overlay: Any = None
 
 
-@cache
-def _vista3d_names() -> dict[int, str]:
-    text = resources.files("engines").joinpath("protocol_data", "vista3d_labels.json").read_text(encoding="utf-8")
-    return {int(label): name for label, name in json.loads(text)["channel_def"].items()}
-
-
-def _default_prompt_renderer() -> PromptRenderer | None:
-    try:
-        from engines.vlm.templates import render_prompt
-    except ImportError:
-        return None
-    return render_prompt
-
-
 class ConsultationAgent:
     """Asks VILA-M3 one question about one study, consulting at most one expert.
 
     ``experts`` are the experts that may run on the request path (by their ``name``); ``template`` is the conversation
     template of the checkpoint (``llama_3`` for the 8B, ``vicuna_v1`` for 3B/13B), a setting, never guessed.
-    ``prompt_renderer`` turns a conversation into the full templated prompt for the transcript (default: the project's
-    ``engines.vlm.templates.render_prompt`` when present; None records none).
+    ``prompt_renderer`` turns a conversation into the full templated prompt for the transcript (default:
+    ``engines.vlm.templates.render_prompt``; None records none).
     """
 
     def __init__(
@@ -110,7 +94,7 @@ class ConsultationAgent:
         template: str,
         settings: AgentSettings | None = None,
         renderer: StudyImageRenderer | None = None,
-        prompt_renderer: PromptRenderer | None = DEFAULT_PROMPT_RENDERER,
+        prompt_renderer: PromptRenderer | None = render_prompt,
         model_cards: str | None = None,
         label_groups: Mapping[str, Any] | None = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -122,8 +106,6 @@ class ConsultationAgent:
         self._template = template
         self._settings = settings or AgentSettings()
         self._renderer = renderer or ProtocolImageRenderer()
-        if prompt_renderer is DEFAULT_PROMPT_RENDERER:
-            prompt_renderer = _default_prompt_renderer()
         self._prompt_renderer = prompt_renderer
         if prompt_renderer is not None:
             prompt_renderer(Conversation(template).add(Role.USER, "?"))  # an unknown template fails here, not mid-study
@@ -179,7 +161,9 @@ class ConsultationAgent:
         request = run.request
         begun = self._clock()
         policy = self._settings.slice_policy
-        slice_index, slice_reason = choose_slice(request, policy, self._renderer, self._label_groups)
+        slice_index, slice_reason = choose_slice(
+            request, policy, self._renderer, self._label_groups, self._settings.expert_timeout_s
+        )
         first = self._renderer.first_turn_images(request.form, request.expert_input, slice_index)
         if first.slice_index is not None:
             run.slice = SliceRecord(policy.value, first.slice_index, first.slice_count, slice_reason)
@@ -235,7 +219,7 @@ class ConsultationAgent:
         if isinstance(feedback, _End):
             feedback.final_answer = answer.text
             return feedback
-        feedback_text, feedback_images, feedback_records = feedback
+        feedback_records = [ImageRecord("overlay", list(image.shape), run.slice.index) for image in feedback.images]
         if not second_pass:
             return _End(
                 Outcome.SEGMENTED_NO_SECOND_PASS,
@@ -245,8 +229,8 @@ class ConsultationAgent:
                 answer.text,
             )
 
-        conversation.add(Role.ASSISTANT, answer.text).add(Role.USER, feedback_text, feedback_images)
-        final = self._generate(run, conversation, feedback_text, feedback_records, turn_2_tokens)
+        conversation.add(Role.ASSISTANT, answer.text).add(Role.USER, feedback.text, feedback.images)
+        final = self._generate(run, conversation, feedback.text, feedback_records, turn_2_tokens)
         if final is None:
             return _End(Outcome.MODEL_FAILED, OutcomeReason.TURN_2_MODEL_ERROR, run.model_error)
         if final.stopped_by == "max_new_tokens":
@@ -329,7 +313,7 @@ class ConsultationAgent:
     def _without_expert(run: _Run, trigger: Trigger | None, answer: str) -> _End:
         if trigger is None:
             return _End(
-                Outcome.ANSWERED_WITHOUT_EXPERT, _TRIGGER_REASONS[run.trigger.problem], run.trigger.detail, answer
+                Outcome.ANSWERED_WITHOUT_EXPERT, OutcomeReason(run.trigger.problem), run.trigger.detail, answer
             )
         if trigger.kind is TriggerKind.UNSERVED:
             return _End(
@@ -347,20 +331,24 @@ class ConsultationAgent:
         call = ExpertCallRecord(expert=expert_name.value, argument=argument, source=None)
         run.expert_call = call
         provided = find_ready_result(run.request.ready_results, expert_name, argument)
-        if provided is not None:
-            call.source = ExpertSource.PROVIDED
-            call.saved_s = float(sum(provided.timings.values()))
+        if isinstance(provided, ExpertResult):  # finished before it was needed: nothing spent on the request path
+            call.source, call.waited_s = ExpertSource.PROVIDED, 0.0
+            call.saved_s = float(sum(provided.timings.values())) if provided.timings else None
             call.result = summarise_result(provided)
             run.expert_result = provided
             return provided
         expert = self._experts.get(expert_name)
-        if expert is None:
+        if provided is None and expert is None:
             call.error = f"no {expert_name.value} expert is configured and no ready-made result matches"
             return _End(Outcome.ANSWERED_WITHOUT_EXPERT, OutcomeReason.EXPERT_NOT_CONFIGURED, call.error)
-        call.timeout_s = self._settings.expert_timeout_s
+        call.timeout_s = timeout_s = self._settings.expert_timeout_s
         begun = self._clock()
         try:
-            result = run_expert(expert, run.request.expert_input, argument, self._settings.expert_timeout_s)
+            if provided is not None:
+                asked = expert_name.value + (f"({argument})" if argument else "")
+                result = await_result(provided.future, f"the ready-made {asked} result", timeout_s)
+            else:
+                result = run_expert(expert, run.request.expert_input, argument, timeout_s)
         except ExpertTimeout as error:
             reason, call.error = OutcomeReason.EXPERT_TIMED_OUT, str(error)
         except (ExpertError, ValueError) as error:
@@ -368,40 +356,30 @@ class ConsultationAgent:
         except ExpertCrash as error:
             reason, call.error = OutcomeReason.EXPERT_CRASHED, str(error)
         else:
-            call.source = ExpertSource.RAN
-            call.run_s = self._clock() - begun
-            run.timings["expert"] = call.run_s
+            spent = run.timings["expert"] = self._clock() - begun
+            if provided is not None:  # it ran beside turn 1: only the wait is on the request path
+                call.source, call.waited_s = ExpertSource.PROVIDED, spent
+                compute_s = sum(result.timings.values()) if result.timings else None
+                call.saved_s = max(0.0, compute_s - spent) if compute_s is not None else None
+            else:
+                call.source, call.run_s = ExpertSource.RAN, spent
             call.result = summarise_result(result)
             run.expert_result = result
             return result
         run.timings["expert"] = self._clock() - begun
         return _End(Outcome.ANSWERED_WITHOUT_EXPERT, reason, call.error)
 
-    def _feedback(self, run: _Run, trigger: Trigger, result: ExpertResult) -> tuple | _End:
-        request, call = run.request, run.expert_call
+    def _feedback(self, run: _Run, trigger: Trigger, result: ExpertResult) -> FeedbackTurn | _End:
         begun = self._clock()
+        slice_index = run.slice.index if run.slice else None
         try:
-            if ExpertName(result.expert) is not trigger.expert:
-                raise ValueError(f"the {trigger.expert.value} call returned a {ExpertName(result.expert).value} result")
-            if trigger.expert is ExpertName.CXR:
-                return prompts.cxr_feedback_text(result.scores, request.question), (), []
-            if result.label_volume is None:
-                raise ValueError(f"the {trigger.expert.value} result has no label volume")
-            defaults = _vista3d_names() if trigger.expert is ExpertName.VISTA3D else BRATS_LABEL_NAMES
-            names = {**defaults, **{int(label): name for label, name in result.label_names.items()}}
-            slice_index = run.slice.index if run.slice else None
-            overlay = self._renderer.overlay(
-                request.form, request.expert_input, result.label_volume, names, slice_index
-            )
+            turn = build_feedback_turn(trigger.expert, result, run.request, self._renderer, slice_index)
         except (ValueError, TypeError, IndexError, KeyError) as error:
-            call.error = f"the {trigger.expert.value} result cannot be shown to the model: {error}"
-            return _End(Outcome.ANSWERED_WITHOUT_EXPERT, OutcomeReason.EXPERT_RESULT_UNUSABLE, call.error)
+            run.expert_call.error = f"the {trigger.expert.value} result cannot be shown to the model: {error}"
+            return _End(Outcome.ANSWERED_WITHOUT_EXPERT, OutcomeReason.EXPERT_RESULT_UNUSABLE, run.expert_call.error)
         finally:
-            run.timings["overlay"] = self._clock() - begun
-        call.overlay_legend = [[color, name] for color, name in overlay.legend]
-        run.overlay = overlay.image
-        if trigger.expert is ExpertName.VISTA3D:
-            text = prompts.vista3d_feedback_text(prompts.vista3d_legend_text(overlay.legend), request.question)
-        else:
-            text = prompts.brats_feedback_text(request.question)
-        return text, (overlay.image,), [ImageRecord("overlay", list(overlay.image.shape), slice_index)]
+            run.timings["feedback"] = self._clock() - begun
+        if turn.legend is not None:
+            run.expert_call.overlay_legend = [[color, name] for color, name in turn.legend]
+            run.overlay = turn.images[0]
+        return turn

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.agent.expert_call import PendingExpertResult, ReadyResult
 from engines.agent.prompts import Modality
 from engines.agent.rendering import ImageForm
 from engines.agent.transcript import Transcript
@@ -74,18 +75,24 @@ class ConsultationRequest:
     ``modality`` comes from DICOM (Modality, BodyPartExamined, the series set), never from file names.
     ``expert_input`` holds what the experts take and what the model is shown: CT (X, Y, Z) HU, MRI (X, Y, Z), BraTS
     (4, X, Y, Z) T1c/T1/T2/FLAIR (set ``brats_sequences``), each with its affine; CXR (H, W) uint8 without affine.
-    ``ready_results`` are expert results the service already has (the route's expert, maybe run beside turn 1).
+    ``ready_results`` are expert results the service already has, or a :class:`PendingExpertResult` for one still
+    running (the route's expert started beside turn 1).
     """
 
     question: str
     modality: Modality
     expert_input: ExpertInput
     brats_sequences: bool = False
-    ready_results: tuple[ExpertResult, ...] = ()
+    ready_results: tuple[ReadyResult, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "modality", Modality(self.modality))
         object.__setattr__(self, "ready_results", tuple(self.ready_results))
+        for ready in self.ready_results:
+            if not isinstance(ready, (ExpertResult, PendingExpertResult)):
+                raise TypeError(
+                    f"ready_results holds a {type(ready).__name__}: give ExpertResult or PendingExpertResult objects"
+                )
         if not isinstance(self.question, str) or not self.question.strip():
             raise ValueError("question must be a non-empty string, e.g. 'Describe the image in detail.'")
         self._check_volume()

@@ -2,7 +2,9 @@
 
 ``most_structure`` needs a segmentation before turn 1, so it uses the first ready-made result of the form's expert
 (VISTA3D for CT, BraTS for the four MRI sequences) and counts the voxels of that result's label group (all labels for
-``everything`` and for BraTS). Without one, or when it found nothing, the middle slice is used and the reason recorded.
+``everything`` and for BraTS). A result still running is waited for (up to expert_timeout_s): with this policy turn 1
+cannot overlap the route's expert. Without a usable result, or when it found nothing, the middle slice is used and the
+reason recorded.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 
 from engines.agent.rendering import ImageForm, StudyImageRenderer
 from engines.agent.request import ConsultationRequest, SlicePolicy
-from engines.experts.base import ExpertName
+from engines.agent.expert_call import ExpertCrash, ExpertTimeout, PendingExpertResult, await_result
+from engines.experts.base import ExpertError, ExpertName
 
 __all__ = ["choose_slice"]
 
@@ -24,6 +27,7 @@ def choose_slice(
     policy: SlicePolicy,
     renderer: StudyImageRenderer,
     label_groups: Mapping[str, Any],
+    timeout_s: float,
 ) -> tuple[int | None, str]:
     """``(slice index or None for the middle one, how it was chosen)``; ``(None, "")`` for a radiograph."""
     if request.form is ImageForm.CXR:
@@ -31,17 +35,21 @@ def choose_slice(
     if SlicePolicy(policy) is SlicePolicy.MIDDLE:
         return None, "middle slice (the reference's default)"
     expert = _FORM_EXPERT.get(request.form)
-    ready = [
-        result
-        for result in request.ready_results
-        if expert is not None and ExpertName(result.expert) is expert and result.label_volume is not None
-    ]
+    ready = [r for r in request.ready_results if expert is not None and ExpertName(r.expert) is expert]
     if not ready:
         return None, "most_structure: no ready-made segmentation of this study before turn 1, so the middle slice"
-    result = ready[0]
+    asked = f"{expert.value}({ready[0].argument})" if ready[0].argument else expert.value
+    if isinstance(ready[0], PendingExpertResult):
+        try:
+            result = await_result(ready[0].future, f"the ready-made {asked} result", timeout_s)
+        except (ExpertTimeout, ExpertCrash, ExpertError, ValueError) as error:
+            return None, f"most_structure: {error}, so the middle slice"
+    else:
+        result = ready[0]
+    if result.label_volume is None:
+        return None, f"most_structure: the ready-made {asked} result has no label volume, so the middle slice"
     group = label_groups.get(result.argument or "everything") if expert is ExpertName.VISTA3D else None
     labels = list(group.values()) if isinstance(group, dict) else None
-    asked = f"{expert.value}({result.argument})" if result.argument else expert.value
     try:
         index = renderer.best_slice(result.label_volume, request.expert_input.affine, labels)
     except ValueError as error:

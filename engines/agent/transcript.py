@@ -115,8 +115,11 @@ class ExpertCallRecord:
     expert: str
     argument: str | None
     source: ExpertSource | None  # None when no result was obtained
-    run_s: float | None = None  # expert time spent on the request path (None when a provided result was used)
-    saved_s: float | None = None  # expert time NOT spent on the request path thanks to a provided result
+    run_s: float | None = None  # time the expert ran on the request path (None when a provided result was used)
+    waited_s: float | None = None  # time the request path waited for a provided result (0 when it was finished)
+    # expert time NOT spent on the request path thanks to a provided result: its own timings (preprocess + inference +
+    # postprocess) minus waited_s; None when the result reported no timings
+    saved_s: float | None = None
     timeout_s: float | None = None
     result: ExpertResultSummary | None = None
     overlay_legend: list[list[str]] | None = None  # [[color, name], ...] for segmentation experts
@@ -154,7 +157,7 @@ class Transcript:
     trigger: TriggerRecord | None = None
     expert_call: ExpertCallRecord | None = None
     slice: SliceRecord | None = None
-    timings: dict[str, float] = field(default_factory=dict)  # s: prompt_build, turn_1, expert, overlay, turn_2, total
+    timings: dict[str, float] = field(default_factory=dict)  # s: prompt_build, turn_1, expert, feedback, turn_2, total
     settings: dict[str, Any] = field(default_factory=dict)  # the AgentSettings in force
 
     def to_dict(self) -> dict[str, Any]:

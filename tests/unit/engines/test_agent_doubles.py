@@ -43,6 +43,7 @@ class ScriptedModel:
     def __init__(self, *answers: str | Scripted, backend: str = "scripted-test-double", model: str = "scripted"):
         self._script = [a if isinstance(a, Scripted) else Scripted(a) for a in answers]
         self.backend, self.model = backend, model
+        self.during_generation: list = []  # callables run inside the n-th generate() call (index n - 1)
         self.conversations: list[tuple[SeenMessage, ...]] = []
         self.configs: list[GenerationConfig] = []
 
@@ -57,6 +58,8 @@ class ScriptedModel:
         if len(self.conversations) > len(self._script):
             raise AssertionError(f"asked {len(self.conversations)} times; the script has {len(self._script)} answers")
         step = self._script[len(self.conversations) - 1]
+        if len(self.during_generation) >= len(self.conversations):
+            self.during_generation[len(self.conversations) - 1]()
         if step.error is not None:
             raise step.error
         return Generation(

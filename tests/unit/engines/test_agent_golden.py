@@ -23,7 +23,6 @@ from tests.unit.engines.test_agent_doubles import (
 )
 from tests.unit.engines.test_prompts import CXR_LINES, CXR_SCORES_SORTED, MODEL_CARDS
 
-templates = pytest.importorskip("engines.vlm.templates")
 
 LLAMA_3_SYSTEM = (
     "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful language and vision assistant. "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future
 
 import numpy as np
 import pytest
@@ -16,10 +17,11 @@ from engines.agent import (
     Modality,
     Outcome,
     OutcomeReason,
+    PendingExpertResult,
     SlicePolicy,
     Transcript,
 )
-from engines.experts.base import ExpertInput, ExpertName, ExpertResult
+from engines.experts.base import ExpertError, ExpertInput, ExpertName, ExpertResult
 from tests.unit.engines.test_agent_doubles import (
     IDENTITY,
     FixedLabelExpert,
@@ -118,7 +120,7 @@ def test_ready_brats_and_cxr_results_match_whatever_the_tag_argument():
     transcript = _agent(ScriptedModel("Let me first trigger <CXR()>.", FINAL), []).consult(request).transcript
     assert transcript.outcome is Outcome.ANSWERED_WITH_EXPERT
     assert transcript.expert_call.source is ExpertSource.PROVIDED
-    assert transcript.expert_call.saved_s == 0.0  # the ready result reported no timings
+    assert transcript.expert_call.saved_s is None  # the ready result reported no timings: unknown
 
 
 def test_a_ready_result_of_another_expert_does_not_answer_the_trigger():
@@ -243,7 +245,7 @@ def test_the_transcript_records_every_prompt_answer_timing_backend_and_model():
     assert [turn["answer"] for turn in data["turns"]] == [answer, FINAL]
     assert all(turn["templated_prompt"].startswith("A chat between") for turn in data["turns"])
     assert data["turns"][1]["backend_prompt"] == "<prompt of 3 messages>"
-    assert {"prompt_build", "turn_1", "expert", "overlay", "turn_2", "total"} <= set(data["timings"])
+    assert {"prompt_build", "turn_1", "expert", "feedback", "turn_2", "total"} <= set(data["timings"])
     assert data["expert_call"]["result"]["label_names"] == {"1": "liver", "26": "hepatic tumor", "20": "lung"}
     assert data["trigger"] == {
         "kind": "expert",
@@ -255,3 +257,90 @@ def test_the_transcript_records_every_prompt_answer_timing_backend_and_model():
         "problem": None,
         "detail": "",
     }
+
+
+# -- results still running beside turn 1 ----------------------------------------------------------------------------
+
+
+def test_a_pending_result_that_finishes_during_turn_1_is_used_and_its_compute_time_is_saved():
+    _, labels = ct_study()
+    expert = FixedLabelExpert(ExpertName.VISTA3D, labels, dict(NAMES))
+    future: Future = Future()
+    pending = PendingExpertResult(ExpertName.VISTA3D, "hepatic tumor", future)
+    model = ScriptedModel("Let me trigger <VISTA3D(hepatic tumor)>.", FINAL)
+    model.during_generation.append(lambda: future.set_result(_ready(ExpertName.VISTA3D, "hepatic tumor", labels)))
+    consultation = _agent(model, [expert]).consult(_ct_request(pending))
+    call = consultation.transcript.expert_call
+    assert consultation.transcript.outcome is Outcome.ANSWERED_WITH_EXPERT
+    assert expert.calls == []
+    assert call.source is ExpertSource.PROVIDED
+    assert call.waited_s is not None and call.run_s is None
+    assert call.saved_s == pytest.approx(67.0 - call.waited_s)
+    assert consultation.expert_result is future.result()
+
+
+def test_a_pending_result_that_never_arrives_times_out_without_running_the_expert():
+    _, labels = ct_study()
+    expert = FixedLabelExpert(ExpertName.VISTA3D, labels, dict(NAMES))
+    pending = PendingExpertResult(ExpertName.VISTA3D, "hepatic tumor", Future())
+    model = ScriptedModel("Let me trigger <VISTA3D(hepatic tumor)>.", FINAL)
+    transcript = _agent(model, [expert], expert_timeout_s=0.05).consult(_ct_request(pending)).transcript
+    assert transcript.reason is OutcomeReason.EXPERT_TIMED_OUT
+    assert "the ready-made VISTA3D(hepatic tumor) result did not finish within 0.05 s" in transcript.detail
+    assert expert.calls == []
+
+
+@pytest.mark.parametrize(
+    ("settle", "reason", "detail"),
+    [
+        (lambda f: f.set_exception(ExpertError("no weights")), OutcomeReason.EXPERT_FAILED, "failed: no weights"),
+        (lambda f: f.cancel(), OutcomeReason.EXPERT_FAILED, "was cancelled"),
+        (lambda f: f.set_exception(TimeoutError("inner")), OutcomeReason.EXPERT_CRASHED, "raised TimeoutError: inner"),
+    ],
+)
+def test_a_pending_result_that_failed_is_recorded(settle, reason, detail):
+    future: Future = Future()
+    settle(future)
+    pending = PendingExpertResult("VISTA3D", None, future)
+    model = ScriptedModel("Let me trigger <VISTA3D()>.", FINAL)
+    transcript = _agent(model, []).consult(_ct_request(pending)).transcript
+    assert transcript.reason is reason
+    assert detail in transcript.detail
+
+
+def test_a_pending_result_for_another_argument_is_not_waited_for():
+    _, labels = ct_study()
+    expert = FixedLabelExpert(ExpertName.VISTA3D, labels, dict(NAMES))
+    pending = PendingExpertResult(ExpertName.VISTA3D, "everything", Future())  # never finishes
+    model = ScriptedModel("Let me trigger <VISTA3D(hepatic tumor)>.", FINAL)
+    transcript = _agent(model, [expert], expert_timeout_s=5.0).consult(_ct_request(pending)).transcript
+    assert transcript.outcome is Outcome.ANSWERED_WITH_EXPERT
+    assert transcript.expert_call.source is ExpertSource.RAN
+    assert expert.calls == ["hepatic tumor"]
+
+
+def test_most_structure_waits_for_a_pending_segmentation_before_turn_1():
+    _, labels = ct_study()
+    future: Future = Future()
+    future.set_result(_ready(ExpertName.VISTA3D, "everything", labels))
+    pending = PendingExpertResult(ExpertName.VISTA3D, "everything", future)
+    model = ScriptedModel("The image shows the lung bases.")
+    transcript = _agent(model, [], slice_policy="most_structure").consult(_ct_request(pending)).transcript
+    assert transcript.slice.index == 5
+
+
+def test_most_structure_falls_back_when_the_pending_segmentation_does_not_arrive():
+    pending = PendingExpertResult(ExpertName.VISTA3D, "everything", Future())
+    model = ScriptedModel("The image shows the upper abdomen.")
+    agent = _agent(model, [], slice_policy="most_structure", expert_timeout_s=0.05)
+    transcript = agent.consult(_ct_request(pending)).transcript
+    assert transcript.slice.index == 3
+    assert "the ready-made VISTA3D(everything) result did not finish within 0.05 s" in transcript.slice.reason
+    assert transcript.slice.reason.endswith("so the middle slice")
+
+
+def test_ready_results_must_be_results_or_pending_results():
+    with pytest.raises(TypeError, match="ready_results holds a dict"):
+        _ct_request({"expert": "VISTA3D"})
+    with pytest.raises(TypeError, match="future must be a concurrent.futures.Future"):
+        PendingExpertResult(ExpertName.VISTA3D, None, object())
