@@ -82,6 +82,7 @@ def build_retraction(
         manufacturer=WRITER_MANUFACTURER,
         institution_name=rejected[0].get("InstitutionName") or None,
         series_description="Rejection note: AI draft withdrawn",
+        specific_character_set="ISO_IR 192",  # the reader's name and explanation may hold any character
         content_date=now.date(),
         content_time=now.time(),
     )

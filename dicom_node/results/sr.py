@@ -26,8 +26,9 @@ from dicom_node.results.uids import ResultKind, ResultUids, SeriesNumber
 __all__ = ["build_draft_report", "build_verified_report", "COMPREHENSIVE_3D_SR"]
 
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+UTF8 = "ISO_IR 192"  # the model's and the reader's text may hold any character; names are re-encoded losslessly
 _PATIENT_AND_STUDY = (
-    "SpecificCharacterSet", "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge",
     "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID", "ReferringPhysicianName",
     "StudyDescription", "IssuerOfPatientID", "OtherPatientIDsSequence", "PatientSize", "PatientWeight",
 )
@@ -77,6 +78,7 @@ def build_draft_report(
         institution_name=content.institution_name,
         series_description=f"AI DRAFT report, not verified{demo}"[:64],
         coding_schemes=[local_coding_scheme()],
+        specific_character_set=UTF8,
         contributing_equipment=[algorithm_equipment(a, uids, now) for a in content.algorithms],
         content_date=now.date(),
         content_time=now.time(),
@@ -224,6 +226,7 @@ def build_verified_report(
         previous_versions=[draft],
         series_description="AI-assisted report, verified by a reader",
         coding_schemes=[local_coding_scheme()],
+        specific_character_set=UTF8,
         content_date=now.date(),
         content_time=now.time(),
     )

@@ -58,7 +58,7 @@ def ct_case(demo: bool = True) -> ResultCase:
     )
     expert = AlgorithmIdentity("VISTA3D", "0.5.4", "NVIDIA", "onnxruntime-cpu", "sha256:" + "cd" * 32, demo=demo)
     findings = ExpertFindings(expert, tuple(series), LabelSegmentation(labels, engine_affine(series), segments))
-    narrative = Narrative("Describe the liver.", "The liver is segmented; a small hepatic lesion is seen.")
+    narrative = Narrative("Describe the liver.", "The liver is segmented; a hepatic lesion ≥ 1 cm is seen (Ø 12 mm, 肝).")
     content = DraftReportContent(findings, narrative, _vlm(demo), institution_name="Test Hospital")
     return ResultCase(study, content, ResultUids(ORG_ROOT, study.study_instance_uid, "run-ct-1"), labels)
 

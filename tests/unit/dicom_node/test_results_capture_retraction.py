@@ -56,7 +56,7 @@ def test_retraction_is_an_iocm_rejection_note_referencing_the_draft_and_seg():
     case = ct_case()
     seg = build_segmentation(case.content.findings, case.uids, now=FIXED_TIME)
     draft = build_draft_report(case.content, case.uids, segmentation=seg, now=FIXED_TIME)
-    note = _roundtrip(build_retraction([draft, seg], READER, case.uids, explanation="Wrong series", now=FIXED_TIME))
+    note = _roundtrip(build_retraction([draft, seg], READER, case.uids, explanation="Wrong series — Größe ≥ 2", now=FIXED_TIME))
     assert note.Modality == "KO" and note.SeriesNumber == 9905
     assert note.ConceptNameCodeSequence[0].CodeValue == "113001"  # Rejected for Quality Reasons
     referenced = {
@@ -66,7 +66,7 @@ def test_retraction_is_an_iocm_rejection_note_referencing_the_draft_and_seg():
     }
     assert referenced == {draft.SOPInstanceUID, seg.SOPInstanceUID}
     texts = {i.ConceptNameCodeSequence[0].CodeMeaning: i for i in note.ContentSequence}
-    assert texts["Key Object Description"].TextValue == "Wrong series"
+    assert texts["Key Object Description"].TextValue == "Wrong series — Größe ≥ 2"
     assert str(texts["Person Observer Name"].PersonName) == READER.name
     assert note.StudyDescription == case.study.series["ct"][0].StudyDescription
 
