@@ -219,7 +219,8 @@ class ConsultationAgent:
         if isinstance(feedback, _End):
             feedback.final_answer = answer.text
             return feedback
-        feedback_records = [ImageRecord("overlay", list(image.shape), run.slice.index) for image in feedback.images]
+        shown_slice = run.slice.index if run.slice else None
+        feedback_records = [ImageRecord("overlay", list(image.shape), shown_slice) for image in feedback.images]
         if not second_pass:
             return _End(
                 Outcome.SEGMENTED_NO_SECOND_PASS,
@@ -263,7 +264,7 @@ class ConsultationAgent:
         begun = self._clock()
         try:
             generation = self._model.generate(conversation, config)
-        except (VlmError, TimeoutError) as error:
+        except (VlmError, RuntimeError, TimeoutError, OSError) as error:  # server down, CUDA out of memory, ...
             run.timings[f"turn_{number}"] = self._clock() - begun
             run.model_error = f"turn {number}: the model failed: {type(error).__name__}: {error}"
             return None

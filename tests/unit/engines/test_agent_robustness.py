@@ -153,11 +153,20 @@ def test_a_segmentation_expert_asked_about_a_radiograph_is_recorded_not_drawn():
     assert expert.calls == ["everything"]
 
 
-def test_a_model_error_in_turn_1_is_a_model_failure():
-    transcript = _consult(ScriptedModel(failing_model_error()), [_vista3d()]).transcript
+@pytest.mark.parametrize(
+    ("step", "detail"),
+    [
+        (failing_model_error(), "VlmError: the test-double server answered 503"),
+        (Scripted(error=RuntimeError("CUDA out of memory")), "RuntimeError: CUDA out of memory"),
+        (Scripted(error=TimeoutError("no answer in 300 s")), "TimeoutError: no answer in 300 s"),
+        (Scripted(error=ConnectionRefusedError("connection refused")), "ConnectionRefusedError: connection refused"),
+    ],
+)
+def test_a_model_error_in_turn_1_is_a_model_failure(step, detail):
+    transcript = _consult(ScriptedModel(step), [_vista3d()]).transcript
     assert transcript.outcome is Outcome.MODEL_FAILED
     assert transcript.reason is OutcomeReason.TURN_1_MODEL_ERROR
-    assert "503" in transcript.detail
+    assert detail in transcript.detail
     assert transcript.final_answer == ""
     assert transcript.turns == []
 
