@@ -7,9 +7,11 @@ file is an error. ``VISTA2D`` is in the model cards but has no expert: its answe
 reference silently ignores a problem (two tags, an unknown name), :func:`parse_trigger` raises :class:`TriggerError`
 with a :class:`TriggerProblem`, so the agent can record why it answered without an expert.
 
-Two choices beyond the reference, both documented here: a tag naming two experts is refused as ambiguous (the
-reference takes the first of CXR, VISTA3D, BRATS), and a VISTA3D argument is stripped of surrounding blanks and one
-pair of matching quotes (the model cards list the arguments quoted, e.g. ``'hepatic tumor'``) before it is looked up.
+Three choices beyond the reference, all documented here: a tag naming two experts is refused as ambiguous (the
+reference takes the first of CXR, VISTA3D, BRATS); a VISTA3D argument is stripped of surrounding blanks and one pair of
+matching quotes (the model cards list the arguments quoted, e.g. ``'hepatic tumor'``) before it is looked up; and a
+VISTA3D tag with an unbalanced parenthesis (``<VISTA3D(hepatic tumor>``) is refused as an invalid argument, where the
+reference would silently segment ``everything``.
 """
 
 from __future__ import annotations
@@ -109,7 +111,7 @@ def parse_trigger(answer: str, vista3d_arguments: Container[str]) -> Trigger:
     raw_argument = arguments[0] if len(arguments) == 1 else None
     argument = None
     if expert is ExpertName.VISTA3D:
-        argument = _vista3d_argument(tag, arguments, vista3d_arguments)
+        argument = _vista3d_argument(tag, after_name, arguments, vista3d_arguments)
     return Trigger(
         kind=TriggerKind.EXPERT,
         tag=tag,
@@ -127,7 +129,13 @@ def _normalise_argument(text: str) -> str:
     return text
 
 
-def _vista3d_argument(tag: str, arguments: list[str], valid: Container[str]) -> str:
+def _vista3d_argument(tag: str, after_name: str, arguments: list[str], valid: Container[str]) -> str:
+    if not arguments and ("(" in after_name or ")" in after_name):
+        raise TriggerError(
+            TriggerProblem.INVALID_ARGUMENT,
+            f"the tag <{tag}> has an unbalanced parenthesis: write <VISTA3D(label group)>",
+            (tag,),
+        )
     if len(arguments) > 1:
         raise TriggerError(
             TriggerProblem.INVALID_ARGUMENT,

@@ -56,6 +56,8 @@ def _consult(model, experts, request=None, **settings):
         ("Let me trigger <TotalSegmentator(liver)>.", OutcomeReason.UNKNOWN_EXPERT),
         ("Let me trigger <VISTA3D(organs)> and then <CXR()>.", OutcomeReason.MULTIPLE_TAGS),
         ("Let me trigger <VISTA3D(kidney stones)>.", OutcomeReason.INVALID_ARGUMENT),
+        ("Let me trigger <VISTA3D(hepatic tumor>.", OutcomeReason.INVALID_ARGUMENT),
+        ("Let me trigger <>.", OutcomeReason.UNKNOWN_EXPERT),
         ("Let me trigger <CXR or VISTA3D>.", OutcomeReason.AMBIGUOUS_EXPERT),
         ("This looks like a cell image. Let me trigger <VISTA2D()>.", OutcomeReason.UNSERVED_EXPERT),
     ],

@@ -42,6 +42,13 @@ def test_vista3d_unknown_argument_is_an_invalid_argument():
     assert caught.value.problem is TriggerProblem.INVALID_ARGUMENT
 
 
+@pytest.mark.parametrize("answer", ["Let me trigger <VISTA3D(hepatic tumor>.", "<VISTA3D hepatic tumor)>"])
+def test_vista3d_with_an_unbalanced_parenthesis_is_an_invalid_argument_not_everything(answer):
+    with pytest.raises(TriggerError, match="unbalanced parenthesis") as caught:
+        parse_trigger(answer, GROUPS)
+    assert caught.value.problem is TriggerProblem.INVALID_ARGUMENT
+
+
 def test_vista3d_two_arguments_is_an_invalid_argument():
     with pytest.raises(TriggerError, match="gives VISTA3D 2 arguments") as caught:
         parse_trigger("<VISTA3D(organs)(skeleton)>", GROUPS)
