@@ -1,0 +1,224 @@
+"""The node receiving from real peers: dcmtk's echoscu/storescu (every transfer syntax, several associations, a long
+CT series, pydicom's whole test corpus) and pynetdicom's SCU streaming files byte for byte."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.uid import JPEGBaseline8Bit
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage, Verification
+from sqlalchemy import text
+
+from dicom_node.scp.handlers import handle_store  # noqa: F401 - imported so a rename breaks this test module loudly
+from tests.support.dcmtk import dcmtk_env, echoscu, storescu, storescu_command
+from tests.support.dicom_corpus import (
+    FAKE_PATIENT,
+    TRANSFER_SYNTAXES,
+    dataset_bytes,
+    encode_as,
+    pydicom_test_files,
+    write_ct_series,
+)
+from tests.support.polling import wait_for
+from tests.support.scp_node import instances_in_db, running_node, study_row
+
+
+@pytest.fixture(scope="module")
+def ct_source(tmp_path_factory) -> Path:
+    return write_ct_series(tmp_path_factory.mktemp("ct-source"), 2, seed=7).paths[0]
+
+
+@pytest.fixture(scope="module")
+def encoded(tmp_path_factory, ct_source) -> dict[str, Path]:
+    """One instance per transfer syntax (8-bit RGB for JPEG baseline, which cannot hold 12-bit CT)."""
+    folder = tmp_path_factory.mktemp("encoded")
+    rgb = Path(get_testdata_file("SC_rgb_small_odd.dcm"))
+    return {
+        ts: encode_as(rgb if ts == JPEGBaseline8Bit else ct_source, ts, folder / f"{ts}.dcm")
+        for ts in TRANSFER_SYNTAXES
+    }
+
+
+def _received(node, relative_path: str) -> Path:
+    return node.spool.path_of(relative_path)
+
+
+def test_echoscu_gets_a_verification_answer(tmp_path, session_factory):
+    with running_node(tmp_path, session_factory) as node:
+        result = echoscu(node.port)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("transfer_syntax", list(TRANSFER_SYNTAXES), ids=lambda ts: ts.name)
+def test_each_transfer_syntax_is_stored_as_received(tmp_path, session_factory, encoded, transfer_syntax):
+    source = encoded[transfer_syntax]
+    with running_node(tmp_path, session_factory) as node:
+        result = storescu(node.port, [source], proposal=transfer_syntax)
+        assert result.returncode == 0, result.output
+        assert result.responses() == {source: "Success"}
+        [(instance, series, study)] = instances_in_db(session_factory)
+        stored = dcmread(_received(node, instance.path))
+    original = dcmread(source)
+    assert instance.transfer_syntax_uid == transfer_syntax
+    assert stored.file_meta.TransferSyntaxUID == transfer_syntax
+    assert stored.PixelData == original.PixelData  # compressed fragments or native pixels, byte for byte
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID"):
+        assert stored[keyword].value == original[keyword].value
+    assert (study.study_uid, series.series_uid, instance.sop_instance_uid) == (
+        original.StudyInstanceUID, original.SeriesInstanceUID, original.SOPInstanceUID,
+    )
+    assert instance.size_bytes == _received(node, instance.path).stat().st_size
+
+
+def test_streamed_data_sets_are_stored_byte_for_byte(tmp_path, session_factory, encoded, monkeypatch):
+    """pynetdicom's SCU streams each file's data set unchanged: the stored file holds exactly those bytes."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    sources = [p for p in encoded.values()] + [Path(get_testdata_file("MR_small.dcm"))]
+    with running_node(tmp_path, session_factory) as node:
+        ae = AE(ae_title="STREAMER")
+        for source in sources:
+            ds = dcmread(source, stop_before_pixels=True)
+            ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="M3EDGE")
+        assert assoc.is_established
+        statuses = [assoc.send_c_store(source).Status for source in sources]
+        assoc.release()
+        rows = instances_in_db(session_factory)
+        stored = {dataset_bytes(_received(node, instance.path)) for instance, _, _ in rows}
+    # The CT copies share one SOP Instance UID: the first is stored, the others kept as flagged conflicts (0001H).
+    seen: set[str] = set()
+    expected = []
+    for source in sources:
+        uid = dcmread(source, stop_before_pixels=True).SOPInstanceUID
+        expected.append(0x0001 if uid in seen else 0x0000)
+        seen.add(uid)
+    assert statuses == expected
+    assert len(rows) == len(sources)
+    for source in sources:
+        assert dataset_bytes(source) in stored, source.name
+
+
+def test_several_associations_at_once_all_arrive(tmp_path, session_factory):
+    series = [write_ct_series(tmp_path / f"s{i}", 12, rows=128, columns=128, seed=i) for i in range(4)]
+    with running_node(tmp_path / "home", session_factory) as node:
+        senders = [
+            subprocess.Popen(storescu_command(node.port, s.paths, calling_ae=f"MODALITY{i}"), env=dcmtk_env(),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i, s in enumerate(series)
+        ]
+        assert [sender.wait(timeout=120) for sender in senders] == [0, 0, 0, 0]
+        rows = instances_in_db(session_factory)
+        assert {i.sop_instance_uid for i, _, _ in rows} == {
+            dcmread(p, stop_before_pixels=True).SOPInstanceUID for s in series for p in s.paths
+        }
+        assert {study.calling_ae for _, _, study in rows} <= {f"MODALITY{i}" for i in range(4)}
+        for instance, _, _ in rows:
+            assert instance.calling_ae.startswith("MODALITY")
+
+
+@pytest.mark.slow
+def test_a_multi_hundred_slice_ct_series_arrives_whole_and_unchanged(tmp_path, session_factory):
+    series = write_ct_series(tmp_path / "ct", 320, seed=11)
+    with running_node(tmp_path / "home", session_factory) as node:
+        result = storescu(node.port, series.paths, timeout=300)
+        assert result.returncode == 0, result.output[-2000:]
+        rows = instances_in_db(session_factory)
+        assert len(rows) == 320
+        by_uid = {instance.sop_instance_uid: instance for instance, _, _ in rows}
+        for path in series.paths:
+            source = dcmread(path)
+            stored = dcmread(_received(node, by_uid[source.SOPInstanceUID].path))
+            assert stored.PixelData == source.PixelData
+            assert stored.ImagePositionPatient == source.ImagePositionPatient
+        study = study_row(session_factory, series.study_uid)
+    assert study.modalities == "CT" and study.status.value == "receiving"
+    assert study.study_description == "CT CHEST WITH CONTRAST" and study.study_date == "20240312"
+
+
+@pytest.mark.slow
+def test_every_valid_pydicom_test_file_arrives_byte_for_byte(tmp_path, session_factory, monkeypatch):
+    """pydicom's test corpus streamed by pynetdicom's SCU (dcmtk refuses to read a few of these files)."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    sources = pydicom_test_files()
+    assert len(sources) > 100
+    headers = {source: dcmread(source, stop_before_pixels=True) for source in sources}
+    ae = AE(ae_title="CORPUS")
+    for context in sorted({(str(h.SOPClassUID), str(h.file_meta.TransferSyntaxUID)) for h in headers.values()}):
+        ae.add_requested_context(*context)
+    with running_node(tmp_path, session_factory) as node:
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="M3EDGE")
+        assert assoc.is_established
+        statuses = {source: assoc.send_c_store(source).Status for source in sources}
+        assoc.release()
+        rows = instances_in_db(session_factory)
+        stored: dict[str, set[bytes]] = {}
+        for instance, _, _ in rows:
+            stored.setdefault(instance.sop_instance_uid, set()).add(dataset_bytes(_received(node, instance.path)))
+    assert set(statuses.values()) <= {0x0000, 0x0001}, {s.name: hex(v) for s, v in statuses.items() if v > 1}
+    for source, header in headers.items():
+        assert dataset_bytes(source) in stored[str(header.SOPInstanceUID)], source.name
+    # Files that share an SOP Instance UID with different content were all kept; identical ones stored once.
+    assert len(rows) == len({(str(h.SOPInstanceUID), dataset_bytes(s)) for s, h in headers.items()})
+
+
+def test_an_identical_resend_is_one_instance_and_different_content_is_kept_and_flagged(tmp_path, session_factory):
+    series = write_ct_series(tmp_path / "ct", 3, rows=64, columns=64, seed=3)
+    changed = tmp_path / "changed.dcm"
+    ds = dcmread(series.paths[0])
+    ds.SeriesDescription = "EDITED AFTER SENDING"
+    ds.save_as(changed, enforce_file_format=True)
+    with running_node(tmp_path / "home", session_factory) as node:
+        first = storescu(node.port, series.paths)
+        again = storescu(node.port, series.paths)
+        conflict = storescu(node.port, [changed])
+        rows = instances_in_db(session_factory)
+        original_path = _received(node, next(i.path for i, _, _ in rows if not i.conflict and i.sop_instance_uid == ds.SOPInstanceUID))
+        original_bytes_kept = dataset_bytes(original_path) == dataset_bytes(series.paths[0])
+        conflicting = [i for i, _, _ in rows if i.conflict]
+        conflict_bytes = dataset_bytes(_received(node, conflicting[0].path)) if conflicting else b""
+    assert set(first.responses().values()) == {"Success"} and set(again.responses().values()) == {"Success"}
+    assert conflict.responses() == {changed: "Unknown Status: 0x1"}  # dcmtk does not name the generic warning 0001H
+    assert len(rows) == 4
+    assert [i.sop_instance_uid for i in conflicting] == [ds.SOPInstanceUID]
+    assert original_bytes_kept
+    assert conflict_bytes == dataset_bytes(changed)
+
+
+def test_release_is_recorded_per_study_and_no_patient_data_reaches_the_database(tmp_path, session_factory, db_engine):
+    series = write_ct_series(tmp_path / "ct", 3, rows=64, columns=64, seed=5)
+    with running_node(tmp_path / "home", session_factory) as node:
+        assert storescu(node.port, series.paths).returncode == 0
+        released = wait_for(lambda: (row := study_row(session_factory, series.study_uid)) and row.last_released_at,
+                            timeout=10, message="the association's release was never recorded")
+    assert released is not None
+    with db_engine.connect() as connection:
+        dump = " ".join(
+            str(value)
+            for table in ("studies", "series", "instances")
+            for row in connection.execute(text(f"SELECT * FROM {table}"))
+            for value in row
+        )
+    assert series.study_uid in dump
+    for secret in FAKE_PATIENT.values():
+        assert secret not in dump
+
+
+def test_an_association_proposing_only_non_storage_classes_gets_no_storage_context(tmp_path, session_factory):
+    with running_node(tmp_path, session_factory) as node:
+        ae = AE(ae_title="WORKLIST")
+        ae.add_requested_context("1.2.840.10008.5.1.4.31")  # Modality Worklist FIND: not offered by the node
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="M3EDGE")
+        assert assoc.is_established
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        with pytest.raises(ValueError, match="No presentation context"):
+            assoc.send_c_store(dcmread(get_testdata_file("CT_small.dcm")))
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+    assert accepted == {Verification}
+    assert {CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage}.isdisjoint(accepted)
