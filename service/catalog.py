@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 
 from service.db.models import Instance, Series, Study, StudyStatus
 
-__all__ = ["StudySummary", "SeriesSummary", "StudyDetail", "list_studies", "get_study", "StudyNotFound"]
+__all__ = [
+    "StudySummary",
+    "SeriesSummary",
+    "StudyDetail",
+    "list_studies",
+    "count_studies",
+    "get_study",
+    "StudyNotFound",
+]
 
 
 class StudyNotFound(LookupError):
@@ -111,14 +119,43 @@ def _to_summary(study: Study, series_count: int, instance_count: int, size_bytes
     )
 
 
-def list_studies(
-    session: Session, *, status: StudyStatus | str | None = None, limit: int = 100, offset: int = 0
-) -> list[StudySummary]:
-    """Studies, most recently received first."""
-    query = _summary_query().order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit).offset(offset)
+def _filtered(query, status, modality, date_from, date_to):
     if status is not None:
         query = query.where(Study.status == StudyStatus(status))
+    if modality:
+        # modalities are stored joined by backslashes ("CT\\SR"); match a whole code
+        query = query.where(
+            (Study.modalities == modality)
+            | Study.modalities.startswith(modality + "\\", autoescape=True)
+            | Study.modalities.endswith("\\" + modality, autoescape=True)
+            | Study.modalities.contains("\\" + modality + "\\", autoescape=True)
+        )
+    if date_from:
+        query = query.where(Study.study_date >= date_from)
+    if date_to:
+        query = query.where(Study.study_date <= date_to)
+    return query
+
+
+def list_studies(
+    session: Session,
+    *,
+    status: StudyStatus | str | None = None,
+    modality: str | None = None,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[StudySummary]:
+    """Studies, most recently received first. Dates are DICOM dates (YYYYMMDD), inclusive."""
+    query = _filtered(_summary_query(), status, modality, date_from, date_to)
+    query = query.order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit).offset(offset)
     return [_to_summary(*row) for row in session.execute(query).all()]
+
+
+def count_studies(session: Session, *, status=None, modality=None, date_from=None, date_to=None) -> int:
+    query = _filtered(select(func.count(Study.id)), status, modality, date_from, date_to)
+    return int(session.execute(query).scalar_one())
 
 
 def get_study(session: Session, study_uid: str) -> StudyDetail:
@@ -160,3 +197,75 @@ def get_study(session: Session, study_uid: str) -> StudyDetail:
             for s, n, c, b in series_rows
         ],
     )
+
+
+@dataclass(frozen=True)
+class StageTiming:
+    stage: str
+    status: str
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+    duration_s: float | None
+    error: str
+
+    def to_json(self) -> dict:
+        return {
+            "stage": self.stage,
+            "status": self.status,
+            "attempts": self.attempts,
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "duration_s": self.duration_s,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_number: int
+    trigger: str
+    status: str
+    route: dict
+    error: str
+    error_stage: str
+    created_at: datetime
+    finished_at: datetime | None
+    stages: list[StageTiming]
+
+    def to_json(self) -> dict:
+        return {
+            "run_number": self.run_number,
+            "trigger": self.trigger,
+            "status": self.status,
+            "route": self.route,
+            "error": self.error,
+            "error_stage": self.error_stage,
+            "created_at": self.created_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "stages": [s.to_json() for s in self.stages],
+        }
+
+
+def study_runs(session: Session, study_uid: str) -> list[RunSummary]:
+    """Every pipeline run of a study, newest first, with per-stage timings and errors."""
+    from service.db.models import PipelineRun
+    from service.pipeline.stages import STAGE_ORDER
+
+    order = {stage.value: i for i, stage in enumerate(STAGE_ORDER)}
+    runs = session.execute(
+        select(PipelineRun).join(Study, Study.id == PipelineRun.study_id).where(Study.study_uid == study_uid)
+        .order_by(PipelineRun.run_number.desc())
+    ).scalars().all()
+    summaries = []
+    for run in runs:
+        stages = []
+        for row in sorted(run.stages, key=lambda r: order.get(r.stage, 99)):
+            duration = None
+            if row.started_at and row.finished_at:
+                duration = round((row.finished_at - row.started_at).total_seconds(), 3)
+            stages.append(StageTiming(row.stage, row.status.value, row.attempts, row.started_at, row.finished_at,
+                                      duration, row.error))
+        summaries.append(RunSummary(run.run_number, run.trigger, run.status.value, dict(run.route or {}), run.error,
+                                    run.error_stage, run.created_at, run.finished_at, stages))
+    return summaries

@@ -6,6 +6,7 @@ import sys
 
 import typer
 
+from service.cli.api import api_command
 from service.cli.context import CliContext, CliError
 from service.cli.db import db_app
 from service.cli.models import engines_app, models_app
@@ -14,6 +15,7 @@ from service.cli.peers import peer_commands
 from service.cli.serve import serve_commands
 from service.cli.routes import routes_app
 from service.cli.studies import studies_app
+from service.cli.users import users_app
 
 __all__ = ["app", "main"]
 
@@ -29,6 +31,8 @@ app.add_typer(studies_app, name="studies")
 app.add_typer(models_app, name="models")
 app.add_typer(engines_app, name="engines")
 app.add_typer(routes_app, name="routes")
+app.add_typer(users_app, name="users")
+app.command("api")(api_command)
 node_commands(app)
 serve_commands(app)
 peer_commands(app)

@@ -1,0 +1,48 @@
+"""The HTTP service: review API, administration, health and metrics (and, as they arrive, DICOMweb and the dashboard).
+
+``create_app(settings)`` builds everything from the settings it is given; tests pass their own.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.api.metrics import make_registry
+from service.api.problems import install_problem_handlers
+from service.api.routes import admin, health, studies
+from service.api.sessions import SessionCookies, load_signing_key
+from service.config import Settings
+from service.pipeline.intake import PipelineIntake
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings, session_factory: sessionmaker[Session] | None = None,
+               intake: PipelineIntake | None = None) -> FastAPI:
+    if session_factory is None:
+        from service.db.session import create_db_engine, make_session_factory
+
+        session_factory = make_session_factory(create_db_engine(settings.effective_database_url))
+    if intake is None:
+        from service.pipeline.celery_app import CeleryDispatcher, create_celery
+        from service.pipeline.ledger import PipelineLedger
+
+        ledger = PipelineLedger(session_factory)
+        intake = PipelineIntake(ledger, CeleryDispatcher(create_celery(settings), ledger))
+    app = FastAPI(
+        title="m3edge",
+        version="0.1.0",
+        description="Review API and administration of m3edge. Every /api route needs a bearer token; "
+        "admin routes need the admin role. Every result is an AI draft for a qualified reader.",
+    )
+    app.state.settings = settings
+    app.state.session_factory = session_factory
+    app.state.intake = intake
+    app.state.sessions = SessionCookies(load_signing_key(settings.home))
+    app.state.metrics_registry = make_registry(session_factory)
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    app.include_router(studies.router)
+    app.include_router(admin.router)
+    return app

@@ -1,0 +1,72 @@
+"""Dependencies every route takes: settings, a database session per request, the caller, the caller's role."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from service.api.problems import Problem
+from service.config import Settings
+from service.db.models import Role
+from service.security import Principal, authenticate_token, record_audit
+
+__all__ = ["SettingsDep", "SessionDep", "CurrentUser", "AdminUser", "client_address", "get_session", "current_user"]
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session = request.app.state.session_factory()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def client_address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def current_user(request: Request, session: SessionDep) -> Principal:
+    """A bearer token (API) or the dashboard's session cookie; 401 otherwise."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    principal = None
+    if scheme.lower() == "bearer" and token.strip():
+        principal = authenticate_token(session, token.strip())
+    elif not header:
+        principal = request.app.state.sessions.principal(request, session)
+    if principal is None:
+        raise Problem(401, "not authenticated", "send 'Authorization: Bearer <token>' (m3edge users add prints one)",
+                      headers={"WWW-Authenticate": "Bearer"})
+    session.commit()  # the token's last use is its own unit of work: no write lock held through the request
+    request.state.principal = principal
+    return principal
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+
+
+def require_admin(request: Request, user: CurrentUser, session: SessionDep) -> Principal:
+    if user.role is not Role.ADMIN:
+        record_audit(session, user.name, "access.denied", target=request.url.path, outcome="denied",
+                     remote_addr=client_address(request))
+        session.commit()
+        raise Problem(403, "forbidden", "this needs the admin role")
+    return user
+
+
+AdminUser = Annotated[Principal, Depends(require_admin)]

@@ -1,0 +1,124 @@
+"""Administration: users and tokens, the audit log, destinations, routing rules, the pipeline's queues."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from service.api.deps import AdminUser, SessionDep, client_address
+from service.api.problems import Problem
+from service.db.models import Role, User
+from service.security import (
+    UnknownUser,
+    UserExists,
+    add_user,
+    audit_csv,
+    query_audit,
+    record_audit,
+    revoke_tokens,
+)
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
+
+
+class NewUser(BaseModel):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    role: Role
+    display_name: Annotated[str, Field(max_length=128)] = ""
+    organisation: Annotated[str, Field(max_length=128)] = ""
+    password: Annotated[str | None, Field(min_length=10, max_length=256)] = None
+
+
+@router.get("/users", summary="Users and their roles (never their secrets)")
+def list_users(admin: AdminUser, session: SessionDep) -> list[dict]:
+    users = session.execute(select(User).order_by(User.name)).scalars()
+    return [
+        {"name": u.name, "role": u.role.value, "display_name": u.display_name, "organisation": u.organisation,
+         "disabled": u.disabled, "active_tokens": sum(1 for t in u.tokens if t.revoked_at is None),
+         "has_password": bool(u.password_hash)}
+        for u in users
+    ]
+
+
+@router.post("/users", status_code=201, summary="Create a user; the response carries its API token, shown once")
+def create_user(body: NewUser, admin: AdminUser, session: SessionDep, request: Request) -> dict:
+    try:
+        user, token = add_user(session, body.name, body.role, display_name=body.display_name,
+                               organisation=body.organisation, password=body.password)
+    except UserExists as exc:
+        raise Problem(409, "user exists", str(exc)) from exc
+    except ValueError as exc:
+        raise Problem(422, "invalid user", str(exc)) from exc
+    record_audit(session, admin.name, "admin.user.create", target=user.name, remote_addr=client_address(request),
+                 detail={"role": body.role.value})
+    return {"name": user.name, "role": user.role.value, "token": token}
+
+
+@router.post("/users/{name}/revoke-tokens", summary="Revoke every API token of a user")
+def revoke(name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")], admin: AdminUser, session: SessionDep,
+           request: Request) -> dict:
+    try:
+        count = revoke_tokens(session, name)
+    except UnknownUser as exc:
+        raise Problem(404, "unknown user", str(exc)) from exc
+    record_audit(session, admin.name, "admin.user.revoke_tokens", target=name, remote_addr=client_address(request),
+                 detail={"revoked": count})
+    return {"name": name, "revoked": count}
+
+
+@router.get("/audit", summary="The audit log, newest first (JSON, or CSV with format=csv)")
+def audit(
+    admin: AdminUser,
+    session: SessionDep,
+    request: Request,
+    actor: Annotated[str | None, Query(max_length=64)] = None,
+    action: Annotated[str | None, Query(max_length=64)] = None,
+    study_uid: Annotated[str | None, Query(pattern=r"^[0-9]+(\.[0-9]+)*$", max_length=64)] = None,
+    since: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    format: Literal["json", "csv"] = "json",
+):
+    events, total = query_audit(session, actor=actor, action=action, study_uid=study_uid, since=since, limit=limit,
+                                offset=offset)
+    record_audit(session, admin.name, "admin.audit.read", remote_addr=client_address(request),
+                 detail={"format": format, "count": len(events)})
+    if format == "csv":
+        return Response(audit_csv(events), media_type="text/csv",
+                        headers={"Content-Disposition": 'attachment; filename="m3edge-audit.csv"'})
+    return {
+        "total": total, "limit": limit, "offset": offset,
+        "items": [{"id": e.id, "at": e.at.isoformat(), "actor": e.actor, "action": e.action, "study_uid": e.study_uid,
+                   "target": e.target, "outcome": e.outcome, "remote_addr": e.remote_addr, "detail": e.detail}
+                  for e in events],
+    }
+
+
+@router.get("/destinations", summary="Where results are delivered by default")
+def destinations(admin: AdminUser, request: Request) -> list[dict]:
+    return [{"address": str(d), "ae_title": d.ae_title, "host": d.host, "port": d.port}
+            for d in request.app.state.settings.destinations]
+
+
+@router.get("/routing-rules", summary="The routing rules in force")
+def routing_rules(admin: AdminUser, request: Request) -> dict:
+    from service.routing import load_rules
+
+    settings = request.app.state.settings
+    rules = load_rules(settings.routing_rules)
+    return {"source": str(settings.routing_rules or "built-in"), "rules": [r.model_dump(mode="json") for r in rules.rules]}
+
+
+@router.get("/queues", summary="Pipeline stages by state")
+def queues(admin: AdminUser, request: Request) -> dict:
+    counts = request.app.state.intake.ledger.stage_counts()
+    by_stage: dict[str, dict[str, int]] = {}
+    for (stage, status), n in counts.items():
+        by_stage.setdefault(stage, {})[status] = n
+    return {"stages": by_stage}
