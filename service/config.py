@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -97,7 +97,31 @@ class Settings(BaseSettings):
     routing_rules: Path | None = None
     vlm_backend: VlmBackend = VlmBackend.VILA
     vlm_url: str | None = None
+    vlm_model_dir: Path | None = Field(None, description="VILA-M3 checkpoint folder; default: the one in HOME/models.")
+    vlm_checkpoint: str = Field("Llama3-VILA-M3-8B", description="Which published checkpoint (chooses the template).")
+    vlm_template: str | None = Field(None, description="llama_3, vicuna_v1 or hermes-2; default from VLM_CHECKPOINT.")
+    vlm_dtype: str = Field("auto", pattern=r"^(auto|float16|bfloat16|float32)$")
+    vlm_device: str = "auto"
+    vlm_projector_order: str = Field("vila-355fda9", description="Token order of mlp_downsample (see the README).")
+    vlm_prompt_mode: str = Field("templated", pattern=r"^(templated|chat)$")
+    vlm_served_model: str | None = None
+    vlm_api_key: SecretStr | None = None
+    vlm_max_new_tokens: int = Field(1024, ge=1, le=8192)
+    vlm_min_new_tokens: int = Field(2, ge=0)
+    vlm_timeout_seconds: float = Field(300.0, gt=0)
+    agent_slice_policy: str = Field("most_structure", pattern=r"^(middle|most_structure)$")
+    expert_timeout_seconds: float = Field(900.0, gt=0)
     predictor_backend: PredictorBackend = PredictorBackend.AUTO
+
+    uid_root: str = Field(
+        "1.2.826.0.1.3680043.8.498",
+        pattern=r"^[0-9]+(\.[0-9]+)*$",
+        max_length=40,
+        description="Organisation root of every UID m3edge makes (set your own; the default is pydicom's).",
+    )
+    overlay_secondary_capture: bool = Field(True, description="Also send the overlay image as a Secondary Capture.")
+    reject_action: str = Field("none", pattern=r"^(none|quality|patient_safety)$",
+                               description="What a rejected draft sends: nothing, or an IOCM rejection note.")
 
     log_json: bool = False
     log_level: str = "INFO"
