@@ -17,6 +17,8 @@ __all__ = [
     "Delivery",
     "Instance",
     "PipelineRun",
+    "Report",
+    "ReportStatus",
     "RunStatus",
     "Series",
     "StageRun",
@@ -242,3 +244,34 @@ class AuditEvent(Base):
     outcome: Mapped[str] = mapped_column(String(16), default="success")
     remote_addr: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class ReportStatus(str, enum.Enum):
+    DRAFT = "draft"  # the AI draft (UNVERIFIED, PARTIAL) is in PACS, waiting for a reader
+    APPROVED = "approved"
+    AMENDED = "amended"
+    REJECTED = "rejected"
+    SUPERSEDED = "superseded"  # a later run replaced it
+
+
+class Report(Base):
+    """The result of one run: the draft SR and what it was made from, and then its review."""
+
+    __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("run_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("pipeline_runs.id", ondelete="CASCADE"))
+    status: Mapped[ReportStatus] = mapped_column(_enum(ReportStatus), default=ReportStatus.DRAFT, index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)  # optimistic lock: a review must name the version it read
+    demo: Mapped[bool] = mapped_column(Boolean, default=False)
+    question: Mapped[str] = mapped_column(Text, default="")
+    narrative: Mapped[str] = mapped_column(Text, default="")
+    findings: Mapped[dict] = mapped_column(JSON, default=dict)  # expert findings (volumes, scores, labels)
+    transcript: Mapped[dict] = mapped_column(JSON, default=dict)  # the agent's full transcript
+    objects: Mapped[dict] = mapped_column(JSON, default=dict)  # kind -> {path, sop_instance_uid, sop_class_uid}
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    reviewed_by: Mapped[str] = mapped_column(String(64), default="")
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    review_comment: Mapped[str] = mapped_column(Text, default="")
