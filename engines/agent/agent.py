@@ -265,30 +265,41 @@ class ConsultationAgent:
         try:
             generation = self._model.generate(conversation, config)
         except (VlmError, RuntimeError, TimeoutError, OSError) as error:  # server down, CUDA out of memory, ...
-            run.timings[f"turn_{number}"] = self._clock() - begun
+            elapsed = run.timings[f"turn_{number}"] = self._clock() - begun
             run.model_error = f"turn {number}: the model failed: {type(error).__name__}: {error}"
+            failed = Generation("", "", 0, 0, "error", 0.0, elapsed, run.backend, run.model)
+            run.turns.append(self._turn_record(number, user_text, images, templated, failed, max_new_tokens))
             return None
         run.timings[f"turn_{number}"] = self._clock() - begun
         run.tokens_generated += generation.completion_tokens
         if number == 1:
             run.backend, run.model = generation.backend, generation.model
-        run.turns.append(
-            TurnRecord(
-                number=number,
-                user_text=user_text,
-                images=images,
-                templated_prompt=templated,
-                backend_prompt=generation.prompt,
-                answer=generation.text,
-                stopped_by=generation.stopped_by,
-                prompt_tokens=generation.prompt_tokens,
-                completion_tokens=generation.completion_tokens,
-                max_new_tokens=max_new_tokens,
-                time_to_first_token_s=generation.time_to_first_token_s,
-                generation_s=generation.total_s,
-            )
-        )
+        run.turns.append(self._turn_record(number, user_text, images, templated, generation, max_new_tokens))
         return generation
+
+    @staticmethod
+    def _turn_record(
+        number: int,
+        user_text: str,
+        images: list[ImageRecord],
+        templated: str | None,
+        generation: Generation,
+        max_new_tokens: int,
+    ) -> TurnRecord:
+        return TurnRecord(
+            number=number,
+            user_text=user_text,
+            images=images,
+            templated_prompt=templated,
+            backend_prompt=generation.prompt,
+            answer=generation.text,
+            stopped_by=generation.stopped_by,
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            max_new_tokens=max_new_tokens,
+            time_to_first_token_s=generation.time_to_first_token_s,
+            generation_s=generation.total_s,
+        )
 
     # -- trigger, expert, feedback ---------------------------------------------------------------------------------
 

@@ -76,7 +76,7 @@ class TurnRecord:
     templated_prompt: str | None  # the whole conversation rendered by our template (None when no renderer was given)
     backend_prompt: str  # Generation.prompt: what the backend says it sent
     answer: str
-    stopped_by: str
+    stopped_by: str  # Generation.stopped_by, or "error" when the model raised (then answer is "")
     prompt_tokens: int
     completion_tokens: int
     max_new_tokens: int

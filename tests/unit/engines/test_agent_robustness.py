@@ -170,7 +170,8 @@ def test_a_model_error_in_turn_1_is_a_model_failure(step, detail):
     assert transcript.reason is OutcomeReason.TURN_1_MODEL_ERROR
     assert detail in transcript.detail
     assert transcript.final_answer == ""
-    assert transcript.turns == []
+    assert [(turn.stopped_by, turn.answer) for turn in transcript.turns] == [("error", "")]
+    assert transcript.turns[0].user_text.endswith("This is a CT image.\nIs there a hepatic tumor in this image?")
 
 
 def test_a_model_error_in_turn_2_keeps_the_expert_result():
@@ -178,7 +179,8 @@ def test_a_model_error_in_turn_2_keeps_the_expert_result():
     transcript = consultation.transcript
     assert transcript.outcome is Outcome.MODEL_FAILED
     assert transcript.reason is OutcomeReason.TURN_2_MODEL_ERROR
-    assert len(transcript.turns) == 1
+    assert [turn.stopped_by for turn in transcript.turns] == ["stop_token", "error"]
+    assert transcript.turns[1].user_text.startswith("The results are <image>.")
     assert consultation.expert_result is not None
     assert transcript.expert_call.source.value == "ran"
 
