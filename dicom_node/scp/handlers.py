@@ -68,7 +68,7 @@ def handle_store(
         file_meta = encode_file_meta(
             str(request.AffectedSOPClassUID), str(request.AffectedSOPInstanceUID), transfer_syntax, calling_ae
         )
-        header = read_instance_header(file_meta, data_set)
+        header = read_instance_header(file_meta, data_set, transfer_syntax)
         location = InstanceLocation(header.study_uid, header.series_uid, header.sop_instance_uid)
         spooled = spool.write(location, (file_meta, data_set))
         recorder.record(

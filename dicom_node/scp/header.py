@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import struct
+import zlib
 from io import BytesIO
 
 from pydicom import dcmread
@@ -76,6 +77,159 @@ def encode_file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_
     return _PREAMBLE + _element(0x0000, b"UL", struct.pack("<I", len(body)), b"") + body
 
 
+_UID_TAGS = {
+    0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID", 0x00080018: "SOPInstanceUID",
+}
+_WANTED = {
+    0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x00080020: "StudyDate", 0x00080060: "Modality",
+    0x00081030: "StudyDescription", 0x0008103E: "SeriesDescription", 0x00180015: "BodyPartExamined",
+    0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID", 0x00200011: "SeriesNumber",
+}
+_LAST_WANTED = max(_WANTED)
+_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF", b"OL",
+    b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US",
+    b"UT", b"UV",
+}
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_IMPLICIT = "1.2.840.10008.1.2"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+
+
+class _Walker:
+    """A strict little-endian element walker: enough of PS3.5 7 to find top-level attributes and skip the rest."""
+
+    def __init__(self, data: bytes, implicit: bool) -> None:
+        self.data = data
+        self.implicit = implicit
+
+    def _header(self, pos: int) -> tuple[int, int, int, bool]:
+        """(tag, value length, header size, is a sequence) of the element at ``pos``."""
+        data = self.data
+        if pos + 8 > len(data):
+            raise UnreadableDataset("cannot parse the data set: it ends inside an element header")
+        group, element, length = struct.unpack_from("<HHI", data, pos)
+        tag = group << 16 | element
+        if self.implicit or group == 0xFFFE:
+            return tag, length, 8, length == _UNDEFINED
+        vr = data[pos + 4 : pos + 6]
+        if vr not in _VRS:
+            raise UnreadableDataset(f"cannot parse the data set: invalid VR at ({group:04X},{element:04X})")
+        if vr in _LONG_VRS:
+            if pos + 12 > len(data):
+                raise UnreadableDataset("cannot parse the data set: it ends inside an element header")
+            return tag, struct.unpack_from("<I", data, pos + 8)[0], 12, vr == b"SQ"
+        return tag, struct.unpack_from("<H", data, pos + 6)[0], 8, False
+
+    def _skip_undefined(self, pos: int) -> int:
+        """Skip the items of an undefined-length sequence (or encapsulated value) starting at ``pos``; return its end."""
+        while True:
+            tag, length, size, _ = self._header(pos)
+            pos += size
+            if tag == _SEQUENCE_END:
+                return pos
+            if tag != _ITEM:
+                raise UnreadableDataset("cannot parse the data set: a sequence holds something other than items")
+            if length == _UNDEFINED:
+                pos = self.walk(pos, until=_ITEM_END)
+            else:
+                pos += length
+                if pos > len(self.data):
+                    raise UnreadableDataset("cannot parse the data set: an item is longer than the data set")
+
+    def walk(self, pos: int, until: int | None = None, found: dict[int, bytes] | None = None) -> int:
+        """Walk elements from ``pos`` in ascending tag order; collect wanted top-level values into ``found``."""
+        previous = -1
+        while pos < len(self.data):
+            tag, length, size, _sequence = self._header(pos)
+            if tag == until:
+                return pos + size
+            if until is None and tag > _LAST_WANTED:
+                return pos
+            if tag <= previous:
+                raise UnreadableDataset(f"cannot parse the data set: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) out of order")
+            previous = tag
+            start = pos + size
+            if length == _UNDEFINED:
+                pos = self._skip_undefined(start)
+                continue
+            pos = start + length
+            if pos > len(self.data):
+                raise UnreadableDataset(
+                    f"cannot parse the data set: element ({tag >> 16:04X},{tag & 0xFFFF:04X}) runs past its end"
+                )
+            if found is not None and tag in _WANTED:
+                found[tag] = self.data[start:pos]
+        if until is not None:
+            raise UnreadableDataset("cannot parse the data set: an item has no end")
+        return pos
+
+
+def _inflate(data: bytes) -> bytes:
+    try:
+        return zlib.decompress(data, -zlib.MAX_WBITS)
+    except zlib.error as exc:
+        raise UnreadableDataset("cannot parse the data set: the deflated stream is corrupt") from exc
+
+
+def _decoded(raw: dict[int, bytes], keyword: str) -> str:
+    tag = next(t for t, k in _WANTED.items() if k == keyword)
+    value = raw.get(tag)
+    if value is None:
+        return ""
+    return value.decode("latin-1").rstrip("\x00 ").strip()
+
+
+def _uid_of(raw: dict[int, bytes], keyword: str) -> str:
+    value = _decoded(raw, keyword)
+    if not value:
+        raise MissingAttribute(keyword)
+    return validate_uid(value, keyword)
+
+
+def read_instance_header(file_meta: bytes, data_set: bytes, transfer_syntax_uid: str | None = None) -> InstanceHeader:
+    """Read the identifying attributes of ``data_set`` without touching its pixel data.
+
+    Little-endian syntaxes (all but the retired big endian) are walked strictly by this module, so malformed input
+    fails loudly; big endian goes through pydicom. Raises ``UnreadableDataset``, ``MissingAttribute`` or
+    ``InvalidUid`` (a crafted or malformed UID).
+    """
+    if transfer_syntax_uid is None or transfer_syntax_uid == _BIG_ENDIAN:
+        return _read_with_pydicom(file_meta, data_set)
+    data = _inflate(data_set) if transfer_syntax_uid == _DEFLATED else data_set
+    raw: dict[int, bytes] = {}
+    try:
+        _Walker(data, implicit=transfer_syntax_uid == _IMPLICIT).walk(0, found=raw)
+    except UnreadableDataset:
+        # Some real data sets are walkable only with pydicom's tolerance (e.g. an explicit-VR UN sequence holding
+        # implicit-VR items); accept them when pydicom finds the UIDs, else report what the strict walk found.
+        try:
+            return _read_with_pydicom(file_meta, data_set)
+        except (UnreadableDataset, MissingAttribute, InvalidUid):
+            pass
+        raise
+    number_text = _decoded(raw, "SeriesNumber")
+    try:
+        number = int(number_text) if number_text else None
+    except ValueError:
+        number = None
+    return InstanceHeader(
+        study_uid=_uid_of(raw, "StudyInstanceUID"),
+        series_uid=_uid_of(raw, "SeriesInstanceUID"),
+        sop_instance_uid=_uid_of(raw, "SOPInstanceUID"),
+        sop_class_uid=_decoded(raw, "SOPClassUID")[:64],
+        modality=_decoded(raw, "Modality")[:16],
+        study_description=_decoded(raw, "StudyDescription")[:64],
+        study_date=_decoded(raw, "StudyDate")[:8],
+        series_description=_decoded(raw, "SeriesDescription")[:64],
+        series_number=number,
+        body_part_examined=_decoded(raw, "BodyPartExamined")[:16],
+    )
+
+
 def _text(dataset, keyword: str, limit: int) -> str:
     value = dataset.get(keyword)
     if value is None:
@@ -90,7 +244,7 @@ def _uid(dataset, keyword: str) -> str:
     return validate_uid(str(value), keyword)
 
 
-def read_instance_header(file_meta: bytes, data_set: bytes) -> InstanceHeader:
+def _read_with_pydicom(file_meta: bytes, data_set: bytes) -> InstanceHeader:
     """Parse the identifying attributes of ``file_meta + data_set``; pixel data is not read.
 
     Raises ``UnreadableDataset``, ``MissingAttribute`` or ``InvalidUid`` (a crafted or malformed UID).

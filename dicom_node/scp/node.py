@@ -171,12 +171,12 @@ class DicomNode:
     def _on_association_requested(self, event) -> None:
         """EVT_REQUESTED: refuse callers the access policy does not know, and anyone while the spool is too full."""
         assoc = event.assoc
-        calling_ae = (assoc.requestor.ae_title or "").strip()
+        calling_ae = str(assoc.requestor.primitive.calling_ae_title or "").strip()  # set before negotiation
         address = str(assoc.requestor.address)
         refusal = self._access.check(calling_ae, address)
         if refusal is not None:
             LOGGER.warning("association refused (calling AE not recognised): %s", refusal.reason)
-            assoc.acse.send_reject(*refusal.rejection)
+            self._reject(assoc, refusal.rejection)
             return
         try:
             full = self._admission.refusal()
@@ -184,4 +184,10 @@ class DicomNode:
             full = f"cannot check the spool's disk: {exc}"
         if full is not None:
             LOGGER.warning("association from %s at %s refused (local limit exceeded): %s", calling_ae, address, full)
-            assoc.acse.send_reject(*LOCAL_LIMIT_EXCEEDED)
+            self._reject(assoc, LOCAL_LIMIT_EXCEEDED)
+
+    @staticmethod
+    def _reject(assoc, rejection: tuple[int, int, int]) -> None:
+        """Send the A-ASSOCIATE-RJ and wait until it is on the wire (pynetdicom closes the socket right after)."""
+        assoc.acse.send_reject(*rejection)
+        assoc.kill()
