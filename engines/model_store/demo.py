@@ -189,4 +189,6 @@ def write_vila_demo(layout: ModelsDirectory) -> Path | None:
     if directory.exists():
         shutil.rmtree(directory)
     directory.mkdir(parents=True)
-    return Path(write_demo_checkpoint(directory))
+    written = Path(write_demo_checkpoint(directory))
+    write_manifest(written, written.name)
+    return written
