@@ -235,7 +235,7 @@ class StorageSCU:
     def send(self, destination: DicomAddress, paths: Iterable[str | Path]) -> DeliveryReport:
         """Send every file to ``destination``; retry what failed transiently; report per instance."""
         files = [_inspect(Path(p)) for p in paths]
-        associations = 0
+        established: list[Association] = []
         last_error: DeliveryError | None = None
         for attempt_number in range(1, self.retry.attempts + 1):
             pending = [f for f in files if not f.final]
@@ -250,12 +250,12 @@ class StorageSCU:
                 self.sleep(delay)
             try:
                 for group in _context_groups(pending):
-                    associations += self._send_group(destination, group)
+                    self._send_group(destination, group, established)
                 last_error = None
             except AssociationRejected as exc:
                 if exc.permanent:
                     self._fail_pending(files, str(exc))
-                    if associations == 0:
+                    if not established:
                         raise
                     break
                 last_error = exc
@@ -264,13 +264,13 @@ class StorageSCU:
             if last_error is not None:
                 LOGGER.warning("delivery to %s failed (attempt %d of %d): %s", destination, attempt_number,
                                self.retry.attempts, last_error)
-        if last_error is not None and associations == 0:
+        if last_error is not None and not established:
             last_error.args = (f"{last_error} (gave up after {self.retry.attempts} attempts)",)
             raise last_error
         self._fail_pending(files, str(last_error) if last_error else "still failing after the last attempt")
-        report = DeliveryReport(destination, [f.outcome() for f in files], associations)
+        report = DeliveryReport(destination, [f.outcome() for f in files], len(established))
         LOGGER.info("delivered %d of %d instance(s) to %s over %d association(s)",
-                    len(report.delivered), len(files), destination, associations)
+                    len(report.delivered), len(files), destination, len(established))
         return report
 
     @staticmethod
@@ -280,21 +280,23 @@ class StorageSCU:
                 item.final = True
                 item.error = item.error or error
 
-    def _send_group(self, destination: DicomAddress, group: list[_File]) -> int:
+    def _send_group(self, destination: DicomAddress, group: list[_File], established: list[Association]) -> None:
         contexts = [build_context(sop, ts) for sop, ts in dict.fromkeys(f.context_key for f in group)]
         assoc = self._associate(destination, contexts, _Attempt())
+        established.append(assoc)
         accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
         try:
             for item in group:
                 if not assoc.is_established:
                     raise DestinationUnreachable(f"{destination} aborted the association during the transfer")
-                self._store(assoc, item, accepted)
+                self._store(destination, assoc, item, accepted)
         finally:
             if assoc.is_established:
                 assoc.release()
-        return 1
 
-    def _store(self, assoc: Association, item: _File, accepted: set[tuple[str, str]]) -> None:
+    def _store(
+        self, destination: DicomAddress, assoc: Association, item: _File, accepted: set[tuple[str, str]]
+    ) -> None:
         if item.context_key not in accepted:
             item.final = True
             item.error = (
@@ -307,12 +309,15 @@ class StorageSCU:
         except (OSError, InvalidDicomError) as exc:
             item.final, item.error = True, f"cannot read {item.path}: {exc}"
             return
-        item.attempts += 1
         try:
             response = assoc.send_c_store(dataset)
         except ValueError as exc:  # pynetdicom could not encode the dataset in the negotiated syntax
+            item.attempts += 1
             item.final, item.error = True, f"cannot encode the dataset for sending: {exc}"
             return
+        except RuntimeError as exc:  # the association ended between two instances
+            raise DestinationUnreachable(f"{destination} ended the association during the transfer") from exc
+        item.attempts += 1
         item.status = int(response.Status) if "Status" in response else None
         if item.status is not None and code_to_category(item.status) in ("Success", "Warning"):
             item.final, item.error = True, ""

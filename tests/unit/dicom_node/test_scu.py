@@ -35,8 +35,9 @@ class PeerSCP:
 
     def __init__(self, statuses: Callable[[str, int], int] = lambda uid, n: 0x0000, *, contexts=None,
                  require_calling_aet: list[str] | None = None, echo_status: int = 0x0000,
-                 port: int | None = None) -> None:
+                 port: int | None = None, abort_on: Callable[[str, int], bool] = lambda uid, n: False) -> None:
         self.port = port or free_port()
+        self.abort_on = abort_on
         self.received: dict[str, list[bytes]] = {}
         self.statuses = statuses
         self.echo_status = echo_status
@@ -58,6 +59,10 @@ class PeerSCP:
     def _on_store(self, event) -> int:
         uid = str(event.request.AffectedSOPInstanceUID)
         copies = self.received.setdefault(uid, [])
+        if self.abort_on(uid, len(copies) + 1):
+            copies.append(b"")
+            event.assoc.abort()
+            return OUT_OF_RESOURCES
         status = self.statuses(uid, len(copies) + 1)
         if status in (0x0000, 0xB000):
             copies.append(event.encoded_dataset())
@@ -128,6 +133,20 @@ def test_a_permanent_failure_is_reported_and_not_retried(tmp_path, peer_factory)
     assert (failed.sop_instance_uid, failed.status, failed.attempts) == (bad, DATA_SET_DOES_NOT_MATCH, 1)
     assert "refused with status 0xA900" in failed.error
     assert len(report.delivered) == 2 and sleep.delays == []
+
+
+def test_an_association_aborted_mid_transfer_is_resumed_with_what_was_not_delivered(tmp_path, peer_factory):
+    files = _ct_files(tmp_path, 4)
+    uids = [str(dcmread(path).SOPInstanceUID) for path in files]
+    peer = peer_factory(abort_on=lambda uid, n: uid == uids[1] and n == 1)
+    sleep = RecordedSleep()
+    # pynetdicom may already be sending the next request when the abort lands; it then waits out the DIMSE timeout
+    scu = StorageSCU("M3EDGE", retry=FAST_RETRY, sleep=sleep, dimse_timeout=2)
+    report = scu.send(peer.address, files)
+    assert report.all_delivered and report.associations == 2
+    assert (report.outcomes[0].attempts, report.outcomes[1].attempts) == (1, 2)
+    assert [len(peer.received[uid]) for uid in uids[:2]] == [1, 2]
+    assert sleep.delays == [0.5]
 
 
 def test_a_status_that_stays_transient_fails_after_the_last_attempt(tmp_path, peer_factory):
