@@ -10,10 +10,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.api.metrics import make_registry
 from service.api.problems import install_problem_handlers
-from service.api.routes import admin, health, studies
+from service.api.routes import admin, health, reports, studies
 from service.api.sessions import SessionCookies, load_signing_key
 from service.config import Settings
 from service.pipeline.intake import PipelineIntake
+from service.review import ReviewService
 
 __all__ = ["create_app"]
 
@@ -39,10 +40,12 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     app.state.settings = settings
     app.state.session_factory = session_factory
     app.state.intake = intake
+    app.state.review = ReviewService(settings, deliver=intake.dispatcher.deliver)
     app.state.sessions = SessionCookies(load_signing_key(settings.home))
     app.state.metrics_registry = make_registry(session_factory)
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(studies.router)
+    app.include_router(reports.router)
     app.include_router(admin.router)
     return app

@@ -8,24 +8,36 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable
+from typing import Protocol
 
 from celery import Celery
 from kombu import Queue
 
 from service.config import Settings
 from service.pipeline.embedded_broker import TRANSPORT_PATH
+from service.pipeline.delivery import DeliveryQueue
+from service.pipeline.executor import StageExecutor
 from service.pipeline.ledger import PipelineLedger, StageTicket
 from service.pipeline.stages import TIME_LIMITS, Stage, queue_for
 
-__all__ = ["create_celery", "CeleryDispatcher", "QUEUES", "RUN_STAGE_TASK"]
+__all__ = ["create_celery", "CeleryDispatcher", "WorkerComponents", "QUEUES", "RUN_STAGE_TASK", "DELIVER_TASK"]
 
 LOGGER = logging.getLogger(__name__)
 RUN_STAGE_TASK = "m3edge.run_stage"
+DELIVER_TASK = "m3edge.deliver_pending"
 QUEUES = ("cpu.urgent", "gpu.urgent", "io.urgent", "cpu", "gpu", "io")
 
 
-def create_celery(settings: Settings, executor_factory: Callable[[], object] | None = None) -> Celery:
-    """The app for ``settings``. ``executor_factory`` builds the worker's StageExecutor once, on its first task."""
+class WorkerComponents(Protocol):
+    """What a worker process runs tasks with: the stage executor and the delivery queue."""
+
+    executor: StageExecutor
+    deliveries: DeliveryQueue
+
+
+def create_celery(settings: Settings, components_factory: Callable[[], WorkerComponents] | None = None) -> Celery:
+    """The app for ``settings``. ``components_factory`` builds the worker's components once, on its first task;
+    without it the app only sends (the API, the DICOM node)."""
     broker = settings.effective_broker_url
     transport_options: dict = {"visibility_timeout": max(TIME_LIMITS.values()) + 600}
     extra: dict = {}
@@ -59,13 +71,21 @@ def create_celery(settings: Settings, executor_factory: Callable[[], object] | N
     )
     state: dict = {}
 
+    def components() -> WorkerComponents:
+        if components_factory is None:
+            raise RuntimeError("this Celery app was created without worker components (a sender-only app)")
+        if "components" not in state:
+            state["components"] = components_factory()
+        return state["components"]
+
     @app.task(name=RUN_STAGE_TASK, acks_late=True, reject_on_worker_lost=True)
     def run_stage(run_id: int, stage: str) -> str:
-        if executor_factory is None:
-            raise RuntimeError("this Celery app was created without a stage executor (a sender-only app)")
-        if "executor" not in state:
-            state["executor"] = executor_factory()
-        return state["executor"].execute(int(run_id), Stage(stage))
+        return components().executor.execute(int(run_id), Stage(stage))
+
+    @app.task(name=DELIVER_TASK, acks_late=True, reject_on_worker_lost=True)
+    def deliver_pending(run_id: int) -> int:
+        """Send what a review added to a run (the deliver stage itself sends the run's first objects)."""
+        return components().deliveries.send_pending(int(run_id)).delivered
 
     return app
 
@@ -93,6 +113,15 @@ class CeleryDispatcher:
                            exc.__class__.__name__)
             return False
         self.ledger.mark_queued(ticket)
+        return True
+
+    def deliver(self, run_id: int) -> bool:
+        """Ask an io worker to send the run's pending deliveries; the sweeper does it later if the broker is down."""
+        try:
+            self.app.send_task(DELIVER_TASK, args=(run_id,), queue="io", time_limit=TIME_LIMITS[Stage.DELIVER])
+        except Exception as exc:
+            LOGGER.warning("cannot send the delivery of run %s to the broker: %s", run_id, exc.__class__.__name__)
+            return False
         return True
 
 

@@ -29,6 +29,8 @@ StageHandler = Callable[[StageClaim], StageOutcome]
 class Dispatcher(Protocol):
     def dispatch(self, ticket: StageTicket, countdown: float = 0) -> bool: ...
 
+    def deliver(self, run_id: int) -> bool: ...
+
 
 def backoff_seconds(attempt: int, base: float = 5.0, cap: float = 300.0) -> float:
     return min(cap, base * 2 ** max(0, attempt - 1))

@@ -8,12 +8,15 @@ from __future__ import annotations
 import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.scu import StorageSCU
 from service.config import Settings
 from service.pipeline.celery_app import QUEUES, CeleryDispatcher, create_celery
+from service.pipeline.delivery import DeliveryQueue, Sender
 from service.pipeline.executor import StageExecutor, StageHandler
 from service.pipeline.intake import PipelineIntake, PipelineSweeper
 from service.pipeline.ledger import PipelineLedger
@@ -42,25 +45,35 @@ def default_worker_name(queues: Sequence[str]) -> str:
     return f"m3edge-{base}@{socket.gethostname()}"
 
 
+@dataclass(frozen=True)
+class _Components:
+    executor: StageExecutor
+    deliveries: DeliveryQueue
+
+
 class PipelineWorker:
     """Builds the Celery app, the executor (handlers made once, lazily, in this process) and runs the worker."""
 
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
                  handlers_factory: Callable[[], Mapping[Stage, StageHandler]], queues: Sequence[str],
+                 sender_factory: Callable[[], Sender] | None = None,
                  name: str | None = None, sweeper_interval_s: float | None = 10.0) -> None:
         self.settings = settings
         self.queues = list(queues)
         self.name = name or default_worker_name(self.queues)
         self.ledger = PipelineLedger(session_factory)
-        self.app: Celery = create_celery(settings, executor_factory=self._make_executor)
+        self.session_factory = session_factory
+        self._sender_factory = sender_factory or (lambda: StorageSCU(settings.dicom_ae_title))
+        self.app: Celery = create_celery(settings, components_factory=self._make_components)
         self.dispatcher = CeleryDispatcher(self.app, self.ledger)
         self.intake = PipelineIntake(self.ledger, self.dispatcher)
         self._handlers_factory = handlers_factory
         self.sweeper = PipelineSweeper(self.intake, sweeper_interval_s) if sweeper_interval_s else None
         self._worker = None
 
-    def _make_executor(self) -> StageExecutor:
-        return StageExecutor(self.ledger, self._handlers_factory(), self.dispatcher, worker_name=self.name)
+    def _make_components(self) -> _Components:
+        executor = StageExecutor(self.ledger, self._handlers_factory(), self.dispatcher, worker_name=self.name)
+        return _Components(executor, DeliveryQueue(self.session_factory, self._sender_factory()))
 
     def recover(self) -> int:
         """Re-queue the stages this worker held when it last stopped (kill -9, power loss)."""

@@ -15,10 +15,15 @@ class RecordingDispatcher:
     def __init__(self, ledger):
         self.ledger = ledger
         self.sent = []
+        self.deliveries = []
 
     def dispatch(self, ticket, countdown=0):
         self.sent.append(ticket)
         self.ledger.mark_queued(ticket)
+        return True
+
+    def deliver(self, run_id):
+        self.deliveries.append(run_id)
         return True
 
 

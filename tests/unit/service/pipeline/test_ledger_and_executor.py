@@ -18,6 +18,7 @@ class RecordingDispatcher:
     def __init__(self, ledger):
         self.ledger = ledger
         self.sent = []
+        self.deliveries = []
         self.broker_up = True
 
     def dispatch(self, ticket, countdown=0):
@@ -25,6 +26,10 @@ class RecordingDispatcher:
             return False
         self.sent.append((ticket.run_id, ticket.stage, countdown))
         self.ledger.mark_queued(ticket)
+        return True
+
+    def deliver(self, run_id):
+        self.deliveries.append(run_id)
         return True
 
 

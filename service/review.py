@@ -1,0 +1,169 @@
+"""Review of an AI draft by a qualified reader: approve, amend or reject.
+
+Approve and amend write a NEW SR (VERIFIED, COMPLETE, the reader as verifying observer, the draft in the Predecessor
+Documents Sequence) and deliver it; reject records why and, if configured, delivers an IOCM rejection note. Reviews
+are serialised per report by an optimistic version: a reviewer must name the version they read, and the second of two
+concurrent reviews gets a conflict instead of silently overwriting the first.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from dicom_node.network import DicomAddress
+from dicom_node.results import (
+    Amendment,
+    RejectionReason,
+    ResultUids,
+    VerifyingObserver,
+    build_retraction,
+    build_verified_report,
+)
+from service.config import Settings
+from service.db.models import PipelineRun, Report, ReportStatus, Study, utcnow
+from service.pipeline.delivery import DeliveryQueue, ResultObject
+from service.security import Principal, record_audit
+
+__all__ = ["ReviewAction", "ReviewRequest", "ReviewConflict", "ReviewError", "ReviewService", "latest_report"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class ReviewAction(str, enum.Enum):
+    APPROVE = "approve"
+    AMEND = "amend"
+    REJECT = "reject"
+
+
+class ReviewConflict(RuntimeError):
+    """Someone reviewed the report since the version the caller read."""
+
+
+class ReviewError(ValueError):
+    """The review cannot be done as asked (no report yet, a reject without reason, ...)."""
+
+
+@dataclass(frozen=True)
+class ReviewRequest:
+    action: ReviewAction
+    version: int
+    narrative: str | None = None  # amend: the corrected narrative
+    comment: str | None = None  # amend: a comment on the findings; reject: the reason
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", ReviewAction(self.action))
+        if self.action is ReviewAction.AMEND and not (self.narrative or self.comment):
+            raise ReviewError("amend needs a corrected narrative or a comment on the findings")
+        if self.action is ReviewAction.REJECT and not (self.comment and self.comment.strip()):
+            raise ReviewError("reject needs a reason")
+
+
+def latest_report(session: Session, study_uid: str) -> Report | None:
+    return session.execute(
+        select(Report).join(Study, Study.id == Report.study_id)
+        .where(Study.study_uid == study_uid, Report.status != ReportStatus.SUPERSEDED)
+        .order_by(Report.id.desc())
+    ).scalars().first()
+
+
+def _write_atomically(dataset, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            dataset.save_as(handle, enforce_file_format=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class ReviewService:
+    def __init__(self, settings: Settings, deliver: Callable[[int], object]) -> None:
+        """``deliver(run_id)`` asks a worker to send the run's pending deliveries (after the commit)."""
+        self.settings = settings
+        self.deliver = deliver
+
+    def review(self, session: Session, study_uid: str, reviewer: Principal, request: ReviewRequest,
+               remote_addr: str = "") -> Report:
+        report = latest_report(session, study_uid)
+        if report is None:
+            raise ReviewError(f"study {study_uid} has no report to review yet")
+        if report.status is ReportStatus.REJECTED:
+            raise ReviewConflict("this draft was rejected; reprocess the study for a new one")
+        # Take the report: the conditional bump serialises concurrent reviews (row lock / SQLite write lock).
+        taken = session.execute(
+            update(Report).where(Report.id == report.id, Report.version == request.version)
+            .values(version=Report.version + 1).execution_options(synchronize_session=False)
+        ).rowcount
+        if taken != 1:
+            raise ReviewConflict(f"the report changed since version {request.version}; reload it and review again")
+        session.refresh(report)
+        observer = VerifyingObserver(name=reviewer.display_name or reviewer.name,
+                                     organisation=reviewer.organisation or "unknown organisation")
+        run = session.get(PipelineRun, report.run_id)
+        uids = ResultUids(self.settings.uid_root, study_uid, f"run-{run.run_number}")
+        objects = dict(report.objects or {})
+        revision = int(objects.get("revisions", 0)) + 1
+        folder = self.settings.results_dir / study_uid / f"run-{run.run_number}"
+        if request.action is ReviewAction.REJECT:
+            new = self._reject(objects, observer, uids, request, revision, folder)
+            report.status = ReportStatus.REJECTED
+        else:
+            current = objects.get("verified") or objects["sr"]
+            amendment = Amendment(narrative=request.narrative, findings_comment=request.comment) \
+                if request.action is ReviewAction.AMEND else None
+            verified = build_verified_report(dcmread(current["path"]), observer, uids, amendment=amendment,
+                                             revision=revision)
+            path = folder / f"verified-{revision}.dcm"
+            _write_atomically(verified, path)
+            new = {"path": str(path), "sop_instance_uid": verified.SOPInstanceUID, "sop_class_uid": verified.SOPClassUID}
+            objects["verified"] = new
+            report.status = ReportStatus.APPROVED if request.action is ReviewAction.APPROVE else ReportStatus.AMENDED
+            if request.narrative:
+                report.narrative = request.narrative
+        objects["revisions"] = revision
+        report.objects = objects
+        report.reviewed_by = reviewer.name
+        report.reviewed_at = utcnow()
+        report.review_comment = request.comment or ""
+        if new is not None:
+            destinations = [DicomAddress.parse(d) for d in (run.route or {}).get("destinations", [])] \
+                or list(self.settings.destinations)
+            DeliveryQueue.add(session, run.id, destinations, [ResultObject(new["sop_instance_uid"], Path(new["path"]))])
+        record_audit(session, reviewer.name, f"review.{request.action.value}", study_uid=study_uid,
+                     remote_addr=remote_addr, detail={"version": request.version, "revision": revision})
+        session.commit()
+        if new is not None:
+            try:
+                self.deliver(run.id)
+            except Exception:  # the sweeper delivers pending rows later
+                LOGGER.exception("could not ask for delivery of run %s; the sweeper will", run.id)
+        return report
+
+    def _reject(self, objects: dict, observer: VerifyingObserver, uids: ResultUids, request: ReviewRequest,
+                revision: int, folder: Path) -> dict | None:
+        if self.settings.reject_action == "none":
+            return None
+        rejected = [dcmread(objects[k]["path"]) for k in ("sr", "seg", "overlay") if k in objects]
+        reason = RejectionReason.QUALITY if self.settings.reject_action == "quality" else RejectionReason.PATIENT_SAFETY
+        note = build_retraction(rejected, observer, uids, reason=reason, explanation=request.comment, revision=revision)
+        path = folder / f"rejection-{revision}.dcm"
+        _write_atomically(note, path)
+        objects["rejection"] = {"path": str(path), "sop_instance_uid": note.SOPInstanceUID,
+                                "sop_class_uid": note.SOPClassUID}
+        return objects["rejection"]
+
+
