@@ -1,0 +1,55 @@
+"""Container health check for each m3edge role; exit status 0 = healthy (Docker's HEALTHCHECK contract).
+
+    healthcheck.py readyz        GET http://127.0.0.1:$M3EDGE_API_PORT/readyz answers 2xx (the api and serve roles)
+    healthcheck.py tcp PORT      something accepts TCP connections on 127.0.0.1:PORT (the scp role: the DICOM port)
+
+Standard library only, so it runs in the image without curl.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+
+TIMEOUT_S = 5.0
+
+
+def readyz(port: int) -> str | None:
+    url = f"http://127.0.0.1:{port}/readyz"
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 (a fixed loopback URL)
+            return None if 200 <= response.status < 300 else f"{url} answered {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"{url} answered {exc.code}"
+    except OSError as exc:
+        return f"{url} unreachable: {exc}"
+
+
+def tcp(port: int) -> str | None:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT_S):
+            return None
+    except OSError as exc:
+        return f"nothing accepts connections on 127.0.0.1:{port}: {exc}"
+
+
+def main(argv: list[str]) -> int:
+    check = argv[0] if argv else "readyz"
+    if check == "readyz":
+        problem = readyz(int(os.environ.get("M3EDGE_API_PORT", "8000")))
+    elif check == "tcp" and len(argv) == 2 and argv[1].isdigit():
+        problem = tcp(int(argv[1]))
+    else:
+        print("usage: healthcheck.py readyz | tcp PORT", file=sys.stderr)
+        return 2
+    if problem:
+        print(f"unhealthy: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

