@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
+from service.cli.context import CliError
+from service.cli.serve import RunningService, ServicePart, prepare_database
+from service.config import Settings
 from tests.conftest import require_tool
+from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.dicom_corpus import FAKE_PATIENT, write_ct_series
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
@@ -80,3 +86,60 @@ def test_serve_receives_a_study_completes_it_and_stops_on_sigterm(tmp_path):
     assert len(list((home / "spool" / series.study_uid).rglob("*.dcm"))) == 3
     for value in FAKE_PATIENT.values():
         assert value not in log
+
+
+def test_serve_on_a_busy_port_exits_with_a_clear_error(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run([*CLI, "serve"], capture_output=True, text=True, env=_environment(tmp_path, port),
+                                timeout=60)
+    assert result.returncode == 2
+    assert f"m3edge: error: cannot listen on 0.0.0.0:{port}" in result.stderr
+    assert "set M3EDGE_DICOM_PORT" in result.stderr
+
+
+@pytest.mark.postgres
+def test_serve_refuses_a_server_database_that_was_not_upgraded(tmp_path):
+    name = f"m3edge_serve_{uuid.uuid4().hex[:10]}"
+    url = create_postgres_database(name)
+    try:
+        with pytest.raises(CliError, match=r"database is at revision none, not \w+: run `m3edge db upgrade` first"):
+            prepare_database(Settings(home=tmp_path, database_url=url))
+    finally:
+        drop_postgres_database(name)
+
+
+class Part:
+    def __init__(self, name: str, journal: list[str], fail: bool = False) -> None:
+        self.name, self.journal, self.fail = name, journal, fail
+
+    def start(self) -> None:
+        if self.fail:
+            raise OSError(f"{self.name} cannot start")
+        self.journal.append(f"start {self.name}")
+
+    def stop(self) -> None:
+        self.journal.append(f"stop {self.name}")
+
+
+def _parts(journal: list[str], failing: str = "") -> list[ServicePart]:
+    parts = [Part(name, journal, fail=name == failing) for name in ("recorder", "assembler", "node")]
+    return [ServicePart(p.name, p.start, p.stop) for p in parts]
+
+
+def test_service_parts_start_in_order_and_stop_in_reverse():
+    journal: list[str] = []
+    service = RunningService(_parts(journal))
+    service.start()
+    service.stop()
+    service.stop()  # a second stop does nothing
+    assert journal == ["start recorder", "start assembler", "start node", "stop node", "stop assembler", "stop recorder"]
+
+
+def test_a_part_that_fails_to_start_stops_the_ones_already_running():
+    journal: list[str] = []
+    with pytest.raises(OSError, match="node cannot start"):
+        RunningService(_parts(journal, failing="node")).start()
+    assert journal == ["start recorder", "start assembler", "stop assembler", "stop recorder"]
