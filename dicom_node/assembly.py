@@ -34,6 +34,8 @@ __all__ = [
 
 LOGGER = logging.getLogger(__name__)
 
+MAX_FAILURE_BACKOFF_SECONDS = 30.0
+
 Clock = Callable[[], datetime]
 StudyCompleteHook = Callable[[str], object]
 
@@ -192,9 +194,19 @@ class StudyAssembler:
 
     def _run(self) -> None:
         interval = self.timings.poll_interval
+        failures = 0
         while not self._stop.is_set():
+            wait = interval
             try:
                 self.sweep()
-            except Exception:  # a database hiccup: log it and try again on the next pass
-                LOGGER.exception("study assembly pass failed; retrying in %.2f s", interval)
-            self._stop.wait(interval)
+                if failures:
+                    LOGGER.info("study assembly works again after %d failed pass(es)", failures)
+                failures = 0
+            except Exception as exc:  # the database is unreachable or failing: back off, keep trying
+                failures += 1
+                wait = min(MAX_FAILURE_BACKOFF_SECONDS, interval * 2**failures)
+                if failures == 1:
+                    LOGGER.exception("study assembly pass failed; retrying with back-off")
+                else:
+                    LOGGER.warning("study assembly pass failed again (%s); next try in %.1f s", exc.__class__.__name__, wait)
+            self._stop.wait(wait)

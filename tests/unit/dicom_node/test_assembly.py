@@ -3,6 +3,7 @@ re-opening, a restart, and the race between completion and a late arrival."""
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -244,6 +245,37 @@ def test_the_thread_completes_a_study_and_stops(session_factory):
         assembler.stop()
     assert not assembler.running
     assert _study(session_factory, "1.3.7").status == StudyStatus.COMPLETE
+
+
+class LedgerThatFailsFirst(DatabaseStudyLedger):
+    def __init__(self, session_factory, failures: int) -> None:
+        super().__init__(session_factory)
+        self.failures = failures
+
+    def open_studies(self):
+        if self.failures:
+            self.failures -= 1
+            raise OSError("database unreachable")
+        return super().open_studies()
+
+
+def test_the_thread_survives_a_failing_database_and_completes_the_study_later(session_factory, caplog):
+    from tests.support.polling import wait_for
+
+    caplog.set_level(logging.INFO, logger="dicom_node.assembly")
+    hook = HookRecorder()
+    timings = AssemblyTimings(idle_seconds=0.1, release_grace_seconds=0.1, max_open_seconds=60)
+    ledger = LedgerThatFailsFirst(session_factory, failures=2)
+    assembler = StudyAssembler(ledger, timings, hook)
+    _arrive(session_factory, "1.3.8", datetime.now(timezone.utc))
+    assembler.start()
+    try:
+        wait_for(lambda: hook.calls == ["1.3.8"], timeout=10, message="the assembler never recovered")
+    finally:
+        assembler.stop()
+    assert ledger.failures == 0
+    assert "study assembly pass failed; retrying with back-off" in caplog.text
+    assert "works again after 2 failed pass(es)" in caplog.text
 
 
 @pytest.mark.parametrize(
