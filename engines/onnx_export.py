@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["export_onnx", "OPSET"]
+__all__ = ["export_onnx", "export_typed_onnx", "OPSET"]
 
 OPSET = 17
 
@@ -54,3 +54,32 @@ def export_onnx(
     temporary.write_bytes(buffer.getvalue())
     os.replace(temporary, path)
     return path
+
+
+def export_typed_onnx(network, precision) -> Path:
+    """Export ``network`` (a ``NetworkArtifacts`` with a torch form) with its weights and inputs cast to ``precision``.
+
+    TensorRT 11 builds strongly typed networks: an fp16/bf16 engine needs an fp16/bf16 graph. Every ``None`` axis of
+    the declared inputs/outputs stays dynamic; the example input is the first profile's ``opt`` shape.
+    """
+    from engines.backends.base import BackendUnavailable, Precision
+
+    precision = Precision(precision)
+    path = network.onnx_for(precision)
+    if precision is Precision.FP32 or path is None:
+        raise ValueError(f"{network.name}: no typed ONNX path for {precision.value}")
+    if network.torch_module is None or not network.profiles:
+        raise BackendUnavailable(f"{network.name}: a {precision.value} ONNX export needs the torch form and a profile")
+    dtype = {Precision.FP16: torch.float16, Precision.BF16: torch.bfloat16}[precision]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        module = network.torch_module().to(device=device, dtype=dtype)
+    except (RuntimeError, NotImplementedError, TypeError) as exc:
+        raise BackendUnavailable(f"{network.name}: cannot cast the torch form to {precision.value}: {exc}") from exc
+    profile = network.profiles[0]
+    examples = [torch.rand(profile.shapes[spec.name][1], dtype=dtype, device=device) for spec in network.inputs]
+    axes = {
+        spec.name: {axis: f"{spec.name}_{axis}" for axis, size in enumerate(spec.shape) if size is None}
+        for spec in (*network.inputs, *network.outputs)
+    }
+    return export_onnx(module, examples, path, [s.name for s in network.inputs], [s.name for s in network.outputs], axes)

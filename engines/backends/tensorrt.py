@@ -151,10 +151,19 @@ def _onnx_for_engine(network: NetworkArtifacts, runtime: TensorRTRuntime, precis
 def build_tensorrt_engine(
     network: NetworkArtifacts, cache: EngineCache, precision: Precision | str, runtime: TensorRTRuntime
 ) -> tuple[EngineKey, bool]:
-    """Build (or keep) the engine of one network. Returns its key and whether it was (re)built."""
+    """Build (or keep) the engine of one network. Returns its key and whether it was (re)built.
+
+    With TensorRT 11 and a reduced precision, the typed ONNX graph is exported first when it is missing.
+    """
     precision = Precision(precision)
     if not network.profiles:
         raise ValueError(f"{network.name} declares no TensorRT profiles")
+    typed = network.onnx_for(precision)
+    if runtime.major >= 11 and precision is not Precision.FP32 and typed is not None and not typed.is_file():
+        from engines.onnx_export import export_typed_onnx
+
+        logger.info("TensorRT %s is strongly typed: exporting %s in %s", runtime.version, network.name, precision.value)
+        export_typed_onnx(network, precision)
     key = _engine_key(network, runtime, precision)
     onnx_bytes = _onnx_for_engine(network, runtime, precision).read_bytes()
     _engine, built = cache.ensure(

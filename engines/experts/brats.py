@@ -36,7 +36,7 @@ def brats_artifacts(bundle: MonaiBundle, network: torch.nn.Module | None = None)
         onnx_path=bundle.onnx_path("model"),
         torch_module=(lambda: network) if network is not None else bundle.load_network,
         profiles=(profile,),
-        onnx_by_precision={Precision.FP16: bundle.onnx_path("model.fp16")},
+        onnx_by_precision={p: bundle.onnx_path(f"model.{p.value}") for p in (Precision.FP16, Precision.BF16)},
     )
 
 

@@ -72,6 +72,7 @@ def cxr_artifacts(entry: CxrModelEntry) -> NetworkArtifacts:
         onnx_path=entry.onnx_path,
         torch_module=torch_module,
         profiles=(profile,),
+        onnx_by_precision={p: entry.onnx_path.with_suffix(f".{p.value}.onnx") for p in (Precision.FP16, Precision.BF16)},
     )
 
 

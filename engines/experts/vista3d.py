@@ -72,7 +72,7 @@ def vista3d_encoder_artifacts(bundle: MonaiBundle, network: torch.nn.Module | No
         onnx_path=bundle.onnx_path(ENCODER_PART),
         torch_module=torch_module,
         profiles=(profile,),
-        onnx_by_precision={Precision.FP16: bundle.onnx_path(f"{ENCODER_PART}.fp16")},
+        onnx_by_precision={p: bundle.onnx_path(f"{ENCODER_PART}.{p.value}") for p in (Precision.FP16, Precision.BF16)},
     )
 
 

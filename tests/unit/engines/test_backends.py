@@ -3,6 +3,7 @@ TensorRT bookkeeping against the recording stand-in (tests/support/tensorrt_stan
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import subprocess
 import sys
@@ -162,6 +163,21 @@ def test_tensorrt_11_fp16_needs_an_fp16_onnx_export(network, tmp_path, monkeypat
         build_tensorrt_engine(network, EngineCache(tmp_path), Precision.FP16, _runtime(standin))
 
 
+def test_tensorrt_11_bf16_exports_a_bf16_graph_first_and_builds_from_it(network, tmp_path, monkeypatch):
+    import onnx
+
+    standin = install_standin(monkeypatch, "11.0.0")
+    typed_path = tmp_path / "two_heads.bf16.onnx"
+    typed = dataclasses.replace(network, torch_module=lambda: _TwoHeads().eval(), onnx_by_precision={Precision.BF16: typed_path})
+    key, built = build_tensorrt_engine(typed, EngineCache(tmp_path / "engines"), Precision.BF16, _runtime(standin))
+    graph = onnx.load(typed_path)
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.BFLOAT16
+    assert built and key.precision is Precision.BF16
+    assert not [call for call in standin.calls if call[0] == "BuilderConfig.set_flag"]
+    parsed = [args[0] for name, args in standin.calls if name == "OnnxParser.parse"]
+    assert parsed == [typed_path.stat().st_size]
+
+
 def test_unsupported_tensorrt_version_is_refused(monkeypatch):
     from engines.backends.tensorrt import import_tensorrt
 
@@ -210,3 +226,14 @@ def test_auto_with_a_gpu_but_no_engine_falls_back_and_records_why(network, tmp_p
     assert "no usable TensorRT engine for test.two_heads" in choice.fallback_reason
     assert choice.backend in ("torch-cuda", "onnxruntime-cpu")
     assert any("no usable TensorRT engine" in record.getMessage() for record in caplog.records)
+
+
+def test_torch_autocast_runs_in_the_requested_precision_and_returns_float32(network):
+    full = TorchPredictor(network.torch_module(), INPUTS, OUTPUTS)
+    reduced = TorchPredictor(network.torch_module(), INPUTS, OUTPUTS, precision="bf16")
+    image = torch.rand(1, 2, 8, 8, 8)
+    expected, actual = full({"image": image})["mask"], reduced({"image": image})["mask"]
+    assert reduced.precision is Precision.BF16 and actual.dtype == torch.float32
+    assert not torch.equal(actual, expected) and torch.allclose(actual, expected, atol=0.1)
+    with pytest.raises(ValueError, match="fp16 needs CUDA"):
+        TorchPredictor(network.torch_module(), INPUTS, OUTPUTS, precision="fp16")
