@@ -120,7 +120,10 @@ def completion_due(study: OpenStudy, timings: AssemblyTimings, now: datetime) ->
 
 
 class StudyAssembler:
-    """Watches the ledger's open studies and completes them; ``sweep()`` is one pass, ``start()`` runs it in a thread."""
+    """Watches the ledger's open studies and completes them.
+
+    ``sweep()`` is one pass; ``start()`` runs passes in a thread every ``timings.poll_interval`` until ``stop()``.
+    """
 
     def __init__(
         self,
@@ -208,5 +211,7 @@ class StudyAssembler:
                 if failures == 1:
                     LOGGER.exception("study assembly pass failed; retrying with back-off")
                 else:
-                    LOGGER.warning("study assembly pass failed again (%s); next try in %.1f s", exc.__class__.__name__, wait)
+                    LOGGER.warning(
+                        "study assembly pass failed again (%s); next try in %.1f s", exc.__class__.__name__, wait
+                    )
             self._stop.wait(wait)

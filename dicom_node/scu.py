@@ -2,9 +2,11 @@
 
 One association carries a whole file set (several only past the 128 presentation contexts a DICOM association allows),
 with one presentation context per (SOP class, transfer syntax) pair found in the files, so every instance goes out in
-the transfer syntax it is stored in. ``send()`` returns a :class:`DeliveryReport` with one :class:`InstanceOutcome` per
-file. Connection failures, transient association rejections, aborts and transient statuses (Out of Resources) are retried
-with exponential back-off; a permanent rejection (e.g. our AE title is not known to the destination) raises at once.
+the transfer syntax it is stored in (an uncompressed little-endian file may also go in the other uncompressed syntax
+when that is all the peer takes). ``send()`` returns a :class:`DeliveryReport` with one :class:`InstanceOutcome` per
+file. Connection failures, transient association rejections, aborts and transient statuses (Out of Resources) are
+retried with exponential back-off; a permanent rejection (e.g. our AE title is unknown to the destination) raises at
+once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, Association, build_context, evt
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -42,6 +45,8 @@ STATUS_SUCCESS = 0x0000
 STATUS_RESOURCE_LIMITATION = 0x0213
 OUT_OF_RESOURCES = range(0xA700, 0xA800)
 MAX_PRESENTATION_CONTEXTS = 128
+# pynetdicom re-encodes between these two (and nothing else) when the peer accepted only the other one.
+UNCOMPRESSED_LITTLE_ENDIAN = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 REJECT_RESULT_PERMANENT = 0x01
 
 
@@ -141,6 +146,14 @@ class _File:
     def context_key(self) -> tuple[str, str]:
         return self.sop_class_uid, self.transfer_syntax_uid
 
+    @property
+    def context_keys(self) -> list[tuple[str, str]]:
+        """The exact (SOP class, transfer syntax) first; an uncompressed syntax may also go as the other one."""
+        if self.transfer_syntax_uid in UNCOMPRESSED_LITTLE_ENDIAN:
+            syntaxes = dict.fromkeys([self.transfer_syntax_uid, *UNCOMPRESSED_LITTLE_ENDIAN])
+            return [(self.sop_class_uid, ts) for ts in syntaxes]
+        return [self.context_key]
+
     def outcome(self) -> InstanceOutcome:
         return InstanceOutcome(
             self.path, self.sop_instance_uid, self.sop_class_uid, self.transfer_syntax_uid, self.status, self.attempts,
@@ -157,7 +170,8 @@ def _inspect(path: Path) -> _File:
         item.sop_instance_uid = str(meta.MediaStorageSOPInstanceUID)
         item.transfer_syntax_uid = str(meta.TransferSyntaxUID)
     except (OSError, InvalidDicomError, AttributeError) as exc:
-        item.final, item.error = True, f"not a readable DICOM Part 10 file with SOP class, instance and transfer syntax: {exc}"
+        item.final = True
+        item.error = f"not a readable DICOM Part 10 file with SOP class, instance and transfer syntax: {exc}"
     return item
 
 
@@ -281,7 +295,7 @@ class StorageSCU:
                 item.error = item.error or error
 
     def _send_group(self, destination: DicomAddress, group: list[_File], established: list[Association]) -> None:
-        contexts = [build_context(sop, ts) for sop, ts in dict.fromkeys(f.context_key for f in group)]
+        contexts = [build_context(sop, ts) for sop, ts in dict.fromkeys(key for f in group for key in f.context_keys)]
         assoc = self._associate(destination, contexts, _Attempt())
         established.append(assoc)
         accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
@@ -297,7 +311,7 @@ class StorageSCU:
     def _store(
         self, destination: DicomAddress, assoc: Association, item: _File, accepted: set[tuple[str, str]]
     ) -> None:
-        if item.context_key not in accepted:
+        if not any(key in accepted for key in item.context_keys):
             item.final = True
             item.error = (
                 f"the destination accepted no presentation context for SOP class {item.sop_class_uid} "
@@ -369,16 +383,14 @@ def _rejection_error(destination: DicomAddress, calling_ae: str, rejection: A_AS
 
 def _context_groups(files: list[_File]) -> list[list[_File]]:
     """Split files so no association needs more than 128 presentation contexts."""
-    groups: list[list[_File]] = []
-    keys: list[set[tuple[str, str]]] = []
+    groups: list[tuple[list[_File], set[tuple[str, str]]]] = []
     for item in files:
-        for group, group_keys in zip(groups, keys):
-            if item.context_key in group_keys or len(group_keys) < MAX_PRESENTATION_CONTEXTS:
+        needed = set(item.context_keys)
+        for group, keys in groups:
+            if len(keys | needed) <= MAX_PRESENTATION_CONTEXTS:
                 group.append(item)
-                group_keys.add(item.context_key)
+                keys.update(needed)
                 break
         else:
-            groups.append([item])
-            keys.append({item.context_key})
-    return groups
-
+            groups.append(([item], needed))
+    return [group for group, _ in groups]

@@ -87,7 +87,9 @@ def test_orthanc_down_at_first_then_started_gets_the_study(tmp_path):
         if len(waits) == 1:
             late.start()
 
-    scu = StorageSCU("M3EDGE", retry=RetryPolicy(attempts=3, first_delay=0.5), sleep=start_orthanc_during_the_first_wait)
+    scu = StorageSCU(
+        "M3EDGE", retry=RetryPolicy(attempts=3, first_delay=0.5), sleep=start_orthanc_during_the_first_wait
+    )
     try:
         with pytest.raises(DestinationUnreachable):
             StorageSCU("M3EDGE", retry=RetryPolicy(attempts=1)).echo(_address(late))

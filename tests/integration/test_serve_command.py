@@ -135,7 +135,9 @@ def test_service_parts_start_in_order_and_stop_in_reverse():
     service.start()
     service.stop()
     service.stop()  # a second stop does nothing
-    assert journal == ["start recorder", "start assembler", "start node", "stop node", "stop assembler", "stop recorder"]
+    assert journal == [
+        "start recorder", "start assembler", "start node", "stop node", "stop assembler", "stop recorder",
+    ]
 
 
 def test_a_part_that_fails_to_start_stops_the_ones_already_running():

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 import pytest
 from pydicom import dcmread
-from pynetdicom import AE, evt
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, Verification  # type: ignore[attr-defined]
 
 from dicom_node.network import DicomAddress
@@ -104,7 +106,7 @@ def test_every_file_is_delivered_byte_for_byte_over_one_association(tmp_path, pe
     report = StorageSCU("M3EDGE").send(peer.address, files)
     assert report.all_delivered and report.associations == 1
     assert [o.status for o in report.outcomes] == [0x0000] * 4
-    for path, outcome in zip(files, report.outcomes):
+    for path, outcome in zip(files, report.outcomes, strict=True):
         sent = dcmread(path)
         assert outcome.sop_instance_uid == sent.SOPInstanceUID
         [received] = peer.received[outcome.sop_instance_uid]
@@ -179,7 +181,8 @@ def test_an_unreachable_destination_raises_after_every_attempt(tmp_path):
     files = _ct_files(tmp_path, 1)
     sleep = RecordedSleep()
     scu = StorageSCU("M3EDGE", retry=FAST_RETRY, sleep=sleep)
-    with pytest.raises(DestinationUnreachable, match=r"cannot connect to PEER@127.0.0.1:\d+ .*gave up after 3 attempts"):
+    unreachable = r"cannot connect to PEER@127.0.0.1:\d+ .*gave up after 3 attempts"
+    with pytest.raises(DestinationUnreachable, match=unreachable):
         scu.send(DicomAddress("PEER", "127.0.0.1", free_port()), files)
     assert sleep.delays == [0.5, 1.0]
 
@@ -224,6 +227,49 @@ def test_echo_answers_the_round_trip_or_names_the_failure(peer_factory):
         StorageSCU("M3EDGE").echo(failing.address)
     with pytest.raises(DestinationUnreachable, match="cannot connect"):
         StorageSCU("M3EDGE").echo(DicomAddress("NOBODY", "127.0.0.1", free_port()))
+
+
+def test_an_explicit_vr_file_goes_to_a_peer_that_only_takes_implicit_vr(tmp_path):
+    ae = AE(ae_title="PEER")
+    ae.add_supported_context(CTImageStorage, ImplicitVRLittleEndian)
+    received: list = []
+    port = free_port()
+
+    def on_store(event) -> int:
+        received.append((event.context.transfer_syntax, event.dataset))
+        return 0x0000
+
+    server = ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        [path] = _ct_files(tmp_path, 1)
+        report = StorageSCU("M3EDGE").send(DicomAddress("PEER", "127.0.0.1", port), [path])
+    finally:
+        server.shutdown()
+    assert report.all_delivered
+    [(transfer_syntax, dataset)] = received
+    assert transfer_syntax == ImplicitVRLittleEndian
+    assert dataset.PixelData == dcmread(path).PixelData
+
+
+def _minimal_instance(folder, sop_class: str) -> str:
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    path = folder / f"{ds.SOPInstanceUID}.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_more_sop_classes_than_one_association_can_negotiate_take_a_second_one(tmp_path, peer_factory):
+    sop_classes = [cx.abstract_syntax for cx in AllStoragePresentationContexts[:70]]
+    peer = peer_factory(contexts=sop_classes)
+    files = [_minimal_instance(tmp_path, sop_class) for sop_class in sop_classes]
+    report = StorageSCU("M3EDGE").send(peer.address, files)  # 70 classes x 2 uncompressed syntaxes > 128 contexts
+    assert report.all_delivered and report.associations == 2
+    assert set(peer.received) == {o.sop_instance_uid for o in report.outcomes}
 
 
 def test_retry_policy_grows_exponentially_up_to_its_ceiling():
