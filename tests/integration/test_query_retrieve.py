@@ -1,0 +1,198 @@
+"""Query/Retrieve against the running node with dcmtk's findscu, getscu and movescu (real peers).
+
+The result objects are real draft SR and SEG written by ``dicom_node.results`` for a CT case, listed by a Report row.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from sqlalchemy import select
+
+from dicom_node.results import build_draft_report, build_segmentation
+from dicom_node.scp import DicomNode
+from service.db.models import AuditEvent, PipelineRun, Report, Study, StudyStatus
+from service.db.session import session_scope
+from service.dicomweb.query_retrieve import build_query_retrieve
+from service.ingest import DatabaseRecorder
+from tests.conftest import require_tool
+from tests.support.dcmtk import dcmtk_env
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+from tests.support.result_cases import FIXED_TIME, ct_case
+from tests.support.scp_node import node_settings
+
+CALLERS = ("FINDSCU", "GETSCU", "MOVESCU")
+
+
+def _write_results(folder: Path) -> dict:
+    case = ct_case(demo=True)
+    seg = build_segmentation(case.content.findings, case.uids, now=FIXED_TIME)
+    draft = build_draft_report(case.content, case.uids, segmentation=seg, now=FIXED_TIME)
+    folder.mkdir(parents=True)
+    objects = {}
+    for kind, dataset in (("sr", draft), ("seg", seg)):
+        path = folder / f"{kind}.dcm"
+        dataset.save_as(path, enforce_file_format=True)
+        objects[kind] = {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID),
+                         "sop_class_uid": str(dataset.SOPClassUID)}
+    objects["overlay_png"] = str(folder / "overlay.png")  # not a DICOM object: Q/R must skip it
+    objects["revisions"] = 0
+    return {"study_uid": case.study.study_instance_uid, "objects": objects, "sr": draft, "seg": seg}
+
+
+def _seed(session_factory, results: dict) -> None:
+    with session_scope(session_factory) as session:
+        study = Study(study_uid=results["study_uid"], status=StudyStatus.DONE, modalities="CT")
+        session.add(study)
+        session.flush()
+        run = PipelineRun(study_id=study.id, run_number=1, trigger="complete")
+        session.add(run)
+        session.flush()
+        session.add(Report(study_id=study.id, run_id=run.id, objects=results["objects"], narrative="draft"))
+
+
+@pytest.fixture
+def store_peer(tmp_path):
+    """A dcmtk storescp, the one known move destination."""
+    port = free_port()
+    folder = tmp_path / "received"
+    folder.mkdir()
+    process = subprocess.Popen([require_tool("storescp"), "-aet", "STORESCP", "-od", str(folder), str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, env=dcmtk_env())
+    try:
+        yield port, folder
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def qr_node(tmp_path, session_factory, store_peer):
+    results = _write_results(tmp_path / "results")
+    _seed(session_factory, results)
+    port, _ = store_peer
+    settings = node_settings(tmp_path / "home", dicom_allowed_aes=",".join(CALLERS),
+                             destinations=f"STORESCP@127.0.0.1:{port}")
+    recorder = DatabaseRecorder(session_factory).start()
+    node = DicomNode(settings, recorder, query_retrieve=build_query_retrieve(settings, session_factory))
+    node.start()
+    try:
+        yield node, results
+    finally:
+        node.stop()
+        recorder.close()
+
+
+def _run(tool: str, port: int, keys: list[str], *options: str, calling_ae: str) -> subprocess.CompletedProcess:
+    command = [require_tool(tool), "-v", "-S", "-aet", calling_ae, "-aec", "M3EDGE", *options]
+    for key in keys:
+        command += ["-k", key]
+    command += ["127.0.0.1", str(port)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=dcmtk_env())
+
+
+def _responses(folder: Path) -> list[pydicom.Dataset]:
+    return [pydicom.dcmread(p) for p in sorted(folder.glob("rsp*.dcm"))]
+
+
+def _audit(session_factory) -> list[AuditEvent]:
+    with session_factory() as session:
+        return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id)))
+
+
+def test_findscu_study_and_series_level(qr_node, tmp_path, session_factory):
+    node, results = qr_node
+    study_dir, series_dir = tmp_path / "find-study", tmp_path / "find-series"
+    study_dir.mkdir(), series_dir.mkdir()
+    found = _run("findscu", node.port, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID", "ModalitiesInStudy",
+                                        "NumberOfStudyRelatedInstances", "StudyDate=19000101-"],
+                 "-X", "-od", str(study_dir), calling_ae="FINDSCU")
+    assert found.returncode == 0, found.stdout + found.stderr
+    (study,) = _responses(study_dir)
+    assert study.StudyInstanceUID == results["study_uid"]
+    assert study.PatientID == results["sr"].PatientID
+    assert sorted(study.ModalitiesInStudy) == ["SEG", "SR"]
+    assert int(study.NumberOfStudyRelatedInstances) == 2
+
+    found = _run("findscu", node.port, ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={results['study_uid']}",
+                                        "SeriesInstanceUID", "Modality", "NumberOfSeriesRelatedInstances"],
+                 "-X", "-od", str(series_dir), calling_ae="FINDSCU")
+    assert found.returncode == 0, found.stdout + found.stderr
+    series = {ds.Modality: ds for ds in _responses(series_dir)}
+    assert set(series) == {"SR", "SEG"}
+    assert series["SR"].SeriesInstanceUID == results["sr"].SeriesInstanceUID
+    assert series["SEG"].SeriesInstanceUID == results["seg"].SeriesInstanceUID
+
+    nothing_dir = tmp_path / "find-none"
+    nothing_dir.mkdir()
+    found = _run("findscu", node.port, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3.4"], "-X", "-od",
+                 str(nothing_dir), calling_ae="FINDSCU")
+    assert found.returncode == 0 and _responses(nothing_dir) == []
+    events = [e for e in _audit(session_factory) if e.action == "dicom.find"]
+    assert [e.actor for e in events] == ["dicom:FINDSCU"] * 3
+    assert events[0].study_uid == results["study_uid"] and events[0].detail["matches"] == 1
+
+
+def test_getscu_retrieves_the_sr_and_seg_unchanged(qr_node, tmp_path, session_factory):
+    node, results = qr_node
+    folder = tmp_path / "got"
+    folder.mkdir()
+    got = _run("getscu", node.port, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={results['study_uid']}"],
+               "-od", str(folder), calling_ae="GETSCU")
+    assert got.returncode == 0, got.stdout + got.stderr
+    received = {pydicom.dcmread(p).SOPInstanceUID: p for p in folder.iterdir()}
+    assert set(received) == {results["sr"].SOPInstanceUID, results["seg"].SOPInstanceUID}
+    for kind in ("sr", "seg"):
+        original = pydicom.dcmread(results["objects"][kind]["path"])
+        copy = pydicom.dcmread(received[original.SOPInstanceUID])
+        assert copy == original  # every data element, pixel data included
+        assert copy.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+    (event,) = [e for e in _audit(session_factory) if e.action == "dicom.get"]
+    assert event.actor == "dicom:GETSCU" and event.study_uid == results["study_uid"] and event.detail["matches"] == 2
+
+
+def test_movescu_to_a_known_destination(qr_node, store_peer, session_factory):
+    node, results = qr_node
+    _, folder = store_peer
+    moved = _run("movescu", node.port, ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={results['study_uid']}",
+                                        f"SeriesInstanceUID={results['seg'].SeriesInstanceUID}"],
+                 "-aem", "STORESCP", calling_ae="MOVESCU")
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    files = wait_for(lambda: list(folder.iterdir()), timeout=30, message="storescp received nothing")
+    (copy,) = [pydicom.dcmread(p) for p in files]
+    assert copy == pydicom.dcmread(results["objects"]["seg"]["path"])
+    (event,) = [e for e in _audit(session_factory) if e.action == "dicom.move"]
+    assert event.outcome == "success" and event.target.startswith("STORESCP@127.0.0.1:")
+
+
+def test_movescu_to_an_unknown_destination_is_refused(qr_node, store_peer, session_factory):
+    node, results = qr_node
+    _, folder = store_peer
+    moved = _run("movescu", node.port, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={results['study_uid']}"],
+                 "-aem", "ELSEWHERE", calling_ae="MOVESCU")
+    assert "Refused: MoveDestinationUnknown" in moved.stdout + moved.stderr
+    assert list(folder.iterdir()) == []
+    (event,) = [e for e in _audit(session_factory) if e.action == "dicom.move"]
+    assert event.outcome == "refused" and event.target == "ELSEWHERE"
+
+
+def test_unknown_calling_ae_is_refused(qr_node, tmp_path):
+    node, results = qr_node
+    found = _run("findscu", node.port, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"], "-X", "-od", str(tmp_path),
+                 calling_ae="STRANGER")
+    assert found.returncode != 0
+    assert "Calling AE Title Not Recognized" in found.stdout + found.stderr
+    assert _responses(tmp_path) == []
+
+
+def test_retrieve_without_the_unique_key_fails(qr_node, tmp_path):
+    node, _ = qr_node
+    folder = tmp_path / "got"
+    folder.mkdir()
+    got = _run("getscu", node.port, ["QueryRetrieveLevel=SERIES"], "-od", str(folder), calling_ae="GETSCU")
+    assert "Received C-GET Response (Error: DataSetDoesNotMatchSOPClass)" in got.stdout + got.stderr  # A900
+    assert list(folder.iterdir()) == []
