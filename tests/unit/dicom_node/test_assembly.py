@@ -213,6 +213,33 @@ def test_an_arrival_between_the_read_and_the_update_keeps_the_study_open(session
     assert _assembler(session_factory, clock, hook).sweep() == ["1.3.4"]
 
 
+def test_two_assemblers_sweeping_at_once_complete_each_study_exactly_once(session_factory):
+    import threading
+
+    clock = FakeClock()
+    uids = [f"1.5.{n}" for n in range(20)]
+    for uid in uids:
+        _arrive(session_factory, uid, T0)
+    clock.advance(31)
+    hooks = [HookRecorder(), HookRecorder()]
+    assemblers = [_assembler(session_factory, clock, hook) for hook in hooks]
+    barrier = threading.Barrier(2)
+    results: list[list[str]] = [[], []]
+
+    def sweep(index: int) -> None:
+        barrier.wait()
+        results[index] = assemblers[index].sweep()
+
+    threads = [threading.Thread(target=sweep, args=(i,)) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(results[0] + results[1]) == sorted(uids)
+    assert sorted(hooks[0].calls + hooks[1].calls) == sorted(uids)
+    assert {_study(session_factory, uid).completion_count for uid in uids} == {1}
+
+
 def test_a_failing_hook_is_logged_and_the_study_stays_complete(session_factory, caplog):
     clock = FakeClock()
     calls = []
