@@ -12,6 +12,7 @@ from service.api.metrics import make_registry
 from service.api.problems import install_problem_handlers
 from service.api.routes import admin, health, reports, studies
 from service.api.sessions import SessionCookies, load_signing_key
+from service.api.ui import mount_dashboard
 from service.config import Settings
 from service.pipeline.intake import PipelineIntake
 from service.review import ReviewService
@@ -48,4 +49,5 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     app.include_router(studies.router)
     app.include_router(reports.router)
     app.include_router(admin.router)
+    mount_dashboard(app)
     return app

@@ -1,0 +1,261 @@
+"""The dashboard over real HTTP: log-in (cookie flags, CSRF, rate limit, audit), roles, forms, worklist, admin page."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from dicom_node.network import DicomAddress
+from service.api.app import create_app
+from service.config import Settings
+from service.db.session import session_scope
+from service.pipeline.intake import PipelineIntake
+from service.pipeline.ledger import PipelineLedger
+from service.security import add_user
+from service.security.login_limits import LoginThrottle
+from tests.conftest import require_tool
+from tests.integration.api.conftest import RecordingDispatcher, api  # noqa: F401  (the running API fixture)
+from tests.support.api_server import running_app
+from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study
+from tests.support.dcmtk import dcmtk_env
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+
+PASSWORDS = {"ada": "correct horse battery", "rex": "another long secret"}
+CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]*)"')
+
+
+def login_form_token(client: httpx.Client) -> str:
+    page = client.get("/ui/login")
+    assert page.status_code == 200
+    return CSRF_FIELD.search(page.text).group(1)
+
+
+def log_in(client: httpx.Client, name: str, password: str | None = None) -> httpx.Response:
+    token = login_form_token(client)
+    return client.post("/ui/login", data={"username": name, "password": password or PASSWORDS[name],
+                                          "csrf_token": token, "next": "/ui/"})
+
+
+def page_token(client: httpx.Client, path: str) -> str:
+    return CSRF_FIELD.search(client.get(path).text).group(1)
+
+
+def audit(base: str, tokens: dict, **params) -> list[dict]:
+    response = httpx.get(base + "/api/v1/admin/audit", params={"limit": 200, **params},
+                         headers={"Authorization": f"Bearer {tokens['admin']}"})
+    return response.json()["items"]
+
+
+def report_version(base: str, tokens: dict, study_uid: str) -> tuple[str, int]:
+    data = httpx.get(f"{base}/api/v1/studies/{study_uid}/report",
+                     headers={"Authorization": f"Bearer {tokens['admin']}"}).json()
+    return data["status"], data["version"]
+
+
+def test_pages_redirect_a_browser_without_a_session_to_the_login(api):  # noqa: F811
+    base, _, _, _ = api
+    with httpx.Client(base_url=base) as client:
+        for path in ("/ui/", "/ui/admin", "/ui/studies/1.2.3", "/ui/worklist/rows?status=done"):
+            response = client.get(path)
+            assert response.status_code == 303, path
+            assert response.headers["location"].startswith("/ui/login?next=/ui/"), response.headers["location"]
+        forged = client.get("/ui/login", params={"next": "//evil.example/ui/"})
+        assert 'name="next" value="/ui/"' in forged.text  # no open redirect after log-in
+
+
+def test_login_sets_an_httponly_samesite_strict_cookie_and_is_audited(api):  # noqa: F811
+    base, tokens, _, _ = api
+    with httpx.Client(base_url=base) as client:
+        response = log_in(client, "rex")
+        assert response.status_code == 303 and response.headers["location"] == "/ui/"
+        cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("m3edge_session="))
+        flags = {part.strip().lower() for part in cookie.split(";")[1:]}
+        assert "httponly" in flags and "samesite=strict" in flags and "path=/" in flags
+        page = client.get("/ui/")
+        assert page.status_code == 200 and "AI-generated DRAFTS" in page.text
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        assert 'href="/ui/admin"' not in page.text  # a reviewer is not offered the admin page
+    events = audit(base, tokens, action="ui.login")
+    assert [(e["actor"], e["outcome"], e["remote_addr"]) for e in events] == [("rex", "success", "127.0.0.1")]
+
+
+def test_login_form_without_its_token_and_wrong_passwords_are_refused_and_audited(api):  # noqa: F811
+    base, tokens, _, _ = api
+    with httpx.Client(base_url=base) as client:
+        client.get("/ui/login")
+        no_token = client.post("/ui/login", data={"username": "rex", "password": PASSWORDS["rex"]})
+        assert no_token.status_code == 403 and "m3edge_session" not in no_token.headers.get("set-cookie", "")
+        wrong = log_in(client, "rex", "not the password")
+        assert wrong.status_code == 401 and "Wrong name or password" in wrong.text
+        unknown = log_in(client, "nobody", "whatever it is")
+        assert unknown.status_code == 401
+        assert client.get("/ui/").status_code == 303
+    events = audit(base, tokens, action="ui.login")
+    assert sorted((e["actor"], e["outcome"]) for e in events) == [("nobody", "failure"), ("rex", "failure")]
+
+
+def test_failed_logins_lock_the_name_and_then_the_address(api):  # noqa: F811
+    base, tokens, _, app = api
+    app.state.login_throttle = LoginThrottle(max_failures_per_user=3, max_failures_per_address=5,
+                                             window=timedelta(minutes=10))
+    with httpx.Client(base_url=base) as client:
+        for _ in range(3):
+            assert log_in(client, "rex", "guess one two").status_code == 401
+        locked = log_in(client, "rex")  # the right password, but the name is locked
+        assert locked.status_code == 429, locked.text
+        assert 0 < int(locked.headers["retry-after"]) <= 600 and "Too many failed log-ins" in locked.text
+        assert "m3edge_session" not in locked.headers.get("set-cookie", "")
+    with httpx.Client(base_url=base) as other:  # another name from the same address still gets in
+        assert log_in(other, "ada").status_code == 303
+    with httpx.Client(base_url=base) as sprayer:
+        for name in ("anna", "bob"):
+            assert log_in(sprayer, name, "guess one two").status_code == 401
+        address_locked = log_in(sprayer, "ada")  # five failures from this address: every name is refused
+        assert address_locked.status_code == 429 and "this address" in address_locked.text
+    outcomes = [(e["actor"], e["outcome"], e["detail"].get("scope")) for e in audit(base, tokens, action="ui.login")]
+    assert ("rex", "locked", "user") in outcomes and ("ada", "locked", "address") in outcomes
+    assert sum(1 for _, outcome, _ in outcomes if outcome == "failure") == 5
+
+
+def test_state_changing_forms_need_the_sessions_csrf_token(api, session_factory):  # noqa: F811
+    base, tokens, _, app = api
+    study_uid = seed_reviewable_study(session_factory, app.state.settings)
+    review_path = f"/ui/studies/{study_uid}/review"
+    with httpx.Client(base_url=base) as client:
+        assert log_in(client, "rex").status_code == 303
+        token = page_token(client, f"/ui/studies/{study_uid}")
+        form = {"action": "approve", "version": "1", "narrative": "", "comment": ""}
+        assert client.post(review_path, data=form).status_code == 403
+        refused = client.post(review_path, data={**form, "csrf_token": token[:-2] + "xx"})
+        assert refused.status_code == 403 and "security token" in refused.text
+        assert client.post(review_path, json={**form, "csrf_token": token}).status_code == 415
+        assert client.post("/ui/logout", data={}).status_code == 403
+        assert report_version(base, tokens, study_uid) == ("draft", 1)
+
+        done = client.post(review_path, data={**form, "csrf_token": token})
+        assert done.status_code == 303 and done.headers["location"].endswith("?done=approve")
+        assert report_version(base, tokens, study_uid) == ("approved", 2)
+        assert client.post("/ui/logout", data={"csrf_token": token}).status_code == 303
+        assert client.get("/ui/").status_code == 303
+    denied = [e for e in audit(base, tokens, action="ui.csrf_refused")]
+    assert len(denied) == 3 and {e["actor"] for e in denied} == {"rex"}
+    assert [e["actor"] for e in audit(base, tokens, action="review.approve")] == ["rex"]
+
+
+def test_a_second_concurrent_review_gets_a_clear_conflict_message(api, session_factory):  # noqa: F811
+    base, tokens, _, app = api
+    study_uid = seed_reviewable_study(session_factory, app.state.settings)
+    path = f"/ui/studies/{study_uid}"
+    with httpx.Client(base_url=base) as rex, httpx.Client(base_url=base) as ada:
+        log_in(rex, "rex")
+        log_in(ada, "ada")
+        rex_token, ada_token = page_token(rex, path), page_token(ada, path)  # both read version 1
+        first = rex.post(path + "/review", data={"action": "approve", "version": "1", "csrf_token": rex_token})
+        assert first.status_code == 303
+        second = ada.post(path + "/review", data={"action": "amend", "version": "1", "narrative": "My own words.",
+                                                  "csrf_token": ada_token})
+        assert second.status_code == 409
+        assert "someone else reviewed this report" in second.text
+        assert "My own words." in second.text  # the reader's text is kept for another try
+    assert report_version(base, tokens, study_uid) == ("approved", 2)
+
+
+def test_reviewer_cannot_open_the_admin_page(api):  # noqa: F811
+    base, tokens, _, _ = api
+    with httpx.Client(base_url=base) as client:
+        log_in(client, "rex")
+        page = client.get("/ui/admin")
+        assert page.status_code == 403 and "Administrators only" in page.text
+        token = page_token(client, "/ui/")
+        assert client.post("/ui/admin/echo", data={"destination": "0", "csrf_token": token}).status_code == 403
+    denied = audit(base, tokens, action="access.denied")
+    assert {e["target"] for e in denied} == {"/ui/admin", "/ui/admin/echo"}
+
+
+def test_worklist_shows_stage_timings_errors_and_filters(api, session_factory):  # noqa: F811
+    base, _, _, app = api
+    done_uid = seed_reviewable_study(session_factory, app.state.settings)
+    failed_uid = seed_failed_run(session_factory)
+    with httpx.Client(base_url=base) as client:
+        log_in(client, "rex")
+        page = client.get("/ui/").text
+        assert done_uid in page and failed_uid in page
+        assert "expert 3.5 s" in page and "CUDA out of memory" in page  # timings and the failed stage's error
+        assert "Synthetic" not in page  # no patient name anywhere
+        only_mr = client.get("/ui/", params={"modality": "mr"}).text
+        assert failed_uid in only_mr and done_uid not in only_mr
+        bad = client.get("/ui/", params={"date_from": "31/01/2026"}).text
+        assert "Filter not applied" in bad and done_uid in bad
+        rows = client.get("/ui/worklist/rows", params={"status": "done"})
+        assert rows.headers["x-total-count"] == "1" and done_uid in rows.text and failed_uid not in rows.text
+
+
+@pytest.fixture
+def dicom_peer(tmp_path):
+    """dcmtk storescp answering C-ECHO on a free port: it plays both our own SCP and a destination."""
+    port = free_port()
+    (tmp_path / "received").mkdir()
+    process = subprocess.Popen([require_tool("storescp"), "--aetitle", "M3EDGE", "-od", str(tmp_path / "received"),
+                                str(port)], env=dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _accepts(port), timeout=20, message="storescp did not start")
+        yield port
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _accepts(port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_admin_page_shows_health_queues_throughput_failures_and_echoes_destinations(database_url, session_factory,
+                                                                                   tmp_path, dicom_peer):
+    closed = free_port()
+    settings = Settings(home=tmp_path / "home", database_url=database_url, dicom_port=dicom_peer,
+                        destinations=f"PACS@127.0.0.1:{dicom_peer},DOWN@127.0.0.1:{closed}")
+    settings.spool_dir.mkdir(parents=True)
+    ledger = PipelineLedger(session_factory)
+    app = create_app(settings, session_factory, PipelineIntake(ledger, RecordingDispatcher(ledger)))
+    with session_scope(session_factory) as session:
+        add_user(session, "ada", "admin", display_name="Ada Admin", password=PASSWORDS["ada"])
+    seed_reviewable_study(session_factory, settings)
+    failed_uid = seed_failed_run(session_factory)
+    with running_app(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        log_in(client, "ada")
+        page = client.get("/ui/admin")
+        assert page.status_code == 200
+        states = {name: state for state, name in re.findall(r'<tr class="health-(\w+)"><th>([^<]+)</th>', page.text)}
+        assert states["DICOM SCP"] == "ok" and states["Database"] == "ok" and states["Spool disk"] == "ok"
+        assert states["Broker"] == "ok" and states["GPU"] in {"ok", "none"}
+        assert "C-ECHO answered" in page.text
+        assert len(re.findall(r'<rect class="bar-completed"', page.text)) == 1
+        assert len(re.findall(r'<rect class="bar-failed"', page.text)) == 1
+        assert failed_uid in page.text and "worker-1@edge" in page.text
+        token = CSRF_FIELD.search(page.text).group(1)
+        good = client.post("/ui/admin/echo", data={"destination": "0", "csrf_token": token})
+        assert good.status_code == 200 and re.search(r'id="echo-result">C-ECHO PACS@[^:]+:\d+: C-ECHO answered', good.text)
+        down = client.post("/ui/admin/echo", data={"destination": "1", "csrf_token": token})
+        assert "cannot connect to DOWN@" in down.text
+        assert client.post("/ui/admin/echo", data={"destination": "7", "csrf_token": token}).status_code == 400
+    with session_scope(session_factory) as session:
+        from sqlalchemy import select
+
+        from service.db.models import AuditEvent
+
+        echoes = session.execute(select(AuditEvent.target, AuditEvent.outcome)
+                                 .where(AuditEvent.action == "admin.destination.echo").order_by(AuditEvent.id)).all()
+    assert [outcome for _, outcome in echoes] == ["success", "failure"]
+    assert DicomAddress.parse(echoes[0][0]).port == dicom_peer
