@@ -1,0 +1,62 @@
+"""Stage ``plan``: the routing rules decide which expert, argument, questions, destinations and priority a study gets.
+
+The route is small JSON kept on the run (``PipelineRun.route``); a study that no rule takes ends ``skipped`` with the
+reason the rules give.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dicom_node.facts import facts_from_files
+from service.pipeline.executor import StageOutcome
+from service.pipeline.ledger import StageClaim
+from service.pipeline.stages import StudySkipped
+from service.pipeline.work.resources import StageResources
+
+__all__ = ["PlanStage", "AGENT_MODALITY"]
+
+LOGGER = logging.getLogger(__name__)
+
+# The modality word of the agent's first turn, and whether the four BraTS sequences are shown, per expert.
+AGENT_MODALITY = {"VISTA3D": ("CT", False), "BRATS": ("MRI", True), "CXR": ("CXR", False)}
+
+
+class PlanStage:
+    def __init__(self, resources: StageResources) -> None:
+        self.resources = resources
+        self._rules = None
+
+    def rules(self):
+        """Loaded once per worker; ``m3edge routes check`` (and the service's start) validate the same file."""
+        if self._rules is None:
+            from service.routing import load_rules
+
+            self._rules = load_rules(self.resources.settings.routing_rules)
+        return self._rules
+
+    def __call__(self, claim: StageClaim) -> StageOutcome:
+        from service.routing import route_study
+
+        files = self.resources.series_files(claim.study_uid)
+        decision = route_study(self.rules(), facts_from_files(claim.study_uid, files))
+        if decision.rule is None:
+            raise StudySkipped(decision.skipped_reason)
+        rule = decision.rule
+        destinations = [str(d) for d in (rule.destinations if rule.destinations is not None
+                                          else self.resources.settings.destinations)]
+        modality, brats = AGENT_MODALITY[rule.expert]
+        route = {
+            "rule": rule.name,
+            "expert": rule.expert,
+            "argument": rule.argument,
+            "questions": list(rule.questions),
+            "destinations": destinations,
+            "priority": rule.priority.value,
+            "matched_series": dict(decision.matched_series),
+            "modality": modality,
+            "brats_sequences": brats,
+        }
+        LOGGER.info("study %s: rule %s -> %s%s, %d destination(s), %s", claim.study_uid, rule.name, rule.expert,
+                    f"({rule.argument})" if rule.argument else "", len(destinations), rule.priority.value)
+        return StageOutcome(result=dict(route), route=route, priority=rule.priority.value)

@@ -1,0 +1,166 @@
+"""Stage ``report``: the draft SR (TID 1500, PARTIAL, UNVERIFIED, DEMO when demo weights ran), the SEG of the
+expert's labels and, when ``OVERLAY_SECONDARY_CAPTURE`` is on, the overlay image as Secondary Capture; written
+atomically under ``HOME/results/<study>/run-<n>/``, and one ``reports`` row for the run.
+
+UIDs derive from (organisation root, study, run), so running this stage again writes the same objects and updates the
+same row. A new report supersedes the study's earlier ones (except rejected ones, which keep their state).
+"""
+
+from __future__ import annotations
+
+import logging
+import unicodedata
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom import Dataset
+from sqlalchemy import select, update
+
+from dicom_node.results import (
+    AlgorithmIdentity,
+    DraftReportContent,
+    Narrative,
+    ResultUids,
+    build_draft_report,
+    build_overlay_capture,
+    build_segmentation,
+)
+from service.db.models import PipelineRun, Report, ReportStatus
+from service.db.session import session_scope
+from service.pipeline.executor import StageOutcome
+from service.pipeline.ledger import StageClaim
+from service.pipeline.work.findings import expert_findings
+from service.pipeline.work.resources import StageResources, load_arrays, write_atomically
+
+__all__ = ["ReportStage", "dicom_text", "narrative_of", "overlay_source_image"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+def _headers(paths: list[str]) -> list[Dataset]:
+    return [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
+
+
+_KEPT_CONTROLS = {"\n", "\r", "\t", "\f"}
+
+
+def dicom_text(text: str) -> str:
+    """``text`` without the control characters a DICOM text value may not hold (a model's raw output can carry any)."""
+    return "".join(c for c in text if c in _KEPT_CONTROLS or unicodedata.category(c) not in ("Cc", "Cs"))
+
+
+def narrative_of(vlm: dict) -> Narrative:
+    """The first question's answer is the narrative; the answers to further questions follow it, listed."""
+    questions = [dicom_text(q) for q in vlm.get("questions") or [""]]
+    answers = [dicom_text(a) for a in vlm.get("answers") or [""]]
+    text = answers[0]
+    if len(questions) > 1:
+        listed = "\n".join(f"Q: {q}\nA: {a.strip() or '(no answer)'}" for q, a in zip(questions[1:], answers[1:]))
+        text = f"{text}\n\nFurther questions:\n{listed}"
+    return Narrative(questions[0], text)
+
+
+def overlay_source_image(sources: list[Dataset], affine: np.ndarray, shape, axial_index: int | None) -> Dataset:
+    """The source instance nearest the axial slice (index on the RAS-reoriented grid) the overlay shows."""
+    from engines.resample import ras_axis_order
+
+    if axial_index is None:
+        return sources[len(sources) // 2]
+    permutation, flips = ras_axis_order(affine)
+    centre = [(n - 1) / 2.0 for n in shape[-3:]]
+    axis = permutation[2]
+    centre[axis] = (shape[-3:][axis] - 1 - axial_index) if flips[2] else axial_index
+    ras = np.asarray(affine, dtype=float) @ np.array([*centre, 1.0])
+    point = np.array([-ras[0], -ras[1], ras[2]])  # LPS, as ImagePositionPatient
+
+    def distance(dataset: Dataset) -> float:
+        orientation = np.asarray(dataset.ImageOrientationPatient, dtype=float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        return abs(float(normal @ (point - np.asarray(dataset.ImagePositionPatient, dtype=float))))
+
+    return min(sources, key=distance)
+
+
+def _vlm_identity(model: dict) -> AlgorithmIdentity:
+    return AlgorithmIdentity(name=str(model["name"])[:64], version=str(model["version"])[:64] or "unknown",
+                             manufacturer="NVIDIA", backend=str(model["backend"])[:64] or "unavailable",
+                             weights_digest=model["weights_digest"], demo=bool(model["demo"]))
+
+
+def _write(dataset, path: Path) -> dict:
+    with write_atomically(path, ".dcm") as handle:
+        dataset.save_as(handle, enforce_file_format=True)
+    return {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID), "sop_class_uid": str(dataset.SOPClassUID)}
+
+
+class ReportStage:
+    def __init__(self, resources: StageResources) -> None:
+        self.resources = resources
+
+    def __call__(self, claim: StageClaim) -> StageOutcome:
+        settings = self.resources.settings
+        prepared, expert, vlm = claim.results["prepare"], claim.results["expert"], claim.results["vlm"]
+        sources = _headers(prepared["source_instances"])
+        findings = expert_findings(expert, prepared, sources, _headers(prepared.get("other_evidence", [])))
+        content = DraftReportContent(findings, narrative_of(vlm), _vlm_identity(vlm["model"]))
+        run_number = self.resources.run_number(claim.run_id)
+        uids = ResultUids(settings.uid_root, claim.study_uid, f"run-{run_number}")
+        folder = self.resources.results_dir(claim.study_uid, claim.run_id)
+        objects: dict = {}
+        segmentation = None
+        if findings.segmentation is not None:
+            segmentation = build_segmentation(findings, uids)
+            objects["seg"] = _write(segmentation, folder / "seg.dcm")
+        if settings.overlay_secondary_capture and vlm.get("overlay_png"):
+            objects["overlay"] = self._overlay(vlm, prepared, sources, findings.algorithm, uids, folder)
+        report = build_draft_report(content, uids, segmentation=segmentation)
+        objects["sr"] = _write(report, folder / "sr.dcm")
+        if vlm.get("overlay_png"):
+            objects["overlay_png"] = vlm["overlay_png"]
+        self._record(claim, content, expert, vlm, objects)
+        LOGGER.info("study %s: draft report written (%s)%s", claim.study_uid, ", ".join(k for k in objects if k != "overlay_png"),
+                    " DEMO" if content.demo else "")
+        ordered = [objects[k] for k in ("seg", "overlay", "sr") if k in objects]
+        return StageOutcome(result={"objects": ordered, "demo": content.demo})
+
+    def _overlay(self, vlm: dict, prepared: dict, sources: list[Dataset], algorithm, uids, folder: Path) -> dict:
+        from PIL import Image
+
+        with Image.open(vlm["overlay_png"]) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        arrays = load_arrays(prepared["input"])
+        volume_shape = arrays["volume"].shape
+        source = overlay_source_image(sources, arrays["affine"], volume_shape, vlm.get("overlay_slice"))
+        capture = build_overlay_capture(rgb, source, algorithm, uids)
+        return _write(capture, folder / "overlay.dcm")
+
+    def _record(self, claim: StageClaim, content: DraftReportContent, expert: dict, vlm: dict, objects: dict) -> None:
+        import json
+
+        transcripts = json.loads(Path(vlm["transcripts"]).read_text())
+        transcript = dict(transcripts[0])
+        if len(transcripts) > 1:
+            transcript["further_consultations"] = transcripts[1:]
+        findings = {k: expert.get(k) for k in ("expert", "argument", "backend", "model_version", "demo", "label_names",
+                                               "volumes_ml", "scores", "fallback_reason", "weights_digest")}
+        with session_scope(self.resources.session_factory) as session:
+            run = session.get(PipelineRun, claim.run_id)
+            session.execute(
+                update(Report)
+                .where(Report.study_id == run.study_id, Report.run_id != run.id,
+                       Report.status.notin_([ReportStatus.REJECTED, ReportStatus.SUPERSEDED]))
+                .values(status=ReportStatus.SUPERSEDED)
+                .execution_options(synchronize_session=False)
+            )
+            row = session.execute(select(Report).where(Report.run_id == run.id)).scalar_one_or_none()
+            if row is None:
+                row = Report(study_id=run.study_id, run_id=run.id)
+                session.add(row)
+            row.status = ReportStatus.DRAFT
+            row.demo = content.demo
+            row.question = content.narrative.question
+            row.narrative = content.narrative.answer
+            row.findings = findings
+            row.transcript = transcript
+            row.objects = objects

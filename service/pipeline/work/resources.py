@@ -1,0 +1,180 @@
+"""What every stage handler of one worker process shares: settings, the database, the study's files, the folders a run
+writes into, and the heavy things (expert registry, VILA-M3), each loaded once, on first use, and kept.
+
+Stage results stay small JSON; arrays go to ``.npz`` files under ``HOME/work/<study>/run-<n>/`` (written atomically),
+and results name them by absolute path. Result objects (SR, SEG, SC) go under ``HOME/results/<study>/run-<n>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service.config import Settings
+from service.db.models import Instance, PipelineRun, Series, Study
+from service.db.session import session_scope
+from service.pipeline.stages import PermanentStageError
+
+__all__ = ["StageResources", "StoredInstance", "write_atomically", "write_json", "save_arrays", "load_arrays",
+           "folder_digest"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    series_uid: str
+    sop_instance_uid: str
+    path: Path  # absolute, in the spool
+
+
+@contextmanager
+def write_atomically(path: Path, suffix: str = "") -> Iterator[Any]:
+    """Yield a binary file handle on a temporary file beside ``path``; fsync and rename it into place on success."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix or path.suffix)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def save_arrays(path: Path, **arrays: np.ndarray) -> str:
+    with write_atomically(path, ".npz") as handle:
+        np.savez(handle, **arrays)
+    return str(path)
+
+
+def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError as exc:
+        raise PermanentStageError(f"{path} is gone (was HOME/work cleaned?); reprocess the study from the start") from exc
+
+
+def folder_digest(folder: Path) -> str:
+    """A digest that changes whenever a model's files change: sha256 of its manifest (which lists every file's
+    sha256), or of the folder's file names and sizes when it has none."""
+    manifest = folder / "manifest.json"
+    if manifest.is_file():
+        return "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
+    listing = sorted(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in folder.rglob("*") if p.is_file())
+    return "files-sha256:" + hashlib.sha256("\n".join(listing).encode()).hexdigest()
+
+
+class _Lazy:
+    """A value made on first use, once, even when two threads ask at the same time."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._make = make
+        self._value: Any = None
+        self._made = False
+        self._lock = threading.Lock()
+
+    def get(self) -> Any:
+        with self._lock:
+            if not self._made:
+                self._value = self._make()
+                self._made = True
+            return self._value
+
+    @property
+    def made(self) -> bool:
+        return self._made
+
+
+class StageResources:
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
+                 vlm_factory: Callable[[], Any] | None = None) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+        self._experts = _Lazy(self._make_registry)
+        from service.pipeline.work.vlm_loader import load_vlm
+
+        self._vlm = _Lazy(vlm_factory or (lambda: load_vlm(settings)))
+        self._digests: dict[Path, str] = {}
+
+    # -- heavy things, once per process ---------------------------------------------------------------------------
+
+    def _make_registry(self):
+        from engines.experts import ExpertRegistry
+
+        settings = self.settings
+        LOGGER.info("expert registry: models in %s, backend %s", settings.models_dir, settings.predictor_backend.value)
+        return ExpertRegistry(settings.models_dir, settings.predictor_backend.value, settings.engines_dir)
+
+    @property
+    def experts(self):
+        return self._experts.get()
+
+    @property
+    def vlm(self):
+        """``(model, template, identity dict)`` of the configured VILA-M3 backend."""
+        return self._vlm.get()
+
+    def model_digest(self, folder: Path) -> str:
+        if folder not in self._digests:
+            self._digests[folder] = folder_digest(folder)
+        return self._digests[folder]
+
+    # -- the study and the run ------------------------------------------------------------------------------------
+
+    def run_number(self, run_id: int) -> int:
+        with session_scope(self.session_factory) as session:
+            run = session.get(PipelineRun, run_id)
+            if run is None:
+                raise PermanentStageError(f"pipeline run {run_id} no longer exists")
+            return run.run_number
+
+    def work_dir(self, study_uid: str, run_id: int) -> Path:
+        return self.settings.home / "work" / study_uid / f"run-{self.run_number(run_id)}"
+
+    def results_dir(self, study_uid: str, run_id: int) -> Path:
+        return self.settings.results_dir / study_uid / f"run-{self.run_number(run_id)}"
+
+    def study_instances(self, study_uid: str) -> list[StoredInstance]:
+        """Every instance kept for the study (second copies that conflicted are left out), in a stable order."""
+        with session_scope(self.session_factory) as session:
+            rows = session.execute(
+                select(Series.series_uid, Instance.sop_instance_uid, Instance.path)
+                .join(Instance, Instance.series_id == Series.id)
+                .join(Study, Study.id == Series.study_id)
+                .where(Study.study_uid == study_uid, Instance.conflict.is_(False))
+                .order_by(Series.series_uid, Instance.path)
+            ).all()
+        spool = self.settings.spool_dir
+        return [StoredInstance(series, sop, (spool / relative).resolve()) for series, sop, relative in rows]
+
+    def series_files(self, study_uid: str) -> dict[str, list[Path]]:
+        files: dict[str, list[Path]] = defaultdict(list)
+        for instance in self.study_instances(study_uid):
+            files[instance.series_uid].append(instance.path)
+        if not files:
+            raise PermanentStageError(f"study {study_uid} has no stored instances (was the spool cleaned?)")
+        return dict(files)
+
+
+def write_json(path: Path, content: Mapping[str, Any] | list) -> str:
+    with write_atomically(path, ".json") as handle:
+        handle.write(json.dumps(content, indent=1).encode())
+    return str(path)

@@ -1,0 +1,126 @@
+"""Stage ``vlm``: VILA-M3 answers the route's questions, one consultation each, with the route's expert result handed in
+ready-made. The model's own trigger decides, as trained, whether that result is fed back into its conversation; if it
+asks for another expert or argument, the agent runs that one too (the transcript records both).
+
+Saved: every transcript (``transcripts.json``) and the overlay image the model saw as ``overlay.png``; when the model
+saw none (it answered without an expert), the route expert's labels are drawn on the slice it saw, so a viewer without
+SEG support still has a picture of the findings.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from service.pipeline.executor import StageOutcome
+from service.pipeline.ledger import StageClaim
+from service.pipeline.stages import TransientStageError
+from service.pipeline.work.expert_record import expert_result_from_record
+from service.pipeline.work.resources import StageResources, load_arrays, write_atomically, write_json
+
+__all__ = ["VlmStage", "RegistryExpert"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+class RegistryExpert:
+    """An expert the agent may call, loaded from the worker's registry only if the model asks for it."""
+
+    def __init__(self, resources: StageResources, name) -> None:
+        self.resources = resources
+        self.name = name
+
+    def run(self, inputs, argument=None):
+        return self.resources.experts.get(self.name).run(inputs, argument)
+
+
+def _write_png(rgb: np.ndarray, path: Path) -> str:
+    from PIL import Image
+
+    with write_atomically(path, ".png") as handle:
+        Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(handle, format="PNG")
+    return str(path)
+
+
+def _model_seconds(transcript) -> float:
+    expert = transcript.timings.get("expert", 0.0) if transcript.expert_call and \
+        transcript.expert_call.source is not None and transcript.expert_call.source.value == "ran" else 0.0
+    return float(sum(turn.generation_s for turn in transcript.turns) + expert)
+
+
+class VlmStage:
+    def __init__(self, resources: StageResources) -> None:
+        self.resources = resources
+
+    def _agent(self, loaded):
+        from engines.agent import AgentSettings, ConsultationAgent
+        from engines.experts import ExpertName
+
+        settings = self.resources.settings
+        agent_settings = AgentSettings(
+            slice_policy=settings.agent_slice_policy,
+            max_new_tokens=settings.vlm_max_new_tokens,
+            min_new_tokens=min(settings.vlm_min_new_tokens, settings.vlm_max_new_tokens),
+            max_total_new_tokens=2 * settings.vlm_max_new_tokens,
+            expert_timeout_s=settings.expert_timeout_seconds,
+            generation_timeout_s=settings.vlm_timeout_seconds,
+        )
+        experts = [RegistryExpert(self.resources, name) for name in ExpertName]
+        return ConsultationAgent(loaded.model, experts, template=loaded.template, settings=agent_settings)
+
+    def __call__(self, claim: StageClaim) -> StageOutcome:
+        from engines.agent import ConsultationRequest, Modality, Outcome
+        from engines.experts import ExpertInput
+
+        route = claim.route
+        loaded = self.resources.vlm
+        arrays = load_arrays(claim.results["prepare"]["input"])
+        inputs = ExpertInput(arrays["volume"], arrays.get("affine"))
+        ready = expert_result_from_record(claim.results["expert"])
+        agent = self._agent(loaded)
+        consultations = []
+        for question in route.get("questions") or ["Describe the image in detail."]:
+            request = ConsultationRequest(question, Modality(route["modality"]), inputs,
+                                          brats_sequences=bool(route.get("brats_sequences")), ready_results=(ready,))
+            consultations.append(agent.consult(request))
+        first = consultations[0].transcript
+        if first.outcome is Outcome.MODEL_FAILED:
+            raise TransientStageError(f"VILA-M3 failed: {first.detail}")
+        folder = self.resources.work_dir(claim.study_uid, claim.run_id)
+        transcripts = [c.transcript.to_dict() for c in consultations]
+        overlay_png, overlay_source = self._overlay(consultations, route, inputs, ready, folder)
+        model_s = sum(_model_seconds(c.transcript) for c in consultations)
+        LOGGER.info("study %s: %d consultation(s), first ended %s, model %.2f s", claim.study_uid, len(consultations),
+                    first.outcome.value, model_s)
+        return StageOutcome(result={
+            "transcripts": write_json(folder / "transcripts.json", transcripts),
+            "questions": [c.transcript.question for c in consultations],
+            "answers": [c.transcript.final_answer for c in consultations],
+            "outcomes": [c.transcript.outcome.value for c in consultations],
+            "overlay_png": overlay_png,
+            "overlay_source": overlay_source,
+            "overlay_slice": first.slice.index if first.slice else None,
+            "model": {"name": loaded.name, "version": loaded.version, "backend": first.backend or "unavailable",
+                      "weights_digest": loaded.weights_digest, "demo": loaded.demo},
+            "model_s": round(model_s, 4),
+        })
+
+    def _overlay(self, consultations, route, inputs, ready, folder: Path) -> tuple[str | None, str]:
+        for consultation in consultations:
+            if consultation.overlay is not None:
+                return _write_png(consultation.overlay, folder / "overlay.png"), "shown to the model"
+        if route["expert"] == "CXR" or ready.label_volume is None:
+            return None, ""
+        from engines.agent import ImageForm, ProtocolImageRenderer
+
+        form = ImageForm.BRATS if route.get("brats_sequences") else ImageForm.CT
+        transcript = consultations[0].transcript
+        index = transcript.slice.index if transcript.slice else None
+        try:
+            drawn = ProtocolImageRenderer().overlay(form, inputs, ready.label_volume, ready.label_names, index)
+        except ValueError as exc:
+            LOGGER.warning("no overlay image: %s", exc)
+            return None, ""
+        return _write_png(drawn.image, folder / "overlay.png"), "drawn on the slice the model saw"
