@@ -107,6 +107,7 @@ def _m3edge(*args: str, home) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_the_echo_and_send_commands_talk_to_orthanc(tmp_path, orthanc):
     address = str(_address(orthanc))
     echoed = _m3edge("echo", address, f"NOBODY@127.0.0.1:{free_port()}", home=tmp_path)
