@@ -21,8 +21,9 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import case, insert, select, update
+from sqlalchemy import bindparam, case, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.scp.recording import ReceivedInstance, RecorderError
@@ -73,10 +74,10 @@ class _Catalog:
         self.studies.clear()
         self.series.clear()
 
-    def load_studies(self, session: Session, instances: list[ReceivedInstance]) -> None:
+    def load_studies(self, connection: Connection, instances: list[ReceivedInstance]) -> None:
         missing = {i.study_uid for i in instances} - self.studies.keys()
         if missing:
-            rows = session.execute(
+            rows = connection.execute(
                 select(Study.study_uid, Study.id, Study.modalities, Study.study_description, Study.study_date).where(
                     Study.study_uid.in_(missing)
                 )
@@ -86,7 +87,7 @@ class _Catalog:
         for instance in instances:
             if instance.study_uid not in self.studies:
                 now = instance.received_at
-                id_ = session.execute(
+                id_ = connection.execute(
                     insert(Study)
                     .values(
                         study_uid=instance.study_uid, status=StudyStatus.RECEIVING, first_received_at=now,
@@ -100,14 +101,14 @@ class _Catalog:
                     id_, instance.modality[:16], bool(instance.study_description), bool(instance.study_date)
                 )
 
-    def load_series(self, session: Session, instances: list[ReceivedInstance]) -> None:
+    def load_series(self, connection: Connection, instances: list[ReceivedInstance]) -> None:
         missing = {i.series_uid for i in instances} - self.series.keys()
         if missing:
-            rows = session.execute(select(Series.series_uid, Series.id).where(Series.series_uid.in_(missing)))
+            rows = connection.execute(select(Series.series_uid, Series.id).where(Series.series_uid.in_(missing)))
             self.series.update({uid: id_ for uid, id_ in rows})
         for instance in instances:
             if instance.series_uid not in self.series:
-                self.series[instance.series_uid] = session.execute(
+                self.series[instance.series_uid] = connection.execute(
                     insert(Series)
                     .values(
                         study_id=self.studies[instance.study_uid].id, series_uid=instance.series_uid,
@@ -119,10 +120,12 @@ class _Catalog:
                 ).scalar_one()
 
 
-def _fresh_instances(session: Session, instances: list[ReceivedInstance]) -> list[ReceivedInstance]:
+def _fresh_instances(connection: Connection, instances: list[ReceivedInstance]) -> list[ReceivedInstance]:
     """Drop re-sends already recorded. Only a spool 'duplicate' can have a row: other paths were just created."""
     resent = {i.relative_path for i in instances if i.duplicate}
-    recorded = set(session.scalars(select(Instance.path).where(Instance.path.in_(resent)))) if resent else set()
+    recorded = (
+        set(connection.execute(select(Instance.path).where(Instance.path.in_(resent))).scalars()) if resent else set()
+    )
     fresh = []
     for instance in instances:
         if instance.relative_path not in recorded:
@@ -131,51 +134,68 @@ def _fresh_instances(session: Session, instances: list[ReceivedInstance]) -> lis
     return fresh
 
 
-def _touch_studies(session: Session, catalog: _Catalog, instances: list[ReceivedInstance]) -> None:
+_studies = Study.__table__
+_not_receiving = _studies.c.status != StudyStatus.RECEIVING.value
+# Built once: per batch and study, one executemany of this statement keeps the hot path out of SQL construction.
+_TOUCH_STUDY = (
+    update(_studies)
+    .where(_studies.c.id == bindparam("study_id"))
+    .values(
+        last_received_at=bindparam("now"),
+        opened_at=case((_not_receiving, bindparam("now")), else_=_studies.c.opened_at),
+        reprocess_requested=case((_not_receiving, True), else_=_studies.c.reprocess_requested),
+        status=StudyStatus.RECEIVING.value,
+        calling_ae=func.coalesce(func.nullif(bindparam("calling_ae"), ""), _studies.c.calling_ae),
+    )
+)
+_INSERT_INSTANCE = Instance.__table__.insert()
+
+
+def _touch_studies(connection: Connection, catalog: _Catalog, instances: list[ReceivedInstance]) -> None:
     """Per study: last_received_at, re-open a study that had left 'receiving', fill descriptive attributes."""
     latest: dict[str, ReceivedInstance] = {}
     for instance in instances:
         current = latest.get(instance.study_uid)
         if current is None or instance.received_at >= current.received_at:
             latest[instance.study_uid] = instance
-    for study_uid, newest in latest.items():
+    connection.execute(
+        _TOUCH_STUDY,
+        [
+            {"study_id": catalog.studies[uid].id, "now": newest.received_at, "calling_ae": newest.calling_ae}
+            for uid, newest in latest.items()
+        ],
+    )
+    for study_uid in latest:  # descriptive attributes change rarely: only then an extra statement
         known = catalog.studies[study_uid]
-        now = newest.received_at
-        not_receiving = Study.status != StudyStatus.RECEIVING
-        values: dict = {
-            "last_received_at": now,
-            "opened_at": case((not_receiving, now), else_=Study.opened_at),
-            "reprocess_requested": case((not_receiving, True), else_=Study.reprocess_requested),
-            "status": StudyStatus.RECEIVING,
-        }
-        if newest.calling_ae:
-            values["calling_ae"] = newest.calling_ae
+        values: dict = {}
         modalities = known.modalities
         for instance in instances:
-            if instance.study_uid == study_uid:
-                modalities = _merge_modalities(modalities, instance.modality)
-                if not known.has_description and instance.study_description:
-                    values["study_description"] = instance.study_description
-                    known.has_description = True
-                if not known.has_date and instance.study_date:
-                    values["study_date"] = instance.study_date
-                    known.has_date = True
+            if instance.study_uid != study_uid:
+                continue
+            modalities = _merge_modalities(modalities, instance.modality)
+            if not known.has_description and instance.study_description:
+                values["study_description"] = instance.study_description
+                known.has_description = True
+            if not known.has_date and instance.study_date:
+                values["study_date"] = instance.study_date
+                known.has_date = True
         if modalities != known.modalities:
             values["modalities"] = modalities
             known.modalities = modalities
-        session.execute(update(Study).where(Study.id == known.id).values(**values))
+        if values:
+            connection.execute(update(_studies).where(_studies.c.id == known.id).values(**values))
 
 
-def _apply_instances(session: Session, catalog: _Catalog, instances: list[ReceivedInstance]) -> None:
+def _apply_instances(connection: Connection, catalog: _Catalog, instances: list[ReceivedInstance]) -> None:
     """Upsert studies and series and insert the instances not already recorded (one transaction, no commit)."""
-    fresh = _fresh_instances(session, instances)
+    fresh = _fresh_instances(connection, instances)
     if not fresh:
         return
-    catalog.load_studies(session, fresh)
-    catalog.load_series(session, fresh)
-    _touch_studies(session, catalog, fresh)
-    session.execute(
-        insert(Instance),
+    catalog.load_studies(connection, fresh)
+    catalog.load_series(connection, fresh)
+    _touch_studies(connection, catalog, fresh)
+    connection.execute(
+        _INSERT_INSTANCE,
         [
             {
                 "series_id": catalog.series[i.series_uid], "sop_instance_uid": i.sop_instance_uid,
@@ -188,8 +208,10 @@ def _apply_instances(session: Session, catalog: _Catalog, instances: list[Receiv
     )
 
 
-def _apply_ended(session: Session, study_uids: Collection[str], ended_at: datetime) -> None:
-    session.execute(update(Study).where(Study.study_uid.in_(list(study_uids))).values(last_released_at=ended_at))
+def _apply_ended(connection: Connection, study_uids: Collection[str], ended_at: datetime) -> None:
+    connection.execute(
+        update(_studies).where(_studies.c.study_uid.in_(list(study_uids))).values(last_released_at=ended_at)
+    )
 
 
 class DatabaseRecorder:
@@ -199,7 +221,11 @@ class DatabaseRecorder:
     """
 
     def __init__(self, session_factory: sessionmaker[Session], *, max_batch: int = 512, timeout: float = 60.0) -> None:
-        self._session_factory = session_factory
+        engine = session_factory.kw.get("bind")
+        if engine is None:
+            raise ValueError("DatabaseRecorder needs a sessionmaker bound to an engine (make_session_factory(engine))")
+        self._engine: Engine = engine
+        self._connection: Connection | None = None
         self._max_batch = max_batch
         self._timeout = timeout
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
@@ -221,6 +247,9 @@ class DatabaseRecorder:
         if thread is not None:
             self._jobs.put(None)
             thread.join(timeout=self._timeout)
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def __enter__(self) -> DatabaseRecorder:
         return self.start()
@@ -269,23 +298,26 @@ class DatabaseRecorder:
             batch, stopping = self._take_batch(first)
             self._commit(batch)
 
-    def _apply(self, session: Session, jobs: Iterable[_Job]) -> None:
+    def _apply(self, connection: Connection, jobs: Iterable[_Job]) -> None:
         instances = [i for job in jobs for i in job.instances]
         if instances:
-            _apply_instances(session, self._catalog, instances)
+            _apply_instances(connection, self._catalog, instances)
         for job in jobs:
             if job.ended is not None:
-                _apply_ended(session, *job.ended)
+                _apply_ended(connection, *job.ended)
 
     def _transaction(self, jobs: list[_Job]) -> None:
-        with self._session_factory() as session:
-            try:
-                self._apply(session, jobs)
-                session.commit()
-            except BaseException:
-                session.rollback()
-                self._catalog.clear()
-                raise
+        """One transaction on the writer's own connection (kept open: no pool checkout or session per batch)."""
+        if self._connection is None:
+            self._connection = self._engine.connect()
+        try:
+            with self._connection.begin():
+                self._apply(self._connection, jobs)
+        except BaseException:
+            self._catalog.clear()
+            self._connection.close()  # a broken connection is replaced on the next batch
+            self._connection = None
+            raise
         self.commits += 1
 
     def _commit(self, batch: list[_Job]) -> None:

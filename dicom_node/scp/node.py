@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, _config, evt
+from pydicom import uid as _uid
+from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
 
 from dicom_node.network import AllowedCaller
+from dicom_node.qr import QueryRetrieveScp
 from dicom_node.scp.access import AccessPolicy
 from dicom_node.scp.admission import LOCAL_LIMIT_EXCEEDED, DiskAdmission
 from dicom_node.scp.handlers import (
@@ -25,9 +30,28 @@ from dicom_node.scp.handlers import (
 from dicom_node.scp.recording import InstanceRecorder
 from dicom_node.scp.spool import SpoolWriter
 
-__all__ = ["DicomNode", "NodeSettings", "NodeNotRunning"]
+__all__ = ["DicomNode", "NodeSettings", "NodeNotRunning", "ACCEPTED_TRANSFER_SYNTAXES"]
 
 LOGGER = logging.getLogger(__name__)
+
+
+# What the node accepts, stored exactly as received. Video (MPEG, HEVC), JPIP references and SMPTE 2110 are left out:
+# nothing downstream reads them, and every syntax offered costs each association a copy of ~170 storage contexts.
+ACCEPTED_TRANSFER_SYNTAXES = [
+    _uid.ExplicitVRLittleEndian, _uid.ImplicitVRLittleEndian, _uid.DeflatedExplicitVRLittleEndian,
+    _uid.ExplicitVRBigEndian, _uid.JPEGBaseline8Bit, _uid.JPEGExtended12Bit, _uid.JPEGLossless, _uid.JPEGLosslessSV1,
+    _uid.JPEGLSLossless, _uid.JPEGLSNearLossless, _uid.JPEG2000Lossless, _uid.JPEG2000,
+    _uid.JPEG2000MCLossless, _uid.JPEG2000MC, _uid.HTJ2KLossless, _uid.HTJ2KLosslessRPCL, _uid.HTJ2K,
+    _uid.RLELossless,
+]
+
+
+class _ReusePortServer(ThreadedAssociationServer):
+    """An association server whose port other receiving processes share (SO_REUSEPORT)."""
+
+    def server_bind(self) -> None:
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 class NodeNotRunning(RuntimeError):
@@ -84,8 +108,13 @@ class DicomNode:
         *,
         spool: SpoolWriter | None = None,
         clock: Callable[[], datetime] = utc_now,
+        reuse_port: bool = False,
+        prepare_spool: bool = True,
+        query_retrieve: QueryRetrieveScp | None = None,
     ) -> None:
+        """``query_retrieve`` adds C-FIND/C-GET/C-MOVE (Study Root) behind the same access policy."""
         self._settings = settings
+        self._query_retrieve = query_retrieve
         self._recorder = recorder
         self._spool = spool or SpoolWriter(settings.spool_dir)
         self._clock = clock
@@ -95,6 +124,9 @@ class DicomNode:
         )
         self._studies = AssociationStudies()
         self._server: Any = None
+        self._pool: Any = None
+        self._reuse_port = reuse_port
+        self._prepare_spool = prepare_spool
 
     @property
     def access_policy(self) -> AccessPolicy:
@@ -106,13 +138,15 @@ class DicomNode:
 
     @property
     def port(self) -> int:
+        if self._pool is not None:
+            return self._pool.port
         if self._server is None:
             raise NodeNotRunning("the DICOM node is not running; call start() first")
         return int(self._server.server_address[1])
 
     @property
     def is_running(self) -> bool:
-        return self._server is not None
+        return self._server is not None or self._pool is not None
 
     def _application_entity(self) -> AE:
         settings = self._settings
@@ -122,19 +156,34 @@ class DicomNode:
         ae.network_timeout = 60
         ae.acse_timeout = 30
         ae.dimse_timeout = 60
-        ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification, [_uid.ExplicitVRLittleEndian, _uid.ImplicitVRLittleEndian])
+        # With Query/Retrieve, a C-GET caller takes the Storage SCP role: accept the role selection it proposes
+        # (a caller that proposes none, like every plain C-STORE sender, keeps the default roles).
+        roles = {"scu_role": True, "scp_role": True} if self._query_retrieve is not None else {}
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES, **roles)
+        if self._query_retrieve is not None:
+            for sop_class in self._query_retrieve.sop_classes:
+                ae.add_supported_context(sop_class, self._query_retrieve.transfer_syntaxes)
         return ae
 
     def start(self) -> None:
         """Prepare the spool, bind the port and serve in background threads."""
-        if self._server is not None:
+        if self.is_running:
             return
         _config.LOG_REQUEST_IDENTIFIERS = False  # pynetdicom would log identifiers (patient data) otherwise
         _config.LOG_RESPONSE_IDENTIFIERS = False
-        self._spool.prepare()
+        if self._prepare_spool:
+            self._spool.prepare()
         settings = self._settings
+        receivers = getattr(settings, "dicom_receivers", 1)
+        if receivers > 1:
+            from dicom_node.scp.receivers import NodeConfig, ReceiverPool
+
+            self._pool = ReceiverPool(NodeConfig.from_settings(settings), self._recorder, receivers)
+            self._pool.start()
+            self._log_started(tls=settings.dicom_tls is not None, receivers=receivers)
+            return
         tls = server_tls_context(settings.dicom_tls) if settings.dicom_tls is not None else None
         handlers = [
             (evt.EVT_REQUESTED, self._on_association_requested),
@@ -143,23 +192,39 @@ class DicomNode:
             (evt.EVT_RELEASED, handle_association_end, [self._recorder, self._studies, self._clock]),
             (evt.EVT_ABORTED, handle_association_end, [self._recorder, self._studies, self._clock]),
         ]
+        if self._query_retrieve is not None:
+            handlers += self._query_retrieve.handlers()
         ae = self._application_entity()
-        self._server = ae.start_server(
-            (settings.dicom_host, settings.dicom_port), block=False, evt_handlers=handlers, ssl_context=tls
+        server = ae.make_server(
+            (settings.dicom_host, settings.dicom_port), evt_handlers=handlers, ssl_context=tls,
+            server_class=_ReusePortServer if self._reuse_port else ThreadedAssociationServer,
         )
+        ae._servers.append(server)  # what ae.start_server(block=False) does, so server.shutdown() finds it
+        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+        self._server = server
+        if not self._reuse_port:  # a receiving process: its parent has said all this
+            self._log_started(tls=tls is not None, receivers=1)
+
+    def _log_started(self, *, tls: bool, receivers: int) -> None:
+        settings = self._settings
         if self._access.loopback_only:
             LOGGER.warning(
                 "DICOM_ALLOWED_AES is empty: only callers on this machine (loopback) may associate. "
                 "This is the safe default; list your PACS as AE or AE@host to accept them."
             )
         LOGGER.info(
-            "DICOM node %s listening on %s:%d%s; access: %s; spool %s",
-            settings.dicom_ae_title, settings.dicom_host, self.port, " (TLS)" if tls else "",
+            "DICOM node %s listening on %s:%d%s with %d receiving process(es); access: %s; spool %s",
+            settings.dicom_ae_title, settings.dicom_host, self.port, " (TLS)" if tls else "", receivers,
             self._access.describe(), self._spool.root,
         )
 
     def stop(self) -> None:
         """Stop accepting, end open associations and close the port."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.stop()
+            LOGGER.info("DICOM node stopped")
+            return
         server, self._server = self._server, None
         if server is None:
             return

@@ -7,11 +7,12 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from dicom_node.scp.recording import InstanceRecorder, ReceivedInstance, RecorderError
 from service.db.models import Instance, Series, Study, StudyStatus
 from service.ingest import DatabaseRecorder
+from tests.support.polling import wait_for
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 
@@ -117,20 +118,22 @@ def test_an_ended_association_stamps_last_released_at_on_its_studies(recorder, s
     assert _study(session_factory, "1.2.4").last_released_at is None
 
 
-def test_concurrent_records_share_one_commit_and_each_returns_after_its_row_exists(session_factory):
+def test_concurrent_records_share_one_commit_and_each_returns_after_its_row_exists(session_factory, db_engine):
     """Hold the first transaction until 15 more C-STOREs queue behind it: they all commit together, in one."""
     first_started, release_first = threading.Event(), threading.Event()
-    transactions = 0
+    begins = 0
 
-    def gated_factory():
-        nonlocal transactions
-        transactions += 1
-        if transactions == 1:
+    @event.listens_for(db_engine, "begin")
+    def _hold_the_first_transaction(_connection) -> None:
+        nonlocal begins
+        if threading.current_thread().name != "ingest-recorder":
+            return
+        begins += 1
+        if begins == 1:
             first_started.set()
             release_first.wait(30)
-        return session_factory()
 
-    recorder = DatabaseRecorder(gated_factory).start()
+    recorder = DatabaseRecorder(session_factory).start()
     seen_after_return: list[bool] = []
 
     def store(n: int) -> None:
@@ -147,8 +150,6 @@ def test_concurrent_records_share_one_commit_and_each_returns_after_its_row_exis
         others = [threading.Thread(target=store, args=(n,)) for n in range(1, 16)]
         for thread in others:
             thread.start()
-        from tests.support.polling import wait_for
-
         wait_for(lambda: recorder._jobs.qsize() == 15, timeout=10, message="the 15 records never queued")
         release_first.set()
         for thread in [first, *others]:
@@ -156,8 +157,9 @@ def test_concurrent_records_share_one_commit_and_each_returns_after_its_row_exis
     finally:
         release_first.set()
         recorder.close()
+        event.remove(db_engine, "begin", _hold_the_first_transaction)
     assert seen_after_return == [True] * 16
-    assert recorder.commits == 2
+    assert recorder.commits == 2 and begins == 2
 
 
 def test_a_database_that_refuses_the_row_fails_that_record_only(recorder, session_factory):

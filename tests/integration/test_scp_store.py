@@ -222,3 +222,25 @@ def test_an_association_proposing_only_non_storage_classes_gets_no_storage_conte
         assoc.release()
     assert accepted == {Verification}
     assert {CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage}.isdisjoint(accepted)
+
+
+@pytest.mark.slow
+def test_several_receiving_processes_share_the_port_and_record_through_the_parent(tmp_path, session_factory):
+    series = [write_ct_series(tmp_path / f"s{i}", 8, rows=64, columns=64, seed=40 + i) for i in range(4)]
+    with running_node(tmp_path / "home", session_factory, dicom_receivers=2) as node:
+        senders = [
+            subprocess.Popen(storescu_command(node.port, s.paths), env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+            for s in series
+        ]
+        assert [sender.wait(timeout=120) for sender in senders] == [0, 0, 0, 0]
+        assert echoscu(node.port).returncode == 0
+        rows = instances_in_db(session_factory)
+        for instance, _, _ in rows:
+            assert _received(node, instance.path).stat().st_size == instance.size_bytes
+        released = wait_for(
+            lambda: all((row := study_row(session_factory, s.study_uid)) and row.last_released_at for s in series),
+            timeout=10, message="the releases seen by the receiving processes were not recorded",
+        )
+    assert released
+    assert len(rows) == 32

@@ -1,0 +1,285 @@
+"""Several receiving processes on one port (``DICOM_RECEIVERS`` > 1), so C-STOREs use more than one CPU core.
+
+The parent reserves the port with ``SO_REUSEPORT`` and starts ``count`` child processes; each child runs its own
+pynetdicom server on the same port (the kernel spreads associations across them), writes to the same spool, and sends
+every instance to the parent's recorder over a pipe, waiting for the commit before answering its C-STORE. The database
+stays single-writer (the parent), so group commit still batches across all children. A child exits when the parent
+asks or dies.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import logging.handlers
+import multiprocessing
+import signal
+import socket
+import threading
+from collections.abc import Collection
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from dicom_node.network import AllowedCaller
+from dicom_node.scp.recording import InstanceRecorder, ReceivedInstance, RecorderError
+
+__all__ = ["NodeConfig", "TlsConfig", "ReceiverPool", "ReceiverFailed"]
+
+LOGGER = logging.getLogger(__name__)
+_REPLY_TIMEOUT = 120.0
+_START_TIMEOUT = 120.0
+
+
+class ReceiverFailed(RuntimeError):
+    """A receiving process did not start (its log lines say why)."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    certificate: Path
+    private_key: Path
+    ca_certificates: Path | None = None
+    require_client_certificate: bool = False
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """A picklable snapshot of the node's settings (same attribute names), handed to each receiving process."""
+
+    dicom_ae_title: str
+    dicom_host: str
+    dicom_port: int
+    spool_dir: Path
+    dicom_allowed_aes: tuple[AllowedCaller, ...] = ()
+    dicom_max_associations: int = 16
+    dicom_max_pdu_size: int = 1_048_576
+    dicom_tls: TlsConfig | None = None
+    spool_high_water_percent: float = 95.0
+    spool_reserve_bytes: int = 1 << 30
+    dicom_receivers: int = 1
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> NodeConfig:
+        tls = settings.dicom_tls
+        return cls(
+            dicom_ae_title=settings.dicom_ae_title, dicom_host=settings.dicom_host, dicom_port=settings.dicom_port,
+            spool_dir=Path(settings.spool_dir), dicom_allowed_aes=tuple(settings.dicom_allowed_aes),
+            dicom_max_associations=settings.dicom_max_associations, dicom_max_pdu_size=settings.dicom_max_pdu_size,
+            dicom_tls=None if tls is None else TlsConfig(
+                Path(tls.certificate), Path(tls.private_key),
+                Path(tls.ca_certificates) if tls.ca_certificates else None, bool(tls.require_client_certificate),
+            ),
+            spool_high_water_percent=settings.spool_high_water_percent,
+            spool_reserve_bytes=settings.spool_reserve_bytes,
+            dicom_receivers=getattr(settings, "dicom_receivers", 1),
+        )
+
+
+# -- the child side ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pending:
+    done: threading.Event = field(default_factory=threading.Event)
+    error: str | None = None
+
+
+class _RemoteRecorder:
+    """The recorder as a receiving process sees it: each call goes to the parent and waits for its answer."""
+
+    def __init__(self, connection, stop: threading.Event) -> None:
+        self._connection = connection
+        self._stop = stop
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count()
+        self._reader = threading.Thread(target=self._read, name="receiver-replies", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self._connection.recv()
+                if message[0] == "stop":
+                    break
+                _, call_id, error = message
+                pending = self._pending.pop(call_id, None)
+                if pending is not None:
+                    pending.error = error
+                    pending.done.set()
+        except (EOFError, OSError):
+            pass  # the parent is gone: stop receiving
+        self._stop.set()
+        for pending in list(self._pending.values()):
+            pending.error = "the recording process went away"
+            pending.done.set()
+
+    def _call(self, kind: str, payload: object) -> None:
+        call_id = next(self._ids)
+        pending = self._pending[call_id] = _Pending()
+        try:
+            with self._send_lock:
+                self._connection.send((kind, call_id, payload))
+        except (OSError, ValueError) as exc:
+            self._pending.pop(call_id, None)
+            raise RecorderError(f"cannot reach the recording process: {exc}") from exc
+        if not pending.done.wait(_REPLY_TIMEOUT):
+            self._pending.pop(call_id, None)
+            raise RecorderError(f"the recording process did not answer within {_REPLY_TIMEOUT:g} s")
+        if pending.error is not None:
+            raise RecorderError(pending.error)
+
+    def record(self, instance: ReceivedInstance) -> None:
+        self._call("record", instance)
+
+    def associations_ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
+        self._call("ended", (tuple(study_uids), ended_at))
+
+
+def _receiver_main(config: NodeConfig, connection, log_queue, log_level: int) -> None:
+    """Entry point of a receiving process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
+    root.setLevel(log_level)
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, log_level))
+
+    from dicom_node.scp.node import DicomNode
+    from dicom_node.scp.spool import SpoolWriter
+
+    stop = threading.Event()
+    recorder = _RemoteRecorder(connection, stop)
+    node = DicomNode(config, recorder, spool=SpoolWriter(config.spool_dir), reuse_port=True, prepare_spool=False)
+    try:
+        node.start()
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails its start()
+        connection.send(("failed", -1, f"{exc.__class__.__name__}: {exc}"))
+        return
+    connection.send(("ready", -1, None))
+    stop.wait()
+    node.stop()
+
+
+# -- the parent side --------------------------------------------------------------------------------------------------
+
+
+class ReceiverPool:
+    """``count`` receiving processes sharing ``config.dicom_port``; records go through ``recorder`` in this process."""
+
+    def __init__(self, config: NodeConfig, recorder: InstanceRecorder, count: int) -> None:
+        self._config = config
+        self._recorder = recorder
+        self._count = count
+        self._context = multiprocessing.get_context("spawn")
+        self._placeholder: socket.socket | None = None
+        self._children: list[tuple[Any, Any, threading.Lock]] = []
+        self._threads: list[threading.Thread] = []
+        self._executor: ThreadPoolExecutor | None = None
+        self._log_queue = None
+        self._log_thread: threading.Thread | None = None
+        self.port = 0
+
+    def _reserve_port(self) -> int:
+        family = socket.AF_INET6 if ":" in self._config.dicom_host else socket.AF_INET
+        placeholder = socket.socket(family, socket.SOCK_STREAM)
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        placeholder.bind((self._config.dicom_host, self._config.dicom_port))  # bound, never listening
+        self._placeholder = placeholder
+        return placeholder.getsockname()[1]
+
+    def start(self) -> None:
+        self.port = self._reserve_port()
+        per_child = max(1, -(-self._config.dicom_max_associations // self._count))
+        child_config = replace(self._config, dicom_port=self.port, dicom_receivers=1, dicom_max_associations=per_child)
+        self._executor = ThreadPoolExecutor(max_workers=per_child * self._count + 4, thread_name_prefix="record")
+        self._log_queue = self._context.Queue()
+        self._log_thread = threading.Thread(target=self._forward_logs, name="receiver-logs", daemon=True)
+        self._log_thread.start()
+        level = logging.getLogger().getEffectiveLevel()
+        for index in range(self._count):
+            parent_end, child_end = self._context.Pipe()
+            process = self._context.Process(
+                target=_receiver_main, args=(child_config, child_end, self._log_queue, level),
+                name=f"m3edge-receiver-{index}", daemon=True,
+            )
+            process.start()
+            child_end.close()
+            self._children.append((process, parent_end, threading.Lock()))
+        try:
+            for process, connection, _ in self._children:
+                if not connection.poll(_START_TIMEOUT):
+                    raise ReceiverFailed(f"{process.name} did not start within {_START_TIMEOUT:g} s")
+                kind, _, detail = connection.recv()
+                if kind != "ready":
+                    raise ReceiverFailed(f"{process.name} failed to start: {detail}")
+        except (ReceiverFailed, EOFError, OSError) as exc:
+            self.stop()
+            raise ReceiverFailed(str(exc)) from exc
+        for process, connection, lock in self._children:
+            thread = threading.Thread(target=self._serve, args=(connection, lock), name=f"{process.name}-calls",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def _serve(self, connection, lock: threading.Lock) -> None:
+        try:
+            while True:
+                kind, call_id, payload = connection.recv()
+                self._executor.submit(self._answer, connection, lock, kind, call_id, payload)
+        except (EOFError, OSError):
+            return
+
+    def _answer(self, connection, lock: threading.Lock, kind: str, call_id: int, payload: Any) -> None:
+        error = None
+        try:
+            if kind == "record":
+                self._recorder.record(payload)
+            else:
+                self._recorder.associations_ended(*payload)
+        except RecorderError as exc:
+            error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - the child must always get an answer
+            LOGGER.exception("recording for a receiving process failed")
+            error = f"{exc.__class__.__name__}: {exc}"
+        try:
+            with lock:
+                connection.send(("reply", call_id, error))
+        except (OSError, ValueError):
+            pass  # the child is gone; its C-STORE failed with it
+
+    def _forward_logs(self) -> None:
+        while True:
+            record = self._log_queue.get()
+            if record is None:
+                return
+            logging.getLogger(record.name).handle(record)
+
+    def stop(self) -> None:
+        for process, connection, lock in self._children:
+            try:
+                with lock:
+                    connection.send(("stop",))
+            except (OSError, ValueError):
+                pass
+        for process, connection, _ in self._children:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=10)
+            connection.close()
+        self._children.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._log_queue is not None:
+            self._log_queue.put(None)
+            if self._log_thread is not None:
+                self._log_thread.join(timeout=10)
+            self._log_queue = None
+        if self._placeholder is not None:
+            self._placeholder.close()
+            self._placeholder = None
