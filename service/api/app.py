@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.api.metrics import make_registry
 from service.api.problems import install_problem_handlers
-from service.api.routes import admin, health, reports, studies
+from service.api.routes import admin, dicomweb, health, reports, studies
 from service.api.sessions import SessionCookies, load_signing_key
 from service.api.ui import mount_dashboard
 from service.config import Settings
@@ -49,5 +49,6 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     app.include_router(studies.router)
     app.include_router(reports.router)
     app.include_router(admin.router)
+    app.include_router(dicomweb.router)
     mount_dashboard(app)
     return app

@@ -19,11 +19,12 @@ from service.db.session import session_scope
 from service.dicomweb.query_retrieve import build_query_retrieve
 from service.ingest import DatabaseRecorder
 from tests.conftest import require_tool
-from tests.support.dcmtk import dcmtk_env
+from tests.support.dcmtk import dcmtk_env, storescu
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
 from tests.support.result_cases import FIXED_TIME, ct_case
-from tests.support.scp_node import node_settings
+from tests.support.scp_node import instances_in_db, node_settings
+from tests.support.source_study import cxr_study, write_datasets
 
 CALLERS = ("FINDSCU", "GETSCU", "MOVESCU")
 
@@ -196,3 +197,13 @@ def test_retrieve_without_the_unique_key_fails(qr_node, tmp_path):
     got = _run("getscu", node.port, ["QueryRetrieveLevel=SERIES"], "-od", str(folder), calling_ae="GETSCU")
     assert "Received C-GET Response (Error: DataSetDoesNotMatchSOPClass)" in got.stdout + got.stderr  # A900
     assert list(folder.iterdir()) == []
+
+
+def test_storage_still_works_on_a_node_with_query_retrieve(qr_node, tmp_path, session_factory):
+    """The storage contexts accept C-GET's role selection; a plain C-STORE sender (no role selection) is unaffected."""
+    node, _ = qr_node
+    files = write_datasets(tmp_path / "cxr", cxr_study().all_instances)
+    sent = storescu(node.port, files, calling_ae="FINDSCU")
+    assert sent.returncode == 0 and set(sent.responses().values()) == {"Success"}, sent.output
+    stored = [row[0].sop_instance_uid for row in instances_in_db(session_factory)]
+    assert stored == [cxr_study().all_instances[0].SOPInstanceUID]

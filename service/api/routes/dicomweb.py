@@ -1,0 +1,269 @@
+"""DICOMweb under ``/dicomweb``: QIDO-RS (search), WADO-RS (instances, metadata) and STOW-RS (store).
+
+Every route needs a token like the rest of the API; every search, retrieve, metadata read and store is an audit
+event. STOW-RS stores through the node's own durable path (``service.dicomweb.stow``).
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import CurrentUser, SessionDep, client_address
+from service.api.problems import Problem
+from service.dicomweb.dicom_json import header_json
+from service.dicomweb.multipart import FilePart, MultipartError, encode_parts, media_type_parameters, new_boundary
+from service.dicomweb.multipart import parse_parts
+from service.dicomweb.qido import MAX_LIMIT, QidoError, QidoLevel, parse_qido, search
+from service.dicomweb.stow import StowReceiver
+from service.dicomweb.wado import NotAcceptable, stored_files, wanted_transfer_syntax, wants_json
+from service.security import record_audit
+
+__all__ = ["router", "MAX_STOW_BYTES"]
+
+UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
+StudyUid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64, description="Study Instance UID")]
+SeriesUid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64, description="Series Instance UID")]
+InstanceUid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64, description="SOP Instance UID")]
+Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="At most this many results")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Skip this many results")]
+
+DICOM_JSON = "application/dicom+json"
+MAX_STOW_BYTES = 2 << 30  # one request; larger studies go in several requests (or by C-STORE)
+_RECEIVER_LOCK = threading.Lock()
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI):
+    yield
+    receiver = getattr(app.state, "stow_receiver", None)
+    if receiver is not None:
+        receiver.recorder.close()
+
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], lifespan=_lifespan)
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/dicomweb"
+
+
+def _receiver(app: FastAPI) -> StowReceiver:
+    """The app's STOW receiver: the spool writer and a database recorder, made on first use."""
+    with _RECEIVER_LOCK:
+        receiver = getattr(app.state, "stow_receiver", None)
+        if receiver is None:
+            from dicom_node.scp.handlers import utc_now
+            from dicom_node.scp.spool import INCOMING_DIR, SpoolWriter
+            from service.ingest import DatabaseRecorder
+
+            settings = app.state.settings
+            # No SpoolWriter.prepare(): it clears temporary files, and the node's process may be writing some now.
+            (settings.spool_dir / INCOMING_DIR).mkdir(parents=True, exist_ok=True)
+            receiver = StowReceiver(SpoolWriter(settings.spool_dir), DatabaseRecorder(app.state.session_factory),
+                                    utc_now)
+            app.state.stow_receiver = receiver
+        return receiver
+
+
+# -- QIDO-RS ----------------------------------------------------------------------------------------------------------
+
+
+def _search(request: Request, session, user, level: QidoLevel, limit: int, offset: int, study_uid: str | None = None,
+            series_uid: str | None = None) -> JSONResponse:
+    if not wants_json(request.headers.get("accept", "")):
+        raise Problem(406, "not acceptable", f"search results are {DICOM_JSON}")
+    try:
+        query = parse_qido(list(request.query_params.multi_items()), level, limit=limit, offset=offset)
+    except QidoError as exc:
+        raise Problem(400, "unsupported query", str(exc)) from exc
+    for keyword, value in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid)):
+        if value is not None:
+            asked = query.filters.get(keyword)
+            query.filters[keyword] = [value] if asked is None or value in asked else []
+    results = search(session, query, _base(request)) if all(query.filters.values()) else []
+    record_audit(session, user.name, "dicomweb.search", study_uid=study_uid or "", target=level.value,
+                 remote_addr=client_address(request),
+                 detail={"keys": sorted(query.filters), "matches": len(results), "offset": offset})
+    headers = {"Warning": ", ".join(query.warnings)} if query.warnings else None
+    return JSONResponse(results, media_type=DICOM_JSON, headers=headers)
+
+
+@router.get("/studies", summary="QIDO-RS: search for studies")
+def search_studies(request: Request, user: CurrentUser, session: SessionDep, limit: Limit = 100,
+                   offset: Offset = 0) -> JSONResponse:
+    return _search(request, session, user, QidoLevel.STUDY, limit, offset)
+
+
+@router.get("/series", summary="QIDO-RS: search for series")
+def search_series(request: Request, user: CurrentUser, session: SessionDep, limit: Limit = 100,
+                  offset: Offset = 0) -> JSONResponse:
+    return _search(request, session, user, QidoLevel.SERIES, limit, offset)
+
+
+@router.get("/instances", summary="QIDO-RS: search for instances")
+def search_instances(request: Request, user: CurrentUser, session: SessionDep, limit: Limit = 100,
+                     offset: Offset = 0) -> JSONResponse:
+    return _search(request, session, user, QidoLevel.INSTANCE, limit, offset)
+
+
+@router.get("/studies/{study_uid}/series", summary="QIDO-RS: search for series of a study")
+def search_study_series(study_uid: StudyUid, request: Request, user: CurrentUser, session: SessionDep,
+                        limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
+    return _search(request, session, user, QidoLevel.SERIES, limit, offset, study_uid)
+
+
+@router.get("/studies/{study_uid}/instances", summary="QIDO-RS: search for instances of a study")
+def search_study_instances(study_uid: StudyUid, request: Request, user: CurrentUser, session: SessionDep,
+                           limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
+    return _search(request, session, user, QidoLevel.INSTANCE, limit, offset, study_uid)
+
+
+@router.get("/studies/{study_uid}/series/{series_uid}/instances", summary="QIDO-RS: search for instances of a series")
+def search_series_instances(study_uid: StudyUid, series_uid: SeriesUid, request: Request, user: CurrentUser,
+                            session: SessionDep, limit: Limit = 100, offset: Offset = 0) -> JSONResponse:
+    return _search(request, session, user, QidoLevel.INSTANCE, limit, offset, study_uid, series_uid)
+
+
+# -- WADO-RS ----------------------------------------------------------------------------------------------------------
+
+
+def _files(request: Request, session, study_uid: str, series_uid: str | None, sop_uid: str | None):
+    files = stored_files(session, request.app.state.settings.spool_dir, study_uid, series_uid, sop_uid)
+    if not files:
+        raise Problem(404, "not found", "nothing held under this URL (search with QIDO-RS for what is)")
+    return files
+
+
+def _retrieve(request: Request, session, user, study_uid: str, series_uid: str | None = None,
+              sop_uid: str | None = None) -> StreamingResponse:
+    try:
+        wanted = wanted_transfer_syntax(request.headers.get("accept", ""))
+    except NotAcceptable as exc:
+        raise Problem(406, "not acceptable", str(exc)) from exc
+    files = _files(request, session, study_uid, series_uid, sop_uid)
+    if wanted is not None and any(f.transfer_syntax_uid not in wanted for f in files):
+        stored = sorted({f.transfer_syntax_uid for f in files})
+        raise Problem(406, "not acceptable", f"instances are sent as stored ({', '.join(stored)}), never transcoded; "
+                                             "ask for transfer-syntax=* or one of those")
+    record_audit(session, user.name, "dicomweb.instance.read", study_uid=study_uid,
+                 target=sop_uid or series_uid or "", remote_addr=client_address(request),
+                 detail={"instances": len(files)})
+    boundary = new_boundary()
+    parts = [FilePart(f.path, f"application/dicom; transfer-syntax={f.transfer_syntax_uid}") for f in files]
+    return StreamingResponse(encode_parts(parts, boundary),
+                             media_type=f'multipart/related; type="application/dicom"; boundary={boundary}')
+
+
+def _metadata(request: Request, session, user, study_uid: str, series_uid: str | None = None,
+              sop_uid: str | None = None) -> JSONResponse:
+    if not wants_json(request.headers.get("accept", "")):
+        raise Problem(406, "not acceptable", f"metadata is {DICOM_JSON}")
+    files = _files(request, session, study_uid, series_uid, sop_uid)
+    body = [header_json(f.path) for f in files]
+    record_audit(session, user.name, "dicomweb.metadata.read", study_uid=study_uid,
+                 target=sop_uid or series_uid or "", remote_addr=client_address(request),
+                 detail={"instances": len(files)})
+    return JSONResponse(body, media_type=DICOM_JSON)
+
+
+_DICOM_PARTS = {200: {"content": {'multipart/related; type="application/dicom"': {}}}}
+
+
+@router.get("/studies/{study_uid}", summary="WADO-RS: every instance of a study", responses=_DICOM_PARTS,
+            response_class=StreamingResponse)
+def retrieve_study(study_uid: StudyUid, request: Request, user: CurrentUser, session: SessionDep):
+    return _retrieve(request, session, user, study_uid)
+
+
+@router.get("/studies/{study_uid}/series/{series_uid}", summary="WADO-RS: every instance of a series",
+            responses=_DICOM_PARTS, response_class=StreamingResponse)
+def retrieve_series(study_uid: StudyUid, series_uid: SeriesUid, request: Request, user: CurrentUser,
+                    session: SessionDep):
+    return _retrieve(request, session, user, study_uid, series_uid)
+
+
+@router.get("/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}",
+            summary="WADO-RS: one instance, byte for byte as stored", responses=_DICOM_PARTS,
+            response_class=StreamingResponse)
+def retrieve_instance(study_uid: StudyUid, series_uid: SeriesUid, sop_instance_uid: InstanceUid, request: Request,
+                      user: CurrentUser, session: SessionDep):
+    return _retrieve(request, session, user, study_uid, series_uid, sop_instance_uid)
+
+
+@router.get("/studies/{study_uid}/metadata", summary="WADO-RS: metadata of every instance of a study")
+def study_metadata(study_uid: StudyUid, request: Request, user: CurrentUser, session: SessionDep) -> JSONResponse:
+    return _metadata(request, session, user, study_uid)
+
+
+@router.get("/studies/{study_uid}/series/{series_uid}/metadata", summary="WADO-RS: metadata of a series")
+def series_metadata(study_uid: StudyUid, series_uid: SeriesUid, request: Request, user: CurrentUser,
+                    session: SessionDep) -> JSONResponse:
+    return _metadata(request, session, user, study_uid, series_uid)
+
+
+@router.get("/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}/metadata",
+            summary="WADO-RS: metadata of one instance")
+def instance_metadata(study_uid: StudyUid, series_uid: SeriesUid, sop_instance_uid: InstanceUid, request: Request,
+                      user: CurrentUser, session: SessionDep) -> JSONResponse:
+    return _metadata(request, session, user, study_uid, series_uid, sop_instance_uid)
+
+
+# -- STOW-RS ----------------------------------------------------------------------------------------------------------
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_STOW_BYTES:
+        raise Problem(413, "request too large", f"send at most {MAX_STOW_BYTES} bytes per request")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_STOW_BYTES:
+            raise Problem(413, "request too large", f"send at most {MAX_STOW_BYTES} bytes per request")
+    return bytes(body)
+
+
+async def _stow(request: Request, session, user, study_uid: str | None) -> JSONResponse:
+    media_type, parameters = media_type_parameters(request.headers.get("content-type", ""))
+    if media_type != "multipart/related" or parameters.get("type", "").lower() != "application/dicom":
+        raise Problem(415, "unsupported media type",
+                      'send DICOM Part 10 files as multipart/related; type="application/dicom"')
+    body = await _read_body(request)
+    try:
+        parts = parse_parts(body, parameters.get("boundary", ""))
+    except MultipartError as exc:
+        raise Problem(400, "malformed multipart body", str(exc)) from exc
+    if not parts:
+        raise Problem(400, "no instances", "the multipart body holds no parts")
+    for part in parts:
+        part_type, _ = media_type_parameters(part.content_type or "application/dicom")
+        if part_type != "application/dicom":
+            raise Problem(415, "unsupported media type", f"a part is {part_type!r}; every part must be application/dicom")
+    result = await run_in_threadpool(_receiver(request.app).store, [p.content for p in parts], study_uid)
+    by_study: dict[str, int] = {}
+    for stored in result.stored:
+        by_study[stored.study_uid] = by_study.get(stored.study_uid, 0) + 1
+    for uid, count in sorted(by_study.items()) or [(study_uid or "", 0)]:
+        record_audit(session, user.name, "dicomweb.store", study_uid=uid, remote_addr=client_address(request),
+                     outcome="success" if count else "failed",
+                     detail={"stored": count, "failed": len(result.failed),
+                             "failure_reasons": sorted({f"0x{f.reason:04X}" for f in result.failed})})
+    return JSONResponse(result.to_json(_base(request), study_uid), status_code=result.http_status,
+                        media_type=DICOM_JSON)
+
+
+@router.post("/studies", summary="STOW-RS: store instances (through the same durable path as C-STORE)")
+async def store_instances(request: Request, user: CurrentUser, session: SessionDep) -> JSONResponse:
+    return await _stow(request, session, user, None)
+
+
+@router.post("/studies/{study_uid}", summary="STOW-RS: store instances of one study")
+async def store_study_instances(study_uid: StudyUid, request: Request, user: CurrentUser,
+                                session: SessionDep) -> JSONResponse:
+    return await _stow(request, session, user, study_uid)
