@@ -20,7 +20,7 @@ from service.api.app import create_app
 from service.assembly import build_assembler
 from service.db.models import AuditEvent, Instance, Series, Study, StudyStatus
 from service.db.session import session_scope
-from service.dicomweb.multipart import media_type_parameters, parse_parts
+from service.dicomweb.multipart import FilePart, MultipartError, encode_parts, media_type_parameters, parse_parts
 from service.ingest import DatabaseRecorder
 from service.pipeline.intake import PipelineIntake
 from service.pipeline.ledger import PipelineLedger
@@ -267,3 +267,21 @@ def test_dicomweb_needs_a_token_and_refuses_hostile_input(service):
                  "/dicomweb/studies/" + "1." * 40 + "1/metadata"):
         response = httpx.get(base + path, headers=headers)
         assert 400 <= response.status_code < 500, (path, response.status_code)
+
+
+def test_multipart_round_trip_and_malformed_bodies(tmp_path):
+    files = []
+    for n, content in enumerate([b"first\r\n--not-the-boundary", b"", b"\x00" * 3000]):
+        path = tmp_path / f"{n}.bin"
+        path.write_bytes(content)
+        files.append(FilePart(path, "application/dicom"))
+    body = b"".join(encode_parts(files, "bnd"))
+    parts = parse_parts(body, "bnd")
+    assert [bytes(p.content) for p in parts] == [f.path.read_bytes() for f in files]
+    assert {p.content_type for p in parts} == {"application/dicom"}
+    with pytest.raises(MultipartError, match="does not start with the boundary"):
+        parse_parts(body, "other")
+    with pytest.raises(MultipartError, match="cut short"):
+        parse_parts(body[:-20], "bnd")
+    with pytest.raises(MultipartError, match="boundary parameter"):
+        parse_parts(body, "")

@@ -12,6 +12,7 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
+from dicom_node.qr.matching import element_matches, value_matches
 from dicom_node.results import build_draft_report, build_segmentation
 from dicom_node.scp import DicomNode
 from service.db.models import AuditEvent, PipelineRun, Report, Study, StudyStatus
@@ -207,3 +208,27 @@ def test_storage_still_works_on_a_node_with_query_retrieve(qr_node, tmp_path, se
     assert sent.returncode == 0 and set(sent.responses().values()) == {"Success"}, sent.output
     stored = [row[0].sop_instance_uid for row in instances_in_db(session_factory)]
     assert stored == [cxr_study().all_instances[0].SOPInstanceUID]
+
+
+@pytest.mark.parametrize(
+    ("vr", "query", "candidate", "expected"),
+    [
+        ("PN", "Synth*", "Synthetic^Patient", True),
+        ("PN", "synthetic^patient", "Synthetic^Patient", True),  # person names match without regard to case
+        ("LO", "Abd?men*", "Abdomen 2.5mm", True),
+        ("LO", "abdomen*", "Abdomen 2.5mm", False),
+        ("LO", "a.b", "axb", False),  # no regular expressions slip through
+        ("DA", "20260101-20260131", "20260115", True),
+        ("DA", "-20251231", "20260115", False),
+        ("DA", "20260101-", "", False),
+        ("UI", "1.2*", "1.2.3", False),  # no wildcards in UIDs
+    ],
+)
+def test_cfind_value_matching(vr, query, candidate, expected):
+    assert value_matches(vr, query, candidate) is expected
+
+
+def test_cfind_uid_list_and_universal_matching():
+    assert element_matches("UI", ["1.2.3", "1.2.4"], ["1.2.4"])
+    assert not element_matches("UI", ["1.2.3"], ["1.2.4"])
+    assert element_matches("PN", [], ["anyone"])
