@@ -180,7 +180,7 @@ def test_reviewer_cannot_open_the_admin_page(api):  # noqa: F811
 def test_worklist_shows_stage_timings_errors_and_filters(api, session_factory):  # noqa: F811
     base, _, _, app = api
     done_uid = seed_reviewable_study(session_factory, app.state.settings)
-    failed_uid = seed_failed_run(session_factory)
+    failed_uid = seed_failed_run(session_factory, app.state.settings)
     with httpx.Client(base_url=base) as client:
         log_in(client, "rex")
         page = client.get("/ui/").text
@@ -232,7 +232,7 @@ def test_admin_page_shows_health_queues_throughput_failures_and_echoes_destinati
     with session_scope(session_factory) as session:
         add_user(session, "ada", "admin", display_name="Ada Admin", password=PASSWORDS["ada"])
     seed_reviewable_study(session_factory, settings)
-    failed_uid = seed_failed_run(session_factory)
+    failed_uid = seed_failed_run(session_factory, app.state.settings)
     with running_app(app) as base, httpx.Client(base_url=base, timeout=30) as client:
         log_in(client, "ada")
         page = client.get("/ui/admin")

@@ -36,6 +36,7 @@ from service.db.models import (
 )
 from service.db.session import session_scope
 from tests.support.result_cases import FIXED_TIME, ct_case
+from tests.support.source_study import brain_mr_study, write_datasets
 
 __all__ = ["seed_reviewable_study", "seed_failed_run", "overlay_png"]
 
@@ -76,21 +77,27 @@ def _transcript(question: str, answer: str) -> dict:
     ).to_dict()
 
 
-def _catalog(session, study_uid: str, description: str, modality: str, status: StudyStatus) -> Study:
+def _catalog(session, settings: Settings, datasets: list, description: str, modality: str,
+             status: StudyStatus) -> Study:
+    """Catalog rows for ``datasets`` (one series), written into the spool as the SCP would have stored them."""
     now = utcnow()
+    first = datasets[0]
+    study_uid = first.StudyInstanceUID
     study = Study(study_uid=study_uid, status=status, modalities=modality, study_description=description,
                   study_date="20260102", calling_ae="MODALITY", first_received_at=now - timedelta(minutes=5),
                   last_received_at=now - timedelta(minutes=4), completed_at=now - timedelta(minutes=3))
     session.add(study)
     session.flush()
-    series = Series(study_id=study.id, series_uid=study_uid + ".1", modality=modality, series_description="Axial",
-                    series_number=2, body_part_examined="ABDOMEN")
+    series = Series(study_id=study.id, series_uid=first.SeriesInstanceUID, modality=modality,
+                    series_description="Axial", series_number=2,
+                    body_part_examined=first.get("BodyPartExamined", ""))
     session.add(series)
     session.flush()
-    for n in range(3):
-        session.add(Instance(series_id=series.id, sop_instance_uid=f"{study_uid}.1.{n + 1}",
-                             sop_class_uid="1.2.840.10008.5.1.4.1.1.2", transfer_syntax_uid="1.2.840.10008.1.2.1",
-                             path=f"{study_uid}/{n + 1}.dcm", size_bytes=4096, digest="0" * 64, calling_ae="MODALITY"))
+    for ds, path in zip(datasets, write_datasets(settings.spool_dir / study_uid, datasets)):
+        session.add(Instance(series_id=series.id, sop_instance_uid=ds.SOPInstanceUID, sop_class_uid=ds.SOPClassUID,
+                             transfer_syntax_uid=ds.file_meta.TransferSyntaxUID,
+                             path=str(path.relative_to(settings.spool_dir)), size_bytes=path.stat().st_size,
+                             digest="0" * 64, calling_ae="MODALITY"))
     return study
 
 
@@ -130,7 +137,7 @@ def seed_reviewable_study(session_factory, settings: Settings) -> str:
     overlay_path.write_bytes(overlay_png())
     narrative = case.content.narrative
     with session_scope(session_factory) as session:
-        study = _catalog(session, study_uid, "CT ABDOMEN", "CT", StudyStatus.DONE)
+        study = _catalog(session, settings, case.study.series["ct"], "CT ABDOMEN", "CT", StudyStatus.DONE)
         run = _run(session, study, RunStatus.DONE)
         session.add(Report(
             study_id=study.id, run_id=run.id, demo=True, question=narrative.question, narrative=narrative.answer,
@@ -144,10 +151,10 @@ def seed_reviewable_study(session_factory, settings: Settings) -> str:
     return study_uid
 
 
-def seed_failed_run(session_factory, study_uid: str = "1.2.826.0.1.3680043.8.498.99") -> str:
-    """An MR study whose run failed in the expert stage (for the worklist's errors and the admin page's failures)."""
+def seed_failed_run(session_factory, settings: Settings) -> str:
+    """A brain MR study whose run failed in the expert stage (for the worklist's errors and the admin page)."""
+    datasets = brain_mr_study().series["t1c"]
     with session_scope(session_factory) as session:
-        study = _catalog(session, study_uid, "MR BRAIN", "MR", StudyStatus.FAILED)
+        study = _catalog(session, settings, datasets, "MR BRAIN", "MR", StudyStatus.FAILED)
         _run(session, study, RunStatus.FAILED, failed_stage="expert")
-    return study_uid
-
+    return datasets[0].StudyInstanceUID

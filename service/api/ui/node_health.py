@@ -139,8 +139,12 @@ class NodeHealth:
         return HealthCheck("GPU", "ok", "; ".join(parts))
 
     def queues(self) -> dict[str, dict[str, int]]:
+        """Stage rows by state, in pipeline order."""
+        from service.pipeline.stages import STAGE_ORDER
+
+        order = {stage.value: i for i, stage in enumerate(STAGE_ORDER)}
         by_stage: dict[str, dict[str, int]] = {}
-        for (stage, status), n in self.ledger.stage_counts().items():
+        for (stage, status), n in sorted(self.ledger.stage_counts().items(), key=lambda kv: order.get(kv[0][0], 99)):
             by_stage.setdefault(stage, {})[status] = n
         return by_stage
 
