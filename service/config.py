@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     reject_action: str = Field("none", pattern=r"^(none|quality|patient_safety)$",
                                description="What a rejected draft sends: nothing, or an IOCM rejection note.")
 
+    pipeline_sweep_seconds: float = Field(
+        10.0, gt=0, description="How often the sweeper queues completed studies and re-sends stalled pipeline stages."
+    )
+
     log_json: bool = False
     log_level: str = "INFO"
 

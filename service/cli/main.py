@@ -16,6 +16,7 @@ from service.cli.serve import serve_commands
 from service.cli.routes import routes_app
 from service.cli.studies import studies_app
 from service.cli.users import users_app
+from service.cli.worker import worker_command
 
 __all__ = ["app", "main"]
 
@@ -33,6 +34,7 @@ app.add_typer(engines_app, name="engines")
 app.add_typer(routes_app, name="routes")
 app.add_typer(users_app, name="users")
 app.command("api")(api_command)
+app.command("worker")(worker_command)
 node_commands(app)
 serve_commands(app)
 peer_commands(app)

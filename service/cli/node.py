@@ -1,4 +1,5 @@
-"""``m3edge scp``: the DICOM node on its own (with the recorder and the study assembler) until SIGINT or SIGTERM.
+"""``m3edge scp``: the DICOM node on its own (with the recorder, the study assembler, and the pipeline's intake and
+sweeper: completed studies are handed to the broker for ``m3edge worker`` processes) until SIGINT or SIGTERM.
 
 ``m3edge serve`` (everything in one process) lives in ``service.cli.serve``.
 """
@@ -22,19 +23,20 @@ def _log_study_complete(study_uid: str) -> None:
     LOGGER.info("study %s is complete", study_uid)
 
 
-def _assembler(settings, session_factory):
+def _assembler(settings, session_factory, on_study_complete=_log_study_complete):
     """H2's study assembler when it is available (``service.assembly.build_assembler``), else ``None``."""
     try:
         from service.assembly import build_assembler
     except ImportError:  # pragma: no cover - the assembler ships with the service; only a partial tree lacks it
         LOGGER.warning("service.assembly is not available: studies will not be completed by this process")
         return None
-    return build_assembler(settings, session_factory, _log_study_complete)
+    return build_assembler(settings, session_factory, on_study_complete)
 
 
 def scp_command(
     ctx: typer.Context,
     assemble: bool = typer.Option(True, help="Also run the study assembler (completes idle or released studies)."),
+    pipeline: bool = typer.Option(True, help="Hand completed studies to the pipeline (broker + sweeper) for workers."),
 ) -> None:
     """Run the DICOM node (Verification + Storage SCP) until SIGINT or SIGTERM.
 
@@ -43,14 +45,21 @@ def scp_command(
     """
     from dicom_node.scp import DicomNode
     from service.cli.serve import prepare_database
+    from service.cli.worker import check_routing_rules, pipeline_intake
     from service.ingest import DatabaseRecorder
 
     context = cli_context(ctx)
     settings = context.settings
     prepare_database(settings)
+    sweeper = None
+    hook = _log_study_complete
+    if pipeline and assemble:
+        check_routing_rules(settings)
+        intake, sweeper = pipeline_intake(settings, context.session_factory)
+        hook = intake.on_study_complete
     recorder = DatabaseRecorder(context.session_factory).start()
     node = DicomNode(settings, recorder)
-    assembler = _assembler(settings, context.session_factory) if assemble else None
+    assembler = _assembler(settings, context.session_factory, hook) if assemble else None
 
     stop_requested = threading.Event()
 
@@ -60,6 +69,8 @@ def scp_command(
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
+        if sweeper is not None:
+            sweeper.start()
         if assembler is not None:
             assembler.start()
         try:
@@ -79,6 +90,8 @@ def scp_command(
         node.stop()
         if assembler is not None:
             assembler.stop()
+        if sweeper is not None:
+            sweeper.stop()
         recorder.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -1,8 +1,9 @@
-"""``m3edge serve``: the embedded default, every part of the service in one process until SIGINT or SIGTERM.
+"""``m3edge serve``: the embedded default, the whole service until SIGINT or SIGTERM.
 
-The parts start in order and stop in reverse: the recorder that writes what the node receives to the database, the
-study assembler, the DICOM node. The processing worker and the API join this list as they arrive; each is a
-:class:`ServicePart` (a name, how to start it, how to stop it).
+The parts start in order and stop in reverse, each a :class:`ServicePart` (a name, how to start it, how to stop it):
+the recorder that writes what the node receives to the database, the pipeline worker (a supervised ``m3edge worker``
+child process on every queue: see ``service.cli.worker.WorkerProcess`` for why a process), the pipeline sweeper, the
+study assembler whose study-complete hook starts the pipeline, the DICOM node, and the HTTP API (uvicorn in a thread).
 """
 
 from __future__ import annotations
@@ -95,35 +96,85 @@ def _log_study_complete(study_uid: str) -> None:
     LOGGER.info("study %s is complete", study_uid)
 
 
+class ApiThread:
+    """The HTTP API (``service.api.app.create_app``) served by uvicorn in a thread of this process."""
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session], intake) -> None:
+        import uvicorn
+
+        from service.api.app import create_app
+
+        app = create_app(settings, session_factory, intake)
+        self.server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
+                                                    log_config=None, access_log=False, lifespan="on"))
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.server.run, name="m3edge-api", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
+
 def build_service(
     settings: Settings,
     session_factory: sessionmaker[Session],
-    on_study_complete: Callable[[str], object] = _log_study_complete,
+    on_study_complete: Callable[[str], object] | None = None,
+    *,
+    pipeline: bool = True,
+    worker: bool = True,
+    api: bool = True,
 ) -> tuple[RunningService, DicomNode]:
-    """The parts of the embedded service; returns it and the DICOM node (whose ``port`` is known once started)."""
+    """The parts of the embedded service; returns it and the DICOM node (whose ``port`` is known once started).
+
+    ``pipeline``: completed studies enter the pipeline (hook + sweeper); ``worker``: run a worker child process;
+    ``api``: serve the HTTP API. ``on_study_complete`` replaces the pipeline's hook (tests)."""
     from dicom_node.scp import DicomNode
     from service.assembly import build_assembler
     from service.ingest import DatabaseRecorder
 
+    parts = []
     recorder = DatabaseRecorder(session_factory)
-    assembler = build_assembler(settings, session_factory, on_study_complete)
+    parts.append(ServicePart("database recorder", recorder.start, recorder.close))
+    intake = None
+    hook = on_study_complete or _log_study_complete
+    if pipeline:
+        from service.cli.worker import WorkerProcess, pipeline_intake
+
+        intake, sweeper = pipeline_intake(settings, session_factory)
+        hook = on_study_complete or intake.on_study_complete
+        if worker:
+            child = WorkerProcess()
+            parts.append(ServicePart("pipeline worker", child.start, child.stop))
+        parts.append(ServicePart("pipeline sweeper", sweeper.start, sweeper.stop))
+    assembler = build_assembler(settings, session_factory, hook)
     node = DicomNode(settings, recorder)
-    parts = [
-        ServicePart("database recorder", recorder.start, recorder.close),
+    parts += [
         ServicePart("study assembler", assembler.start, assembler.stop),
         ServicePart("DICOM node", node.start, node.stop),
     ]
+    if api:
+        server = ApiThread(settings, session_factory, intake)
+        parts.append(ServicePart("HTTP API", server.start, server.stop))
     return RunningService(parts), node
 
 
 def serve_command(ctx: typer.Context) -> None:
-    """Run the service in one process until SIGINT or SIGTERM (the embedded default: no outside service needed).
+    """Run the whole service until SIGINT or SIGTERM (the embedded default: no outside service needed).
 
     Starts the DICOM node, the recorder that writes what it receives to the database (SQLite in HOME unless
-    DATABASE_URL says otherwise; SQLite is upgraded automatically) and the study assembler."""
+    DATABASE_URL says otherwise; SQLite is upgraded automatically), the study assembler, the pipeline (a worker
+    process on every queue, the sweeper; the broker is a SQLite file in HOME unless BROKER_URL says otherwise) and
+    the HTTP API on API_HOST:API_PORT."""
     context = cli_context(ctx)
     settings = context.settings
     prepare_database(settings)
+    from service.cli.worker import check_routing_rules
+
+    check_routing_rules(settings)
     service, node = build_service(settings, context.session_factory)
 
     stop_requested = threading.Event()
@@ -141,9 +192,12 @@ def serve_command(ctx: typer.Context) -> None:
                 f"cannot listen on {settings.dicom_host}:{settings.dicom_port}: {exc} (set M3EDGE_DICOM_PORT)"
             ) from exc
         LOGGER.info(
-            "m3edge serving: DICOM %s on %s:%d, database %s, study idle %g s; stop with Ctrl-C or SIGTERM",
-            settings.dicom_ae_title, settings.dicom_host, node.port,
-            settings.effective_database_url.partition(":")[0], settings.study_idle_seconds,
+            "m3edge serving: DICOM %s on %s:%d, API http://%s:%d, database %s, broker %s, study idle %g s; "
+            "stop with Ctrl-C or SIGTERM",
+            settings.dicom_ae_title, settings.dicom_host, node.port, settings.api_host, settings.api_port,
+            settings.effective_database_url.partition(":")[0],
+            "embedded" if settings.broker_url is None else settings.broker_url.partition(":")[0],
+            settings.study_idle_seconds,
         )
         while not stop_requested.wait(1.0):
             pass
