@@ -1,0 +1,3 @@
+from bench.gpu.check import main
+
+main()
