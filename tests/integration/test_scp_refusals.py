@@ -234,3 +234,22 @@ def test_with_tls_a_tls_client_gets_through_and_a_plain_one_does_not(tmp_path, s
     assert statuses == [SUCCESS, SUCCESS]
     assert len(rows) == 1
     assert not plain_established
+
+
+def test_a_required_client_certificate_is_checked_against_the_configured_ca(tmp_path, session_factory, certificate):
+    cert, key = certificate  # self-signed: it is its own CA, for the node and for the client
+    tls = TlsSettings(certificate=cert, private_key=key, ca_certificates=cert, require_client_certificate=True)
+    with_certificate = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    with_certificate.load_cert_chain(str(cert), str(key))
+    without_certificate = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    with running_node(tmp_path / "home", session_factory, dicom_tls=tls) as node:
+        statuses = _send(node.port, [_file(tmp_path, "a.dcm", _data_set())], tls_args=(with_certificate, "localhost"))
+        anonymous = AE(ae_title="ANON")
+        anonymous.add_requested_context(Verification)
+        anonymous.acse_timeout = anonymous.network_timeout = 5
+        assoc = anonymous.associate("127.0.0.1", node.port, ae_title="M3EDGE", tls_args=(without_certificate, "localhost"))
+        anonymous_established = assoc.is_established
+        if anonymous_established:
+            assoc.release()
+    assert statuses == [SUCCESS, SUCCESS]
+    assert not anonymous_established
