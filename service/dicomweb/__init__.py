@@ -2,6 +2,7 @@
 
 from service.dicomweb.multipart import BodyPart, FilePart, MultipartError, encode_parts, parse_parts
 from service.dicomweb.qido import QidoError, QidoLevel, QidoQuery, parse_qido, search
+from service.dicomweb.results import ResultInstance, ResultInstances
 from service.dicomweb.query_retrieve import QueryRetrieveAudit, ReportObjectCatalog, build_query_retrieve
 from service.dicomweb.stow import StowReceiver, StowResult
 from service.dicomweb.wado import NotAcceptable, StoredFile, stored_files
@@ -16,6 +17,8 @@ __all__ = [
     "QidoQuery",
     "QueryRetrieveAudit",
     "ReportObjectCatalog",
+    "ResultInstance",
+    "ResultInstances",
     "StoredFile",
     "StowReceiver",
     "StowResult",

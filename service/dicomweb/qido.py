@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.datadict import keyword_for_tag
@@ -17,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from service.db.models import Instance, Series, Study
 from service.dicomweb.dicom_json import attribute
+from service.dicomweb.results import ResultInstances
 
 __all__ = ["QidoLevel", "QidoQuery", "QidoError", "parse_qido", "search"]
 
@@ -164,29 +166,30 @@ def _study_json(study: Study, modalities: list[str], series: int, instances: int
     }
 
 
-def _series_json(study: Study, series: Series, instances: int, base: str) -> dict:
+def _series_json(study_uid: str, series_uid: str, modality: str, description: str, body_part: str, number,
+                 instances: int, base: str) -> dict:
     return {
-        "00080060": attribute("CS", series.modality),
-        "0008103E": attribute("LO", series.series_description),
-        "00081190": attribute("UR", f"{base}/studies/{study.study_uid}/series/{series.series_uid}"),
-        "00180015": attribute("CS", series.body_part_examined),
-        "0020000D": attribute("UI", study.study_uid),
-        "0020000E": attribute("UI", series.series_uid),
-        "00200011": attribute("IS", series.series_number),
+        "00080060": attribute("CS", modality),
+        "0008103E": attribute("LO", description),
+        "00081190": attribute("UR", f"{base}/studies/{study_uid}/series/{series_uid}"),
+        "00180015": attribute("CS", body_part),
+        "0020000D": attribute("UI", study_uid),
+        "0020000E": attribute("UI", series_uid),
+        "00200011": attribute("IS", int(number) if str(number or "").lstrip("-").isdigit() else None),
         "00201209": attribute("IS", instances),
     }
 
 
-def _instance_json(study: Study, series: Series, instance: Instance, base: str) -> dict:
+def _instance_json(study_uid: str, series_uid: str, sop_class_uid: str, sop_uid: str, modality: str,
+                   transfer_syntax_uid: str, base: str) -> dict:
     return {
-        "00080016": attribute("UI", instance.sop_class_uid),
-        "00080018": attribute("UI", instance.sop_instance_uid),
-        "00080060": attribute("CS", series.modality),
-        "00081190": attribute("UR", f"{base}/studies/{study.study_uid}/series/{series.series_uid}"
-                                    f"/instances/{instance.sop_instance_uid}"),
-        "00083002": attribute("UI", instance.transfer_syntax_uid),
-        "0020000D": attribute("UI", study.study_uid),
-        "0020000E": attribute("UI", series.series_uid),
+        "00080016": attribute("UI", sop_class_uid),
+        "00080018": attribute("UI", sop_uid),
+        "00080060": attribute("CS", modality),
+        "00081190": attribute("UR", f"{base}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"),
+        "00083002": attribute("UI", transfer_syntax_uid),
+        "0020000D": attribute("UI", study_uid),
+        "0020000E": attribute("UI", series_uid),
     }
 
 
@@ -195,7 +198,7 @@ def _held():
     return Instance.conflict.is_(False)
 
 
-def _search_studies(session: Session, query: QidoQuery, base: str) -> list[dict]:
+def _search_studies(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:
     ids = _where(select(Study.id).outerjoin(Series, Series.study_id == Study.id), query.filters).distinct()
     studies = session.execute(
         select(Study).where(Study.id.in_(ids)).order_by(Study.id).limit(query.limit).offset(query.offset)
@@ -203,7 +206,7 @@ def _search_studies(session: Session, query: QidoQuery, base: str) -> list[dict]
     if not studies:
         return []
     counts = {
-        study_id: (series, instances)
+        study_id: [series, instances]
         for study_id, series, instances in session.execute(
             select(Series.study_id, func.count(func.distinct(Series.id)), func.count(Instance.id))
             .outerjoin(Instance, (Instance.series_id == Series.id) & _held())
@@ -216,31 +219,88 @@ def _search_studies(session: Session, query: QidoQuery, base: str) -> list[dict]
     ):
         if modality:
             modalities.setdefault(study_id, set()).add(modality)
+    if results is not None:  # the results m3edge made are series of these studies too
+        ids_by_uid = {s.study_uid: s.id for s in studies}
+        produced = results.of_studies(list(ids_by_uid))
+        for study_uid, study_id in ids_by_uid.items():
+            mine = [r for r in produced if r.study_uid == study_uid]
+            if mine:
+                count = counts.setdefault(study_id, [0, 0])
+                count[0] += len({r.series_uid for r in mine})
+                count[1] += len(mine)
+                modalities.setdefault(study_id, set()).update(r.modality for r in mine if r.modality)
     return [_study_json(s, sorted(modalities.get(s.id, ())), *counts.get(s.id, (0, 0)), base) for s in studies]
 
 
-def _search_series(session: Session, query: QidoQuery, base: str) -> list[dict]:
+def _result_study_uids(session: Session, query: QidoQuery) -> list[str] | None:
+    """The studies whose results may match: those matching the study-level keys (``None``: no such key, all)."""
+    study_filters = {k: v for k, v in query.filters.items() if k in STUDY_KEYS}
+    if not study_filters:
+        return None
+    return list(session.scalars(
+        _where(select(Study.study_uid).outerjoin(Series, Series.study_id == Study.id), study_filters).distinct()))
+
+
+def _page(query: QidoQuery, rows: list[dict], count_held: Callable[[], int], produced: Callable[[], list[dict]]
+          ) -> list[dict]:
+    """One page over the received rows (already limited and offset in SQL) followed by the produced ones."""
+    if len(rows) >= query.limit:
+        return rows
+    received = query.offset + len(rows) if rows else count_held()
+    start = max(0, query.offset - received)
+    return rows + produced()[start:start + query.limit - len(rows)]
+
+
+def _search_series(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:
     count = select(func.count(Instance.id)).where(Instance.series_id == Series.id, _held()).scalar_subquery()
-    rows = session.execute(
-        _where(select(Study, Series, count).join(Series, Series.study_id == Study.id), query.filters)
-        .order_by(Series.id).limit(query.limit).offset(query.offset)
-    ).all()
-    return [_series_json(study, series, int(n), base) for study, series, n in rows]
+    matching = _where(select(Study, Series, count).join(Series, Series.study_id == Study.id), query.filters)
+    rows = [
+        _series_json(study.study_uid, series.series_uid, series.modality, series.series_description,
+                     series.body_part_examined, series.series_number, int(n), base)
+        for study, series, n in session.execute(
+            matching.order_by(Series.id).limit(query.limit).offset(query.offset)).all()
+    ]
+    if results is None:
+        return rows
+
+    def produced() -> list[dict]:
+        by_series: dict[str, list] = {}
+        for r in results.of_studies(_result_study_uids(session, query), query.filters):
+            by_series.setdefault(r.series_uid, []).append(r)
+        return [_series_json(m[0].study_uid, uid, m[0].modality, m[0].series_description, m[0].body_part_examined,
+                             m[0].series_number, len(m), base) for uid, m in by_series.items()]
+
+    return _page(query, rows, lambda: session.scalar(select(func.count()).select_from(matching.subquery())),
+                 produced)
 
 
-def _search_instances(session: Session, query: QidoQuery, base: str) -> list[dict]:
-    rows = session.execute(
-        _where(select(Study, Series, Instance).join(Series, Series.study_id == Study.id)
-               .join(Instance, Instance.series_id == Series.id).where(_held()), query.filters)
-        .order_by(Instance.id).limit(query.limit).offset(query.offset)
-    ).all()
-    return [_instance_json(study, series, instance, base) for study, series, instance in rows]
+def _search_instances(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:
+    matching = _where(select(Study.study_uid, Series.series_uid, Series.modality, Instance)
+                      .join(Series, Series.study_id == Study.id).join(Instance, Instance.series_id == Series.id)
+                      .where(_held()), query.filters)
+    rows = [
+        _instance_json(study_uid, series_uid, i.sop_class_uid, i.sop_instance_uid, modality, i.transfer_syntax_uid,
+                       base)
+        for study_uid, series_uid, modality, i in session.execute(
+            matching.order_by(Instance.id).limit(query.limit).offset(query.offset)).all()
+    ]
+    if results is None:
+        return rows
+
+    def produced() -> list[dict]:
+        return [_instance_json(r.study_uid, r.series_uid, r.sop_class_uid, r.sop_instance_uid, r.modality,
+                               r.transfer_syntax_uid, base)
+                for r in results.of_studies(_result_study_uids(session, query), query.filters)]
+
+    return _page(query, rows, lambda: session.scalar(select(func.count()).select_from(matching.subquery())),
+                 produced)
 
 
-def search(session: Session, query: QidoQuery, base: str) -> list[dict]:
-    """The DICOM JSON answers to ``query``; ``base`` is the DICOMweb root URL for RetrieveURL."""
+def search(session: Session, query: QidoQuery, base: str, results: ResultInstances | None = None) -> list[dict]:
+    """The DICOM JSON answers to ``query`` (``base``: the DICOMweb root URL, for RetrieveURL); with ``results``,
+    the objects m3edge produced are answered after the received ones."""
     if query.level is QidoLevel.STUDY:
-        return _search_studies(session, query, base)
+        return _search_studies(session, query, base, results)
     if query.level is QidoLevel.SERIES:
-        return _search_series(session, query, base)
-    return _search_instances(session, query, base)
+        return _search_series(session, query, base, results)
+    return _search_instances(session, query, base, results)

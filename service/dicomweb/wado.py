@@ -1,6 +1,7 @@
 """WADO-RS: which stored files a study, series or instance URL names, and how the caller's Accept header is met.
 
-Instances are returned as stored (the bytes the node wrote to its spool), never transcoded: a request for a transfer
+Instances are returned as stored (the bytes the node wrote to its spool; a result's file as m3edge wrote it), never
+transcoded: a request for a transfer
 syntax other than the stored one is answered 406 unless it accepts any (``transfer-syntax=*``) or names none.
 """
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from io import BytesIO
+from pathlib import Path
 import httpx
 import pydicom
 import pytest
@@ -15,10 +16,11 @@ from dicomweb_client.api import DICOMwebClient
 from requests.exceptions import HTTPError
 from sqlalchemy import select
 
+from dicom_node.results import build_draft_report, build_segmentation
 from dicom_node.scp import DicomNode
 from service.api.app import create_app
 from service.assembly import build_assembler
-from service.db.models import AuditEvent, Instance, Series, Study, StudyStatus
+from service.db.models import AuditEvent, Instance, PipelineRun, Report, Series, Study, StudyStatus
 from service.db.session import session_scope
 from service.dicomweb.multipart import FilePart, MultipartError, encode_parts, media_type_parameters, parse_parts
 from service.ingest import DatabaseRecorder
@@ -27,6 +29,7 @@ from service.pipeline.ledger import PipelineLedger
 from service.security import add_user
 from tests.support.api_server import running_app
 from tests.support.dcmtk import storescu
+from tests.support.result_cases import FIXED_TIME, ct_case
 from tests.support.scp_node import node_settings
 from tests.support.source_study import brain_mr_study, ct_study, write_datasets
 
@@ -285,3 +288,56 @@ def test_multipart_round_trip_and_malformed_bodies(tmp_path):
         parse_parts(body[:-20], "bnd")
     with pytest.raises(MultipartError, match="boundary parameter"):
         parse_parts(body, "")
+
+
+def _produce_results(settings, session_factory) -> dict:
+    """A draft SR and SEG for the CT study (as the report stage writes them) and the Report row that lists them."""
+    case = ct_case(demo=True)
+    seg = build_segmentation(case.content.findings, case.uids, now=FIXED_TIME)
+    draft = build_draft_report(case.content, case.uids, segmentation=seg, now=FIXED_TIME)
+    folder = settings.results_dir / case.study.study_instance_uid / "run-1"
+    folder.mkdir(parents=True)
+    objects = {}
+    for kind, dataset in (("sr", draft), ("seg", seg)):
+        dataset.save_as(folder / f"{kind}.dcm", enforce_file_format=True)
+        objects[kind] = {"path": str(folder / f"{kind}.dcm"), "sop_instance_uid": dataset.SOPInstanceUID,
+                         "sop_class_uid": dataset.SOPClassUID}
+    with session_scope(session_factory) as session:
+        study = session.scalars(select(Study).where(Study.study_uid == case.study.study_instance_uid)).one()
+        run = PipelineRun(study_id=study.id, run_number=1, trigger="complete")
+        session.add(run)
+        session.flush()
+        session.add(Report(study_id=study.id, run_id=run.id, objects=objects))
+    return {"sr": draft, "seg": seg, "objects": objects}
+
+
+def test_the_results_m3edge_made_are_served_beside_the_received_series(service, session_factory):
+    client = _client(service)
+    ct = service["ct"]
+    produced = _produce_results(service["settings"], session_factory)
+    sr, seg = produced["sr"], produced["seg"]
+    assert sr.StudyInstanceUID == ct.study_instance_uid
+
+    series = client.search_for_series(study_instance_uid=ct.study_instance_uid)
+    assert _value(series[0], "00080060") == "CT"  # received series first, then the results
+    assert sorted(_value(s, "00080060") for s in series[1:]) == ["SEG", "SR"]
+    (study,) = client.search_for_studies(search_filters={"StudyInstanceUID": ct.study_instance_uid})
+    assert study["00080061"]["Value"] == ["CT", "SEG", "SR"]
+    assert _value(study, "00201206") == 3 and _value(study, "00201208") == len(ct.all_instances) + 2
+    (only_sr,) = client.search_for_series(search_filters={"Modality": "SR"})
+    assert _value(only_sr, "0020000E") == sr.SeriesInstanceUID
+    paged = client.search_for_series(study_instance_uid=ct.study_instance_uid, offset=1, limit=1)
+    assert [_value(s, "0020000E") for s in paged] == [_value(series[1], "0020000E")]
+    (seg_instance,) = client.search_for_instances(study_instance_uid=ct.study_instance_uid,
+                                                  search_filters={"SOPClassUID": str(seg.SOPClassUID)})
+    assert _value(seg_instance, "00080018") == seg.SOPInstanceUID
+
+    got = client.retrieve_instance(ct.study_instance_uid, sr.SeriesInstanceUID, sr.SOPInstanceUID)
+    assert got == pydicom.dcmread(produced["objects"]["sr"]["path"])
+    raw = httpx.get(f"{service['base']}/dicomweb/studies/{ct.study_instance_uid}/series/{seg.SeriesInstanceUID}",
+                    headers={"Authorization": f"Bearer {service['token']}"})
+    (part,) = parse_parts(raw.content, media_type_parameters(raw.headers["content-type"])[1]["boundary"])
+    assert bytes(part.content) == Path(produced["objects"]["seg"]["path"]).read_bytes()
+    metadata = client.retrieve_series_metadata(ct.study_instance_uid, seg.SeriesInstanceUID)
+    assert [_value(m, "00080016") for m in metadata] == [str(seg.SOPClassUID)]
+    assert len(client.retrieve_study(ct.study_instance_uid)) == len(ct.all_instances) + 2

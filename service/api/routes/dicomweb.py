@@ -20,6 +20,7 @@ from service.dicomweb.dicom_json import header_json
 from service.dicomweb.multipart import FilePart, MultipartError, encode_parts, media_type_parameters, new_boundary
 from service.dicomweb.multipart import parse_parts
 from service.dicomweb.qido import MAX_LIMIT, QidoError, QidoLevel, parse_qido, search
+from service.dicomweb.results import ResultInstances
 from service.dicomweb.stow import StowReceiver
 from service.dicomweb.wado import NotAcceptable, stored_files, wanted_transfer_syntax, wants_json
 from service.security import record_audit
@@ -35,7 +36,7 @@ Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Skip this many r
 
 DICOM_JSON = "application/dicom+json"
 MAX_STOW_BYTES = 2 << 30  # one request; larger studies go in several requests (or by C-STORE)
-_RECEIVER_LOCK = threading.Lock()
+_STATE_LOCK = threading.Lock()
 
 
 @asynccontextmanager
@@ -55,7 +56,7 @@ def _base(request: Request) -> str:
 
 def _receiver(app: FastAPI) -> StowReceiver:
     """The app's STOW receiver: the spool writer and a database recorder, made on first use."""
-    with _RECEIVER_LOCK:
+    with _STATE_LOCK:
         receiver = getattr(app.state, "stow_receiver", None)
         if receiver is None:
             from dicom_node.scp.handlers import utc_now
@@ -69,6 +70,16 @@ def _receiver(app: FastAPI) -> StowReceiver:
                                     utc_now)
             app.state.stow_receiver = receiver
         return receiver
+
+
+def _results(app: FastAPI) -> ResultInstances:
+    """The app's view of the result objects (its header cache lives as long as the app)."""
+    with _STATE_LOCK:
+        results = getattr(app.state, "dicomweb_results", None)
+        if results is None:
+            results = ResultInstances(app.state.session_factory, app.state.settings.results_dir)
+            app.state.dicomweb_results = results
+        return results
 
 
 # -- QIDO-RS ----------------------------------------------------------------------------------------------------------
@@ -86,7 +97,8 @@ def _search(request: Request, session, user, level: QidoLevel, limit: int, offse
         if value is not None:
             asked = query.filters.get(keyword)
             query.filters[keyword] = [value] if asked is None or value in asked else []
-    results = search(session, query, _base(request)) if all(query.filters.values()) else []
+    answerable = all(query.filters.values())
+    results = search(session, query, _base(request), _results(request.app)) if answerable else []
     record_audit(session, user.name, "dicomweb.search", study_uid=study_uid or "", target=level.value,
                  remote_addr=client_address(request),
                  detail={"keys": sorted(query.filters), "matches": len(results), "offset": offset})
@@ -135,6 +147,7 @@ def search_series_instances(study_uid: StudyUid, series_uid: SeriesUid, request:
 
 def _files(request: Request, session, study_uid: str, series_uid: str | None, sop_uid: str | None):
     files = stored_files(session, request.app.state.settings.spool_dir, study_uid, series_uid, sop_uid)
+    files += _results(request.app).files(study_uid, series_uid, sop_uid)
     if not files:
         raise Problem(404, "not found", "nothing held under this URL (search with QIDO-RS for what is)")
     return files
