@@ -99,13 +99,20 @@ def test_auto_on_a_cpu_host_uses_onnxruntime_without_a_fallback(network):
     assert choice.fallback_reason == ""
 
 
-def test_requested_tensorrt_without_the_package_falls_back_to_torch_with_a_warning(network, caplog, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, even where it is installed
+def test_requested_tensorrt_on_a_host_without_gpu_falls_back_to_torch_with_a_warning(network, caplog):
     with caplog.at_level(logging.WARNING, logger="engines.backends.selection"):
         choice = open_predictor(network, "tensorrt", cuda_available=lambda: False)
     assert choice.backend == "torch-cpu"
-    assert "tensorrt unavailable for test.two_heads" in choice.fallback_reason
+    assert choice.fallback_reason == "tensorrt unavailable for test.two_heads: no CUDA GPU is visible"
     assert any("falling back to torch" in record.getMessage() for record in caplog.records)
+
+
+def test_a_missing_tensorrt_package_is_named_with_the_supported_versions(monkeypatch):
+    from engines.backends.tensorrt import import_tensorrt
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # import tensorrt -> ImportError, even where it is installed
+    with pytest.raises(BackendUnavailable, match=r"needs the tensorrt package \(major version 10 or 11\)"):
+        import_tensorrt()
 
 
 def test_requested_onnxruntime_without_an_onnx_file_falls_back_to_torch(network, tmp_path):

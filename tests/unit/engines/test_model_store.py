@@ -119,6 +119,7 @@ def _cli(home, *args):
                           capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_models_list_import_and_engines_build_commands(cxr_source, tmp_path):
     home = tmp_path / "home"
     empty = _cli(home, "models", "list")
