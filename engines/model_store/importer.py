@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 _KNOWN = set(EXPERT_FOLDERS.values())
 
 
-class ModelImportError(ValueError):  # noqa: N801 - "ImportError" is a builtin
+class ModelImportError(ValueError):
     """The source folder holds nothing importable; the message says what was expected."""
 
 
