@@ -192,7 +192,7 @@ def compose():
     from compose_spec import PyCompose
 
     raw = yaml.safe_load(COMPOSE.read_text())  # YAML merge keys (<<) resolved here, as Compose does
-    resolved = interpolate(raw, {"M3EDGE_VILA_DIR": "/srv/models/vila1.5-8b-m3"})
+    resolved = interpolate(raw, {"M3EDGE_VILA_DIR": "/srv/models/vila1.5-8b-m3", "M3EDGE_NODE": "gpu-host-1"})
     parsed = PyCompose.from_json(json.dumps(resolved))  # the compose-spec parser: unknown keys and bad values raise
     parsed.validate()  # every network, volume and secret a service names is declared
     return parsed.to_dict()
@@ -202,14 +202,28 @@ def test_compose_file_is_valid_compose_spec(compose):
     assert {"postgres", "redis", "scp", "api", "worker-cpu", "worker-gpu0", "trtllm"} <= set(compose["services"])
 
 
-def test_compose_refuses_to_start_without_the_vila_checkpoint_folder():
+def test_compose_refuses_to_start_without_the_checkpoint_folder_or_the_host_name():
+    raw = yaml.safe_load(COMPOSE.read_text())
     with pytest.raises(ValueError, match="M3EDGE_VILA_DIR"):
-        interpolate(yaml.safe_load(COMPOSE.read_text()), {})
+        interpolate(raw, {"M3EDGE_NODE": "gpu-host-1"})
+    with pytest.raises(ValueError, match="M3EDGE_NODE"):
+        interpolate(raw, {"M3EDGE_VILA_DIR": "/srv/models/vila1.5-8b-m3"})
+
+
+def _option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_compose_workers_have_stable_names_unique_to_the_host(compose):
+    workers = {name: s["command"] for name, s in compose["services"].items() if s.get("command", [""])[0] == "worker"}
+    names = [_option(command, "--name") for command in workers.values()]
+    assert len(workers) >= 3 and len(set(names)) == len(names)
+    assert all(name.endswith("@gpu-host-1") for name in names), names
 
 
 def test_compose_gives_each_gpu_worker_its_own_gpu(compose):
     services = compose["services"]
-    gpu_workers = {name: s for name, s in services.items() if s.get("command") == ["worker", "--queues", "gpu"]}
+    gpu_workers = {name: s for name, s in services.items() if s.get("command", [])[:3] == ["worker", "--queues", "gpu"]}
     assert len(gpu_workers) >= 2
     devices = []
     for name, service in gpu_workers.items():
@@ -217,7 +231,8 @@ def test_compose_gives_each_gpu_worker_its_own_gpu(compose):
         assert reservation["capabilities"] == ["gpu"] and reservation["driver"] == "nvidia", name
         devices.extend(reservation["device_ids"])
     assert len(devices) == len(set(devices)), f"two GPU workers on one GPU: {devices}"
-    assert "cpu" in services["worker-cpu"]["command"][-1] and "gpu" not in services["worker-cpu"]["command"][-1]
+    cpu_queues = _option(services["worker-cpu"]["command"], "--queues")
+    assert "cpu" in cpu_queues and "gpu" not in cpu_queues
 
 
 def test_compose_takes_secrets_from_files_and_keeps_state_on_volumes(compose):
@@ -255,10 +270,11 @@ def test_every_m3edge_command_in_compose_exists(compose):
     from service.cli.main import app
 
     commands = {tuple(s["command"]) for s in compose["services"].values() if s.get("image", "").startswith("m3edge")}
-    commands.add(("models", "import", "/import"))  # what the compose header tells operators to run
+    commands.add(("models", "import"))  # what the compose header tells operators to run
+    commands.add(("engines", "build"))  # and the README
     runner = CliRunner()
     for command in sorted(commands):
-        words = [w for w in command if not w.startswith("-") and "," not in w and w not in ("gpu", "cpu", "/import")]
+        words = [w for w in command[: next((i for i, w in enumerate(command) if w.startswith("-")), len(command))]]
         result = runner.invoke(app, [*words, "--help"])
         assert result.exit_code == 0, f"m3edge {' '.join(words)}: {result.output}"
         for option in (w for w in command if w.startswith("--")):
