@@ -68,6 +68,34 @@ def test_pages_redirect_a_browser_without_a_session_to_the_login(api):  # noqa: 
         assert 'name="next" value="/ui/"' in forged.text  # no open redirect after log-in
 
 
+def dashboard_routes():
+    from service.api.ui import ADMIN_ROUTER, DASHBOARD_ROUTERS
+
+    for router in DASHBOARD_ROUTERS:
+        for route in router.routes:
+            for method in sorted(route.methods - {"HEAD"}):
+                yield method, route.path, router is ADMIN_ROUTER
+
+
+def test_every_dashboard_route_needs_a_session_and_admin_pages_the_admin_role(api):  # noqa: F811
+    """Enumerated from the dashboard's routers (they are not in the OpenAPI schema), so a new page cannot escape."""
+    base, tokens, _, _ = api
+    routes = [(m, p, admin) for m, p, admin in dashboard_routes() if p != "/ui/login"]
+    assert len(routes) >= 6 and any(admin for _, _, admin in routes)
+    with httpx.Client(base_url=base) as anonymous, httpx.Client(base_url=base) as reviewer:
+        log_in(reviewer, "rex")
+        token = page_token(reviewer, "/ui/")
+        for method, path, admin in routes:
+            url = path.replace("{study_uid}", "1.2.3")
+            for headers in ({}, {"Authorization": f"Bearer {tokens['admin']}"}):  # a page takes no API token
+                response = anonymous.request(method, url, headers=headers, data={"csrf_token": "x"})
+                assert response.status_code == 303, (method, path, response.status_code)
+                assert response.headers["location"].startswith("/ui/login"), (method, path)
+            if admin:
+                refused = reviewer.request(method, url, data={"csrf_token": token, "destination": "0"})
+                assert refused.status_code == 403 and "Administrators only" in refused.text, (method, path)
+
+
 def test_login_sets_an_httponly_samesite_strict_cookie_and_is_audited(api):  # noqa: F811
     base, tokens, _, _ = api
     with httpx.Client(base_url=base) as client:
@@ -163,6 +191,22 @@ def test_a_second_concurrent_review_gets_a_clear_conflict_message(api, session_f
         assert "someone else reviewed this report" in second.text
         assert "My own words." in second.text  # the reader's text is kept for another try
     assert report_version(base, tokens, study_uid) == ("approved", 2)
+
+
+def test_reject_needs_a_reason_and_then_ends_the_review(api, session_factory):  # noqa: F811
+    base, tokens, _, app = api
+    study_uid = seed_reviewable_study(session_factory, app.state.settings)
+    path = f"/ui/studies/{study_uid}"
+    with httpx.Client(base_url=base) as client:
+        log_in(client, "rex")
+        token = page_token(client, path)
+        unexplained = client.post(path + "/review", data={"action": "reject", "version": "1", "csrf_token": token})
+        assert unexplained.status_code == 422 and "reject needs a reason" in unexplained.text
+        rejected = client.post(path + "/review", data={"action": "reject", "version": "1", "csrf_token": token,
+                                                      "comment": "Wrong series segmented."}, follow_redirects=True)
+        assert rejected.status_code == 200 and 'id="review-form"' not in rejected.text
+        assert "Wrong series segmented." in rejected.text
+    assert report_version(base, tokens, study_uid) == ("rejected", 2)
 
 
 def test_reviewer_cannot_open_the_admin_page(api):  # noqa: F811

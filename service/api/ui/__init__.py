@@ -16,16 +16,18 @@ from service.api.ui.node_health import NodeHealth
 from service.api.ui.rendering import STATIC_DIR, PageRenderer
 from service.security.login_limits import LoginThrottle
 
-__all__ = ["mount_dashboard"]
+__all__ = ["mount_dashboard", "DASHBOARD_ROUTERS", "ADMIN_ROUTER"]
+
+DASHBOARD_ROUTERS = (login.router, pages.router, admin_page.router)
+ADMIN_ROUTER = admin_page.router  # every page of it needs the admin role
 
 
 def mount_dashboard(app: FastAPI) -> None:
     app.state.ui_pages = PageRenderer()
     app.state.login_throttle = LoginThrottle()
     app.state.node_health = NodeHealth(app.state.settings, app.state.intake.ledger)
-    app.include_router(login.router)
-    app.include_router(pages.router)
-    app.include_router(admin_page.router)
+    for router in DASHBOARD_ROUTERS:
+        app.include_router(router)
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
 
     @app.exception_handler(LoginRequired)
