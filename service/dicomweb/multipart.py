@@ -78,7 +78,7 @@ def _headers(raw: bytes) -> dict[str, str]:
     return headers
 
 
-def parse_parts(body: bytes, boundary: str) -> list[BodyPart]:
+def parse_parts(body: bytes | bytearray, boundary: str) -> list[BodyPart]:
     """Split ``body`` at ``boundary``; raise ``MultipartError`` when it is not a complete multipart message."""
     if not boundary or len(boundary) > 70:
         raise MultipartError("the Content-Type needs a boundary parameter of 1-70 characters")

@@ -6,6 +6,7 @@ event. STOW-RS stores through the node's own durable path (``service.dicomweb.st
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import asynccontextmanager
 from typing import Annotated
@@ -16,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CurrentUser, SessionDep, client_address
 from service.api.problems import Problem
-from service.dicomweb.dicom_json import header_json
+from service.dicomweb.dicom_json import attribute, header_json
 from service.dicomweb.multipart import FilePart, MultipartError, encode_parts, media_type_parameters, new_boundary
 from service.dicomweb.multipart import parse_parts
 from service.dicomweb.qido import MAX_LIMIT, QidoError, QidoLevel, parse_qido, search
@@ -37,6 +38,7 @@ Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Skip this many r
 DICOM_JSON = "application/dicom+json"
 MAX_STOW_BYTES = 2 << 30  # one request; larger studies go in several requests (or by C-STORE)
 _STATE_LOCK = threading.Lock()
+LOGGER = logging.getLogger(__name__)
 
 
 @asynccontextmanager
@@ -178,11 +180,21 @@ def _metadata(request: Request, session, user, study_uid: str, series_uid: str |
     if not wants_json(request.headers.get("accept", "")):
         raise Problem(406, "not acceptable", f"metadata is {DICOM_JSON}")
     files = _files(request, session, study_uid, series_uid, sop_uid)
-    body = [header_json(f.path) for f in files]
+    body = [_header_json(f) for f in files]
     record_audit(session, user.name, "dicomweb.metadata.read", study_uid=study_uid,
                  target=sop_uid or series_uid or "", remote_addr=client_address(request),
                  detail={"instances": len(files)})
     return JSONResponse(body, media_type=DICOM_JSON)
+
+
+def _header_json(stored) -> dict:
+    try:
+        return header_json(stored.path)
+    except Exception as exc:  # noqa: BLE001 - one unreadable file must not hide its neighbours' metadata
+        LOGGER.warning("cannot read the header of %s (%s); answering its UIDs only", stored.sop_instance_uid,
+                       exc.__class__.__name__)
+        return {"00080018": attribute("UI", stored.sop_instance_uid), "0020000D": attribute("UI", stored.study_uid),
+                "0020000E": attribute("UI", stored.series_uid)}
 
 
 _DICOM_PARTS = {200: {"content": {'multipart/related; type="application/dicom"': {}}}}
@@ -230,7 +242,7 @@ def instance_metadata(study_uid: StudyUid, series_uid: SeriesUid, sop_instance_u
 # -- STOW-RS ----------------------------------------------------------------------------------------------------------
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request) -> bytearray:
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_STOW_BYTES:
         raise Problem(413, "request too large", f"send at most {MAX_STOW_BYTES} bytes per request")
@@ -239,7 +251,7 @@ async def _read_body(request: Request) -> bytes:
         body += chunk
         if len(body) > MAX_STOW_BYTES:
             raise Problem(413, "request too large", f"send at most {MAX_STOW_BYTES} bytes per request")
-    return bytes(body)
+    return body  # not copied: the parts are views into it
 
 
 async def _stow(request: Request, session, user, study_uid: str | None) -> JSONResponse:
