@@ -150,6 +150,19 @@ def test_failed_logins_lock_the_name_and_then_the_address(api):  # noqa: F811
     assert sum(1 for _, outcome, _ in outcomes if outcome == "failure") == 5
 
 
+def test_a_successful_login_starts_the_names_failure_count_afresh(api):  # noqa: F811
+    base, _, _, app = api
+    app.state.login_throttle = LoginThrottle(max_failures_per_user=3, max_failures_per_address=50)
+
+    def attempt(password: str | None = None) -> int:
+        with httpx.Client(base_url=base) as client:
+            return log_in(client, "rex", password).status_code
+
+    assert [attempt("guess one two"), attempt("guess one two"), attempt()] == [401, 401, 303]
+    # four failures in the window, but only two since the success: the name is not locked
+    assert [attempt("guess one two"), attempt("guess one two"), attempt()] == [401, 401, 303]
+
+
 def test_state_changing_forms_need_the_sessions_csrf_token(api, session_factory):  # noqa: F811
     base, tokens, _, app = api
     study_uid = seed_reviewable_study(session_factory, app.state.settings)
