@@ -2,9 +2,9 @@
 
 Preprocessing, in the bundle's order (inference.json v0.5.4): spacing 1.5 mm (bilinear), crop foreground
 (voxels > 0 HU, margin 10), intensity -963.82..1053.68 -> 0..1 clipped, orientation RAS, float32. Inference: a
-sliding window of 128^3 (overlap 0.3) with the label prompts as ``class_vector``. Postprocessing as the bundle's
-``VistaPostTransformd`` (negative logits are background, argmax among prompts, mapped to the prompts' ids), then
-``Invertd`` with nearest interpolation back to the input grid.
+sliding window of 128^3 (overlap 0.3, gaussian blending, as the bundle's Vista3dInferer) with the label prompts as
+``class_vector``. Postprocessing as the bundle's ``VistaPostTransformd`` (negative logits are background, argmax
+among prompts, mapped to the prompts' ids), then ``Invertd`` with nearest interpolation back to the input grid.
 
 ``image_encoder.encoder`` (the heavy SegResNet encoder) runs on the chosen backend, as MONAI's ``trt_compile``
 does in the bundle's inference_trt.json; the decoder branches and the class head stay in torch.
@@ -12,6 +12,7 @@ does in the bundle's inference_trt.json; the decoder branches and the class head
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -99,6 +100,7 @@ class Vista3DExpert:
         self.overlap = float(self.bundle.value("inferer", "overlap", default=0.3))
         self.spacing = tuple(float(v) for v in self.bundle.value("resample_spacing"))
         self._preprocessing = _preprocessing(self.spacing)
+        self.amp = self.device == "cuda" and Precision(precision) is not Precision.FP32
         logger.info("VISTA3D %s loaded: encoder on %s", self.bundle.version, self.choice.backend)
 
     @property
@@ -139,17 +141,32 @@ class Vista3DExpert:
 
         class_vector = torch.tensor(prompt, dtype=torch.long, device=self.device).unsqueeze(1)
         batch = image.as_tensor().unsqueeze(0).to(self.device)
-        with torch.inference_mode():
-            logits = sliding_window_inference(
+
+        def windows(accumulate_on: str) -> torch.Tensor:
+            # As the bundle's Vista3dInferer: gaussian blending, logits transposed to (1, prompts, ...).
+            return sliding_window_inference(
                 batch,
                 roi_size=self.patch_size,
                 sw_batch_size=1,
                 predictor=self.network,
                 overlap=self.overlap,
-                mode="constant",
+                mode="gaussian",
+                sw_device=self.device,
+                device=accumulate_on,
                 class_vector=class_vector,
                 transpose=True,
             )
+
+        # The bundle evaluates with amp on CUDA: the torch part (decoders, class head) under fp16 autocast too.
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.amp else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
+            try:
+                logits = windows(self.device)
+            except torch.cuda.OutOfMemoryError:
+                # The bundle's inferer does the same: keep the windows on the GPU, stitch them in host memory.
+                torch.cuda.empty_cache()
+                logger.warning("VISTA3D: GPU memory exhausted stitching %s prompts; stitching on the CPU", len(prompt))
+                logits = windows("cpu")
         return logits[0].float().cpu()  # (prompts, X, Y, Z)
 
     def _postprocess(self, logits: torch.Tensor, prompt: tuple[int, ...], data: dict) -> np.ndarray:
