@@ -27,10 +27,12 @@ LOGGER = logging.getLogger(__name__)
 
 
 class ReportObjectCatalog:
-    """``dicom_node.qr.ObjectCatalog`` over the reports table: every DICOM object a report lists whose file exists."""
+    """``dicom_node.qr.ObjectCatalog`` over the reports table: every DICOM object a report lists whose file exists
+    inside ``results_dir`` (where the pipeline and the review write them; a row naming any other file is ignored)."""
 
-    def __init__(self, session_factory: sessionmaker[Session]) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], results_dir: Path) -> None:
         self._session_factory = session_factory
+        self._root = Path(results_dir).resolve()
 
     def held_objects(self, study_uids: Sequence[str] | None = None) -> list[HeldObject]:
         query = select(Study.study_uid, Report.objects).join(Study, Study.id == Report.study_id).order_by(Report.id)
@@ -43,8 +45,10 @@ class ReportObjectCatalog:
             for value in (objects or {}).values():
                 if not isinstance(value, dict) or not {"path", "sop_instance_uid", "sop_class_uid"} <= value.keys():
                     continue  # e.g. "revisions" (a counter) or "overlay_png" (a path to a picture)
-                path = Path(value["path"])
-                if path.is_file():
+                path = Path(value["path"]).resolve()
+                if not path.is_relative_to(self._root):
+                    LOGGER.warning("report of study %s lists a file outside %s; not offered", study_uid, self._root)
+                elif path.is_file():
                     held[value["sop_instance_uid"]] = HeldObject(study_uid, value["sop_instance_uid"],
                                                                  value["sop_class_uid"], path)
         return list(held.values())
@@ -75,5 +79,5 @@ class QueryRetrieveAudit:
 
 def build_query_retrieve(settings: Settings, session_factory: sessionmaker[Session]) -> QueryRetrieveScp:
     """The Query/Retrieve SCP for ``DicomNode``: results from the database, moves only to ``DESTINATIONS``."""
-    return QueryRetrieveScp(ReportObjectCatalog(session_factory), settings.destinations,
+    return QueryRetrieveScp(ReportObjectCatalog(session_factory, settings.results_dir), settings.destinations,
                             ae_title=settings.dicom_ae_title, observer=QueryRetrieveAudit(session_factory))

@@ -2,12 +2,11 @@
 
 They belong to the studies the node received, so QIDO-RS lists them beside the received series and WADO-RS returns
 them; which exist comes from ``reports.objects``, their series and attributes from their own headers (read once,
-cached). A listed file outside ``HOME/results`` is never served.
+cached). A listed file outside ``HOME/results`` is never served (``ReportObjectCatalog`` leaves it out).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,6 @@ from service.dicomweb.query_retrieve import ReportObjectCatalog
 from service.dicomweb.wado import StoredFile
 
 __all__ = ["ResultInstance", "ResultInstances", "RESULT_MATCHED_KEYS"]
-
-LOGGER = logging.getLogger(__name__)
 
 # QIDO keys matched on a result's own attributes (study-level keys are matched on its study, in SQL).
 RESULT_MATCHED_KEYS = {
@@ -62,9 +59,8 @@ class ResultInstances:
     """Reads which result objects exist and their headers; thread-safe, one per app (its header cache is shared)."""
 
     def __init__(self, session_factory: sessionmaker[Session], results_dir: Path) -> None:
-        self._catalog = ReportObjectCatalog(session_factory)
+        self._catalog = ReportObjectCatalog(session_factory, results_dir)  # which keeps to results_dir
         self._headers = ObjectHeaders()
-        self._root = Path(results_dir).resolve()
 
     def of_studies(self, study_uids: Sequence[str] | None, filters: dict[str, list[str]] | None = None
                    ) -> list[ResultInstance]:
@@ -73,10 +69,6 @@ class ResultInstances:
             return []
         found = []
         for obj in self._headers.index(self._catalog.held_objects(study_uids)):
-            path = obj.held.path.resolve()
-            if not path.is_relative_to(self._root):
-                LOGGER.warning("result %s is listed outside %s; not served", obj.held.sop_instance_uid, self._root)
-                continue
             header = obj.header
             meta = getattr(header, "file_meta", None)
             instance = ResultInstance(
@@ -84,7 +76,7 @@ class ResultInstances:
                 sop_class_uid=obj.held.sop_class_uid,
                 transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
                 modality=_text(header, "Modality"), series_number=_text(header, "SeriesNumber"),
-                series_description=_text(header, "SeriesDescription"), body_part_examined="", path=path,
+                series_description=_text(header, "SeriesDescription"), body_part_examined="", path=obj.held.path,
             )
             if instance.series_uid and instance.matches(filters or {}):
                 found.append(instance)

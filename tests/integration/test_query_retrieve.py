@@ -5,6 +5,7 @@ The result objects are real draft SR and SEG written by ``dicom_node.results`` f
 
 from __future__ import annotations
 
+import copy
 import subprocess
 from pathlib import Path
 
@@ -35,13 +36,18 @@ def _write_results(folder: Path) -> dict:
     seg = build_segmentation(case.content.findings, case.uids, now=FIXED_TIME)
     draft = build_draft_report(case.content, case.uids, segmentation=seg, now=FIXED_TIME)
     folder.mkdir(parents=True)
-    objects = {}
+    objects: dict = {}
     for kind, dataset in (("sr", draft), ("seg", seg)):
         path = folder / f"{kind}.dcm"
         dataset.save_as(path, enforce_file_format=True)
         objects[kind] = {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID),
                          "sop_class_uid": str(dataset.SOPClassUID)}
     objects["overlay_png"] = str(folder / "overlay.png")  # not a DICOM object: Q/R must skip it
+    stray = copy.deepcopy(draft)  # a real DICOM file, but outside HOME/results: never offered
+    stray.SOPInstanceUID = pydicom.uid.generate_uid()
+    stray.save_as(folder.parent.parent / "stray.dcm", enforce_file_format=True)
+    objects["verified"] = {"path": str(folder / ".." / ".." / "stray.dcm"), "sop_instance_uid": stray.SOPInstanceUID,
+                           "sop_class_uid": str(stray.SOPClassUID)}
     objects["revisions"] = 0
     return {"study_uid": case.study.study_instance_uid, "objects": objects, "sr": draft, "seg": seg}
 
@@ -74,11 +80,11 @@ def store_peer(tmp_path):
 
 @pytest.fixture
 def qr_node(tmp_path, session_factory, store_peer):
-    results = _write_results(tmp_path / "results")
-    _seed(session_factory, results)
     port, _ = store_peer
     settings = node_settings(tmp_path / "home", dicom_allowed_aes=",".join(CALLERS),
                              destinations=f"STORESCP@127.0.0.1:{port}")
+    results = _write_results(settings.results_dir / "run-1")
+    _seed(session_factory, results)
     recorder = DatabaseRecorder(session_factory).start()
     node = DicomNode(settings, recorder, query_retrieve=build_query_retrieve(settings, session_factory))
     node.start()
