@@ -135,13 +135,23 @@ def test_findscu_study_and_series_level(qr_node, tmp_path, session_factory):
     assert series["SR"].SeriesInstanceUID == results["sr"].SeriesInstanceUID
     assert series["SEG"].SeriesInstanceUID == results["seg"].SeriesInstanceUID
 
+    image_dir = tmp_path / "find-image"
+    image_dir.mkdir()
+    found = _run("findscu", node.port, ["QueryRetrieveLevel=IMAGE", f"StudyInstanceUID={results['study_uid']}",
+                                        "PatientName=" + str(results["sr"].PatientName)[:4].lower() + "*",
+                                        "SOPClassUID", "SOPInstanceUID"],
+                 "-X", "-od", str(image_dir), calling_ae="FINDSCU")
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert sorted(ds.SOPInstanceUID for ds in _responses(image_dir)) == sorted(
+        [results["sr"].SOPInstanceUID, results["seg"].SOPInstanceUID])
+
     nothing_dir = tmp_path / "find-none"
     nothing_dir.mkdir()
     found = _run("findscu", node.port, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID=1.2.3.4"], "-X", "-od",
                  str(nothing_dir), calling_ae="FINDSCU")
     assert found.returncode == 0 and _responses(nothing_dir) == []
     events = [e for e in _audit(session_factory) if e.action == "dicom.find"]
-    assert [e.actor for e in events] == ["dicom:FINDSCU"] * 3
+    assert [e.actor for e in events] == ["dicom:FINDSCU"] * 4
     assert events[0].study_uid == results["study_uid"] and events[0].detail["matches"] == 1
 
 
