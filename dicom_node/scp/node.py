@@ -180,6 +180,10 @@ class DicomNode:
         if receivers > 1:
             from dicom_node.scp.receivers import NodeConfig, ReceiverPool
 
+            if self._query_retrieve is not None:
+                LOGGER.warning("DICOM_RECEIVERS=%d: the receiving processes serve storage only; Query/Retrieve needs "
+                               "DICOM_RECEIVERS=1", receivers)
+
             self._pool = ReceiverPool(NodeConfig.from_settings(settings), self._recorder, receivers)
             self._pool.start()
             self._log_started(tls=settings.dicom_tls is not None, receivers=receivers)
