@@ -158,3 +158,32 @@ def test_models_demo_writes_every_model_in_its_real_format(tmp_path):
     assert json.loads((models.vista3d / "configs" / "inference.json").read_text())["patch_size"] == [128, 128, 128]
     assert json.loads((models.brats / "configs" / "inference.json").read_text())["inferer"]["roi_size"] == [240, 240, 160]
     assert all(model.demo for model in models.installed())
+
+
+def test_engines_build_builds_every_installed_network_and_list_shows_them(tmp_path, monkeypatch):
+    """In-process, with the recording TensorRT stand-in (tests/support/tensorrt_standin) in place of TensorRT."""
+    from typer.testing import CliRunner
+
+    from engines.backends.tensorrt import TensorRTRuntime
+    from engines.experts.labels import CXR_MODEL_PATHOLOGIES, CXR_MODEL_RESOLUTION
+    from service.cli.main import app
+    from tests.support.tensorrt_standin import install_standin
+
+    models = ModelsDirectory(tmp_path / "models")
+    write_brats_demo(models.brats, init_filters=8, roi_size=(16, 16, 16))
+    name = "densenet121-res224-all"
+    write_cxr_ensemble(models.cxr, {name: tiny_cxr_network(name)}, resolutions=CXR_MODEL_RESOLUTION,
+                       pathologies=CXR_MODEL_PATHOLOGIES, groups={}, version="t", demo=True)  # fmt: skip
+    standin = install_standin(monkeypatch, "10.9.0")
+    monkeypatch.setattr(TensorRTRuntime, "detect", classmethod(lambda cls: cls(trt=standin, compute_capability="8.9")))
+    monkeypatch.setenv("M3EDGE_HOME", str(tmp_path))
+    runner = CliRunner()
+    first = runner.invoke(app, ["engines", "build", "--precision", "fp16"])
+    assert first.exit_code == 0, first.output
+    assert "brats: built" in first.output and f"cxr.{name}: built" in first.output
+    assert len([call for call in standin.calls if call[0] == "Builder.build_serialized_network"]) == 2
+    again = runner.invoke(app, ["engines", "build"])
+    assert "brats: cached" in again.output
+    assert len([call for call in standin.calls if call[0] == "Builder.build_serialized_network"]) == 2
+    listed = runner.invoke(app, ["models", "list"])
+    assert "brats fp16 TRT 10.9.0 sm8.9" in listed.output
