@@ -8,11 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
+from playwright import sync_api as playwright_api
 
 from tests.integration.api.conftest import api  # noqa: F401  (the running API fixture)
 from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="the test extra installs playwright")
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
