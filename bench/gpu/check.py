@@ -97,7 +97,8 @@ def _section(summary: dict, name: str, run, out_dir: Path) -> None:
     try:
         summary[name] = run()
     except Exception as exc:  # one part's failure must not hide the others' results
-        summary.setdefault("errors", {})[name] = f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+        summary.setdefault("errors", {})[name] = f"{exc.__class__.__name__}: {first_line}"
     summary.setdefault("section_seconds", {})[name] = time.monotonic() - started
     summary["elapsed_s"] = time.monotonic() - summary["_started"]
     write_summary({k: v for k, v in summary.items() if not k.startswith("_")}, out_dir)
@@ -178,7 +179,8 @@ def _backend_agreement(out_dir: Path, dry_run: bool, budget: Budget) -> dict:
     models_dir = home / "models"
     started = time.monotonic()
     write_models(models_dir, tiny=dry_run)
-    result: dict = {"models_written_s": time.monotonic() - started,"candidate": "onnxruntime (dry run: stands in for tensorrt)" if dry_run else "tensorrt"}
+    result: dict = {"models_written_s": time.monotonic() - started,
+                    "candidate": "onnxruntime (dry run: stands in for tensorrt)" if dry_run else "tensorrt"}
     if not dry_run:
         result["engine_build"] = build_engines(home)
         if result["engine_build"]["exit_status"] != 0:
@@ -195,6 +197,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-s", type=float, default=420.0, help="time for everything (default 420 s)")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the gpu marker tests")
     args = parser.parse_args(argv)
+    from bench.gpu.wheels import missing_distributions
+
+    missing = missing_distributions()
+    if missing:
+        raise SystemExit(f"missing Python packages: {', '.join(missing)}. Pack them where there is a package index with "
+                         "`bench/gpu_check.sh --pack-wheels bench/out/wheelhouse 3.11 3.12` and run "
+                         "`bench/gpu_check.sh --wheelhouse bench/out/wheelhouse` here")
     summary = run_check(args.out, args.dry_run, args.budget_s, run_tests=not args.skip_tests)
     print(f"[gpu-check] wrote {args.out / 'gpu_check.json'} and gpu_check.md in {summary['elapsed_s']:.0f} s"
           f"{'; errors in ' + ', '.join(summary['errors']) if summary.get('errors') else ''}", file=sys.stderr)

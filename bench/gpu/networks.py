@@ -28,6 +28,8 @@ class ExpertNetwork:
     example: Callable[[], torch.Tensor]  # seeded input of realistic content
     decide: Callable[[torch.Tensor], np.ndarray]  # output -> labels (segmentation) or 0/1 per class
     labels: tuple[int, ...] = ()  # segmentation labels Dice is reported for
+    parity_example: Callable[[], torch.Tensor] | None = None  # a smaller input for parity (the CPU reference is slow)
+    cuda_graph_obstacle: str = ""  # why the forward cannot be captured in a CUDA graph, where it cannot
 
 
 class _Vista3DWithPrompts(torch.nn.Module):
@@ -131,11 +133,14 @@ def expert_networks(tiny: bool) -> list[ExpertNetwork]:
             _seeded(11, lambda: SegResNet(blocks_down=[1, 2, 2, 4], blocks_up=[1, 1, 1], init_filters=filters,
                                           in_channels=4, out_channels=3)),
             _mri_window(brats_window), _brats_labels, labels=(1, 2, 4),
+            parity_example=_mri_window(brats_window if tiny else (128, 128, 96)),
         ),
         ExpertNetwork(
             "vista3d", "segmentation",
             _seeded(10, lambda: _Vista3DWithPrompts(vista3d132(encoder_embed_dim=embed, in_channels=1), VISTA3D_PROMPTS)),
             _ct_window(vista_window), _vista3d_labels, labels=VISTA3D_PROMPTS,
+            parity_example=_ct_window(vista_window if tiny else (96, 96, 96)),
+            cuda_graph_obstacle="MONAI's VISTA3D.forward calls torch.cuda.empty_cache(), which capture does not allow",
         ),
     ]
 

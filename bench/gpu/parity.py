@@ -23,7 +23,7 @@ def _forward(network: torch.nn.Module, example: torch.Tensor, device: str, amp_d
 
 def network_parity(spec: ExpertNetwork, device: str, amp_dtype: torch.dtype, warmup: bool = True) -> dict:
     """The reference runs in fp32 on the CPU; the candidate on ``device`` under autocast ``amp_dtype``."""
-    example = spec.example()
+    example = (spec.parity_example or spec.example)()
     network = spec.build()
     calibrate_batch_norm(network, example, device, passes=2 if warmup else 1)
     reference_network = copy.deepcopy(network).to("cpu").float()

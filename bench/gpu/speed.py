@@ -78,6 +78,8 @@ def network_speed(spec: ExpertNetwork, device: str, amp_dtype: torch.dtype, repe
         pass
     elif not device.startswith("cuda"):
         result["cuda_graph"] = "not applicable: CUDA graphs need a CUDA device"
+    elif spec.cuda_graph_obstacle:
+        result["cuda_graph"] = f"not applicable: {spec.cuda_graph_obstacle}"
     elif (reason := allow("cuda_graph")) is not None:
         result["cuda_graph"] = reason
     else:
