@@ -83,6 +83,7 @@ def test_reviewer_logs_in_opens_a_draft_sees_the_overlay_and_approves_it(api, se
     overlay.wait_for()
     assert page.evaluate("() => document.getElementById('overlay-image').naturalWidth") == 96  # decoded PNG
     assert page.locator("#report-status").inner_text() == "draft"
+    assert "DRAFT for review by a qualified reader" in page.locator("#report-notice").inner_text()
     assert "hepatic lesion" in page.locator("#narrative").inner_text()
     assert "VISTA3D" in page.locator("#transcript").inner_text()
     assert "liver" in page.locator("#findings").inner_text()
@@ -93,6 +94,7 @@ def test_reviewer_logs_in_opens_a_draft_sees_the_overlay_and_approves_it(api, se
     assert page.locator("#report-status").inner_text() == "approved"
     assert "Approved" in page.locator("#review-message").inner_text()
     assert "Reviewed by rex" in page.locator("#reviewed-by").inner_text()
+    assert "approved by rex" in page.locator("#report-notice").inner_text()
     page.screenshot(path=str(ARTIFACTS / f"04-study-approved-{database}.png"), full_page=True)
 
     page.click("nav >> text=Worklist")
