@@ -92,7 +92,8 @@ class ObjectHeaders:
         try:
             header = dcmread(path, stop_before_pixels=True, specific_tags=list(HEADER_KEYWORDS))
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for a corrupt file; all mean "skip it"
-            LOGGER.warning("cannot read the header of %s (%s); left out of Query/Retrieve", path, exc.__class__.__name__)
+            LOGGER.warning("cannot read the header of %s (%s); left out of Query/Retrieve", path,
+                           exc.__class__.__name__)
             return None
         with self._lock:
             if len(self._cache) >= self._max_entries:

@@ -1,4 +1,4 @@
-"""``multipart/related`` (RFC 2387) as DICOMweb uses it: parts written from files for WADO-RS, parts read for STOW-RS."""
+"""``multipart/related`` (RFC 2387) as DICOMweb uses it: parts written from files (WADO-RS), parts read (STOW-RS)."""
 
 from __future__ import annotations
 

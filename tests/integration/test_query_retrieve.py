@@ -116,8 +116,8 @@ def test_findscu_study_and_series_level(qr_node, tmp_path, session_factory):
     node, results = qr_node
     study_dir, series_dir = tmp_path / "find-study", tmp_path / "find-series"
     study_dir.mkdir(), series_dir.mkdir()
-    found = _run("findscu", node.port, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID", "ModalitiesInStudy",
-                                        "NumberOfStudyRelatedInstances", "StudyDate=19000101-"],
+    found = _run("findscu", node.port, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID", "PatientID",
+                                        "ModalitiesInStudy", "NumberOfStudyRelatedInstances", "StudyDate=19000101-"],
                  "-X", "-od", str(study_dir), calling_ae="FINDSCU")
     assert found.returncode == 0, found.stdout + found.stderr
     (study,) = _responses(study_dir)

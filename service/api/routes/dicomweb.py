@@ -269,7 +269,8 @@ async def _stow(request: Request, session, user, study_uid: str | None) -> JSONR
     for part in parts:
         part_type, _ = media_type_parameters(part.content_type or "application/dicom")
         if part_type != "application/dicom":
-            raise Problem(415, "unsupported media type", f"a part is {part_type!r}; every part must be application/dicom")
+            raise Problem(415, "unsupported media type",
+                          f"a part is {part_type!r}; every part must be application/dicom")
     result = await run_in_threadpool(_receiver(request.app).store, [p.content for p in parts], study_uid)
     by_study: dict[str, int] = {}
     for stored in result.stored:
