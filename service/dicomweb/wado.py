@@ -7,6 +7,7 @@ syntax other than the stored one is answered 406 unless it accepts any (``transf
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from service.db.models import Instance, Series, Study
 from service.dicomweb.multipart import media_type_parameters
 
 __all__ = ["StoredFile", "stored_files", "NotAcceptable", "wanted_transfer_syntax", "wants_json"]
+
+LOGGER = logging.getLogger(__name__)
 
 
 class NotAcceptable(ValueError):
@@ -48,6 +51,10 @@ def stored_files(session: Session, spool: Path, study_uid: str, series_uid: str 
         path = (root / instance.path).resolve()
         if not path.is_relative_to(root):  # a row can only come from the spool writer; refuse anything else
             raise PermissionError(f"instance {instance.sop_instance_uid} points outside the spool")
+        if not path.is_file():
+            LOGGER.warning("instance %s is recorded but its file is gone from the spool; not served",
+                           instance.sop_instance_uid)
+            continue
         files.append(StoredFile(study, series, instance.sop_instance_uid, instance.transfer_syntax_uid, path))
     return files
 

@@ -159,8 +159,13 @@ def test_wado_returns_instances_byte_exact_and_their_metadata(service, session_f
     with pytest.raises(HTTPError, match="404"):
         client.retrieve_instance(ct.study_instance_uid, series_uid, "1.2.3.4")
 
+    with session_factory() as session:  # a file purged from the spool behind the catalogue's back is left out
+        gone = session.scalars(select(Instance.path).where(Instance.sop_instance_uid == original.SOPInstanceUID)).one()
+    (service["settings"].spool_dir / gone).unlink()
+    assert len(client.retrieve_series(ct.study_instance_uid, series_uid)) == len(ct.all_instances) - 1
+
     actions = _actions(session_factory)
-    assert actions.count("dicomweb.instance.read") == 3 and actions.count("dicomweb.metadata.read") == 2
+    assert actions.count("dicomweb.instance.read") == 4 and actions.count("dicomweb.metadata.read") == 2
     with session_factory() as session:
         event = session.scalars(select(AuditEvent).where(AuditEvent.action == "dicomweb.instance.read")).first()
     assert event.study_uid == ct.study_instance_uid and event.remote_addr == "127.0.0.1"
