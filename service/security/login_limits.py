@@ -16,6 +16,7 @@ a locked name does not extend its lock-out.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -29,7 +30,9 @@ __all__ = ["LOGIN_ACTION", "LoginOutcome", "LoginThrottle", "LoginLockout"]
 LOGIN_ACTION = "ui.login"
 
 
-class LoginOutcome:
+class LoginOutcome(str, enum.Enum):
+    """The audit outcome of a log-in attempt."""
+
     SUCCESS = "success"
     FAILURE = "failure"
     LOCKED = "locked"
@@ -71,7 +74,7 @@ class LoginThrottle:
         since = now - self.window
         last_success = session.execute(
             select(func.max(AuditEvent.at)).where(AuditEvent.action == LOGIN_ACTION, AuditEvent.actor == name[:64],
-                                                  AuditEvent.outcome == LoginOutcome.SUCCESS, AuditEvent.at >= since)
+                                                  AuditEvent.outcome == LoginOutcome.SUCCESS.value, AuditEvent.at >= since)
         ).scalar_one()
         user_since = max(since, _aware(last_success)) if last_success is not None else since
         checks = (
@@ -81,7 +84,7 @@ class LoginThrottle:
         for scope, condition, start, limit in checks:
             # the limit-th most recent failure: while it is inside the window, the name or address is locked
             pivot = session.execute(
-                select(AuditEvent.at).where(AuditEvent.action == LOGIN_ACTION, AuditEvent.outcome == LoginOutcome.FAILURE,
+                select(AuditEvent.at).where(AuditEvent.action == LOGIN_ACTION, AuditEvent.outcome == LoginOutcome.FAILURE.value,
                                             AuditEvent.at > start, condition)
                 .order_by(AuditEvent.at.desc()).offset(limit - 1).limit(1)
             ).scalar_one_or_none()

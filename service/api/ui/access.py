@@ -11,6 +11,7 @@ from typing import Annotated
 from urllib.parse import parse_qs, quote
 
 from fastapi import Depends, Request
+from sqlalchemy.orm import Session
 
 from service.api.deps import SessionDep, client_address
 from service.db.models import Role
@@ -108,7 +109,7 @@ async def form_fields(request: Request) -> dict[str, str]:
 FormFields = Annotated[dict[str, str], Depends(form_fields)]
 
 
-def require_csrf(request: Request, form: dict[str, str], user: Principal, session) -> None:
+def require_csrf(request: Request, form: dict[str, str], user: Principal, session: Session) -> None:
     """Refuse (and audit) a state-changing post whose CSRF token is not the one bound to the session cookie."""
     if request.app.state.sessions.check_csrf(request, form.get("csrf_token", "")):
         return

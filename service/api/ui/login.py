@@ -61,17 +61,17 @@ def login(request: Request, form: FormFields, session: SessionDep):
         return _login_page(request, next_path=next_path, name=name, status=400, message="Enter your name and password.")
     lockout = request.app.state.login_throttle.lockout(session, name, address)
     if lockout is not None:
-        record_audit(session, name, LOGIN_ACTION, outcome=LoginOutcome.LOCKED, remote_addr=address,
+        record_audit(session, name, LOGIN_ACTION, outcome=LoginOutcome.LOCKED.value, remote_addr=address,
                      detail={"scope": lockout.scope})
         return _login_page(request, next_path=next_path, name=name, status=429, message=lockout.message,
                            headers={"Retry-After": str(lockout.retry_after_s)})
     principal = authenticate_password(session, name, password)
     if principal is None:
-        record_audit(session, name, LOGIN_ACTION, outcome=LoginOutcome.FAILURE, remote_addr=address)
+        record_audit(session, name, LOGIN_ACTION, outcome=LoginOutcome.FAILURE.value, remote_addr=address)
         return _login_page(request, next_path=next_path, name=name, status=401,
                            message="Wrong name or password (or no dashboard password is set for this user).")
     password_hash = session.execute(select(User.password_hash).where(User.id == principal.user_id)).scalar_one()
-    record_audit(session, principal.name, LOGIN_ACTION, outcome=LoginOutcome.SUCCESS, remote_addr=address)
+    record_audit(session, principal.name, LOGIN_ACTION, outcome=LoginOutcome.SUCCESS.value, remote_addr=address)
     response = RedirectResponse(next_path, status_code=303)
     request.app.state.sessions.login(response, principal, password_hash)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/ui/login")
