@@ -72,9 +72,10 @@ class LoginThrottle:
         """The lock-out in force for this name or address, or None when the attempt may check its password."""
         now = utcnow()
         since = now - self.window
+        attempts = AuditEvent.action == LOGIN_ACTION
         last_success = session.execute(
-            select(func.max(AuditEvent.at)).where(AuditEvent.action == LOGIN_ACTION, AuditEvent.actor == name[:64],
-                                                  AuditEvent.outcome == LoginOutcome.SUCCESS.value, AuditEvent.at >= since)
+            select(func.max(AuditEvent.at)).where(attempts, AuditEvent.actor == name[:64], AuditEvent.at >= since,
+                                                  AuditEvent.outcome == LoginOutcome.SUCCESS.value)
         ).scalar_one()
         user_since = max(since, _aware(last_success)) if last_success is not None else since
         checks = (
@@ -84,8 +85,8 @@ class LoginThrottle:
         for scope, condition, start, limit in checks:
             # the limit-th most recent failure: while it is inside the window, the name or address is locked
             pivot = session.execute(
-                select(AuditEvent.at).where(AuditEvent.action == LOGIN_ACTION, AuditEvent.outcome == LoginOutcome.FAILURE.value,
-                                            AuditEvent.at > start, condition)
+                select(AuditEvent.at)
+                .where(attempts, AuditEvent.outcome == LoginOutcome.FAILURE.value, AuditEvent.at > start, condition)
                 .order_by(AuditEvent.at.desc()).offset(limit - 1).limit(1)
             ).scalar_one_or_none()
             if pivot is not None:

@@ -1,6 +1,6 @@
 """The dashboard in a real headless Chromium (Playwright driving the system's /usr/bin/chromium; nothing downloaded):
-log in, watch the worklist refresh itself, open a study with a draft, see the overlay, approve it, see the status change,
-and open the admin page; screenshots go to test-artifacts/dashboard/; the browser must log no console error."""
+log in, watch the worklist refresh itself, open a study with a draft, see the overlay, approve it, see the status
+change, and open the admin page; screenshots go to test-artifacts/dashboard/; the browser must log no console error."""
 
 from __future__ import annotations
 

@@ -303,7 +303,8 @@ def test_admin_page_shows_health_queues_throughput_failures_and_echoes_destinati
         assert failed_uid in page.text and "worker-1@edge" in page.text
         token = CSRF_FIELD.search(page.text).group(1)
         good = client.post("/ui/admin/echo", data={"destination": "0", "csrf_token": token})
-        assert good.status_code == 200 and re.search(r'id="echo-result">C-ECHO PACS@[^:]+:\d+: C-ECHO answered', good.text)
+        assert good.status_code == 200
+        assert re.search(r'id="echo-result">C-ECHO PACS@[^:]+:\d+: C-ECHO answered', good.text)
         down = client.post("/ui/admin/echo", data={"destination": "1", "csrf_token": token})
         assert "cannot connect to DOWN@" in down.text
         assert client.post("/ui/admin/echo", data={"destination": "7", "csrf_token": token}).status_code == 400

@@ -87,7 +87,8 @@ class NodeHealth:
         echo = echo_destination(self.settings.dicom_ae_title,
                                 DicomAddress(self.settings.dicom_ae_title, "127.0.0.1", port))
         if echo.state == "ok":
-            return HealthCheck("DICOM SCP", "ok", f"{self.settings.dicom_ae_title} listens on port {port}; {echo.detail}")
+            return HealthCheck("DICOM SCP", "ok",
+                               f"{self.settings.dicom_ae_title} listens on port {port}; {echo.detail}")
         return HealthCheck("DICOM SCP", "warning", f"port {port} accepts connections but C-ECHO to our own AE failed: "
                                                    f"{echo.detail}")
 
@@ -106,7 +107,8 @@ class NodeHealth:
             exists = Path(url.split(":///", 1)[-1]).exists()
             return HealthCheck("Broker", "ok", "embedded: a SQLite file in HOME"
                                + ("" if exists else " (created when the first task is sent)"))
-        host, port = parts.hostname or "localhost", parts.port or {"redis": 6379, "rediss": 6379}.get(parts.scheme, 5672)
+        default_port = 6379 if parts.scheme.startswith("redis") else 5672
+        host, port = parts.hostname or "localhost", parts.port or default_port
         refused = _tcp_open(host, port)
         shown = f"{parts.scheme}://{host}:{port}"  # never the credentials in the URL
         if refused is not None:
