@@ -23,8 +23,9 @@
 # Wheels a CUDA PyTorch machine typically lacks (it has torch, numpy, jinja2, sympy, networkx, filelock, fsspec,
 # typing-extensions): monai, transformers, tokenizers, safetensors, huggingface-hub (+ hf-xet, httpx2, httpcore2,
 # anyio, h11, idna, click, typer, rich, pydantic, ...), regex, pyyaml, tqdm, packaging, pytest (+ pluggy, iniconfig,
-# pygments). `python -m bench.gpu.wheels list` prints the exact pinned set (the versions this checkout runs with);
-# pack them, for CPython 3.11 and 3.12 (about 35 MiB; a lent machine takes 64 MiB), with:
+# pygments, pytest-timeout) and what the suite's conftest imports (pydicom, sqlalchemy, alembic, mako).
+# `python -m bench.gpu.wheels list` prints the exact pinned set (the versions this checkout runs with); pack them,
+# for CPython 3.11 and 3.12 (about 46 MiB; a lent machine takes 64 MiB; 3.10 is out, m3edge needs 3.11+), with:
 #   bench/gpu_check.sh --pack-wheels bench/out/wheelhouse 3.11 3.12
 # and install them there (no index, into bench/out/site, put on PYTHONPATH) with --wheelhouse bench/out/wheelhouse.
 #
