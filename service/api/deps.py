@@ -40,6 +40,9 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+_SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
 def current_user(request: Request, session: SessionDep) -> Principal:
     """A bearer token (API) or the dashboard's session cookie; 401 otherwise."""
     header = request.headers.get("authorization", "")
@@ -48,7 +51,13 @@ def current_user(request: Request, session: SessionDep) -> Principal:
     if scheme.lower() == "bearer" and token.strip():
         principal = authenticate_token(session, token.strip())
     elif not header:
-        principal = request.app.state.sessions.principal(request, session)
+        sessions = request.app.state.sessions
+        principal = sessions.principal(request, session)
+        if principal is not None and request.method not in _SAFE_METHODS:
+            # A browser session changing state through the JSON API must prove it is our page (CSRF).
+            if not sessions.check_csrf(request, request.headers.get("x-csrf-token", "")):
+                raise Problem(403, "CSRF token missing or wrong",
+                              "send the session's CSRF token in the X-CSRF-Token header (or use a bearer token)")
     if principal is None:
         raise Problem(401, "not authenticated", "send 'Authorization: Bearer <token>' (m3edge users add prints one)",
                       headers={"WWW-Authenticate": "Bearer"})

@@ -150,6 +150,9 @@ def search_series_instances(study_uid: StudyUid, series_uid: SeriesUid, request:
 def _files(request: Request, session, study_uid: str, series_uid: str | None, sop_uid: str | None):
     files = stored_files(session, request.app.state.settings.spool_dir, study_uid, series_uid, sop_uid)
     files += _results(request.app).files(study_uid, series_uid, sop_uid)
+    missing = [f for f in files if not f.path.is_file()]
+    if missing:  # checked before streaming starts: a half-sent multipart body cannot carry an error
+        raise Problem(410, "gone", f"{len(missing)} instance(s) under this URL are no longer in the spool")
     if not files:
         raise Problem(404, "not found", "nothing held under this URL (search with QIDO-RS for what is)")
     return files

@@ -82,3 +82,26 @@ def test_audit_log_is_append_only_in_the_database(api, session_factory):
     with pytest.raises(Exception, match="append-only"):
         with session_scope(session_factory) as session:
             session.execute(text("DELETE FROM audit_events"))
+
+
+def test_a_browser_session_needs_the_csrf_token_to_change_state_through_the_api(api, session_factory):
+    from fastapi import Response as FastApiResponse
+
+    from service.db.models import User
+    from service.security.users import principal_of
+
+    base, _, _, app = api
+    with session_scope(session_factory) as session:
+        user = session.query(User).filter_by(name="rex").one()
+        response = FastApiResponse()
+        csrf = app.state.sessions.login(response, principal_of(user), user.password_hash)
+    cookie = response.headers["set-cookie"].split(";")[0]
+    with httpx.Client(base_url=base, headers={"Cookie": cookie}) as client:
+        assert client.get("/api/v1/studies").status_code == 200  # reading with the session is fine
+        body = {"from_stage": "plan"}
+        refused = client.post("/api/v1/studies/1.2.3/reprocess", json=body)
+        assert refused.status_code == 403 and "CSRF" in refused.json()["title"]
+        wrong = client.post("/api/v1/studies/1.2.3/reprocess", json=body, headers={"X-CSRF-Token": "forged"})
+        assert wrong.status_code == 403
+        allowed = client.post("/api/v1/studies/1.2.3/reprocess", json=body, headers={"X-CSRF-Token": csrf})
+        assert allowed.status_code == 404  # past authentication: the study does not exist
