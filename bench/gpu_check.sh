@@ -11,8 +11,9 @@
 #      weights and peak memory, time to first token, tokens/s, eager and torch.compile
 #   5. where TensorRT is importable (a real deployment): `m3edge engines build`, then each expert with tensorrt vs
 #      torch: inference time, Dice per label (VISTA3D, BraTS), classification agreement (CXR)
-# A time budget (default 420 s) skips the costly optional steps (compiles) that would not fit, and says so; the
-# run is also cut at 470 s, and the summary written after every part survives that.
+# A time budget (default 390 s) skips the costly optional steps (compiles) that would not fit, and says so; the
+# run is also cut at 440 s (plus about 30 s to install a wheelhouse), and the summary written after every part
+# survives that.
 #
 # Usage:
 #   bench/gpu_check.sh [--out DIR] [--budget-s S] [--skip-tests] [--wheelhouse DIR]   the real run (needs CUDA)
@@ -76,4 +77,4 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 TO
 if [ "${dry_run}" -eq 1 ]; then
   exec "${python}" -m bench.gpu "${args[@]}"
 fi
-exec timeout --signal=TERM --kill-after=10 470 "${python}" -m bench.gpu "${args[@]}"
+exec timeout --signal=TERM --kill-after=10 440 "${python}" -m bench.gpu "${args[@]}"

@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny shapes: the whole run in a few tens of seconds")
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT") or ROOT / "bench" / "out" / "gpu_check"),
                         help="where gpu_check.json and gpu_check.md go (default: $OUT, else bench/out/gpu_check)")
-    parser.add_argument("--budget-s", type=float, default=420.0, help="time for everything (default 420 s)")
+    parser.add_argument("--budget-s", type=float, default=390.0, help="time for everything (default 390 s)")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the gpu marker tests")
     args = parser.parse_args(argv)
     from bench.gpu.wheels import missing_distributions
