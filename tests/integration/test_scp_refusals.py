@@ -28,6 +28,7 @@ from dicom_node.scp.statuses import (
 from service.config import TlsSettings
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.dicom_corpus import write_ct_series
+from tests.support.polling import wait_for
 from tests.support.scp_node import instances_in_db, running_node
 
 EXPLICIT = "1.2.840.10008.1.2.1"
@@ -253,3 +254,18 @@ def test_a_required_client_certificate_is_checked_against_the_configured_ca(tmp_
             assoc.release()
     assert statuses == [SUCCESS, SUCCESS]
     assert not anonymous_established
+
+
+def test_association_and_pdu_limits_come_from_the_settings(tmp_path, session_factory):
+    with running_node(tmp_path, session_factory, dicom_max_associations=1, dicom_max_pdu_size=65536) as node:
+        holder = AE(ae_title="HOLDER")
+        holder.add_requested_context(Verification)
+        held = holder.associate("127.0.0.1", node.port, ae_title="M3EDGE")
+        assert held.is_established
+        advertised = held.acceptor.maximum_length
+        second = echoscu(node.port)  # one association is open: the next is over the limit
+        held.release()
+        after = wait_for(lambda: echoscu(node.port).returncode == 0, timeout=15, message="the slot never freed")
+    assert advertised == 65536
+    assert second.returncode != 0 and "Local Limit Exceeded" in second.stdout + second.stderr
+    assert after
