@@ -1,4 +1,4 @@
-"""``m3edge studies``: what arrived, before any API exists."""
+"""``m3edge studies``: what arrived and where it stands; ``reprocess`` runs the pipeline again."""
 
 from __future__ import annotations
 
@@ -89,3 +89,28 @@ def show_command(
             f"    #{series.series_number if series.series_number is not None else '-':>4} {series.modality:<4} "
             f"{series.instance_count:>5} inst  {series.description or '-'}  {series.series_uid}{flag}"
         )
+
+
+@studies_app.command("reprocess")
+def reprocess_command(
+    ctx: typer.Context,
+    study_uid: str = typer.Argument(..., help="Study Instance UID of a received study."),
+    from_stage: str | None = typer.Option(None, "--from", help="plan, prepare, expert, vlm, report or deliver "
+                                          "(default: the stage that failed last, else the start)."),
+) -> None:
+    """Run the pipeline again for a study: a new run, from the failed stage (or FROM), earlier results reused."""
+    from service.cli.worker import pipeline_intake
+    from service.pipeline.ledger import RunNotFound
+    from service.pipeline.stages import Stage
+
+    if from_stage is not None and from_stage not in {s.value for s in Stage}:
+        raise CliError(f"unknown stage {from_stage!r}; one of {', '.join(s.value for s in Stage)}")
+    context = cli_context(ctx)
+    intake, _ = pipeline_intake(context.settings, context.session_factory)
+    try:
+        run_id = intake.reprocess(study_uid, from_stage)
+    except RunNotFound as exc:
+        raise CliError(f"no study with Study Instance UID {study_uid!r} has been received") from exc
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    typer.echo(f"study {study_uid}: run {run_id} queued" + (f" from {from_stage}" if from_stage else ""))

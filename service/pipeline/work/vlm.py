@@ -45,9 +45,8 @@ def _write_png(rgb: np.ndarray, path: Path) -> str:
 
 
 def _model_seconds(transcript) -> float:
-    expert = transcript.timings.get("expert", 0.0) if transcript.expert_call and \
-        transcript.expert_call.source is not None and transcript.expert_call.source.value == "ran" else 0.0
-    return float(sum(turn.generation_s for turn in transcript.turns) + expert)
+    """What the consultation itself took (images for the model, generations, feedback; an expert it ran)."""
+    return float(transcript.timings.get("total", sum(turn.generation_s for turn in transcript.turns)))
 
 
 class VlmStage:
