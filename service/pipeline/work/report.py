@@ -103,7 +103,8 @@ class ReportStage:
         prepared, expert, vlm = claim.results["prepare"], claim.results["expert"], claim.results["vlm"]
         sources = _headers(prepared["source_instances"])
         findings = expert_findings(expert, prepared, sources, _headers(prepared.get("other_evidence", [])))
-        content = DraftReportContent(findings, narrative_of(vlm), _vlm_identity(vlm["model"]))
+        content = DraftReportContent(findings, narrative_of(vlm), _vlm_identity(vlm["model"]),
+                                     extra_algorithms=self._experts_the_model_ran(vlm, expert["expert"]))
         run_number = self.resources.run_number(claim.run_id)
         uids = ResultUids(settings.uid_root, claim.study_uid, f"run-{run_number}")
         folder = self.resources.results_dir(claim.study_uid, claim.run_id)
@@ -123,6 +124,23 @@ class ReportStage:
                     " DEMO" if content.demo else "")
         ordered = [objects[k] for k in ("seg", "overlay", "sr") if k in objects]
         return StageOutcome(result={"objects": ordered, "demo": content.demo})
+
+    def _experts_the_model_ran(self, vlm: dict, route_expert: str) -> tuple[AlgorithmIdentity, ...]:
+        """Experts the agent ran itself because the model asked for another one: they contributed too (IHE AIR)."""
+        import json
+
+        from engines.model_store.layout import EXPERT_FOLDERS
+        from service.pipeline.work.findings import expert_algorithm
+
+        extra = {}
+        for transcript in json.loads(Path(vlm["transcripts"]).read_text()):
+            call = transcript.get("expert_call") or {}
+            result = call.get("result")
+            if call.get("source") != "ran" or not result or result["expert"] in (route_expert, *extra):
+                continue
+            folder = self.resources.settings.models_dir / EXPERT_FOLDERS[result["expert"]]
+            extra[result["expert"]] = expert_algorithm({**result, "weights_digest": self.resources.model_digest(folder)})
+        return tuple(extra.values())
 
     def _overlay(self, vlm: dict, prepared: dict, sources: list[Dataset], algorithm, uids, folder: Path) -> dict:
         from PIL import Image

@@ -129,7 +129,7 @@ class StageResources:
 
     @property
     def vlm(self):
-        """``(model, template, identity dict)`` of the configured VILA-M3 backend."""
+        """The configured VILA-M3 backend (``vlm_loader.LoadedVlm``: model, template, identity)."""
         return self._vlm.get()
 
     def model_digest(self, folder: Path) -> str:
@@ -147,10 +147,10 @@ class StageResources:
             return run.run_number
 
     def work_dir(self, study_uid: str, run_id: int) -> Path:
-        return self.settings.home / "work" / study_uid / f"run-{self.run_number(run_id)}"
+        return self.settings.home.resolve() / "work" / study_uid / f"run-{self.run_number(run_id)}"
 
     def results_dir(self, study_uid: str, run_id: int) -> Path:
-        return self.settings.results_dir / study_uid / f"run-{self.run_number(run_id)}"
+        return self.settings.results_dir.resolve() / study_uid / f"run-{self.run_number(run_id)}"
 
     def study_instances(self, study_uid: str) -> list[StoredInstance]:
         """Every instance kept for the study (second copies that conflicted are left out), in a stable order."""
