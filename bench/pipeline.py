@@ -10,8 +10,8 @@ broker, demo models) with a real Orthanc as the destination, starts ``m3edge wor
    broker's hops, C-STORE). Target: overhead under 1 s per study;
 2. throughput: ``--studies`` studies (the three types in turn) handed over at once, with one worker, then two;
    studies per hour from the first hand-over to the last SR delivered;
-3. the peer, measured in this run: the same models called directly in this process on the same arrays (no pipeline),
-   and the ratio pipeline latency / bare model time.
+3. the peer, measured in this run: after each measured study, the same models called directly in this process on
+   the same arrays (no pipeline), and the ratio pipeline latency / bare model time.
 
 The studies are the end-to-end test's (``tests.support.pipeline_study``): tiny, so model time is small and our overhead
 shows. The demo models are written with 64^3 windows (as the tests do) unless ``--full-demo`` asks for exactly what
@@ -88,7 +88,8 @@ class Deployment:
         deadline = time.monotonic() + timeout
         while True:
             with session_scope(self.factory) as session:
-                states = dict(session.execute(select(Study.study_uid, Study.status).where(Study.study_uid.in_(uids))).all())
+                rows = session.execute(select(Study.study_uid, Study.status).where(Study.study_uid.in_(uids))).all()
+                states = dict(rows)
             failed = {u: s for u, s in states.items() if s in (StudyStatus.FAILED, StudyStatus.SKIPPED)}
             if failed:
                 raise RuntimeError(f"studies failed: {failed}; see {self.home}/*.log")
@@ -117,41 +118,42 @@ class Deployment:
                     "queue_wait_s": queued, "created": start, "finished": end}
 
 
-def _bare_models(deployment: Deployment, uids: dict[str, str]) -> dict[str, float]:
-    """The peer: the same expert and VILA-M3 calls, made directly in this process on the stages' own inputs."""
-    from sqlalchemy import select
+class BareModels:
+    """The peer: the same expert and VILA-M3 calls, made directly in this process on a stage's own inputs (no
+    pipeline), right after the pipeline ran that study, so both see the machine's load of the same moment."""
 
-    from engines.agent import AgentSettings, ConsultationAgent, ConsultationRequest, Modality
-    from engines.experts import ExpertInput, ExpertRegistry
-    from service.db.models import PipelineRun, Study
-    from service.db.session import session_scope
-    from service.pipeline.work.resources import load_arrays
-    from service.pipeline.work.vlm_loader import load_vlm
+    def __init__(self, deployment: Deployment) -> None:
+        from engines.agent import AgentSettings, ConsultationAgent
+        from engines.experts import ExpertRegistry
+        from service.pipeline.work.vlm_loader import load_vlm
 
-    settings = deployment.settings
-    registry = ExpertRegistry(settings.models_dir, "auto", settings.engines_dir)
-    vlm = load_vlm(settings)
-    agent = ConsultationAgent(vlm.model, [], template=vlm.template,
-                              settings=AgentSettings(max_new_tokens=12, max_total_new_tokens=24))
-    seconds = {}
-    for kind, uid in uids.items():
-        with session_scope(deployment.factory) as session:
+        settings = deployment.settings
+        self.deployment = deployment
+        self.registry = ExpertRegistry(settings.models_dir, "auto", settings.engines_dir)
+        vlm = load_vlm(settings)
+        self.agent = ConsultationAgent(vlm.model, [], template=vlm.template,
+                                       settings=AgentSettings(max_new_tokens=12, max_total_new_tokens=24))
+
+    def seconds(self, uid: str) -> float:
+        from sqlalchemy import select
+
+        from engines.agent import ConsultationRequest, Modality
+        from engines.experts import ExpertInput
+        from service.db.models import PipelineRun, Study
+        from service.db.session import session_scope
+        from service.pipeline.work.resources import load_arrays
+
+        with session_scope(self.deployment.factory) as session:
             run = session.scalars(select(PipelineRun).join(Study, Study.id == PipelineRun.study_id)
                                   .where(Study.study_uid == uid)).one()
             route, prepared = run.route, next(s.result for s in run.stages if s.stage == "prepare")
         arrays = load_arrays(prepared["input"])
         inputs = ExpertInput(arrays["volume"], arrays.get("affine"))
-        expert = registry.get(route["expert"])
-        samples = []
-        for attempt in range(3):  # the first call warms up; the median of the others counts
-            started = time.perf_counter()
-            result = expert.run(inputs, route.get("argument"))
-            agent.consult(ConsultationRequest(route["questions"][0], Modality(route["modality"]), inputs,
-                                              brats_sequences=route["brats_sequences"], ready_results=(result,)))
-            if attempt:
-                samples.append(time.perf_counter() - started)
-        seconds[kind] = statistics.median(samples)
-    return seconds
+        started = time.perf_counter()
+        result = self.registry.get(route["expert"]).run(inputs, route.get("argument"))
+        self.agent.consult(ConsultationRequest(route["questions"][0], Modality(route["modality"]), inputs,
+                                               brats_sequences=route["brats_sequences"], ready_results=(result,)))
+        return time.perf_counter() - started
 
 
 def _throughput(deployment: Deployment, count: int) -> float:
@@ -194,14 +196,15 @@ def main(argv: list[str] | None = None) -> dict:
                 _log("warm-up (models load once per worker) ...")
                 warm = [deployment.hand_over(kind) for kind in KINDS]
                 deployment.wait_done(warm)
+                bare = BareModels(deployment)
+                for uid in warm:
+                    bare.seconds(uid)  # the peer warms up too
                 latency: dict[str, list[dict]] = {kind: [] for kind in KINDS}
-                last: dict[str, str] = {}
                 for _ in range(args.rounds):
                     for kind in KINDS:
                         uid = deployment.hand_over(kind)
                         deployment.wait_done([uid])
-                        latency[kind].append(deployment.timeline(uid))
-                        last[kind] = uid
+                        latency[kind].append({**deployment.timeline(uid), "bare_s": bare.seconds(uid)})
                 _log("throughput, 1 worker ...")
                 one = _throughput(deployment, args.studies)
                 deployment.start_worker()
@@ -211,15 +214,13 @@ def main(argv: list[str] | None = None) -> dict:
                 two = _throughput(deployment, args.studies)
             finally:
                 deployment.stop()
-            _log("peer: the same models called directly ...")
-            bare = _bare_models(deployment, last)
-    report = _report(latency, bare, one, two)
+    report = _report(latency, one, two)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return report
 
 
-def _report(latency: dict[str, list[dict]], bare: dict[str, float], one: float, two: float) -> dict:
+def _report(latency: dict[str, list[dict]], one: float, two: float) -> dict:
     """Medians per study type. Overhead = total - model; of it, ``writers`` is the report stage (SR, SEG, SC built
     by highdicom and written by pydicom) and ``orchestration`` all the rest (broker hops, database, spool reads,
     routing, volumes, npz files, C-STORE)."""
@@ -235,12 +236,14 @@ def _report(latency: dict[str, list[dict]], bare: dict[str, float], one: float, 
         overhead = median(s["total_s"] - s["model_s"] for s in samples)
         writers = median(s["stages_s"]["report"] for s in samples)
         queued = median(s["queue_wait_s"] for s in samples)
+        bare = median(s["bare_s"] for s in samples)
+        ratio = median(s["total_s"] / s["bare_s"] for s in samples)
         stages = {name: round(median(s["stages_s"][name] for s in samples), 3) for name in samples[0]["stages_s"]}
         rows[kind] = {"total_s": total, "model_s": model, "overhead_s": overhead, "writers_s": writers,
-                      "orchestration_s": overhead - writers, "queue_wait_s": queued, "bare_models_s": bare[kind],
+                      "orchestration_s": overhead - writers, "queue_wait_s": queued, "bare_models_s": bare, "pipeline_over_bare": ratio,
                       "stages_s": stages}
         print(f"{kind:<6}{total:>15.2f}{model:>9.2f}{overhead:>12.2f}{writers:>11.2f}{overhead - writers:>13.2f}"
-              f"{queued:>14.2f}{bare[kind]:>15.2f}{total / bare[kind]:>15.2f}")
+              f"{queued:>14.2f}{bare:>15.2f}{ratio:>15.2f}")
     for kind, row in rows.items():
         print(f"  {kind} stage seconds (median): " + ", ".join(f"{k} {v:.2f}" for k, v in row["stages_s"].items()))
     print(f"throughput: {one:.0f} studies/hour with 1 worker, {two:.0f} with 2 workers (ratio {two / one:.2f})")

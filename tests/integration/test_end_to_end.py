@@ -204,7 +204,8 @@ def production(tmp_path, demo_models, orthanc):
 def _stage(factory, study_uid: str, stage: str) -> StageRun | None:
     with session_scope(factory) as session:
         return session.scalar(
-            select(StageRun).join(PipelineRun, PipelineRun.id == StageRun.run_id).join(Study, Study.id == PipelineRun.study_id)
+            select(StageRun).join(PipelineRun, PipelineRun.id == StageRun.run_id)
+            .join(Study, Study.id == PipelineRun.study_id)
             .where(Study.study_uid == study_uid, StageRun.stage == stage)
         )
 
@@ -270,3 +271,57 @@ def test_a_study_completed_while_the_broker_is_down_is_processed_when_it_returns
         engine.dispose()
     _check_delivered(orthanc, {"cxr": studies["cxr"]}, tmp_path)
     _check_database(url, {"cxr": studies["cxr"]})
+
+
+class AsksForAnotherArgument:
+    """TEST DOUBLE around the real demo VILA-M3 (random weights cannot be told to trigger): turn 1 answers with a fixed
+    VISTA3D trigger whose argument differs from the route's; every later turn is the real model's."""
+
+    def __init__(self, model) -> None:
+        self.model, self.calls = model, 0
+
+    def generate(self, conversation, config):
+        from engines.vlm.base import Generation
+
+        self.calls += 1
+        real = self.model.generate(conversation, config)
+        if self.calls % 2 == 0:
+            return real
+        answer = "This looks like a CT image. Let me trigger <VISTA3D(hepatic tumor)>."
+        return Generation(answer, real.prompt, real.prompt_tokens, 12, "stop_token", 0.0, 0.0, real.backend, real.model)
+
+
+def test_when_the_model_asks_for_another_argument_that_expert_runs_too(tmp_path, demo_models):
+    from dataclasses import replace
+
+    from service.config import Settings
+    from service.pipeline.work import build_stage_handlers
+    from service.pipeline.work.vlm_loader import load_vlm
+    from tests.support.pipeline_study import run_inline, store_in_spool
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(demo_models, target_is_directory=True)
+    url = f"sqlite:///{home / 'm3edge.db'}"
+    upgrade_database(url)
+    settings = Settings(home=home, database_url=url, vlm_max_new_tokens=12)
+    engine = create_db_engine(url)
+    factory = make_session_factory(engine)
+    loaded = load_vlm(settings)
+    double = AsksForAnotherArgument(loaded.model)
+    handlers = build_stage_handlers(settings, factory, vlm_factory=lambda: replace(loaded, model=double))
+    outcomes = run_inline(settings, factory, store_in_spool(settings, factory, ct_study()), handlers).outcomes
+    try:
+        assert [outcome for _, outcome in outcomes] == ["done"] * 6
+        with session_scope(factory) as session:
+            report = session.scalars(select(Report)).one()
+            expert = session.scalars(select(StageRun).where(StageRun.stage == "expert")).one().result
+        assert expert["argument"] == "everything"  # the route's expert ran as routed, before the model
+        call = report.transcript["expert_call"]
+        assert (call["expert"], call["argument"], call["source"]) == ("VISTA3D", "hepatic tumor", "ran")
+        assert report.transcript["outcome"] in ("answered_with_expert", "answer_truncated")
+        assert len(report.transcript["turns"]) == 2 and double.calls == 2
+        assert report.findings["argument"] == "everything"  # the SR and SEG carry the route's findings
+        assert Path(report.objects["overlay_png"]).is_file() and "overlay" in report.objects
+    finally:
+        engine.dispose()

@@ -15,37 +15,14 @@ from sqlalchemy import select
 from service.config import Settings
 from service.db.models import PipelineRun, StageStatus, Study, StudyStatus
 from service.db.session import session_scope
-from service.pipeline.executor import StageExecutor
 from service.pipeline.ledger import PipelineLedger
 from service.pipeline.work import build_stage_handlers
-from tests.support.pipeline_study import brain_study, cxr_study, store_in_spool
+from tests.support.pipeline_study import brain_study, cxr_study, run_inline, store_in_spool
 from tests.support.synthetic_series import axial_geometry, ct_series, cxr_dataset
 
 
-class InlineDispatcher:
-    """Runs each stage it is sent in this process, in order: the executor's contract without a broker."""
-
-    def __init__(self) -> None:
-        self.pending: list = []
-        self.outcomes: list[tuple[str, str]] = []
-
-    def dispatch(self, ticket, countdown: float = 0) -> bool:
-        self.pending.append(ticket)
-        return True
-
-    def deliver(self, run_id: int) -> bool:
-        return True
-
-
-def _run(settings: Settings, session_factory, study_uid: str) -> InlineDispatcher:
-    ledger = PipelineLedger(session_factory)
-    dispatcher = InlineDispatcher()
-    executor = StageExecutor(ledger, build_stage_handlers(settings, session_factory), dispatcher)
-    dispatcher.dispatch(ledger.next_ticket(ledger.start_run(study_uid)))
-    while dispatcher.pending:
-        ticket = dispatcher.pending.pop(0)
-        dispatcher.outcomes.append((ticket.stage.value, executor.execute(ticket.run_id, ticket.stage)))
-    return dispatcher
+def _run(settings: Settings, session_factory, study_uid: str):
+    return run_inline(settings, session_factory, study_uid)
 
 
 def _study(session_factory, uid: str) -> Study:

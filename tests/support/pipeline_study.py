@@ -28,7 +28,8 @@ from tests.support.synthetic_series import (
     sample_ras,
 )
 
-__all__ = ["small_demo_models", "ct_study", "cxr_study", "brain_study", "store_in_spool", "STUDY_KINDS"]
+__all__ = ["small_demo_models", "ct_study", "cxr_study", "brain_study", "store_in_spool", "InlineDispatcher",
+           "run_inline", "STUDY_KINDS"]
 
 STUDY_KINDS = ("ct", "cxr", "mri")
 
@@ -118,3 +119,35 @@ def store_in_spool(settings, session_factory, datasets: list[Dataset], status: s
                 transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID), path=relative, size_bytes=len(content),
                 digest=hashlib.blake2b(content, digest_size=32).hexdigest()))
     return study_uid
+
+
+class InlineDispatcher:
+    """Takes the stages the executor sends, for ``run_inline`` to run in this process in order: the executor's
+    contract without a broker."""
+
+    def __init__(self) -> None:
+        self.pending: list = []
+        self.outcomes: list[tuple[str, str]] = []
+
+    def dispatch(self, ticket, countdown: float = 0) -> bool:
+        self.pending.append(ticket)
+        return True
+
+    def deliver(self, run_id: int) -> bool:
+        return True
+
+
+def run_inline(settings, session_factory, study_uid: str, handlers=None) -> InlineDispatcher:
+    """A run for the completed study, every stage executed here by the real executor and handlers, until it ends."""
+    from service.pipeline.executor import StageExecutor
+    from service.pipeline.ledger import PipelineLedger
+    from service.pipeline.work import build_stage_handlers
+
+    ledger = PipelineLedger(session_factory)
+    dispatcher = InlineDispatcher()
+    executor = StageExecutor(ledger, handlers or build_stage_handlers(settings, session_factory), dispatcher)
+    dispatcher.dispatch(ledger.next_ticket(ledger.start_run(study_uid)))
+    while dispatcher.pending:
+        ticket = dispatcher.pending.pop(0)
+        dispatcher.outcomes.append((ticket.stage.value, executor.execute(ticket.run_id, ticket.stage)))
+    return dispatcher

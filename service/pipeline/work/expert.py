@@ -1,7 +1,7 @@
 """Stage ``expert``: the route's expert ALWAYS runs, whatever the model will say; its findings go into the SR and SEG.
 
-Its label volume is saved as ``labels.npz`` and its findings (names, volumes in mL, scores, backend, model version, demo,
-timings, the weights digest that becomes the Device UID) are the stage's result.
+Its label volume is saved as ``labels.npz`` and its findings (names, volumes in mL, scores, backend, model version,
+demo, timings, the weights digest that becomes the Device UID) are the stage's result.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ def expert_algorithm(record: dict) -> AlgorithmIdentity:
     )
 
 
-def labels_on_grid(labels: np.ndarray, affine: np.ndarray, shape: Sequence[int], target_affine: np.ndarray) -> np.ndarray:
+def labels_on_grid(labels: np.ndarray, affine: np.ndarray, shape: Sequence[int],
+                   target_affine: np.ndarray) -> np.ndarray:
     """``labels`` (on ``affine``) sampled at the voxel centres of another grid, nearest neighbour; 0 outside."""
     index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).reshape(-1, 3)
     to_source = np.linalg.inv(np.asarray(affine, dtype=float)) @ np.asarray(target_affine, dtype=float)
@@ -76,7 +77,8 @@ def _brats_segmentation(record: dict, labels: np.ndarray, affine: np.ndarray, pr
     return LabelSegmentation(on_source, target, segments)
 
 
-def expert_findings(record: dict, prepared: dict, sources: Sequence[Dataset], others: Sequence[Dataset]) -> ExpertFindings:
+def expert_findings(record: dict, prepared: dict, sources: Sequence[Dataset],
+                    others: Sequence[Dataset]) -> ExpertFindings:
     algorithm = expert_algorithm(record)
     segmentation = None
     if record.get("labels"):

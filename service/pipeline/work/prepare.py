@@ -125,7 +125,8 @@ class PrepareStage:
             datasets = _read([path for paths in files.values() for path in paths])
             chosen = brain_mri_volumes(datasets)
             volumes = list(chosen.volumes)
-            by_uid = {uid: [ds for ds in datasets if ds.SeriesInstanceUID == uid] for uid in chosen.series_instance_uids}
+            by_uid = {uid: [ds for ds in datasets if ds.SeriesInstanceUID == uid]
+                      for uid in chosen.series_instance_uids}
         common = resample_to_common_grid([(v.array, v.affine) for v in volumes], reference=0, spacing_mm=1.0)
         t1c = volumes[0]
         save_arrays(target, volume=common.array, affine=common.affine, source_shape=np.asarray(t1c.array.shape),

@@ -91,7 +91,8 @@ def _vlm_identity(model: dict) -> AlgorithmIdentity:
 def _write(dataset, path: Path) -> dict:
     with write_atomically(path, ".dcm") as handle:
         dataset.save_as(handle, enforce_file_format=True)
-    return {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID), "sop_class_uid": str(dataset.SOPClassUID)}
+    return {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID),
+            "sop_class_uid": str(dataset.SOPClassUID)}
 
 
 class ReportStage:
@@ -120,8 +121,8 @@ class ReportStage:
         if vlm.get("overlay_png"):
             objects["overlay_png"] = vlm["overlay_png"]
         self._record(claim, content, expert, vlm, objects)
-        LOGGER.info("study %s: draft report written (%s)%s", claim.study_uid, ", ".join(k for k in objects if k != "overlay_png"),
-                    " DEMO" if content.demo else "")
+        written = ", ".join(k for k in objects if k != "overlay_png")
+        LOGGER.info("study %s: draft report written (%s)%s", claim.study_uid, written, " DEMO" if content.demo else "")
         ordered = [objects[k] for k in ("seg", "overlay", "sr") if k in objects]
         return StageOutcome(result={"objects": ordered, "demo": content.demo})
 
@@ -139,7 +140,8 @@ class ReportStage:
             if call.get("source") != "ran" or not result or result["expert"] in (route_expert, *extra):
                 continue
             folder = self.resources.settings.models_dir / EXPERT_FOLDERS[result["expert"]]
-            extra[result["expert"]] = expert_algorithm({**result, "weights_digest": self.resources.model_digest(folder)})
+            digest = self.resources.model_digest(folder)
+            extra[result["expert"]] = expert_algorithm({**result, "weights_digest": digest})
         return tuple(extra.values())
 
     def _overlay(self, vlm: dict, prepared: dict, sources: list[Dataset], algorithm, uids, folder: Path) -> dict:

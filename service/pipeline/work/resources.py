@@ -69,7 +69,8 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except FileNotFoundError as exc:
-        raise PermanentStageError(f"{path} is gone (was HOME/work cleaned?); reprocess the study from the start") from exc
+        raise PermanentStageError(f"{path} is gone (was HOME/work cleaned?); reprocess the study from the start") \
+            from exc
 
 
 def folder_digest(folder: Path) -> str:
