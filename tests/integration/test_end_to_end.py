@@ -11,6 +11,7 @@ back into Orthanc, in the original studies.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import uuid
 from io import BytesIO
@@ -150,6 +151,26 @@ def _check_delivered(orthanc: OrthancServer, studies: dict[str, list], tmp_path:
         assert all(len(ids) == 1 for ids in objects.values()), objects  # exactly one of each, never a second SR
         read = {m: pydicom.dcmread(BytesIO(orthanc.instance_file(ids[0]))) for m, ids in objects.items()}
         _check_draft_sr(read["SR"], read.get("SEG"), kind, sent, tmp_path)
+        _check_with_dcmtk_and_dicom3tools(read, sorted((tmp_path / "studies" / kind).glob("*.dcm")), tmp_path / kind)
+
+
+def _check_with_dcmtk_and_dicom3tools(results: dict, sources: list[Path], folder: Path) -> None:
+    """dsrdump parses the SR as a draft; dcentvfy finds the source instances and every result consistent."""
+    folder.mkdir(exist_ok=True)
+    paths = {}
+    for modality, dataset in results.items():
+        paths[modality] = folder / f"{modality}.dcm"
+        dataset.save_as(paths[modality])
+    env = {**os.environ, "TCP_NODELAY": "1"}
+    dump = subprocess.run([require_tool("dsrdump"), str(paths["SR"])], capture_output=True, text=True, env=env,
+                          timeout=60)
+    assert dump.returncode == 0, dump.stderr
+    assert re.search(r"Completion Flag\s*: PARTIAL", dump.stdout) and re.search(r"Verification Flag\s*: UNVERIFIED",
+                                                                             dump.stdout)
+    entities = subprocess.run([require_tool("dcentvfy"), *map(str, sources), *map(str, paths.values())],
+                              capture_output=True, text=True, env=env, timeout=60)
+    output = entities.stdout + entities.stderr
+    assert entities.returncode == 0 and not [line for line in output.splitlines() if line.startswith("Error")], output
 
 
 def _check_database(url: str, studies: dict[str, list]) -> None:
