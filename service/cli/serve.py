@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -109,9 +110,18 @@ class ApiThread:
                                                     log_config=None, access_log=False, lifespan="on"))
         self._thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 30.0) -> None:
+        """Start serving; refuse (CliError) when uvicorn could not listen, instead of running without the API."""
+        config = self.server.config
         self._thread = threading.Thread(target=self.server.run, name="m3edge-api", daemon=True)
         self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            self._thread.join(0.05)
+        if not self.server.started:
+            self.stop()
+            raise CliError(f"the HTTP API could not listen on {config.host}:{config.port} (set M3EDGE_API_HOST and "
+                           "M3EDGE_API_PORT)")
 
     def stop(self) -> None:
         self.server.should_exit = True

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import typer
 
@@ -52,6 +53,8 @@ def worker_command(
     queues: str = typer.Option("cpu,gpu,io", "--queues", help="Comma-separated queues: cpu, gpu, io (urgent first)."),
     name: str | None = typer.Option(None, "--name", help="Worker name, stable across restarts (default from the "
                                     "queues and the host); a restarted worker re-queues what it held when it died."),
+    parent_pid: int | None = typer.Option(None, "--parent-pid", hidden=True,
+                                          help="Stop (warm shutdown) when this process is gone (m3edge serve's child)."),
 ) -> None:
     """Run a pipeline worker until SIGTERM (warm shutdown: the stage in progress finishes first)."""
     from service.cli.serve import prepare_database
@@ -74,11 +77,25 @@ def worker_command(
     LOGGER.info("m3edge worker %s: queues %s, broker %s, database %s", worker.name, ",".join(queue_names),
                 "embedded" if settings.broker_url is None else settings.broker_url.partition(":")[0],
                 settings.effective_database_url.partition(":")[0])
+    if parent_pid is not None:
+        _stop_when_parent_is_gone(parent_pid)
     try:
         worker.run()
     finally:
         context.engine.dispose()
     LOGGER.info("m3edge worker %s stopped", worker.name)
+
+
+def _stop_when_parent_is_gone(parent_pid: int, interval_s: float = 1.0) -> None:
+    """A child of ``m3edge serve`` must not outlive it (even a SIGKILL of serve): SIGTERM ourselves once it is gone."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        LOGGER.warning("m3edge serve (pid %d) is gone: stopping this worker", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="m3edge-parent-watch", daemon=True).start()
 
 
 class WorkerProcess:
@@ -90,7 +107,7 @@ class WorkerProcess:
     """
 
     def __init__(self, queues: str = "cpu,gpu,io", restart_delay_s: float = 2.0) -> None:
-        self.command = [*WORKER_CLI, "--queues", queues]
+        self.command = [*WORKER_CLI, "--queues", queues, "--parent-pid", str(os.getpid())]
         self.restart_delay_s = restart_delay_s
         self.process: subprocess.Popen | None = None
         self.restarts = 0

@@ -346,3 +346,26 @@ def test_when_the_model_asks_for_another_argument_that_expert_runs_too(tmp_path,
         assert Path(report.objects["overlay_png"]).is_file() and "overlay" in report.objects
     finally:
         engine.dispose()
+
+
+def _running(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie has exited
+
+
+def test_the_worker_child_does_not_outlive_a_killed_serve(tmp_path, demo_models, orthanc):
+    env = _environment(tmp_path / "home", demo_models, orthanc)
+    serve = M3edgeProcess("serve", ["serve"], env, tmp_path)
+    try:
+        serve.start("m3edge serving")
+        match = wait_for(lambda: re.search(r"pipeline worker started \(pid (\d+)\)", serve.text()), timeout=30)
+        child = int(match.group(1))
+        assert _running(child)
+        serve.kill9()
+        wait_for(lambda: not _running(child), timeout=60, interval=0.2,
+                 message="the worker child kept running after m3edge serve was killed")
+    finally:
+        serve.stop()
