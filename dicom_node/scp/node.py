@@ -27,6 +27,7 @@ from dicom_node.scp.handlers import (
     handle_store,
     utc_now,
 )
+from dicom_node.scp.reactor import EventDrivenRequestHandler
 from dicom_node.scp.recording import InstanceRecorder
 from dicom_node.scp.spool import SpoolWriter
 
@@ -111,8 +112,12 @@ class DicomNode:
         reuse_port: bool = False,
         prepare_spool: bool = True,
         query_retrieve: QueryRetrieveScp | None = None,
+        event_driven: bool = True,
     ) -> None:
-        """``query_retrieve`` adds C-FIND/C-GET/C-MOVE (Study Root) behind the same access policy."""
+        """``query_retrieve`` adds C-FIND/C-GET/C-MOVE (Study Root) behind the same access policy.
+
+        ``event_driven=False`` keeps pynetdicom's polling reactors (see ``dicom_node.scp.reactor``).
+        """
         self._settings = settings
         self._query_retrieve = query_retrieve
         self._recorder = recorder
@@ -127,6 +132,7 @@ class DicomNode:
         self._pool: Any = None
         self._reuse_port = reuse_port
         self._prepare_spool = prepare_spool
+        self._event_driven = event_driven
 
     @property
     def access_policy(self) -> AccessPolicy:
@@ -202,6 +208,7 @@ class DicomNode:
         server = ae.make_server(
             (settings.dicom_host, settings.dicom_port), evt_handlers=handlers, ssl_context=tls,
             server_class=_ReusePortServer if self._reuse_port else ThreadedAssociationServer,
+            request_handler=EventDrivenRequestHandler if self._event_driven else None,
         )
         ae._servers.append(server)  # what ae.start_server(block=False) does, so server.shutdown() finds it
         threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()

@@ -193,9 +193,11 @@ class ReceiverPool:
 
     def start(self) -> None:
         self.port = self._reserve_port()
-        per_child = max(1, -(-self._config.dicom_max_associations // self._count))
-        child_config = replace(self._config, dicom_port=self.port, dicom_receivers=1, dicom_max_associations=per_child)
-        self._executor = ThreadPoolExecutor(max_workers=per_child * self._count + 4, thread_name_prefix="record")
+        # Each process may hold the whole DICOM_MAX_ASSOCIATIONS: the kernel spreads connections by a hash, not
+        # evenly, so a per-process share (limit / count) refused callers while another process sat idle.
+        limit = self._config.dicom_max_associations
+        child_config = replace(self._config, dicom_port=self.port, dicom_receivers=1)
+        self._executor = ThreadPoolExecutor(max_workers=limit * self._count + 4, thread_name_prefix="record")
         self._log_queue = self._context.Queue()
         self._log_thread = threading.Thread(target=self._forward_logs, name="receiver-logs", daemon=True)
         self._log_thread.start()

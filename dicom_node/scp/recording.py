@@ -28,7 +28,7 @@ class ReceivedInstance:
     transfer_syntax_uid: str
     relative_path: str  # inside the spool
     size_bytes: int
-    digest: str  # blake2b-256, hex
+    digest: str  # SHA-256, hex (64 characters)
     conflict: bool  # a second copy of the SOP Instance UID with different content
     duplicate: bool  # these exact bytes were already in the spool (a re-send)
     calling_ae: str

@@ -30,6 +30,12 @@ _READ_CHUNK = 1 << 20
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 
 
+def _new_digest():
+    """SHA-256: as strong as blake2b-256 and twice as fast where the CPU has SHA instructions (x86 SHA-NI, ARMv8
+    crypto extensions), which matters because every received byte is digested on the C-STORE hot path."""
+    return hashlib.sha256()
+
+
 class SpoolError(OSError):
     """The spool could not store an instance (an I/O error other than a full disk)."""
 
@@ -72,7 +78,7 @@ class InstanceLocation:
 
 @dataclass(frozen=True)
 class SpooledFile:
-    """One stored file: its path relative to the spool root, size, blake2b-256 digest, and what happened."""
+    """One stored file: its path relative to the spool root, size, SHA-256 digest (hex), and what happened."""
 
     relative_path: str
     size_bytes: int
@@ -82,7 +88,7 @@ class SpooledFile:
 
 
 def _digest_of(path: Path) -> str:
-    digest = hashlib.blake2b(digest_size=32)
+    digest = _new_digest()
     with path.open("rb") as handle:
         while block := handle.read(_READ_CHUNK):
             digest.update(block)
@@ -189,7 +195,7 @@ class SpoolWriter:
         return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
 
     def _write_temp(self, temp: Path, chunks: Sequence[bytes]) -> tuple[int, str]:
-        digest = hashlib.blake2b(digest_size=32)
+        digest = _new_digest()
         size = 0
         fd = self._open_temp(temp)
         try:

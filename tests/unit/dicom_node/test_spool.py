@@ -36,7 +36,7 @@ def test_an_instance_lands_under_study_series_sop_with_size_and_digest(spool):
     assert stored.outcome is StoreOutcome.STORED and not stored.conflict
     assert spool.path_of(stored.relative_path).read_bytes() == b"head-body"
     assert stored.size_bytes == 9
-    assert stored.digest == hashlib.blake2b(b"head-body", digest_size=32).hexdigest()
+    assert stored.digest == hashlib.sha256(b"head-body").hexdigest()
     assert _files(spool.root) == [stored.relative_path]  # no temporary file left behind
 
 
