@@ -117,7 +117,7 @@ def store_in_spool(settings, session_factory, datasets: list[Dataset], status: s
             series_rows[series_uid].instances.append(Instance(
                 sop_instance_uid=str(dataset.SOPInstanceUID), sop_class_uid=str(dataset.SOPClassUID),
                 transfer_syntax_uid=str(dataset.file_meta.TransferSyntaxUID), path=relative, size_bytes=len(content),
-                digest=hashlib.blake2b(content, digest_size=32).hexdigest()))
+                digest=hashlib.sha256(content).hexdigest()))
     return study_uid
 
 
