@@ -72,6 +72,14 @@ def test_serve_receives_a_study_completes_it_and_stops_on_sigterm(tmp_path):
             timeout=60, interval=0.3, message="the study never became complete",
         )
         assert (rows[0]["series_count"], rows[0]["instance_count"]) == (1, 3)
+        # Query/Retrieve answers on the same port (over the results it produced: none yet for this study).
+        found = subprocess.run(
+            [require_tool("findscu"), "-S", "-aec", "M3EDGE", "-aet", "MODALITY", "-k", "QueryRetrieveLevel=STUDY",
+             "-k", f"StudyInstanceUID={series.study_uid}", "-k", "ModalitiesInStudy", "127.0.0.1", str(port)],
+            capture_output=True, text=True, env=env, timeout=60,
+        )
+        assert found.returncode == 0, found.stderr
+        assert "No Acceptable Presentation Contexts" not in found.stderr + found.stdout
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
     finally:
