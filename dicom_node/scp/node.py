@@ -27,7 +27,7 @@ from dicom_node.scp.handlers import (
     handle_store,
     utc_now,
 )
-from dicom_node.scp.reactor import EventDrivenRequestHandler
+from dicom_node.scp.reactor import EventDrivenRequestHandler, SharedContexts
 from dicom_node.scp.recording import InstanceRecorder
 from dicom_node.scp.spool import SpoolWriter
 
@@ -210,6 +210,8 @@ class DicomNode:
             server_class=_ReusePortServer if self._reuse_port else ThreadedAssociationServer,
             request_handler=EventDrivenRequestHandler if self._event_driven else None,
         )
+        if self._event_driven:
+            server.contexts = SharedContexts(server.contexts)  # read-only per association: no deep copy each
         ae._servers.append(server)  # what ae.start_server(block=False) does, so server.shutdown() finds it
         threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
         self._server = server

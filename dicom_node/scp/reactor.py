@@ -23,10 +23,12 @@ also reads whole PDUs with ``recv_into`` instead of 4 KiB ``recv`` calls.
 
 from __future__ import annotations
 
+import logging
 import queue
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -34,15 +36,34 @@ from typing import Any
 
 import pynetdicom.association as _association_module
 import pynetdicom.dul as _dul_module
+from pynetdicom import _handlers, evt
 from pynetdicom.association import Association
+from pynetdicom.dimse import DIMSEServiceProvider
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
+from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-__all__ = ["EventDrivenRequestHandler", "MAX_WAIT"]
+__all__ = ["EventDrivenRequestHandler", "SharedContexts", "MAX_WAIT", "encode_store_response"]
+
+LOGGER = logging.getLogger(__name__)
 
 MAX_WAIT = 0.02  # seconds: the longest a reactor waits without news before pynetdicom's loop looks around again
 _LOOP_NAP = 0.001  # the sleep pynetdicom's reactor loops take between passes (the only one replaced)
 _RECV_CHUNK = 1 << 20
+_P_DATA_TF = 0x04
+_PDU_HEADER = struct.Struct(">BBL")
+_PDV_HEADER = struct.Struct(">LB")
+# pynetdicom's default handlers that only format DEBUG log lines (each C-STORE built them, logged or not).
+_DEBUG_LOG_HANDLERS = (
+    (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
+)
+# Events a P-DATA-TF PDU would trigger on its way through pynetdicom's state machine; the short way below is taken
+# only while nobody listens to them.
+_P_DATA_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
 
 
 class _ReactorClock:
@@ -168,11 +189,113 @@ class _EventDrivenDul(DULServiceProvider):
         super().kill_dul()
         self._wake.set()
 
+    def _read_pdu_data(self) -> None:
+        """A P-DATA-TF PDU in data transfer goes straight to DIMSE; anything else takes pynetdicom's way.
+
+        In state Sta6, event Evt10 (P-DATA-TF received) leads to action DT-2 (hand the P-DATA to DIMSE) and back to
+        Sta6: this does exactly that without building the PDU object, queueing the event and running the state
+        machine for each of the five or so PDUs of a CT slice. The PDU type is peeked, not read, so every other PDU
+        (and any PDU over TLS, which cannot be peeked) is read by pynetdicom as before.
+        """
+        if self.state_machine.current_state != "Sta6" or self._p_data_observed():
+            return super()._read_pdu_data()
+        sock = self.socket.socket
+        try:
+            header = sock.recv(_PDU_HEADER.size, socket.MSG_PEEK)
+        except (OSError, ValueError):  # ValueError: an SSL socket refuses flags
+            return super()._read_pdu_data()
+        if len(header) < _PDU_HEADER.size or header[0] != _P_DATA_TF:
+            return super()._read_pdu_data()
+        _, _, length = _PDU_HEADER.unpack(header)
+        pdu = self.socket.recv(_PDU_HEADER.size + length)
+        if len(pdu) != _PDU_HEADER.size + length:
+            LOGGER.error("The received PDU is shorter than expected (%d of %d bytes)", len(pdu), _PDU_HEADER.size + length)
+            self.event_queue.put("Evt17")  # what pynetdicom does: transport connection closed
+            return None
+        values = _presentation_data_values(memoryview(pdu)[_PDU_HEADER.size:])
+        if values is None:
+            LOGGER.error("Unable to decode the received P-DATA-TF PDU")
+            self.event_queue.put("Evt19")  # what pynetdicom does: invalid PDU
+            return None
+        primitive = P_DATA()
+        primitive.presentation_data_value_list = values
+        self.assoc.dimse.receive_primitive(primitive)
+        return None
+
+    def _p_data_observed(self) -> bool:
+        assoc = self.assoc
+        return any(assoc.get_handlers(event) for event in _P_DATA_EVENTS)
+
     def stop_dul(self) -> bool:
         if self.state_machine.current_state == "Sta1":
             self._kill_thread = True
             self._wake.set()
         return super().stop_dul()
+
+
+_C_STORE_RSP = 0x8001
+_NO_DATA_SET = 0x0101
+_UL = struct.Struct("<HHLL")
+_US = struct.Struct("<HHLH")
+_ELEMENT_HEADER = struct.Struct("<HHL")
+
+
+def _uid_element(element: int, uid: str) -> bytes:
+    value = uid.encode("ascii")
+    if len(value) % 2:
+        value += b"\0"
+    return _ELEMENT_HEADER.pack(0x0000, element, len(value)) + value
+
+
+def encode_store_response(primitive: C_STORE) -> bytes | None:
+    """The command set of a plain C-STORE-RSP (no error comment or offending element), as pynetdicom encodes it
+    (implicit VR little endian, elements in tag order, group length first); None for any other message."""
+    if not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is None or primitive.Status is None:
+        return None
+    if primitive.ErrorComment is not None or primitive.OffendingElement is not None or primitive.DataSet:
+        return None
+    if getattr(primitive, "_dataset_path", None):
+        return None
+    sop_class, sop_instance = primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID
+    body = b"".join((
+        _uid_element(0x0002, sop_class) if sop_class else b"",
+        _US.pack(0x0000, 0x0100, 2, _C_STORE_RSP),
+        _US.pack(0x0000, 0x0120, 2, primitive.MessageIDBeingRespondedTo),
+        _US.pack(0x0000, 0x0800, 2, _NO_DATA_SET),
+        _US.pack(0x0000, 0x0900, 2, primitive.Status),
+        _uid_element(0x1000, sop_instance) if sop_instance else b"",
+    ))
+    return _UL.pack(0x0000, 0x0000, 4, len(body)) + body
+
+
+class _ShortcutDimse(DIMSEServiceProvider):
+    """Set up by ``_convert``: a plain C-STORE response is encoded directly (pydicom's encoder, run twice for the
+    group length, cost more CPU than the rest of the response); every other message goes pynetdicom's way."""
+
+    def send_msg(self, primitive, context_id: int) -> None:
+        command = None if self.assoc.get_handlers(evt.EVT_DIMSE_SENT) else encode_store_response(primitive)
+        max_pdu = self.maximum_pdu_size
+        if command is None or (max_pdu and len(command) + 7 > max_pdu):
+            return super().send_msg(primitive, context_id)
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
+        self.dul.send_pdu(pdata)
+        return None
+
+
+def _presentation_data_values(body: memoryview) -> list[list] | None:
+    """The (context ID, message control header + fragment) items of a P-DATA-TF PDU body, or None if malformed."""
+    values = []
+    offset, end = 0, len(body)
+    while offset < end:
+        if end - offset < _PDV_HEADER.size + 1:
+            return None
+        item_length, context_id = _PDV_HEADER.unpack_from(body, offset)
+        if item_length < 2 or offset + 4 + item_length > end:
+            return None
+        values.append([context_id, bytes(body[offset + 5:offset + 4 + item_length])])
+        offset += 4 + item_length
+    return values
 
 
 class _EventDrivenAssociation(Association):
@@ -214,11 +337,28 @@ def _convert(assoc: Association) -> Association:
     dul._wake = wake
     dul.__class__ = _EventDrivenDul
     assoc.dimse.msg_queue = _signalling_copy(assoc.dimse.msg_queue, news.set)
+    assoc.dimse.__class__ = _ShortcutDimse
     assoc._news = news
     assoc.__class__ = _EventDrivenAssociation
+    if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        for event, handler in _DEBUG_LOG_HANDLERS:
+            assoc.unbind(event, handler)
     if type(dul.socket) is AssociationSocket:
         dul.socket.__class__ = _LargeReadSocket
     return assoc
+
+
+class SharedContexts(list):
+    """The server's supported presentation contexts, handed to each association without a deep copy.
+
+    pynetdicom deep-copies the server's contexts for every association it accepts: with ~170 storage SOP classes
+    and 18 transfer syntaxes that is ~10 000 re-validated UIDs, tens of milliseconds of CPU (holding the GIL) before
+    the first C-STORE of each association. The acceptor only reads them (negotiation builds new result contexts),
+    so each association gets a new list of the same, never modified, context objects.
+    """
+
+    def __deepcopy__(self, memo: dict) -> SharedContexts:
+        return SharedContexts(self)
 
 
 class EventDrivenRequestHandler(RequestHandler):
