@@ -112,6 +112,9 @@ class Settings(BaseSettings):
     agent_slice_policy: str = Field("most_structure", pattern=r"^(middle|most_structure)$")
     expert_timeout_seconds: float = Field(900.0, gt=0)
     predictor_backend: PredictorBackend = PredictorBackend.AUTO
+    demo_models_when_empty: bool = Field(
+        True, description="`m3edge serve` writes the DEMO models (random weights) when HOME/models is empty."
+    )
 
     uid_root: str = Field(
         "1.2.826.0.1.3680043.8.498",

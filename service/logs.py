@@ -39,6 +39,7 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root.setLevel(level.upper())
     # pynetdicom logs every PDU at DEBUG and dataset identifiers in its C-FIND/C-STORE request logs: keep PHI out.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))
     try:
         from pynetdicom import _config
 

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
@@ -187,6 +188,7 @@ def serve_command(ctx: typer.Context) -> None:
     from service.cli.worker import check_routing_rules
 
     check_routing_rules(settings)
+    ensure_models(settings)
     service, node = build_service(settings, context.session_factory)
 
     stop_requested = threading.Event()
@@ -219,6 +221,22 @@ def serve_command(ctx: typer.Context) -> None:
             signal.signal(sig, handler)
         context.engine.dispose()
     LOGGER.info("m3edge stopped")
+
+
+def ensure_models(settings: Settings, writer: Callable[[Path], object] | None = None) -> bool:
+    """The embedded default runs out of the box: with no models installed, write the DEMO models (and say so).
+
+    Returns True when it wrote them. Every report made with them says DEMO."""
+    from engines.model_store.layout import ModelsDirectory
+
+    if not settings.demo_models_when_empty or ModelsDirectory(settings.models_dir).installed():
+        return False
+    LOGGER.warning("no models in %s: writing the DEMO models (tiny, random weights; every report says DEMO). "
+                   "Install real ones with `m3edge models import`.", settings.models_dir)
+    if writer is None:
+        from engines.model_store.demo import write_demo_models as writer
+    writer(settings.models_dir)
+    return True
 
 
 def serve_commands(app: typer.Typer) -> None:

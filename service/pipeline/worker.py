@@ -92,7 +92,7 @@ class PipelineWorker:
             self._worker = self.app.Worker(
                 hostname=self.name, queues=self.queues, pool="solo", concurrency=1, prefetch_multiplier=1,
                 loglevel=logging.getLevelName(logging.getLogger().level), without_heartbeat=True,
-                without_gossip=True, without_mingle=True,
+                without_gossip=True, without_mingle=True, quiet=True,
             )
             self._worker.start()
         finally:

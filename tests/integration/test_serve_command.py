@@ -31,6 +31,7 @@ def _environment(home: Path, dicom_port: int) -> dict[str, str]:
     env.update(
         M3EDGE_HOME=str(home), M3EDGE_DICOM_PORT=str(dicom_port), M3EDGE_API_PORT=str(free_port()),
         M3EDGE_STUDY_IDLE_SECONDS="1", M3EDGE_STUDY_RELEASE_GRACE_SECONDS="0.5", TCP_NODELAY="1",
+        M3EDGE_DEMO_MODELS_WHEN_EMPTY="false",
     )
     return env
 
