@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -121,11 +121,13 @@ class _Catalog:
 
 
 def _fresh_instances(connection: Connection, instances: list[ReceivedInstance]) -> list[ReceivedInstance]:
-    """Drop re-sends already recorded. Only a spool 'duplicate' can have a row: other paths were just created."""
-    resent = {i.relative_path for i in instances if i.duplicate}
-    recorded = (
-        set(connection.execute(select(Instance.path).where(Instance.path.in_(resent))).scalars()) if resent else set()
-    )
+    """Drop instances whose file is already recorded (a re-send), and repeats within the batch.
+
+    Every path is looked up, not only spool 'duplicates': the node commits the row while it syncs the spool
+    directory, so after a crash in between, a re-sent instance can be linked anew ('stored') under a recorded path.
+    """
+    paths = {i.relative_path for i in instances}
+    recorded = set(connection.execute(select(Instance.path).where(Instance.path.in_(paths))).scalars())
     fresh = []
     for instance in instances:
         if instance.relative_path not in recorded:
@@ -260,16 +262,24 @@ class DatabaseRecorder:
     # -- InstanceRecorder -----------------------------------------------------------------------------------------
 
     def record(self, instance: ReceivedInstance) -> None:
-        self._submit(_Job(instances=[instance]))
+        self._wait(self._enqueue(_Job(instances=[instance])))
+
+    def begin_record(self, instance: ReceivedInstance) -> Callable[[], None]:
+        """Queue ``instance`` for the next commit and return at once; calling the result waits for that commit."""
+        job = self._enqueue(_Job(instances=[instance]))
+        return lambda: self._wait(job)
 
     def associations_ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
         if study_uids:
-            self._submit(_Job(ended=(tuple(study_uids), ended_at)))
+            self._wait(self._enqueue(_Job(ended=(tuple(study_uids), ended_at))))
 
-    def _submit(self, job: _Job) -> None:
+    def _enqueue(self, job: _Job) -> _Job:
         if self._thread is None:
             self.start()  # started on first use, so a recorder handed straight to DicomNode needs no extra call
         self._jobs.put(job)
+        return job
+
+    def _wait(self, job: _Job) -> None:
         if not job.done.wait(self._timeout):
             raise RecorderError(f"the database did not commit within {self._timeout:g} s")
         if job.error is not None:

@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 from pydicom.dataset import Dataset
 
 from dicom_node.scp.header import encode_file_meta, read_instance_header
-from dicom_node.scp.recording import InstanceRecorder, ReceivedInstance
-from dicom_node.scp.spool import InstanceLocation, SpoolWriter, StoreOutcome
+from dicom_node.scp.recording import InstanceRecorder, ReceivedInstance, begin_recording
+from dicom_node.scp.spool import InstanceLocation, SpooledFile, SpoolWriter, StoreOutcome
 from dicom_node.scp.statuses import (
     KNOWN_ERRORS,
     SUCCESS,
@@ -58,7 +58,11 @@ def _status(code: int, comment: str) -> Dataset:
 def handle_store(
     event, spool: SpoolWriter, recorder: InstanceRecorder, studies: AssociationStudies, clock: Callable[[], datetime]
 ) -> int | Dataset:
-    """Store one C-STORE data set durably, record it, and answer; never raises (pynetdicom would abort)."""
+    """Store one C-STORE data set durably, record it, and answer; never raises (pynetdicom would abort).
+
+    Success is answered only after the file's data, its name (directory fsync) and its database row are all durable;
+    the row's commit runs while the directory is synced (see ``SpoolWriter.write``'s ``on_linked``).
+    """
     request = event.request
     calling_ae = (event.assoc.requestor.ae_title or "").strip()
     transfer_syntax = str(event.context.transfer_syntax)
@@ -70,9 +74,12 @@ def handle_store(
         )
         header = read_instance_header(file_meta, data_set, transfer_syntax)
         location = InstanceLocation(header.study_uid, header.series_uid, header.sop_instance_uid)
-        spooled = spool.write(location, (file_meta, data_set))
-        recorder.record(
-            ReceivedInstance(
+        received_at = clock()
+        commit: list = []
+
+        def start_recording(spooled: SpooledFile) -> None:
+            """The file is durable under its final name: commit its row while the spool syncs the directory."""
+            commit.append(begin_recording(recorder, ReceivedInstance(
                 study_uid=header.study_uid,
                 series_uid=header.series_uid,
                 sop_instance_uid=header.sop_instance_uid,
@@ -84,15 +91,20 @@ def handle_store(
                 conflict=spooled.conflict,
                 duplicate=spooled.outcome is StoreOutcome.DUPLICATE,
                 calling_ae=calling_ae,
-                received_at=clock(),
+                received_at=received_at,
                 modality=header.modality,
                 study_description=header.study_description,
                 study_date=header.study_date,
                 series_description=header.series_description,
                 series_number=header.series_number,
                 body_part_examined=header.body_part_examined,
-            )
-        )
+            )))
+
+        try:
+            spooled = spool.write(location, (file_meta, data_set), on_linked=start_recording)
+        finally:
+            for wait_for_commit in commit:  # also when the directory sync failed: never leave a commit behind
+                wait_for_commit()
     except KNOWN_ERRORS as exc:
         code = status_for_error(exc)
         LOGGER.warning(

@@ -16,7 +16,7 @@ import multiprocessing
 import signal
 import socket
 import threading
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -117,7 +117,7 @@ class _RemoteRecorder:
             pending.error = "the recording process went away"
             pending.done.set()
 
-    def _call(self, kind: str, payload: object) -> None:
+    def _send(self, kind: str, payload: object) -> tuple[int, _Pending]:
         call_id = next(self._ids)
         pending = self._pending[call_id] = _Pending()
         try:
@@ -126,6 +126,9 @@ class _RemoteRecorder:
         except (OSError, ValueError) as exc:
             self._pending.pop(call_id, None)
             raise RecorderError(f"cannot reach the recording process: {exc}") from exc
+        return call_id, pending
+
+    def _wait(self, call_id: int, pending: _Pending) -> None:
         if not pending.done.wait(_REPLY_TIMEOUT):
             self._pending.pop(call_id, None)
             raise RecorderError(f"the recording process did not answer within {_REPLY_TIMEOUT:g} s")
@@ -133,10 +136,15 @@ class _RemoteRecorder:
             raise RecorderError(pending.error)
 
     def record(self, instance: ReceivedInstance) -> None:
-        self._call("record", instance)
+        self._wait(*self._send("record", instance))
+
+    def begin_record(self, instance: ReceivedInstance) -> Callable[[], None]:
+        """Send ``instance`` to the parent at once; calling the result waits for its commit."""
+        call = self._send("record", instance)
+        return lambda: self._wait(*call)
 
     def associations_ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
-        self._call("ended", (tuple(study_uids), ended_at))
+        self._wait(*self._send("ended", (tuple(study_uids), ended_at)))
 
 
 def _receiver_main(config: NodeConfig, connection, log_queue, log_level: int) -> None:

@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ReceivedInstance", "InstanceRecorder", "RecorderError"]
+__all__ = ["ReceivedInstance", "InstanceRecorder", "RecorderError", "begin_recording"]
 
 
 class RecorderError(RuntimeError):
@@ -50,3 +50,20 @@ class InstanceRecorder(Protocol):
 
     def associations_ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
         """An association that stored into these studies was released or aborted (assembly's 'released' signal)."""
+
+
+def begin_recording(recorder: InstanceRecorder, instance: ReceivedInstance) -> Callable[[], None]:
+    """Start recording ``instance``; the returned function waits for the commit (raising ``RecorderError``).
+
+    A recorder with ``begin_record`` commits while the caller goes on (the node syncs the spool directory meanwhile);
+    any other recorder records right here and the returned function has nothing left to wait for.
+    """
+    begin = getattr(recorder, "begin_record", None)
+    if begin is not None:
+        return begin(instance)
+    recorder.record(instance)
+    return _nothing_to_wait_for
+
+
+def _nothing_to_wait_for() -> None:
+    return None

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +103,10 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _ignore(_spooled: SpooledFile) -> None:
+    return None
+
+
 class _DirectorySync:
     """fsync of directories shared by concurrent writers: one fsync covers every link made before it started.
 
@@ -173,15 +177,20 @@ class SpoolWriter:
 
     # -- writing --------------------------------------------------------------------------------------------------
 
-    def write(self, location: InstanceLocation, chunks: Sequence[bytes]) -> SpooledFile:
+    def write(
+        self, location: InstanceLocation, chunks: Sequence[bytes], *, on_linked: Callable[[SpooledFile], None] | None = None
+    ) -> SpooledFile:
         """Store the concatenation of ``chunks`` for ``location``; never overwrite another file.
 
+        ``on_linked`` is called once the file's data is durable and its final name is decided and linked (or found
+        to hold these bytes already), before the directory fsync that makes the name durable: the node starts the
+        database commit there, so the two syncs overlap. ``write`` returns only after that directory fsync.
         Raises ``SpoolFull`` when the disk is full and ``SpoolError`` for other I/O failures; nothing is left behind.
         """
         temp = self._incoming / f"{os.getpid()}-{uuid.uuid4().hex}{_TEMP_SUFFIX}"
         try:
             size, digest = self._write_temp(temp, chunks)
-            return self._publish(location, temp, size, digest)
+            return self._publish(location, temp, size, digest, on_linked or _ignore)
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise SpoolFull(exc.errno, f"the spool's disk is full ({self.root})") from exc
@@ -212,20 +221,32 @@ class SpoolWriter:
             os.close(fd)
         return size, digest.hexdigest()
 
-    def _publish(self, location: InstanceLocation, temp: Path, size: int, digest: str) -> SpooledFile:
+    def _publish(
+        self, location: InstanceLocation, temp: Path, size: int, digest: str, on_linked: Callable[[SpooledFile], None]
+    ) -> SpooledFile:
         series_dir = self._ensure_dir(location)
         primary = f"{location.series_dir}/{location.primary_name}"
         if self._link(temp, self.root / primary):
-            self._sync(series_dir)
-            return SpooledFile(primary, size, digest, StoreOutcome.STORED, conflict=False)
+            return self._announce(SpooledFile(primary, size, digest, StoreOutcome.STORED, conflict=False), series_dir,
+                                  on_linked)
         if _digest_of(self.root / primary) == digest:
-            return SpooledFile(primary, size, digest, StoreOutcome.DUPLICATE, conflict=False)
+            # Already there; the directory is synced anyway, in case the first copy's name is not durable yet.
+            return self._announce(SpooledFile(primary, size, digest, StoreOutcome.DUPLICATE, conflict=False),
+                                  series_dir, on_linked)
         copy = f"{location.series_dir}/{location.conflict_name(digest)}"
         if self._link(temp, self.root / copy):
-            self._sync(series_dir)
-            return SpooledFile(copy, size, digest, StoreOutcome.CONFLICT, conflict=True)
+            return self._announce(SpooledFile(copy, size, digest, StoreOutcome.CONFLICT, conflict=True), series_dir,
+                                  on_linked)
         # The digest is in the name: this very content was already kept as a conflicting copy.
-        return SpooledFile(copy, size, digest, StoreOutcome.DUPLICATE, conflict=True)
+        return self._announce(SpooledFile(copy, size, digest, StoreOutcome.DUPLICATE, conflict=True), series_dir,
+                              on_linked)
+
+    def _announce(
+        self, spooled: SpooledFile, series_dir: Path, on_linked: Callable[[SpooledFile], None]
+    ) -> SpooledFile:
+        on_linked(spooled)
+        self._sync(series_dir)
+        return spooled
 
     @staticmethod
     def _link(source: Path, target: Path) -> bool:

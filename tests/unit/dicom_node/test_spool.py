@@ -145,3 +145,84 @@ def test_many_series_written_concurrently_are_all_durable_and_distinct(spool):
     for location in locations:
         path = spool.root / location.series_dir / location.primary_name
         assert path.read_bytes() == location.sop_instance_uid.encode()
+
+
+def _watch_syncs(monkeypatch, spool: SpoolWriter, events: list[str]) -> None:
+    """Record each directory fsync in ``events`` (the real fsync still runs)."""
+    import dicom_node.scp.spool as spool_module
+
+    real = spool_module._fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        real(path)
+        events.append(f"fsync {path.relative_to(spool.root) if path != spool.root else '.'}")
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+
+
+def test_on_linked_sees_the_whole_file_under_its_name_before_the_directory_fsync(spool, monkeypatch):
+    events: list[str] = []
+    _watch_syncs(monkeypatch, spool, events)
+
+    def linked(spooled) -> None:
+        content = spool.path_of(spooled.relative_path).read_bytes()
+        events.append(f"linked {spooled.outcome.value} {content!r}")
+
+    stored = spool.write(LOCATION, [b"head", b"-body"], on_linked=linked)
+    assert stored.outcome is StoreOutcome.STORED
+    assert events[-2:] == ["linked stored b'head-body'", "fsync 1.2.3/1.2.3.4"]  # then write() returns
+
+
+def test_a_duplicate_waits_for_the_directory_fsync_too(spool, monkeypatch):
+    """A re-send may arrive while the first copy's name is not durable yet: its success must wait for the fsync."""
+    spool.write(LOCATION, [b"same"])
+    events: list[str] = []
+    _watch_syncs(monkeypatch, spool, events)
+    again = spool.write(LOCATION, [b"same"], on_linked=lambda spooled: events.append("linked"))
+    assert again.outcome is StoreOutcome.DUPLICATE
+    assert events == ["linked", "fsync 1.2.3/1.2.3.4"]
+
+
+def test_concurrent_writers_each_return_after_a_directory_fsync_that_began_after_their_link(spool, monkeypatch):
+    """The shared directory fsync (one for the writes arriving together) never answers a writer with an fsync that
+    started before that writer's link, nor before that fsync has finished."""
+    import dicom_node.scp.spool as spool_module
+
+    real = spool_module._fsync_dir
+    lock = threading.Lock()
+    ticks = iter(range(1_000_000))
+    fsyncs: list[tuple[int, int]] = []  # (started, finished)
+    linked_at: dict[str, int] = {}
+    returned_at: dict[str, int] = {}
+
+    def tick() -> int:
+        with lock:
+            return next(ticks)
+
+    def fsync_dir(path: Path) -> None:
+        started = tick()
+        real(path)
+        finished = tick()
+        with lock:
+            fsyncs.append((started, finished))
+
+    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+
+    def writer(n: int) -> None:
+        location = InstanceLocation("1.2.3", "1.2.3.4", f"1.2.3.4.{n}")
+
+        def linked(spooled) -> None:
+            linked_at[spooled.relative_path] = tick()
+
+        stored = spool.write(location, [b"x" * 1000, str(n).encode()], on_linked=linked)
+        returned_at[stored.relative_path] = tick()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(returned_at) == 24
+    for path, returned in returned_at.items():
+        assert any(linked_at[path] < started and finished < returned for started, finished in fsyncs), path
+    assert len(fsyncs) < 24 + 2  # shared: never more than one per writer (plus the study and series directories)
