@@ -9,6 +9,7 @@ import typer
 from service.cli.api import api_command
 from service.cli.context import CliContext, CliError
 from service.cli.db import db_app
+from service.cli.doctor import doctor_command
 from service.cli.models import engines_app, models_app
 from service.cli.node import node_commands
 from service.cli.peers import peer_commands
@@ -34,6 +35,7 @@ app.add_typer(engines_app, name="engines")
 app.add_typer(routes_app, name="routes")
 app.add_typer(users_app, name="users")
 app.command("api")(api_command)
+app.command("doctor")(doctor_command)
 app.command("worker")(worker_command)
 node_commands(app)
 serve_commands(app)

@@ -1,0 +1,152 @@
+"""``m3edge doctor``: is this installation ready? Configuration, database, broker, spool, GPU, models, rules, peers."""
+
+from __future__ import annotations
+
+import enum
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import typer
+
+from service.cli.context import cli_context
+from service.config import Settings
+
+__all__ = ["doctor_command", "Check", "Verdict", "run_checks"]
+
+
+class Verdict(str, enum.Enum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    verdict: Verdict
+    detail: str
+
+
+def _database(settings: Settings, session_factory) -> Check:
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    from service.db.migrate import alembic_config
+
+    try:
+        head = ScriptDirectory.from_config(alembic_config(settings.effective_database_url)).get_current_head()
+        with session_factory() as session:
+            current = MigrationContext.configure(session.connection()).get_current_revision()
+    except Exception as exc:  # any driver error is the finding
+        return Check("database", Verdict.FAIL, f"{settings.effective_database_url.partition(':')[0]}: {exc.__class__.__name__}")
+    if current != head:
+        return Check("database", Verdict.FAIL, f"at revision {current or 'none'}, not {head}: run `m3edge db upgrade`")
+    return Check("database", Verdict.OK, f"{settings.effective_database_url.partition(':')[0]} at revision {head}")
+
+
+def _broker(settings: Settings) -> Check:
+    from service.pipeline.celery_app import create_celery
+
+    app = create_celery(settings)
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=3)
+    except Exception as exc:
+        return Check("broker", Verdict.FAIL, f"unreachable: {exc.__class__.__name__}: {exc}"[:200])
+    kind = "embedded (SQLite file)" if settings.broker_url is None else settings.broker_url.partition(":")[0]
+    return Check("broker", Verdict.OK, kind)
+
+
+def _spool(settings: Settings) -> Check:
+    spool = settings.spool_dir
+    spool.mkdir(parents=True, exist_ok=True)
+    usage = shutil.disk_usage(spool)
+    used_percent = 100 * (usage.total - usage.free) / usage.total
+    detail = f"{spool}: {usage.free / 2**30:.1f} GiB free, {used_percent:.0f}% used"
+    if usage.free < settings.spool_reserve_bytes or used_percent > settings.spool_high_water_percent:
+        return Check("spool", Verdict.FAIL, detail + " (new associations are refused)")
+    return Check("spool", Verdict.OK, detail)
+
+
+def _gpu() -> Check:
+    try:
+        import torch
+    except ImportError:
+        return Check("gpu", Verdict.WARN, "PyTorch is not installed")
+    if not torch.cuda.is_available():
+        return Check("gpu", Verdict.WARN, "no CUDA GPU: experts run on ONNX Runtime (CPU), VILA-M3 on the CPU")
+    names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
+    try:
+        import tensorrt  # noqa: F401
+
+        trt = "TensorRT present"
+    except ImportError:
+        trt = "no TensorRT (torch fallback)"
+    return Check("gpu", Verdict.OK, f"{names}; {trt}")
+
+
+def _models(settings: Settings) -> Check:
+    from engines.model_store.layout import ModelsDirectory
+
+    installed = ModelsDirectory(settings.models_dir).installed()
+    if not installed:
+        return Check("models", Verdict.WARN, f"none in {settings.models_dir} (`m3edge models demo` or `models import`)")
+    demo = [m.folder for m in installed if m.demo]
+    detail = ", ".join(f"{m.folder} {m.version}" for m in installed)
+    if demo:
+        return Check("models", Verdict.WARN, f"{detail}; DEMO weights: {', '.join(demo)}")
+    return Check("models", Verdict.OK, detail)
+
+
+def _rules(settings: Settings) -> Check:
+    from service.routing import RoutingRulesError, load_rules
+
+    try:
+        rules = load_rules(settings.routing_rules)
+    except RoutingRulesError as exc:
+        return Check("routing rules", Verdict.FAIL, str(exc).replace("\n", " "))
+    return Check("routing rules", Verdict.OK, f"{len(rules.rules)} rules from {settings.routing_rules or 'built-in'}")
+
+
+def _destinations(settings: Settings) -> list[Check]:
+    from dicom_node.scu import DeliveryError, RetryPolicy, StorageSCU
+
+    if not settings.destinations:
+        return [Check("destinations", Verdict.WARN, "none configured: results stay here (set DESTINATIONS)")]
+    scu = StorageSCU(settings.dicom_ae_title, retry=RetryPolicy(attempts=1), connection_timeout=5)
+    checks = []
+    for destination in settings.destinations:
+        try:
+            seconds = scu.echo(destination)
+            checks.append(Check(f"C-ECHO {destination}", Verdict.OK, f"{seconds * 1000:.0f} ms"))
+        except DeliveryError as exc:
+            checks.append(Check(f"C-ECHO {destination}", Verdict.FAIL, str(exc)[:200]))
+    return checks
+
+
+def run_checks(settings: Settings, session_factory) -> list[Check]:
+    access = ", ".join(map(str, settings.dicom_allowed_aes)) or "loopback callers only"
+    checks = [Check("configuration", Verdict.OK,
+                    f"AE {settings.dicom_ae_title} on {settings.dicom_host}:{settings.dicom_port}; access: {access}")]
+    probes: list[Callable[[], Check | list[Check]]] = [
+        lambda: _database(settings, session_factory), lambda: _broker(settings), lambda: _spool(settings), _gpu,
+        lambda: _models(settings), lambda: _rules(settings), lambda: _destinations(settings),
+    ]
+    for probe in probes:
+        result = probe()
+        checks.extend(result if isinstance(result, list) else [result])
+    return checks
+
+
+def doctor_command(ctx: typer.Context) -> None:
+    """Check the configuration, database, broker, spool, GPU, models, routing rules and C-ECHO every destination.
+
+    Exit status 1 when any check fails."""
+    context = cli_context(ctx)
+    checks = run_checks(context.settings, context.session_factory)
+    width = max(len(c.name) for c in checks)
+    for check in checks:
+        typer.echo(f"{check.verdict.value:<4}  {check.name:<{width}}  {check.detail}")
+    if any(c.verdict is Verdict.FAIL for c in checks):
+        raise typer.Exit(1)

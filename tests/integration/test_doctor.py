@@ -1,0 +1,49 @@
+"""``m3edge doctor`` against real peers: a dcmtk storescp that answers, a port where nothing listens, a broker down."""
+
+import os
+import subprocess
+import sys
+
+from service.db.migrate import upgrade_database
+from tests.conftest import require_tool
+from tests.support.dcmtk import dcmtk_env
+from tests.support.polling import wait_for
+from tests.support.ports import free_port
+
+CLI = [sys.executable, "-c", "from service.cli.main import main; main()"]
+
+
+def doctor(env):
+    return subprocess.run([*CLI, "doctor"], capture_output=True, text=True, env=env, timeout=120)
+
+
+def lines_by_check(output):
+    return {line.split()[1]: line.split()[0] for line in output.splitlines() if line and line.split()[0] in {"ok", "warn", "FAIL"}}
+
+
+def test_doctor_reports_each_check_and_fails_on_a_dead_destination(tmp_path):
+    storescp = require_tool("storescp")
+    home = tmp_path / "home"
+    upgrade_database(f"sqlite:///{home / 'm3edge.db'}")
+    up, down = free_port(), free_port()
+    peer = subprocess.Popen([storescp, "-aet", "PACS", str(up)], env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3EDGE_")}
+    env.update(M3EDGE_HOME=str(home), M3EDGE_DESTINATIONS=f"PACS@127.0.0.1:{up}")
+    try:
+        healthy = wait_for(lambda: (r := doctor(env)).returncode == 0 and r, timeout=30, interval=0.5,
+                           message="doctor never passed with storescp up")
+        checks = lines_by_check(healthy.stdout)
+        assert checks["database"] == checks["broker"] == checks["spool"] == checks["configuration"] == "ok"
+        assert checks["C-ECHO"] == "ok" and f"PACS@127.0.0.1:{up}" in healthy.stdout
+        assert checks["models"] == "warn"  # nothing installed in this HOME
+
+        env["M3EDGE_DESTINATIONS"] += f",DOWN@127.0.0.1:{down}"
+        env["M3EDGE_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"
+        failing = doctor(env)
+        assert failing.returncode == 1
+        assert f"FAIL  C-ECHO DOWN@127.0.0.1:{down}" in failing.stdout
+        assert lines_by_check(failing.stdout)["broker"] == "FAIL"
+    finally:
+        peer.terminate()
+        peer.wait(timeout=10)
