@@ -115,6 +115,23 @@ def routing_rules(admin: AdminUser, request: Request) -> dict:
     return {"source": str(settings.routing_rules or "built-in"), "rules": [r.model_dump(mode="json") for r in rules.rules]}
 
 
+@router.get("/workers", summary="Workers seen by the pipeline: what each ran last and what it runs now")
+def workers(admin: AdminUser, session: SessionDep) -> list[dict]:
+    from sqlalchemy import func
+
+    from service.db.models import StageRun, StageStatus
+
+    rows = session.execute(
+        select(StageRun.worker, func.max(StageRun.started_at), func.count())
+        .where(StageRun.worker != "").group_by(StageRun.worker).order_by(StageRun.worker)
+    ).all()
+    running = dict(session.execute(
+        select(StageRun.worker, func.count()).where(StageRun.status == StageStatus.RUNNING).group_by(StageRun.worker)
+    ).all())
+    return [{"name": name, "last_started_at": last.isoformat() if last else None, "stages_run": n,
+             "running_now": running.get(name, 0)} for name, last, n in rows]
+
+
 @router.get("/queues", summary="Pipeline stages by state")
 def queues(admin: AdminUser, request: Request) -> dict:
     counts = request.app.state.intake.ledger.stage_counts()

@@ -91,3 +91,16 @@ def test_admin_creates_a_user_whose_token_works_and_health_endpoints(api, sessio
         metrics = client.get("/metrics").text
         assert 'm3edge_studies{modality="CT",status="done"} 1.0' in metrics
         assert 'm3edge_studies{modality="MR",status="failed"} 1.0' in metrics
+
+
+def test_admin_sees_the_workers_that_ran_stages(api, session_factory):
+    from service.pipeline.ledger import PipelineLedger
+    from service.pipeline.stages import Stage
+
+    base, tokens, _, _ = api
+    seed(session_factory)
+    ledger = PipelineLedger(session_factory)
+    run_id = ledger.start_run("1.2.826.0.1.3680043.8.498.3")
+    ledger.claim(run_id, Stage.PLAN, "gpu-worker@host1")
+    workers = httpx.get(base + "/api/v1/admin/workers", headers={"Authorization": f"Bearer {tokens['admin']}"}).json()
+    assert [(w["name"], w["stages_run"], w["running_now"]) for w in workers] == [("gpu-worker@host1", 1, 1)]
