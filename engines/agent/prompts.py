@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib import resources
 
+from engines.experts.labels import CXR_PATHOLOGIES
+
 __all__ = [
     "Modality",
     "MODEL_CARDS_LENGTH",
@@ -43,23 +45,7 @@ BRATS_TRAINING_LEGEND = "yellow and red: tumor core, only yellow: enhancing tumo
 # expert's dict has; pathologies not listed here (none for the 18-class ensemble) follow in sorted order. The demo's
 # sorted order is NOT used.
 CXR_TRAINING_PATHOLOGY_ORDER: tuple[str, ...] = (
-    "Atelectasis",
-    "Consolidation",
-    "Infiltration",
-    "Edema",
-    "Emphysema",
-    "Fibrosis",
-    "Effusion",
-    "Pneumonia",
-    "Pleural_Thickening",
-    "Cardiomegaly",
-    "Nodule",
-    "Mass",
-    "Hernia",
-    "Lung Lesion",
-    "Fracture",
-    "Lung Opacity",
-    "Enlarged Cardiomediastinum",
+    *(name for name in CXR_PATHOLOGIES if name != "Pneumothorax"),
     "Pneumothorax",
 )
 CXR_YES_THRESHOLD = 0.5  # training: "yes" when score > 0.5 (strictly; the demo's >= is the drift)
