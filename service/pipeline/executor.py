@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.pipeline.ledger import PipelineLedger, StageClaim, StageTicket
-from service.pipeline.stages import PermanentStageError, Stage, StudySkipped, TransientStageError
+from service.pipeline.stages import PermanentStageError, Stage, StudySkipped, TransientStageError, dispatch_group
 
 __all__ = ["StageOutcome", "StageHandler", "Dispatcher", "StageExecutor", "backoff_seconds"]
 
@@ -82,5 +82,6 @@ class StageExecutor:
         ticket = self.ledger.finish(run_id, stage, outcome.result, route=outcome.route, priority=outcome.priority)
         LOGGER.info("study %s: %s done in %.2f s", claim.study_uid, stage.value, elapsed)
         if ticket is not None:
-            self.dispatcher.dispatch(ticket)
+            for stage_to_send in dispatch_group(ticket.stage):
+                self.dispatcher.dispatch(StageTicket(ticket.run_id, stage_to_send, ticket.priority))
         return "done"

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import PipelineRun, RunStatus, StageRun, StageStatus, Study, StudyStatus, utcnow
 from service.db.session import session_scope
-from service.pipeline.stages import STAGE_ORDER, TIME_LIMITS, Stage, next_stage
+from service.pipeline.stages import STAGE_ORDER, TIME_LIMITS, Stage
 
 __all__ = ["PipelineLedger", "StageClaim", "StageTicket", "RunNotFound"]
 
@@ -47,6 +47,7 @@ class StageClaim:
     attempt: int
     route: dict
     results: dict[str, dict]  # stage name -> result of every stage already done in this run
+    worker: str = ""  # who claimed it (a handler that claims another stage of the run claims it under this name)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -167,7 +168,7 @@ class PipelineLedger:
             run.status = RunStatus.RUNNING
             run.study.status = StudyStatus.PROCESSING
             results = {s.stage: dict(s.result or {}) for s in run.stages if s.status == StageStatus.DONE}
-            return StageClaim(run_id, run.study.study_uid, stage, row.attempts, dict(run.route or {}), results)
+            return StageClaim(run_id, run.study.study_uid, stage, row.attempts, dict(run.route or {}), results, worker)
 
     def finish(self, run_id: int, stage: Stage | str, result: dict, route: dict | None = None,
                priority: str | None = None) -> StageTicket | None:
@@ -184,7 +185,9 @@ class PipelineLedger:
                 run.route = route
             if priority is not None:
                 run.priority = priority
-            following = next_stage(stage)
+            # The next stage is the first one not done: stages may finish out of order (the expert beside the VLM).
+            states = {s.stage: s.status for s in run.stages}
+            following = next((s for s in STAGE_ORDER if states.get(s.value) != StageStatus.DONE), None)
             if following is None:
                 run.status = RunStatus.DONE
                 run.finished_at = utcnow()
@@ -219,6 +222,12 @@ class PipelineLedger:
             run.study.error = reason
 
     # -- the sweeper's view ---------------------------------------------------------------------------------------
+
+    def stage_state(self, run_id: int, stage: Stage | str) -> tuple[StageStatus, dict, str]:
+        """(status, result, error) of one stage, read fresh."""
+        with session_scope(self.session_factory) as session:
+            row = self._stage_row(session, run_id, Stage(stage))
+            return row.status, dict(row.result or {}), row.error
 
     def completed_unqueued_studies(self) -> list[str]:
         with session_scope(self.session_factory) as session:
@@ -298,6 +307,8 @@ class PipelineLedger:
         row.error = error
         row.finished_at = utcnow()
         run = row.run
+        if run.status == RunStatus.FAILED:  # the first failure is the cause (the expert failing under the VLM stage)
+            return
         run.status = RunStatus.FAILED
         run.error = error
         run.error_stage = row.stage

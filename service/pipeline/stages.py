@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["Stage", "STAGE_ORDER", "queue_for", "next_stage", "TIME_LIMITS", "TransientStageError", "PermanentStageError",
+__all__ = ["Stage", "STAGE_ORDER", "queue_for", "next_stage", "dispatch_group", "TIME_LIMITS", "TransientStageError", "PermanentStageError",
            "StudySkipped"]
 
 
@@ -43,6 +43,14 @@ def queue_for(stage: Stage | str, priority: str = "routine") -> str:
     """``cpu``/``gpu``/``io``; urgent work goes to ``<queue>.urgent``, which workers read first."""
     queue = _QUEUES[Stage(stage)]
     return f"{queue}.urgent" if priority == "urgent" else queue
+
+
+def dispatch_group(stage: Stage | str) -> tuple[Stage, ...]:
+    """The messages to send when ``stage`` is next. The expert goes out with the VLM stage, VLM first: the VLM
+    handler claims the expert itself and runs it beside the model's first turn (see work/vlm.py); whichever worker
+    takes the expert's own message first runs it instead, and the other message finds it claimed."""
+    stage = Stage(stage)
+    return (Stage.VLM, Stage.EXPERT) if stage is Stage.EXPERT else (stage,)
 
 
 def next_stage(stage: Stage | str) -> Stage | None:

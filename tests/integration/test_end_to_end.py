@@ -254,9 +254,11 @@ def test_scp_and_worker_processes_survive_a_worker_killed_during_the_expert_stag
         for kind in ("cxr", "mri"):
             _send(orthanc, env, studies[kind])
         _wait_for_reports(orthanc, studies, studies)
-        expert = _stage(factory, ct_uid, "expert")
-        assert (expert.status, expert.attempts) == (StageStatus.DONE, 2)  # re-run after the kill, once
-        for stage in ("plan", "prepare", "vlm", "report", "deliver"):
+        # The expert runs beside the VLM stage's first turn, so the kill stopped both: each ran again, once.
+        for stage in ("expert", "vlm"):
+            row = _stage(factory, ct_uid, stage)
+            assert (row.status, row.attempts) == (StageStatus.DONE, 2), stage
+        for stage in ("plan", "prepare", "report", "deliver"):
             assert _stage(factory, ct_uid, stage).attempts == 1, stage
     finally:
         worker.stop()
@@ -333,11 +335,18 @@ def test_when_the_model_asks_for_another_argument_that_expert_runs_too(tmp_path,
     handlers = build_stage_handlers(settings, factory, vlm_factory=lambda: replace(loaded, model=double))
     outcomes = run_inline(settings, factory, store_in_spool(settings, factory, ct_study()), handlers).outcomes
     try:
-        assert [outcome for _, outcome in outcomes] == ["done"] * 6
+        # Each stage ran once; the expert's own message found it taken by the VLM stage, which ran it beside turn 1.
+        assert sorted(stage for stage, outcome in outcomes if outcome == "done") == sorted(
+            ["plan", "prepare", "vlm", "report", "deliver"])
+        assert ("expert", "not-claimed") in outcomes
+        assert {outcome for _, outcome in outcomes} == {"done", "not-claimed"}
         with session_scope(factory) as session:
             report = session.scalars(select(Report)).one()
-            expert = session.scalars(select(StageRun).where(StageRun.stage == "expert")).one().result
-        assert expert["argument"] == "everything"  # the route's expert ran as routed, before the model
+            expert_row = session.scalars(select(StageRun).where(StageRun.stage == "expert")).one()
+            expert, expert_attempts = expert_row.result, expert_row.attempts
+            vlm = session.scalars(select(StageRun).where(StageRun.stage == "vlm")).one().result
+        assert expert["argument"] == "everything" and expert_attempts == 1  # the route's expert ran as routed, once
+        assert vlm["expert_beside_turn1"] is True
         call = report.transcript["expert_call"]
         assert (call["expert"], call["argument"], call["source"]) == ("VISTA3D", "hepatic tumor", "ran")
         assert report.transcript["outcome"] in ("answered_with_expert", "answer_truncated")
@@ -369,3 +378,63 @@ def test_the_worker_child_does_not_outlive_a_killed_serve(tmp_path, demo_models,
                  message="the worker child kept running after m3edge serve was killed")
     finally:
         serve.stop()
+
+
+class SlowFirstTurn:
+    """TEST DOUBLE around the real demo VILA-M3: every generation takes at least 1.5 s (as a real 8B turn would take
+    seconds), and the wall-clock span of each generation is recorded."""
+
+    def __init__(self, model) -> None:
+        self.model, self.spans = model, []
+
+    def generate(self, conversation, config):
+        import time
+
+        started = time.time()
+        real = self.model.generate(conversation, config)
+        time.sleep(max(0.0, 1.5 - (time.time() - started)))  # simulated model time, not a wait for a condition
+        self.spans.append((started, time.time()))
+        return real
+
+
+def _epoch(moment) -> float:
+    """Seconds since the epoch of a database timestamp (SQLite gives them back without a time zone: UTC)."""
+    from datetime import timezone
+
+    return (moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def test_the_route_expert_runs_while_the_model_generates_its_first_turn(tmp_path, demo_models):
+    from dataclasses import replace
+
+    from service.config import Settings
+    from service.pipeline.work import build_stage_handlers
+    from service.pipeline.work.vlm_loader import load_vlm
+    from tests.support.pipeline_study import run_inline, store_in_spool
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(demo_models, target_is_directory=True)
+    url = f"sqlite:///{home / 'm3edge.db'}"
+    upgrade_database(url)
+    settings = Settings(home=home, database_url=url, vlm_max_new_tokens=8)
+    engine = create_db_engine(url)
+    factory = make_session_factory(engine)
+    loaded = load_vlm(settings)
+    slow = SlowFirstTurn(loaded.model)
+    handlers = build_stage_handlers(settings, factory, vlm_factory=lambda: replace(loaded, model=slow))
+    try:
+        run_inline(settings, factory, store_in_spool(settings, factory, cxr_study()), handlers)
+        with session_scope(factory) as session:
+            rows = {row.stage: row for row in session.scalars(select(StageRun))}
+            report = session.scalars(select(Report)).one()
+        expert, vlm = rows["expert"], rows["vlm"]
+        assert expert.status is StageStatus.DONE and expert.attempts == 1 and vlm.result["expert_beside_turn1"]
+        first_turn_start, first_turn_end = slow.spans[0]
+        expert_start, expert_end = _epoch(expert.started_at), _epoch(expert.finished_at)
+        # The expert ran inside the first turn's span, not before it and not after it.
+        assert first_turn_start - 1.0 <= expert_start <= first_turn_end, (expert_start, slow.spans)
+        assert expert_end <= _epoch(vlm.finished_at)
+        assert report.findings  # the route expert's findings reached the report
+    finally:
+        engine.dispose()

@@ -9,7 +9,7 @@ from service.db.session import session_scope
 from service.pipeline.executor import StageExecutor, StageOutcome
 from service.pipeline.intake import PipelineIntake, PipelineSweeper
 from service.pipeline.ledger import PipelineLedger
-from service.pipeline.stages import STAGE_ORDER, PermanentStageError, Stage, StudySkipped, TransientStageError
+from service.pipeline.stages import PermanentStageError, Stage, StudySkipped, TransientStageError
 
 
 class RecordingDispatcher:
@@ -46,6 +46,9 @@ def handlers(calls, overrides=None):
     return table
 
 
+EXPECTED_ORDER = [Stage.PLAN, Stage.PREPARE, Stage.VLM, Stage.EXPERT, Stage.REPORT, Stage.DELIVER]
+
+
 def drain(executor, dispatcher):
     """Run every sent message in order, as a worker would."""
     while dispatcher.sent:
@@ -80,8 +83,11 @@ def test_a_completed_study_runs_every_stage_once_in_order(session_factory, pipel
     assert run_id is not None
     assert intake.on_study_complete("1.2.3") is None  # the hook and the sweeper may both call it: one run
     drain(executor, dispatcher)
-    assert [c[0] for c in calls] == list(STAGE_ORDER)
+    # The VLM stage is sent before the expert (it may run the expert beside the model's first turn); the report
+    # waits for both.
+    assert [c[0] for c in calls] == EXPECTED_ORDER
     assert calls[-1][2]["plan"]["rule"] == "ct"  # later stages see earlier results
+    assert set(calls[4][2]) == {"plan", "prepare", "vlm", "expert"}
     assert study_state(session_factory) == (StudyStatus.DONE, "")
     with session_scope(session_factory) as session:
         run = session.get(PipelineRun, run_id)
@@ -171,7 +177,7 @@ def test_permanent_error_fails_the_study_and_reprocess_resumes_from_the_failed_s
     calls.clear()
     intake.reprocess("1.2.3", from_stage="plan")
     drain(executor, dispatcher)
-    assert [c[0] for c in calls] == list(STAGE_ORDER)
+    assert [c[0] for c in calls] == EXPECTED_ORDER
 
 
 def test_unexpected_exceptions_fail_visibly(session_factory, pipeline):
@@ -234,7 +240,7 @@ def test_sweeper_requeues_a_stage_whose_worker_was_lost(session_factory, pipelin
     # plan and prepare run, then a worker claims the expert stage and dies (kill -9): the row stays RUNNING.
     executor.execute(*dispatcher.sent.pop(0)[:2])
     executor.execute(*dispatcher.sent.pop(0)[:2])
-    assert dispatcher.sent[0][1] is Stage.EXPERT
+    assert [s for _, s, _ in dispatcher.sent] == [Stage.VLM, Stage.EXPERT]
     dispatcher.sent.clear()
     assert ledger.claim(run_id, Stage.EXPERT, "lost-worker") is not None
     assert ledger.stalled() == []  # within its time limit: left alone
