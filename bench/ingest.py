@@ -6,10 +6,19 @@ storage, sends the whole corpus with ``--senders`` parallel storescu processes (
 Orthanc run with TCP_NODELAY=1), stops it and prints MB/s and instances/s with the ratios m3edge/Orthanc and
 m3edge/storescp.
 
-- m3edge: ``m3edge scp`` with its embedded SQLite database, durability on (fsync of each file and its directory, the
-  database row committed before each success status); the count of recorded instances is checked afterwards.
+- m3edge: ``m3edge scp`` with its embedded SQLite database and ``--receivers`` receiving processes (one per CPU core
+  by default), durability on: each file written to a temporary file and fdatasync'ed, linked under its final name,
+  its directory fsynced and its database row committed (SQLite WAL, synchronous=FULL) before each success status;
+  the count of recorded instances is checked afterwards.
 - storescp: ``storescp --fork`` writing plain files (no fsync): the ceiling to report.
-- Orthanc: SQLite index, ``SyncStorageArea`` on (it fsyncs too), no compression.
+- Orthanc: SQLite index, ``SyncStorageArea`` true, no compression. Traced with strace (Orthanc 1.10.1), that means one
+  fdatasync of each stored file, written in place under its final name; no fsync of its directories; and index
+  commits that are not synced (SQLite WAL with synchronous=NORMAL: the WAL is synced at checkpoints only). Its
+  success status therefore promises less than m3edge's; the comparison gives Orthanc that advantage.
+
+``--runs`` repeats the whole comparison (the order of the targets rotates each run, the machine may be shared and
+noisy); each run is printed, then the median of each target and the ratios of the medians. The configuration of each
+target and the share of idle CPU during each transfer are printed too.
 """
 
 from __future__ import annotations
@@ -92,10 +101,17 @@ class Measurement:
         return self.instances / self.seconds
 
 
-def send(port: int, files: list[Path], senders: int, called_ae: str) -> float:
+@dataclass(frozen=True)
+class Transfer:
+    seconds: float
+    idle: float | None  # share of the machine's CPU time left idle during the transfer (None off Linux)
+
+
+def send(port: int, files: list[Path], senders: int, called_ae: str) -> Transfer:
     """Send ``files`` with ``senders`` parallel storescu processes; return the wall time. Raises if any fails."""
     groups = [files[i::senders] for i in range(senders)] if senders > 1 else [files]
     groups = [sorted(g) for g in groups if g]
+    counters = _cpu_counters()
     started = time.monotonic()
     processes = [
         subprocess.Popen(
@@ -110,9 +126,10 @@ def send(port: int, files: list[Path], senders: int, called_ae: str) -> float:
         if process.returncode != 0:
             failures.append(err.decode(errors="replace")[-500:])
     elapsed = time.monotonic() - started
+    idle = idle_share(counters, _cpu_counters())
     if failures:
         raise RuntimeError(f"storescu failed: {failures[0]}")
-    return elapsed
+    return Transfer(elapsed, idle)
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -125,26 +142,56 @@ def _stop(process: subprocess.Popen) -> None:
             process.wait(timeout=10)
 
 
-def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int) -> float:
+def _cpu_counters() -> tuple[int, int] | None:
+    """(idle + iowait, total) jiffies of the whole machine, or None where /proc/stat is missing."""
+    try:
+        values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return values[3] + values[4], sum(values)
+
+
+def idle_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
+def describe_targets(senders: int, receivers: int) -> dict[str, str]:
+    """What each target runs with (printed before the measurements)."""
+    return {
+        "m3edge": f"m3edge scp, DICOM_RECEIVERS={receivers}, DICOM_MAX_ASSOCIATIONS={max(16, senders * 2)}, "
+                  f"DICOM_MAX_PDU_SIZE=default, SQLite (WAL, synchronous=FULL); per instance before its status: "
+                  f"temp file fdatasync, link, directory fsync, row commit",
+        "storescp": "storescp --fork, plain files, no fsync (the ceiling)",
+        "orthanc": f"Orthanc, SyncStorageArea=true (fdatasync of each file; no directory fsync; SQLite index "
+                   f"synchronous=NORMAL), StorageCompression=false, DicomThreadsCount={max(4, senders)}",
+    }
+
+
+def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int) -> Transfer:
     home = work / "m3edge"
     port = _free_port()
     env = {
         **os.environ, "M3EDGE_HOME": str(home), "M3EDGE_DICOM_PORT": str(port), "M3EDGE_DICOM_HOST": "127.0.0.1",
-        "M3EDGE_SPOOL_RESERVE_BYTES": "0", "M3EDGE_LOG_LEVEL": "WARNING", "M3EDGE_DICOM_RECEIVERS": str(receivers),
+        "M3EDGE_SPOOL_RESERVE_BYTES": "0", "M3EDGE_LOG_LEVEL": "INFO", "M3EDGE_DICOM_RECEIVERS": str(receivers),
         "M3EDGE_DICOM_MAX_ASSOCIATIONS": str(max(16, senders * 2)), "M3EDGE_STUDY_IDLE_SECONDS": "3600",
     }
     env.pop("M3EDGE_DATABASE_URL", None)  # the embedded default: SQLite in HOME
     home.mkdir(parents=True)
-    log = (home / "scp.log").open("wb")
+    log_path = home / "scp.log"
+    log = log_path.open("wb")
     process = subprocess.Popen(
         [sys.executable, "-c", "from service.cli.main import main; main(['scp', '--no-assemble'])"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        _wait(lambda: _port_open(port) or process.poll() is not None, 120, "m3edge scp did not listen")
+        # The port opens with the first receiving process; the node logs "listening" once all of them are ready.
+        _wait(lambda: b" listening on " in log_path.read_bytes() or process.poll() is not None, 120,
+              "m3edge scp did not listen")
         if process.poll() is not None:
             raise RuntimeError(f"m3edge scp exited: {(home / 'scp.log').read_text()[-2000:]}")
-        elapsed = send(port, files, senders, "M3EDGE")
+        transfer = send(port, files, senders, "M3EDGE")
     finally:
         _stop(process)
         log.close()
@@ -152,10 +199,10 @@ def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int) -> f
         recorded = db.execute("SELECT count(*) FROM instances").fetchone()[0]
     if recorded != len(files):
         raise RuntimeError(f"m3edge recorded {recorded} of {len(files)} instances")
-    return elapsed
+    return transfer
 
 
-def run_storescp(files: list[Path], work: Path, senders: int) -> float:
+def run_storescp(files: list[Path], work: Path, senders: int) -> Transfer:
     out = work / "storescp"
     out.mkdir(parents=True)
     port = _free_port()
@@ -170,7 +217,7 @@ def run_storescp(files: list[Path], work: Path, senders: int) -> float:
         _stop(process)
 
 
-def run_orthanc(files: list[Path], work: Path, senders: int) -> float:
+def run_orthanc(files: list[Path], work: Path, senders: int) -> Transfer:
     folder = work / "orthanc"
     folder.mkdir(parents=True)
     dicom_port, http_port = _free_port(), _free_port()
@@ -199,23 +246,40 @@ def run_orthanc(files: list[Path], work: Path, senders: int) -> float:
 
     try:
         _wait(ready, 120, "Orthanc did not answer")
-        elapsed = send(dicom_port, files, senders, "ORTHANC")
+        transfer = send(dicom_port, files, senders, "ORTHANC")
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/statistics", timeout=30) as answer:
             stored = json.load(answer)["CountInstances"]
         if stored != len(files):
             raise RuntimeError(f"Orthanc stored {stored} of {len(files)} instances")
-        return elapsed
+        return transfer
     finally:
         _stop(process)
         log.close()
 
 
+def _run_target(target: str, files: list[Path], work: Path, senders: int, receivers: int) -> Transfer:
+    if target == "m3edge":
+        return run_m3edge(files, work, senders, receivers)
+    if target == "storescp":
+        return run_storescp(files, work, senders)
+    return run_orthanc(files, work, senders)
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def main(argv: list[str] | None = None) -> list[Measurement]:
+    """Run the comparison; return each target's median measurement, in the order of ``--targets``."""
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=320, help="corpus size in MB (at least 300 for the report)")
     parser.add_argument("--rows", type=int, default=512, help="rows = columns of each slice (512 for the report)")
-    parser.add_argument("--senders", type=int, default=4, help="parallel storescu processes, the same for every target")
-    parser.add_argument("--receivers", type=int, default=1, help="m3edge receiving processes (DICOM_RECEIVERS)")
+    parser.add_argument("--senders", type=int, default=8, help="parallel storescu processes, the same for every target")
+    parser.add_argument("--receivers", type=int, default=os.cpu_count() or 1,
+                        help="m3edge receiving processes (DICOM_RECEIVERS; default: one per CPU core)")
+    parser.add_argument("--runs", type=int, default=3, help="how many times to run the whole comparison")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "m3edge-bench-corpus")
     parser.add_argument("--workdir", type=Path, default=None, help="where targets store (a temporary folder by default)")
@@ -227,23 +291,28 @@ def main(argv: list[str] | None = None) -> list[Measurement]:
 
     files = corpus(args.cache, args.size_mb, args.rows)
     total = sum(p.stat().st_size for p in files)
-    print(f"corpus: {len(files)} instances, {total / 1e6:.1f} MB; {args.senders} parallel storescu; "
-          f"m3edge receivers: {args.receivers}", flush=True)
-    results: list[Measurement] = []
+    print(f"corpus: {len(files)} instances, {total / 1e6:.1f} MB; {args.senders} parallel storescu per target; "
+          f"{args.runs} run(s); {os.cpu_count()} CPU core(s)", flush=True)
+    described = describe_targets(args.senders, args.receivers)
+    for target in targets:
+        print(f"  {target}: {described[target]}", flush=True)
+    seconds: dict[str, list[float]] = {target: [] for target in targets}
     with tempfile.TemporaryDirectory(prefix="m3edge-bench-", dir=args.workdir) as tmp:
-        for target in targets:
-            work = Path(tmp) / target
-            if target == "m3edge":
-                seconds = run_m3edge(files, work, args.senders, args.receivers)
-            elif target == "storescp":
-                seconds = run_storescp(files, work, args.senders)
-            else:
-                seconds = run_orthanc(files, work, args.senders)
-            shutil.rmtree(work, ignore_errors=True)
-            result = Measurement(target, seconds, len(files), total)
-            results.append(result)
-            print(f"{target:>9}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} instances/s  "
-                  f"({seconds:.2f} s)", flush=True)
+        for run in range(args.runs):
+            order = targets[run % len(targets):] + targets[:run % len(targets)]  # who goes first rotates
+            for target in order:
+                work = Path(tmp) / f"{target}-{run}"
+                transfer = _run_target(target, files, work, args.senders, args.receivers)
+                shutil.rmtree(work, ignore_errors=True)
+                seconds[target].append(transfer.seconds)
+                result = Measurement(target, transfer.seconds, len(files), total)
+                idle_text = "" if transfer.idle is None else f"  (machine CPU idle during the transfer: {transfer.idle:.0%})"
+                print(f"run {run + 1} {target:>9}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} "
+                      f"instances/s  ({transfer.seconds:.2f} s){idle_text}", flush=True)
+    results = [Measurement(target, _median(seconds[target]), len(files), total) for target in targets]
+    print(f"median of {args.runs} run(s):")
+    for result in results:
+        print(f"{result.target:>9}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} instances/s")
     by_name = {r.target: r for r in results}
     if "m3edge" in by_name:
         for peer in ("orthanc", "storescp"):

@@ -42,6 +42,7 @@ class _Job:
     ended: tuple[Collection[str], datetime] | None = None
     done: threading.Event = field(default_factory=threading.Event)
     error: BaseException | None = None
+    on_done: Callable[[BaseException | None], None] | None = None  # called by the writer thread after the commit
 
 
 def _merge_modalities(current: str, modality: str) -> str:
@@ -121,13 +122,15 @@ class _Catalog:
 
 
 def _fresh_instances(connection: Connection, instances: list[ReceivedInstance]) -> list[ReceivedInstance]:
-    """Drop instances whose file is already recorded (a re-send), and repeats within the batch.
+    """Drop re-sends already recorded (a spool 'duplicate' whose path has a row) and repeats within the batch.
 
-    Every path is looked up, not only spool 'duplicates': the node commits the row while it syncs the spool
-    directory, so after a crash in between, a re-sent instance can be linked anew ('stored') under a recorded path.
+    A 'stored' instance's path was just linked, so it has a row only if the node died after committing it but
+    before its directory sync made the name durable; the insert skips that row (``_insert_instances``).
     """
-    paths = {i.relative_path for i in instances}
-    recorded = set(connection.execute(select(Instance.path).where(Instance.path.in_(paths))).scalars())
+    resent = {i.relative_path for i in instances if i.duplicate}
+    recorded = (
+        set(connection.execute(select(Instance.path).where(Instance.path.in_(resent))).scalars()) if resent else set()
+    )
     fresh = []
     for instance in instances:
         if instance.relative_path not in recorded:
@@ -150,7 +153,25 @@ _TOUCH_STUDY = (
         calling_ae=func.coalesce(func.nullif(bindparam("calling_ae"), ""), _studies.c.calling_ae),
     )
 )
-_INSERT_INSTANCE = Instance.__table__.insert()
+_INSERT_INSTANCE: dict[str, object] = {}
+
+
+def _insert_instances(dialect_name: str):
+    """INSERT of instances that skips a path already recorded (SQLite and PostgreSQL: ON CONFLICT DO NOTHING)."""
+    statement = _INSERT_INSTANCE.get(dialect_name)
+    if statement is None:
+        table = Instance.__table__
+        if dialect_name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        elif dialect_name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        else:  # pragma: no cover - the service supports SQLite and PostgreSQL
+            statement = _INSERT_INSTANCE[dialect_name] = table.insert()
+            return statement
+        statement = _INSERT_INSTANCE[dialect_name] = dialect_insert(table).on_conflict_do_nothing(
+            index_elements=[table.c.path]
+        )
+    return statement
 
 
 def _touch_studies(connection: Connection, catalog: _Catalog, instances: list[ReceivedInstance]) -> None:
@@ -197,7 +218,7 @@ def _apply_instances(connection: Connection, catalog: _Catalog, instances: list[
     catalog.load_series(connection, fresh)
     _touch_studies(connection, catalog, fresh)
     connection.execute(
-        _INSERT_INSTANCE,
+        _insert_instances(connection.dialect.name),
         [
             {
                 "series_id": catalog.series[i.series_uid], "sop_instance_uid": i.sop_instance_uid,
@@ -272,6 +293,15 @@ class DatabaseRecorder:
     def associations_ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
         if study_uids:
             self._wait(self._enqueue(_Job(ended=(tuple(study_uids), ended_at))))
+
+    def submit(
+        self, instance: ReceivedInstance | None, ended: tuple[Collection[str], datetime] | None,
+        on_done: Callable[[BaseException | None], None],
+    ) -> None:
+        """Queue an instance (or an association end) and return at once; the writer thread calls ``on_done(error)``
+        after the commit (``error`` is None on success). For callers that must not hold a thread per waiting item
+        (the receiving processes' requests arrive on one pipe)."""
+        self._enqueue(_Job(instances=[instance] if instance is not None else [], ended=ended, on_done=on_done))
 
     def _enqueue(self, job: _Job) -> _Job:
         if self._thread is None:
@@ -365,6 +395,11 @@ class DatabaseRecorder:
         for job in jobs:
             job.error = error
             job.done.set()
+            if job.on_done is not None:
+                try:
+                    job.on_done(error)
+                except Exception:  # noqa: BLE001 - one caller's callback must not keep the others waiting
+                    LOGGER.exception("a commit callback failed")
 
 
 def make_recorder(session_factory: sessionmaker[Session]) -> DatabaseRecorder:

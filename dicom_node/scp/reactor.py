@@ -38,13 +38,13 @@ import pynetdicom.association as _association_module
 import pynetdicom.dul as _dul_module
 from pynetdicom import _handlers, evt
 from pynetdicom.association import Association
-from pynetdicom.dimse import DIMSEServiceProvider
-from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket, RequestHandler
 
-__all__ = ["EventDrivenRequestHandler", "SharedContexts", "MAX_WAIT", "encode_store_response"]
+from dicom_node.scp.dimse_shortcuts import ShortcutDimse
+
+__all__ = ["EventDrivenRequestHandler", "SharedContexts", "MAX_WAIT"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -233,56 +233,6 @@ class _EventDrivenDul(DULServiceProvider):
         return super().stop_dul()
 
 
-_C_STORE_RSP = 0x8001
-_NO_DATA_SET = 0x0101
-_UL = struct.Struct("<HHLL")
-_US = struct.Struct("<HHLH")
-_ELEMENT_HEADER = struct.Struct("<HHL")
-
-
-def _uid_element(element: int, uid: str) -> bytes:
-    value = uid.encode("ascii")
-    if len(value) % 2:
-        value += b"\0"
-    return _ELEMENT_HEADER.pack(0x0000, element, len(value)) + value
-
-
-def encode_store_response(primitive: C_STORE) -> bytes | None:
-    """The command set of a plain C-STORE-RSP (no error comment or offending element), as pynetdicom encodes it
-    (implicit VR little endian, elements in tag order, group length first); None for any other message."""
-    if not isinstance(primitive, C_STORE) or primitive.MessageIDBeingRespondedTo is None or primitive.Status is None:
-        return None
-    if primitive.ErrorComment is not None or primitive.OffendingElement is not None or primitive.DataSet:
-        return None
-    if getattr(primitive, "_dataset_path", None):
-        return None
-    sop_class, sop_instance = primitive.AffectedSOPClassUID, primitive.AffectedSOPInstanceUID
-    body = b"".join((
-        _uid_element(0x0002, sop_class) if sop_class else b"",
-        _US.pack(0x0000, 0x0100, 2, _C_STORE_RSP),
-        _US.pack(0x0000, 0x0120, 2, primitive.MessageIDBeingRespondedTo),
-        _US.pack(0x0000, 0x0800, 2, _NO_DATA_SET),
-        _US.pack(0x0000, 0x0900, 2, primitive.Status),
-        _uid_element(0x1000, sop_instance) if sop_instance else b"",
-    ))
-    return _UL.pack(0x0000, 0x0000, 4, len(body)) + body
-
-
-class _ShortcutDimse(DIMSEServiceProvider):
-    """Set up by ``_convert``: a plain C-STORE response is encoded directly (pydicom's encoder, run twice for the
-    group length, cost more CPU than the rest of the response); every other message goes pynetdicom's way."""
-
-    def send_msg(self, primitive, context_id: int) -> None:
-        command = None if self.assoc.get_handlers(evt.EVT_DIMSE_SENT) else encode_store_response(primitive)
-        max_pdu = self.maximum_pdu_size
-        if command is None or (max_pdu and len(command) + 7 > max_pdu):
-            return super().send_msg(primitive, context_id)
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # last command fragment
-        self.dul.send_pdu(pdata)
-        return None
-
-
 def _presentation_data_values(body: memoryview) -> list[list] | None:
     """The (context ID, message control header + fragment) items of a P-DATA-TF PDU body, or None if malformed."""
     values = []
@@ -337,7 +287,7 @@ def _convert(assoc: Association) -> Association:
     dul._wake = wake
     dul.__class__ = _EventDrivenDul
     assoc.dimse.msg_queue = _signalling_copy(assoc.dimse.msg_queue, news.set)
-    assoc.dimse.__class__ = _ShortcutDimse
+    assoc.dimse.__class__ = ShortcutDimse
     assoc._news = news
     assoc.__class__ = _EventDrivenAssociation
     if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):

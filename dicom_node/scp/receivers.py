@@ -174,6 +174,18 @@ def _receiver_main(config: NodeConfig, connection, log_queue, log_level: int) ->
 # -- the parent side --------------------------------------------------------------------------------------------------
 
 
+def _describe(error: BaseException) -> str:
+    return f"cannot record in the database: {error.__class__.__name__}"
+
+
+def _reply(connection, lock: threading.Lock, call_id: int, error: str | None) -> None:
+    try:
+        with lock:
+            connection.send(("reply", call_id, error))
+    except (OSError, ValueError):
+        pass  # the child is gone; its C-STORE failed with it
+
+
 class ReceiverPool:
     """``count`` receiving processes sharing ``config.dicom_port``; records go through ``recorder`` in this process."""
 
@@ -236,12 +248,29 @@ class ReceiverPool:
             self._threads.append(thread)
 
     def _serve(self, connection, lock: threading.Lock) -> None:
+        submit = getattr(self._recorder, "submit", None)
         try:
             while True:
                 kind, call_id, payload = connection.recv()
-                self._executor.submit(self._answer, connection, lock, kind, call_id, payload)
+                if submit is not None:  # no thread per waiting C-STORE: the recorder answers when it has committed
+                    self._submit(submit, connection, lock, kind, call_id, payload)
+                else:
+                    self._executor.submit(self._answer, connection, lock, kind, call_id, payload)
         except (EOFError, OSError):
             return
+
+    def _submit(self, submit, connection, lock: threading.Lock, kind: str, call_id: int, payload: Any) -> None:
+        def on_done(error: BaseException | None) -> None:
+            _reply(connection, lock, call_id, None if error is None else _describe(error))
+
+        try:
+            if kind == "record":
+                submit(payload, None, on_done)
+            else:
+                submit(None, payload, on_done)
+        except Exception as exc:  # noqa: BLE001 - the child must always get an answer
+            LOGGER.exception("recording for a receiving process failed")
+            _reply(connection, lock, call_id, f"{exc.__class__.__name__}: {exc}")
 
     def _answer(self, connection, lock: threading.Lock, kind: str, call_id: int, payload: Any) -> None:
         error = None
@@ -255,11 +284,7 @@ class ReceiverPool:
         except Exception as exc:  # noqa: BLE001 - the child must always get an answer
             LOGGER.exception("recording for a receiving process failed")
             error = f"{exc.__class__.__name__}: {exc}"
-        try:
-            with lock:
-                connection.send(("reply", call_id, error))
-        except (OSError, ValueError):
-            pass  # the child is gone; its C-STORE failed with it
+        _reply(connection, lock, call_id, error)
 
     def _forward_logs(self) -> None:
         while True:

@@ -117,47 +117,6 @@ def test_a_peer_abort_ends_the_accepted_association(tmp_path):
         node.stop()
 
 
-def test_a_plain_store_response_is_encoded_byte_for_byte_as_pynetdicom_encodes_it():
-    from pynetdicom.dimse_messages import C_STORE_RSP
-    from pynetdicom.dimse_primitives import C_STORE
-    from pynetdicom.dsutils import encode
-
-    from dicom_node.scp.reactor import encode_store_response
-
-    cases = [
-        (0x0000, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5", 7),  # odd-length UID: padded
-        (0xB007, "1.2.840.10008.5.1.4.1.1.4", "1.2.3.45", 65535),
-        (0xA700, None, None, 1),  # no UIDs at all
-    ]
-    for status, sop_class, sop_instance, message_id in cases:
-        primitive = C_STORE()
-        primitive.MessageIDBeingRespondedTo = message_id
-        primitive.Status = status
-        if sop_class:
-            primitive.AffectedSOPClassUID = sop_class
-            primitive.AffectedSOPInstanceUID = sop_instance
-        message = C_STORE_RSP()
-        message.primitive_to_message(primitive)
-        assert encode_store_response(primitive) == encode(message.command_set, True, True)
-
-
-def test_responses_with_status_details_and_requests_take_pynetdicoms_way():
-    from pynetdicom.dimse_primitives import C_ECHO, C_STORE
-
-    from dicom_node.scp.reactor import encode_store_response
-
-    with_comment = C_STORE()
-    with_comment.MessageIDBeingRespondedTo = 3
-    with_comment.Status = 0xB007
-    with_comment.ErrorComment = "kept both"
-    request = C_STORE()
-    request.MessageID = 3
-    echo = C_ECHO()
-    echo.MessageIDBeingRespondedTo = 3
-    echo.Status = 0
-    assert [encode_store_response(p) for p in (with_comment, request, echo)] == [None, None, None]
-
-
 def test_shared_contexts_are_a_new_list_of_the_same_contexts_when_deep_copied():
     import copy
 
