@@ -306,7 +306,8 @@ def main(argv: list[str] | None = None) -> list[Measurement]:
                 shutil.rmtree(work, ignore_errors=True)
                 seconds[target].append(transfer.seconds)
                 result = Measurement(target, transfer.seconds, len(files), total)
-                idle_text = "" if transfer.idle is None else f"  (machine CPU idle during the transfer: {transfer.idle:.0%})"
+                idle = transfer.idle
+                idle_text = "" if idle is None else f"  (machine CPU idle during the transfer: {idle:.0%})"
                 print(f"run {run + 1} {target:>9}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} "
                       f"instances/s  ({transfer.seconds:.2f} s){idle_text}", flush=True)
     results = [Measurement(target, _median(seconds[target]), len(files), total) for target in targets]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -27,6 +26,7 @@ from dicom_node.scp.handlers import (
     handle_store,
     utc_now,
 )
+from dicom_node.scp.listener import SharedListener, shared_listener_server
 from dicom_node.scp.reactor import EventDrivenRequestHandler, SharedContexts
 from dicom_node.scp.recording import InstanceRecorder
 from dicom_node.scp.spool import SpoolWriter
@@ -45,14 +45,6 @@ ACCEPTED_TRANSFER_SYNTAXES = [
     _uid.JPEG2000MCLossless, _uid.JPEG2000MC, _uid.HTJ2KLossless, _uid.HTJ2KLosslessRPCL, _uid.HTJ2K,
     _uid.RLELossless,
 ]
-
-
-class _ReusePortServer(ThreadedAssociationServer):
-    """An association server whose port other receiving processes share (SO_REUSEPORT)."""
-
-    def server_bind(self) -> None:
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
 
 
 class NodeNotRunning(RuntimeError):
@@ -109,7 +101,7 @@ class DicomNode:
         *,
         spool: SpoolWriter | None = None,
         clock: Callable[[], datetime] = utc_now,
-        reuse_port: bool = False,
+        listener: SharedListener | None = None,
         prepare_spool: bool = True,
         query_retrieve: QueryRetrieveScp | None = None,
         event_driven: bool = True,
@@ -130,7 +122,7 @@ class DicomNode:
         self._studies = AssociationStudies()
         self._server: Any = None
         self._pool: Any = None
-        self._reuse_port = reuse_port
+        self._listener = listener
         self._prepare_spool = prepare_spool
         self._event_driven = event_driven
 
@@ -207,7 +199,9 @@ class DicomNode:
         ae = self._application_entity()
         server = ae.make_server(
             (settings.dicom_host, settings.dicom_port), evt_handlers=handlers, ssl_context=tls,
-            server_class=_ReusePortServer if self._reuse_port else ThreadedAssociationServer,
+            server_class=(
+                ThreadedAssociationServer if self._listener is None else shared_listener_server(self._listener)
+            ),
             request_handler=EventDrivenRequestHandler if self._event_driven else None,
         )
         if self._event_driven:
@@ -215,7 +209,7 @@ class DicomNode:
         ae._servers.append(server)  # what ae.start_server(block=False) does, so server.shutdown() finds it
         threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
         self._server = server
-        if not self._reuse_port:  # a receiving process: its parent has said all this
+        if self._listener is None:  # else a receiving process: its parent has said all this
             self._log_started(tls=tls is not None, receivers=1)
 
     def _log_started(self, *, tls: bool, receivers: int) -> None:

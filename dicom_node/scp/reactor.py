@@ -209,7 +209,9 @@ class _EventDrivenDul(DULServiceProvider):
         _, _, length = _PDU_HEADER.unpack(header)
         pdu = self.socket.recv(_PDU_HEADER.size + length)
         if len(pdu) != _PDU_HEADER.size + length:
-            LOGGER.error("The received PDU is shorter than expected (%d of %d bytes)", len(pdu), _PDU_HEADER.size + length)
+            LOGGER.error(
+                "The received PDU is shorter than expected (%d of %d bytes)", len(pdu), _PDU_HEADER.size + length
+            )
             self.event_queue.put("Evt17")  # what pynetdicom does: transport connection closed
             return None
         values = _presentation_data_values(memoryview(pdu)[_PDU_HEADER.size:])

@@ -1,10 +1,10 @@
 """Several receiving processes on one port (``DICOM_RECEIVERS`` > 1), so C-STOREs use more than one CPU core.
 
-The parent reserves the port with ``SO_REUSEPORT`` and starts ``count`` child processes; each child runs its own
-pynetdicom server on the same port (the kernel spreads associations across them), writes to the same spool, and sends
-every instance to the parent's recorder over a pipe, waiting for the commit before answering its C-STORE. The database
-stays single-writer (the parent), so group commit still batches across all children. A child exits when the parent
-asks or dies.
+The parent listens on the port and starts ``count`` child processes; each child runs its own pynetdicom server
+accepting on that same listening socket (whichever child is free takes the next association), writes to the same
+spool, and sends every instance to the parent's recorder over a pipe, waiting for the commit before answering its
+C-STORE. The database stays single-writer (the parent), so group commit still batches across all children. A child
+exits when the parent asks or dies.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.network import AllowedCaller
+from dicom_node.scp.listener import SharedListener
 from dicom_node.scp.recording import InstanceRecorder, ReceivedInstance, RecorderError
 
 __all__ = ["NodeConfig", "TlsConfig", "ReceiverPool", "ReceiverFailed"]
@@ -147,7 +148,7 @@ class _RemoteRecorder:
         self._wait(*self._send("ended", (tuple(study_uids), ended_at)))
 
 
-def _receiver_main(config: NodeConfig, connection, log_queue, log_level: int) -> None:
+def _receiver_main(config: NodeConfig, connection, log_queue, log_level: int, listener: SharedListener) -> None:
     """Entry point of a receiving process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     root = logging.getLogger()
@@ -160,7 +161,7 @@ def _receiver_main(config: NodeConfig, connection, log_queue, log_level: int) ->
 
     stop = threading.Event()
     recorder = _RemoteRecorder(connection, stop)
-    node = DicomNode(config, recorder, spool=SpoolWriter(config.spool_dir), reuse_port=True, prepare_spool=False)
+    node = DicomNode(config, recorder, spool=SpoolWriter(config.spool_dir), listener=listener, prepare_spool=False)
     try:
         node.start()
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails its start()
@@ -194,7 +195,8 @@ class ReceiverPool:
         self._recorder = recorder
         self._count = count
         self._context = multiprocessing.get_context("spawn")
-        self._placeholder: socket.socket | None = None
+        self._listener: socket.socket | None = None
+        self._turn: Any = None
         self._children: list[tuple[Any, Any, threading.Lock]] = []
         self._threads: list[threading.Thread] = []
         self._executor: ThreadPoolExecutor | None = None
@@ -202,19 +204,22 @@ class ReceiverPool:
         self._log_thread: threading.Thread | None = None
         self.port = 0
 
-    def _reserve_port(self) -> int:
+    def _listen(self) -> int:
+        """The one listening socket every receiving process accepts on (non-blocking, see _SharedListenerServer)."""
         family = socket.AF_INET6 if ":" in self._config.dicom_host else socket.AF_INET
-        placeholder = socket.socket(family, socket.SOCK_STREAM)
-        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        placeholder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        placeholder.bind((self._config.dicom_host, self._config.dicom_port))  # bound, never listening
-        self._placeholder = placeholder
-        return placeholder.getsockname()[1]
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self._config.dicom_host, self._config.dicom_port))
+        listener.listen(128)
+        listener.setblocking(False)
+        self._listener = listener
+        return listener.getsockname()[1]
 
     def start(self) -> None:
-        self.port = self._reserve_port()
-        # Each process may hold the whole DICOM_MAX_ASSOCIATIONS: the kernel spreads connections by a hash, not
-        # evenly, so a per-process share (limit / count) refused callers while another process sat idle.
+        self.port = self._listen()
+        self._turn = self._context.Value("Q", 0)  # whose turn the next association is (see dicom_node.scp.listener)
+        # Each process may hold the whole DICOM_MAX_ASSOCIATIONS (a share, limit / count, refused callers while
+        # another process sat idle when the connections did not spread evenly).
         limit = self._config.dicom_max_associations
         child_config = replace(self._config, dicom_port=self.port, dicom_receivers=1)
         self._executor = ThreadPoolExecutor(max_workers=limit * self._count + 4, thread_name_prefix="record")
@@ -225,7 +230,9 @@ class ReceiverPool:
         for index in range(self._count):
             parent_end, child_end = self._context.Pipe()
             process = self._context.Process(
-                target=_receiver_main, args=(child_config, child_end, self._log_queue, level),
+                target=_receiver_main,
+                args=(child_config, child_end, self._log_queue, level,
+                      SharedListener(self._listener, self._turn, index, self._count)),
                 name=f"m3edge-receiver-{index}", daemon=True,
             )
             process.start()
@@ -315,6 +322,6 @@ class ReceiverPool:
             if self._log_thread is not None:
                 self._log_thread.join(timeout=10)
             self._log_queue = None
-        if self._placeholder is not None:
-            self._placeholder.close()
-            self._placeholder = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None

@@ -178,7 +178,11 @@ class SpoolWriter:
     # -- writing --------------------------------------------------------------------------------------------------
 
     def write(
-        self, location: InstanceLocation, chunks: Sequence[bytes], *, on_linked: Callable[[SpooledFile], None] | None = None
+        self,
+        location: InstanceLocation,
+        chunks: Sequence[bytes],
+        *,
+        on_linked: Callable[[SpooledFile], None] | None = None,
     ) -> SpooledFile:
         """Store the concatenation of ``chunks`` for ``location``; never overwrite another file.
 
