@@ -118,10 +118,11 @@ class _WakeUp:
         self._reader.setblocking(False)
         self._writer.setblocking(False)
         self._pending = threading.Event()
+        self.waiter: int | None = None  # the waiting thread's ident: what it queues itself, it sees without a wake-up
 
     def set(self) -> None:
-        if self._pending.is_set():
-            return  # a byte is waiting already
+        if self._pending.is_set() or threading.get_ident() == self.waiter:
+            return  # a byte is waiting already, or the reactor queued this itself and looks before it waits
         self._pending.set()
         try:
             self._writer.send(b"\0")
@@ -179,6 +180,7 @@ class _EventDrivenDul(DULServiceProvider):
 
     def run(self) -> None:
         _CLOCK.set_nap(self._nap)
+        self._wake.waiter = threading.get_ident()
         try:
             super().run()
         finally:
