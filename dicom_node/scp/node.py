@@ -108,7 +108,8 @@ class DicomNode:
     ) -> None:
         """``query_retrieve`` adds C-FIND/C-GET/C-MOVE (Study Root) behind the same access policy.
 
-        ``event_driven=False`` keeps pynetdicom's polling reactors (see ``dicom_node.scp.reactor``).
+        ``event_driven=False`` keeps pynetdicom's polling reactors (see ``dicom_node.scp.reactor``). ``listener`` is
+        given to a receiving process (``DICOM_RECEIVERS`` > 1): it accepts on its parent's socket, in turn.
         """
         self._settings = settings
         self._query_retrieve = query_retrieve
