@@ -105,7 +105,7 @@ class Instance(Base):
     transfer_syntax_uid: Mapped[str] = mapped_column(UID)
     path: Mapped[str] = mapped_column(String(512), unique=True)  # relative to the spool
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    digest: Mapped[str] = mapped_column(String(64))  # blake2b-256 of the stored file
+    digest: Mapped[str] = mapped_column(String(64))  # SHA-256 of the stored file
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # True for a second copy of an SOP Instance UID whose content differs from the first one kept.
