@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from service.api.problems import Problem
 from service.config import Settings
 from service.db.models import Role
+from service.db.session import session_scope
 from service.security import Principal, authenticate_token, record_audit
 
 __all__ = ["SettingsDep", "SessionDep", "CurrentUser", "AdminUser", "client_address", "get_session", "current_user"]
@@ -21,15 +22,8 @@ def get_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    session = request.app.state.session_factory()
-    try:
+    with session_scope(request.app.state.session_factory) as session:
         yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

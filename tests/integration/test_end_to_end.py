@@ -314,25 +314,34 @@ class AsksForAnotherArgument:
         return Generation(answer, real.prompt, real.prompt_tokens, 12, "stop_token", 0.0, 0.0, real.backend, real.model)
 
 
-def test_when_the_model_asks_for_another_argument_that_expert_runs_too(tmp_path, demo_models):
+def _inline_pipeline(tmp_path, demo_models, wrap_model, max_new_tokens: int):
+    """Real stage handlers on an embedded database, the demo VILA-M3 wrapped in a test double ``wrap_model``.
+
+    Returns (settings, engine, session factory, handlers, the double)."""
     from dataclasses import replace
 
     from service.config import Settings
     from service.pipeline.work import build_stage_handlers
     from service.pipeline.work.vlm_loader import load_vlm
-    from tests.support.pipeline_study import run_inline, store_in_spool
 
     home = tmp_path / "home"
     home.mkdir()
     (home / "models").symlink_to(demo_models, target_is_directory=True)
     url = f"sqlite:///{home / 'm3edge.db'}"
     upgrade_database(url)
-    settings = Settings(home=home, database_url=url, vlm_max_new_tokens=12)
+    settings = Settings(home=home, database_url=url, vlm_max_new_tokens=max_new_tokens)
     engine = create_db_engine(url)
     factory = make_session_factory(engine)
     loaded = load_vlm(settings)
-    double = AsksForAnotherArgument(loaded.model)
+    double = wrap_model(loaded.model)
     handlers = build_stage_handlers(settings, factory, vlm_factory=lambda: replace(loaded, model=double))
+    return settings, engine, factory, handlers, double
+
+
+def test_when_the_model_asks_for_another_argument_that_expert_runs_too(tmp_path, demo_models):
+    from tests.support.pipeline_study import run_inline, store_in_spool
+
+    settings, engine, factory, handlers, double = _inline_pipeline(tmp_path, demo_models, AsksForAnotherArgument, 12)
     outcomes = run_inline(settings, factory, store_in_spool(settings, factory, ct_study()), handlers).outcomes
     try:
         # Each stage ran once; the expert's own message found it taken by the VLM stage, which ran it beside turn 1.
@@ -405,24 +414,9 @@ def _epoch(moment) -> float:
 
 
 def test_the_route_expert_runs_while_the_model_generates_its_first_turn(tmp_path, demo_models):
-    from dataclasses import replace
-
-    from service.config import Settings
-    from service.pipeline.work import build_stage_handlers
-    from service.pipeline.work.vlm_loader import load_vlm
     from tests.support.pipeline_study import run_inline, store_in_spool
 
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "models").symlink_to(demo_models, target_is_directory=True)
-    url = f"sqlite:///{home / 'm3edge.db'}"
-    upgrade_database(url)
-    settings = Settings(home=home, database_url=url, vlm_max_new_tokens=8)
-    engine = create_db_engine(url)
-    factory = make_session_factory(engine)
-    loaded = load_vlm(settings)
-    slow = SlowFirstTurn(loaded.model)
-    handlers = build_stage_handlers(settings, factory, vlm_factory=lambda: replace(loaded, model=slow))
+    settings, engine, factory, handlers, slow = _inline_pipeline(tmp_path, demo_models, SlowFirstTurn, 8)
     try:
         run_inline(settings, factory, store_in_spool(settings, factory, cxr_study()), handlers)
         with session_scope(factory) as session:
