@@ -16,6 +16,7 @@ from service.api.ui import mount_dashboard
 from service.config import Settings
 from service.pipeline.intake import PipelineIntake
 from service.review import ReviewService
+from service.routing.store import RoutingRulesStore
 
 __all__ = ["create_app"]
 
@@ -42,6 +43,7 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     app.state.session_factory = session_factory
     app.state.intake = intake
     app.state.review = ReviewService(settings, deliver=intake.dispatcher.deliver)
+    app.state.routing_rules = RoutingRulesStore(settings)
     app.state.sessions = SessionCookies(load_signing_key(settings.home))
     app.state.metrics_registry = make_registry(session_factory)
     install_problem_handlers(app)

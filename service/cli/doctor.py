@@ -100,13 +100,15 @@ def _models(settings: Settings) -> Check:
 
 
 def _rules(settings: Settings) -> Check:
-    from service.routing import RoutingRulesError, load_rules
+    from service.routing import RoutingRulesError
+    from service.routing.store import RoutingRulesStore
 
+    store = RoutingRulesStore(settings)
     try:
-        rules = load_rules(settings.routing_rules)
+        rules = store.load()
     except RoutingRulesError as exc:
         return Check("routing rules", Verdict.FAIL, str(exc).replace("\n", " "))
-    return Check("routing rules", Verdict.OK, f"{len(rules.rules)} rules from {settings.routing_rules or 'built-in'}")
+    return Check("routing rules", Verdict.OK, f"{len(rules.rules)} rules from {store.describe()}")
 
 
 def _destinations(settings: Settings) -> list[Check]:

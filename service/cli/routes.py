@@ -16,10 +16,11 @@ routes_app = typer.Typer(help="Validate routing rules and dry-run them on stored
 
 def _rules(ctx: typer.Context, path: Path | None):
     from service.routing import RoutingRulesError, load_rules
+    from service.routing.store import RoutingRulesStore
 
     settings = cli_context(ctx).settings
     try:
-        return load_rules(path or settings.routing_rules)
+        return load_rules(path) if path else RoutingRulesStore(settings).load()
     except RoutingRulesError as exc:
         raise CliError(str(exc)) from exc
 

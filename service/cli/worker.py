@@ -28,10 +28,11 @@ WORKER_CLI = [sys.executable, "-c", "from service.cli.main import main; main()",
 
 def check_routing_rules(settings: Settings) -> None:
     """Refuse to start on invalid routing rules; the error names every problem's line and field."""
-    from service.routing import RoutingRulesError, load_rules
+    from service.routing import RoutingRulesError
+    from service.routing.store import RoutingRulesStore
 
     try:
-        load_rules(settings.routing_rules)
+        RoutingRulesStore(settings).load()
     except RoutingRulesError as exc:
         raise CliError(str(exc)) from exc
 

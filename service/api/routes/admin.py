@@ -106,13 +106,32 @@ def destinations(admin: AdminUser, request: Request) -> list[dict]:
             for d in request.app.state.settings.destinations]
 
 
-@router.get("/routing-rules", summary="The routing rules in force")
+@router.get("/routing-rules", summary="The routing rules in force: where they come from, the YAML, the parsed rules")
 def routing_rules(admin: AdminUser, request: Request) -> dict:
-    from service.routing import load_rules
+    store = request.app.state.routing_rules
+    rules = store.load()
+    return {"source": store.describe(), "yaml": store.text(), "rules": [r.model_dump(mode="json") for r in rules.rules]}
 
-    settings = request.app.state.settings
-    rules = load_rules(settings.routing_rules)
-    return {"source": str(settings.routing_rules or "built-in"), "rules": [r.model_dump(mode="json") for r in rules.rules]}
+
+class RoutingRulesBody(BaseModel):
+    yaml: Annotated[str, Field(min_length=1, max_length=200_000, description="The whole rules file (YAML)")]
+
+
+@router.put("/routing-rules", summary="Replace the routing rules (validated first; workers pick them up at once)")
+def replace_routing_rules(body: RoutingRulesBody, admin: AdminUser, session: SessionDep, request: Request) -> dict:
+    from service.routing import RoutingRulesError
+
+    store = request.app.state.routing_rules
+    try:
+        rules = store.save(body.yaml)
+    except RoutingRulesError as exc:
+        record_audit(session, admin.name, "admin.routing_rules.replace", outcome="invalid",
+                     remote_addr=client_address(request))
+        session.commit()
+        raise Problem(422, "invalid routing rules", str(exc)) from exc
+    record_audit(session, admin.name, "admin.routing_rules.replace", target=str(store.writable_path),
+                 remote_addr=client_address(request), detail={"rules": [r.name for r in rules.rules]})
+    return {"source": store.describe(), "rules": [r.name for r in rules.rules]}
 
 
 @router.get("/workers", summary="Workers seen by the pipeline: what each ran last and what it runs now")

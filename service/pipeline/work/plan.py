@@ -24,16 +24,14 @@ AGENT_MODALITY = {"VISTA3D": ("CT", False), "BRATS": ("MRI", True), "CXR": ("CXR
 
 class PlanStage:
     def __init__(self, resources: StageResources) -> None:
+        from service.routing.store import RoutingRulesStore
+
         self.resources = resources
-        self._rules = None
+        self._store = RoutingRulesStore(resources.settings)
 
     def rules(self):
-        """Loaded once per worker; ``m3edge routes check`` (and the service's start) validate the same file."""
-        if self._rules is None:
-            from service.routing import load_rules
-
-            self._rules = load_rules(self.resources.settings.routing_rules)
-        return self._rules
+        """The rules in force, re-read when their file changes (an administrator may save new ones while we run)."""
+        return self._store.load()
 
     def __call__(self, claim: StageClaim) -> StageOutcome:
         from service.routing import route_study

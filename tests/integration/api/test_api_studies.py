@@ -104,3 +104,35 @@ def test_admin_sees_the_workers_that_ran_stages(api, session_factory):
     ledger.claim(run_id, Stage.PLAN, "gpu-worker@host1")
     workers = httpx.get(base + "/api/v1/admin/workers", headers={"Authorization": f"Bearer {tokens['admin']}"}).json()
     assert [(w["name"], w["stages_run"], w["running_now"]) for w in workers] == [("gpu-worker@host1", 1, 1)]
+
+
+def test_admin_replaces_the_routing_rules_and_the_plan_stage_uses_them(api, session_factory):
+    from service.routing.store import RoutingRulesStore
+
+    base, tokens, _, app = api
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    store = RoutingRulesStore(app.state.settings)
+    assert [r.name for r in store.load().rules] == ["brain-mri-brats", "ct-vista3d", "chest-xray"]
+    with httpx.Client(base_url=base, headers=admin) as client:
+        before = client.get("/api/v1/admin/routing-rules").json()
+        assert before["source"] == "built-in" and "brain-mri-brats" in before["yaml"]
+
+        bad = client.put("/api/v1/admin/routing-rules",
+                         json={"yaml": "version: 1\nrules:\n  - name: x\n    match: {any_series: {Modality: CT}}\n"
+                                       "    expert: VISTA4D\n"})
+        assert bad.status_code == 422 and "line 5: rules.0.expert" in bad.json()["detail"]
+        assert [r.name for r in store.load().rules][0] == "brain-mri-brats"  # nothing changed
+
+        text = "version: 1\nrules:\n  - name: urgent-ct\n    priority: urgent\n    match: {any_series: {Modality: CT}}\n" \
+               "    expert: VISTA3D\n    argument: organs\n"
+        saved = client.put("/api/v1/admin/routing-rules", json={"yaml": text})
+        assert saved.status_code == 200 and saved.json()["rules"] == ["urgent-ct"]
+        after = client.get("/api/v1/admin/routing-rules").json()
+        assert after["source"].endswith("routing_rules.yaml") and after["yaml"] == text
+        reviewer = client.put("/api/v1/admin/routing-rules", json={"yaml": text},
+                              headers={"Authorization": f"Bearer {tokens['reviewer']}"})
+        assert reviewer.status_code == 403
+        audit = client.get("/api/v1/admin/audit", params={"action": "admin.routing_rules.replace"}).json()
+        assert [e["outcome"] for e in audit["items"]] == ["success", "invalid"]
+    rules = RoutingRulesStore(app.state.settings).load()  # what a worker's plan stage reads
+    assert [(r.name, r.priority.value, r.argument) for r in rules.rules] == [("urgent-ct", "urgent", "organs")]
