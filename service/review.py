@@ -31,6 +31,7 @@ from dicom_node.results import (
 )
 from service.config import Settings
 from service.db.models import PipelineRun, Report, ReportStatus, Study, utcnow
+from service.destinations import DestinationsStore
 from service.pipeline.delivery import DeliveryQueue, ResultObject
 from service.security import Principal, record_audit
 
@@ -141,7 +142,7 @@ class ReviewService:
         report.review_comment = request.comment or ""
         if new is not None:
             destinations = [DicomAddress.parse(d) for d in (run.route or {}).get("destinations", [])] \
-                or list(self.settings.destinations)
+                or DestinationsStore(self.settings).load()
             DeliveryQueue.add(session, run.id, destinations, [ResultObject(new["sop_instance_uid"], Path(new["path"]))])
         record_audit(session, reviewer.name, f"review.{request.action.value}", study_uid=study_uid,
                      remote_addr=remote_addr, detail={"version": request.version, "revision": revision})

@@ -113,12 +113,14 @@ def _rules(settings: Settings) -> Check:
 
 def _destinations(settings: Settings) -> list[Check]:
     from dicom_node.scu import DeliveryError, RetryPolicy, StorageSCU
+    from service.destinations import DestinationsStore
 
-    if not settings.destinations:
+    destinations = DestinationsStore(settings).load()
+    if not destinations:
         return [Check("destinations", Verdict.WARN, "none configured: results stay here (set DESTINATIONS)")]
     scu = StorageSCU(settings.dicom_ae_title, retry=RetryPolicy(attempts=1), connection_timeout=5)
     checks = []
-    for destination in settings.destinations:
+    for destination in destinations:
         try:
             seconds = scu.echo(destination)
             checks.append(Check(f"C-ECHO {destination}", Verdict.OK, f"{seconds * 1000:.0f} ms"))

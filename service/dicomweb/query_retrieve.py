@@ -79,5 +79,8 @@ class QueryRetrieveAudit:
 
 def build_query_retrieve(settings: Settings, session_factory: sessionmaker[Session]) -> QueryRetrieveScp:
     """The Query/Retrieve SCP for ``DicomNode``: results from the database, moves only to ``DESTINATIONS``."""
-    return QueryRetrieveScp(ReportObjectCatalog(session_factory, settings.results_dir), settings.destinations,
+    from service.destinations import DestinationsStore
+
+    # C-MOVE destinations are read at start: a list saved through the admin API applies after a restart.
+    return QueryRetrieveScp(ReportObjectCatalog(session_factory, settings.results_dir), DestinationsStore(settings).load(),
                             ae_title=settings.dicom_ae_title, observer=QueryRetrieveAudit(session_factory))

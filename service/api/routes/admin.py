@@ -100,10 +100,29 @@ def audit(
     }
 
 
-@router.get("/destinations", summary="Where results are delivered by default")
+@router.get("/destinations", summary="Where results are delivered by default (a route's own destinations win)")
 def destinations(admin: AdminUser, request: Request) -> list[dict]:
+    from service.destinations import DestinationsStore
+
     return [{"address": str(d), "ae_title": d.ae_title, "host": d.host, "port": d.port}
-            for d in request.app.state.settings.destinations]
+            for d in DestinationsStore(request.app.state.settings).load()]
+
+
+class DestinationsBody(BaseModel):
+    destinations: Annotated[list[Annotated[str, Field(max_length=300)]], Field(max_length=64)]
+
+
+@router.put("/destinations", summary="Replace the default destinations (AE@host:port each; workers use them at once)")
+def replace_destinations(body: DestinationsBody, admin: AdminUser, session: SessionDep, request: Request) -> list[dict]:
+    from service.destinations import DestinationsStore
+
+    try:
+        saved = DestinationsStore(request.app.state.settings).save(body.destinations)
+    except ValueError as exc:
+        raise Problem(422, "invalid destinations", str(exc)) from exc
+    record_audit(session, admin.name, "admin.destinations.replace", remote_addr=client_address(request),
+                 detail={"destinations": [str(d) for d in saved]})
+    return [{"address": str(d), "ae_title": d.ae_title, "host": d.host, "port": d.port} for d in saved]
 
 
 @router.get("/routing-rules", summary="The routing rules in force: where they come from, the YAML, the parsed rules")

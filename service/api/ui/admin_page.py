@@ -9,6 +9,7 @@ from service.api.deps import SessionDep, client_address
 from service.api.ui.access import FormFields, PageAdmin, PageRefused, require_csrf
 from service.api.ui.node_health import HealthCheck, echo_destination, recent_failures, worker_activity
 from service.api.ui.throughput import hourly_throughput, throughput_chart
+from service.destinations import DestinationsStore
 from service.security import record_audit
 
 __all__ = ["router"]
@@ -25,7 +26,7 @@ def _admin_page(request: Request, session, user, *, echo: HealthCheck | None = N
         "checks": health.checks(session),
         "queues": health.queues(),
         "workers": worker_activity(session),
-        "destinations": list(request.app.state.settings.destinations),
+        "destinations": DestinationsStore(request.app.state.settings).load(),
         "chart": throughput_chart(counts),
         "hours": THROUGHPUT_HOURS,
         "failures": recent_failures(session),
@@ -43,7 +44,7 @@ def admin_page(request: Request, user: PageAdmin, session: SessionDep) -> HTMLRe
 @router.post("/admin/echo")
 def echo(request: Request, user: PageAdmin, form: FormFields, session: SessionDep) -> HTMLResponse:
     require_csrf(request, form, user, session)
-    destinations = list(request.app.state.settings.destinations)
+    destinations = DestinationsStore(request.app.state.settings).load()
     index = form.get("destination", "")
     if not index.isdigit() or int(index) >= len(destinations):
         raise PageRefused(400, "Unknown destination", "Use the C-ECHO button beside a configured destination.")

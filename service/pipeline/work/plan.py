@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from dicom_node.facts import facts_from_files
+from service.destinations import DestinationsStore
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import StageClaim
 from service.pipeline.stages import StudySkipped
@@ -42,7 +43,7 @@ class PlanStage:
             raise StudySkipped(decision.skipped_reason)
         rule = decision.rule
         destinations = [str(d) for d in (rule.destinations if rule.destinations is not None
-                                          else self.resources.settings.destinations)]
+                                          else DestinationsStore(self.resources.settings).load())]
         modality, brats = AGENT_MODALITY[rule.expert]
         route = {
             "rule": rule.name,

@@ -136,3 +136,26 @@ def test_admin_replaces_the_routing_rules_and_the_plan_stage_uses_them(api, sess
         assert [e["outcome"] for e in audit["items"]] == ["success", "invalid"]
     rules = RoutingRulesStore(app.state.settings).load()  # what a worker's plan stage reads
     assert [(r.name, r.priority.value, r.argument) for r in rules.rules] == [("urgent-ct", "urgent", "organs")]
+
+
+def test_admin_replaces_the_default_destinations(api):
+    from service.destinations import DestinationsStore
+
+    base, tokens, _, app = api
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    with httpx.Client(base_url=base, headers=admin) as client:
+        assert [d["address"] for d in client.get("/api/v1/admin/destinations").json()] == ["PACS@127.0.0.1:4242"]
+        bad = client.put("/api/v1/admin/destinations", json={"destinations": ["PACS@127.0.0.1:4242", "ARCHIVE"]})
+        assert bad.status_code == 422 and "'ARCHIVE'" in bad.json()["detail"]
+        twice = client.put("/api/v1/admin/destinations", json={"destinations": ["A@127.0.0.1:1", "A@127.0.0.1:1"]})
+        assert twice.status_code == 422
+        saved = client.put("/api/v1/admin/destinations", json={"destinations": ["PACS@10.0.0.5:104", "VNA@vna.local:11112"]})
+        assert saved.status_code == 200
+        assert [d["address"] for d in client.get("/api/v1/admin/destinations").json()] == [
+            "PACS@10.0.0.5:104", "VNA@vna.local:11112"]
+        assert client.put("/api/v1/admin/destinations", json={"destinations": []},
+                          headers={"Authorization": f"Bearer {tokens['reviewer']}"}).status_code == 403
+        audit = client.get("/api/v1/admin/audit", params={"action": "admin.destinations.replace"}).json()
+        assert audit["items"][0]["detail"]["destinations"] == ["PACS@10.0.0.5:104", "VNA@vna.local:11112"]
+    # what the plan stage, the review and doctor read, in any process sharing HOME
+    assert [str(d) for d in DestinationsStore(app.state.settings).load()] == ["PACS@10.0.0.5:104", "VNA@vna.local:11112"]
