@@ -14,7 +14,8 @@ from service.db.models import Role
 from service.db.session import session_scope
 from service.security import Principal, authenticate_token, record_audit
 
-__all__ = ["SettingsDep", "SessionDep", "CurrentUser", "AdminUser", "client_address", "get_session", "current_user"]
+__all__ = ["SettingsDep", "SessionDep", "CurrentUser", "AdminUser", "client_address", "get_session", "current_user",
+           "record_denied"]
 
 
 def get_settings(request: Request) -> Settings:
@@ -63,11 +64,16 @@ def current_user(request: Request, session: SessionDep) -> Principal:
 CurrentUser = Annotated[Principal, Depends(current_user)]
 
 
+def record_denied(request: Request, session: Session, user: Principal) -> None:
+    """Audit a refused request and commit it at once (the request itself is about to fail)."""
+    record_audit(session, user.name, "access.denied", target=request.url.path, outcome="denied",
+                 remote_addr=client_address(request))
+    session.commit()
+
+
 def require_admin(request: Request, user: CurrentUser, session: SessionDep) -> Principal:
     if user.role is not Role.ADMIN:
-        record_audit(session, user.name, "access.denied", target=request.url.path, outcome="denied",
-                     remote_addr=client_address(request))
-        session.commit()
+        record_denied(request, session, user)
         raise Problem(403, "forbidden", "this needs the admin role")
     return user
 

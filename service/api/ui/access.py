@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, quote
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from service.api.deps import SessionDep, client_address
+from service.api.deps import SessionDep, client_address, record_denied
 from service.db.models import Role
 from service.security import Principal, record_audit
 
@@ -75,9 +75,7 @@ PageUser = Annotated[Principal, Depends(page_user)]
 
 def page_admin(request: Request, user: PageUser, session: SessionDep) -> Principal:
     if user.role is not Role.ADMIN:
-        record_audit(session, user.name, "access.denied", target=request.url.path, outcome="denied",
-                     remote_addr=client_address(request))
-        session.commit()
+        record_denied(request, session, user)
         raise PageRefused(403, "Administrators only", "This page needs the admin role. Ask an administrator if you "
                           "need to see the node's health.")
     return user
