@@ -350,8 +350,9 @@ class StorageSCU:
                              evt_handlers=attempt.handlers)
         if assoc.is_established:
             return assoc
-        if attempt.rejection is not None:
-            raise _rejection_error(destination, self.calling_ae, attempt.rejection)
+        rejection = attempt.rejection or _unread_rejection(assoc)
+        if rejection is not None:
+            raise _rejection_error(destination, self.calling_ae, rejection)
         if attempt.accepted:
             raise AssociationRejected(
                 f"{destination} accepted none of the presentation contexts offered ({_describe(contexts)})",
@@ -360,6 +361,15 @@ class StorageSCU:
         if not attempt.connected:
             raise DestinationUnreachable(f"cannot connect to {destination} (is it running, and is the port open?)")
         raise DestinationUnreachable(f"{destination} aborted the association request")
+
+
+def _unread_rejection(assoc: Association) -> A_ASSOCIATE | None:
+    """An A-ASSOCIATE-RJ the peer sent but pynetdicom did not hand to us: a peer that closes the connection right after
+    rejecting can make pynetdicom see the close first and report an abort, leaving the rejection in its queue."""
+    for primitive in list(assoc.dul.to_user_queue.queue):
+        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
+            return primitive
+    return None
 
 
 def _describe(contexts: list) -> str:
