@@ -1,8 +1,8 @@
 """Study assembly: decide when a study has finished arriving, and say so once per receiving period.
 
-A study is complete when nothing arrived for ``idle_seconds``, or ``release_grace_seconds`` after the association that
-sent its last instance was released, or at the latest ``max_open_seconds`` after its receiving period opened. The state
-lives in a :class:`StudyLedger` (the service's database), never in memory, so a restarted assembler resumes every timer
+A study is complete when nothing arrived for ``idle_seconds``, or ``release_grace_seconds`` after the last of the
+associations sending into it was released (none still open, nothing received after that release), or at the latest
+``max_open_seconds`` after its receiving period opened. The state lives in a :class:`StudyLedger` (the service's database), never in memory, so a restarted assembler resumes every timer
 from the stored timestamps and nothing pending is lost.
 
 Completion is race-free: the ledger completes a study only if it is still receiving and its ``last_received_at`` is
@@ -63,6 +63,7 @@ class OpenStudy:
     opened_at: datetime
     last_received_at: datetime
     last_released_at: datetime | None = None
+    open_associations: int = 0  # senders that stored into it and have not ended: a release waits for the last one
 
 
 @dataclass(frozen=True)
@@ -110,9 +111,9 @@ def completion_due(study: OpenStudy, timings: AssemblyTimings, now: datetime) ->
         (last_received + timedelta(seconds=timings.idle_seconds), CompletionReason.IDLE),
         (_utc(study.opened_at) + timedelta(seconds=timings.max_open_seconds), CompletionReason.MAX_OPEN),
     ]
-    if study.last_released_at is not None:
+    if study.last_released_at is not None and study.open_associations <= 0:
         released = _utc(study.last_released_at)
-        # A release only counts if nothing arrived after it (another association may still be sending).
+        # A release only counts when no other sender is open and nothing arrived after it.
         if released >= last_received:
             deadlines.append((released + timedelta(seconds=timings.release_grace_seconds), CompletionReason.RELEASED))
     deadline, reason = min(deadlines, key=lambda item: item[0])

@@ -32,11 +32,12 @@ class DatabaseStudyLedger:
     def open_studies(self) -> Sequence[OpenStudy]:
         with session_scope(self.session_factory) as session:
             rows = session.execute(
-                select(Study.study_uid, Study.opened_at, Study.last_received_at, Study.last_released_at)
+                select(Study.study_uid, Study.opened_at, Study.last_received_at, Study.last_released_at,
+                       Study.open_associations)
                 .where(Study.status == StudyStatus.RECEIVING)
                 .order_by(Study.last_received_at)
             ).all()
-        return [OpenStudy(uid, opened, received, released) for uid, opened, received, released in rows]
+        return [OpenStudy(*row) for row in rows]
 
     def complete(self, study: OpenStudy, reason: CompletionReason, completed_at: datetime) -> bool:
         """One conditional UPDATE: only a study still receiving, with the ``last_received_at`` that was read."""

@@ -153,6 +153,11 @@ _TOUCH_STUDY = (
         calling_ae=func.coalesce(func.nullif(bindparam("calling_ae"), ""), _studies.c.calling_ae),
     )
 )
+_OPEN_ASSOCIATIONS = (
+    update(_studies)
+    .where(_studies.c.study_uid == bindparam("uid"))
+    .values(open_associations=_studies.c.open_associations + bindparam("count"))
+)
 _INSERT_INSTANCE: dict[str, object] = {}
 
 
@@ -209,10 +214,21 @@ def _touch_studies(connection: Connection, catalog: _Catalog, instances: list[Re
             connection.execute(update(_studies).where(_studies.c.id == known.id).values(**values))
 
 
+def _count_opened(connection: Connection, instances: list[ReceivedInstance]) -> None:
+    """One more open sender per study for each instance that ``opens_association`` (re-sends included)."""
+    opened: dict[str, int] = {}
+    for instance in instances:
+        if instance.opens_association:
+            opened[instance.study_uid] = opened.get(instance.study_uid, 0) + 1
+    if opened:
+        connection.execute(_OPEN_ASSOCIATIONS, [{"uid": uid, "count": count} for uid, count in opened.items()])
+
+
 def _apply_instances(connection: Connection, catalog: _Catalog, instances: list[ReceivedInstance]) -> None:
     """Upsert studies and series and insert the instances not already recorded (one transaction, no commit)."""
     fresh = _fresh_instances(connection, instances)
     if not fresh:
+        _count_opened(connection, instances)
         return
     catalog.load_studies(connection, fresh)
     catalog.load_series(connection, fresh)
@@ -229,12 +245,31 @@ def _apply_instances(connection: Connection, catalog: _Catalog, instances: list[
             for i in fresh
         ],
     )
+    _count_opened(connection, instances)
 
 
 def _apply_ended(connection: Connection, study_uids: Collection[str], ended_at: datetime) -> None:
+    """One sender fewer per study (never below zero: a restart resets the counts) and the time it ended."""
     connection.execute(
-        update(_studies).where(_studies.c.study_uid.in_(list(study_uids))).values(last_released_at=ended_at)
+        update(_studies)
+        .where(_studies.c.study_uid.in_(list(study_uids)))
+        .values(
+            last_released_at=ended_at,
+            open_associations=case(
+                (_studies.c.open_associations > 0, _studies.c.open_associations - 1), else_=0
+            ),
+        )
     )
+
+
+def reset_open_associations(connection: Connection) -> int:
+    """Forget every open sender: no association survives the node's restart (their studies complete by release
+    again once a new sender ends, else by the idle timer)."""
+    result = connection.execute(update(_studies).where(_studies.c.open_associations != 0).values(open_associations=0))
+    if result.rowcount:
+        LOGGER.info("%d study(ies) had senders open when the node last stopped; their counts were reset",
+                    result.rowcount)
+    return int(result.rowcount or 0)
 
 
 class DatabaseRecorder:
@@ -263,6 +298,12 @@ class DatabaseRecorder:
                 self._thread = threading.Thread(target=self._run, name="ingest-recorder", daemon=True)
                 self._thread.start()
         return self
+
+    def start_for_node(self) -> DatabaseRecorder:
+        """``start()`` for the DICOM node's recorder: first forget the senders a previous run left open."""
+        with self._engine.begin() as connection:
+            reset_open_associations(connection)
+        return self.start()
 
     def close(self) -> None:
         with self._lock:
@@ -407,4 +448,4 @@ def make_recorder(session_factory: sessionmaker[Session]) -> DatabaseRecorder:
     return DatabaseRecorder(session_factory).start()
 
 
-__all__ += ["make_recorder"]
+__all__ += ["make_recorder", "reset_open_associations"]

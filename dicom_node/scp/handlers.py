@@ -39,6 +39,11 @@ class AssociationStudies:
         with self._lock:
             self._studies.setdefault(id(assoc), set()).add(study_uid)
 
+    def holds(self, assoc, study_uid: str) -> bool:
+        """Whether ``assoc`` has already committed an instance into ``study_uid``."""
+        with self._lock:
+            return study_uid in self._studies.get(id(assoc), ())
+
     def pop(self, assoc) -> set[str]:
         with self._lock:
             return self._studies.pop(id(assoc), set())
@@ -75,6 +80,7 @@ def handle_store(
         header = read_instance_header(file_meta, data_set, transfer_syntax)
         location = InstanceLocation(header.study_uid, header.series_uid, header.sop_instance_uid)
         received_at = clock()
+        opens_association = not studies.holds(event.assoc, header.study_uid)
         commit: list = []
 
         def start_recording(spooled: SpooledFile) -> None:
@@ -98,6 +104,7 @@ def handle_store(
                 series_description=header.series_description,
                 series_number=header.series_number,
                 body_part_examined=header.body_part_examined,
+                opens_association=opens_association,
             )))
 
         try:
@@ -105,6 +112,8 @@ def handle_store(
         finally:
             for wait_for_commit in commit:  # also when the directory sync failed: never leave a commit behind
                 wait_for_commit()
+                # Committed: the study counts this association as a sender until it ends (even if the sync failed).
+                studies.add(event.assoc, header.study_uid)
     except KNOWN_ERRORS as exc:
         code = status_for_error(exc)
         LOGGER.warning(
@@ -115,7 +124,6 @@ def handle_store(
         code = status_for_error(exc)
         LOGGER.exception("C-STORE from %s failed unexpectedly (affected SOP Instance UID %r)", calling_ae, sop_uid)
         return _status(code, f"processing failure: {exc.__class__.__name__}")
-    studies.add(event.assoc, header.study_uid)
     if spooled.outcome is StoreOutcome.CONFLICT:
         LOGGER.warning(
             "SOP Instance UID %s from %s was already stored with different content; kept both (%s)",

@@ -39,6 +39,9 @@ class ReceivedInstance:
     series_description: str = ""
     series_number: int | None = None
     body_part_examined: str = ""
+    # The first instance its association (or STOW-RS request) committed into this study: the study has one more
+    # sender until ``associations_ended`` names it.
+    opens_association: bool = False
 
 
 @runtime_checkable
@@ -49,7 +52,9 @@ class InstanceRecorder(Protocol):
         """Return only once the instance's row is durably committed; raise ``RecorderError`` otherwise."""
 
     def associations_ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
-        """An association that stored into these studies was released or aborted (assembly's 'released' signal)."""
+        """An association that stored into these studies was released or aborted (assembly's 'released' signal).
+
+        ``study_uids`` are the studies into which it committed an instance marked ``opens_association``."""
 
 
 def begin_recording(recorder: InstanceRecorder, instance: ReceivedInstance) -> Callable[[], None]:

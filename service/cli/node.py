@@ -57,7 +57,7 @@ def scp_command(
         check_routing_rules(settings)
         intake, sweeper = pipeline_intake(settings, context.session_factory)
         hook = intake.on_study_complete
-    recorder = DatabaseRecorder(context.session_factory).start()
+    recorder = DatabaseRecorder(context.session_factory).start_for_node()
     from service.dicomweb.query_retrieve import build_query_retrieve
 
     node = DicomNode(settings, recorder, query_retrieve=build_query_retrieve(settings, context.session_factory))

@@ -149,7 +149,7 @@ def build_service(
 
     parts = []
     recorder = DatabaseRecorder(session_factory)
-    parts.append(ServicePart("database recorder", recorder.start, recorder.close))
+    parts.append(ServicePart("database recorder", recorder.start_for_node, recorder.close))
     intake = None
     hook = on_study_complete or _log_study_complete
     if pipeline:

@@ -69,6 +69,9 @@ class Study(Base):
     # When the current receiving period began: the first instance, or the instance that re-opened a completed study.
     opened_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # Associations (and STOW-RS requests) that stored into the study and have not ended yet: while any is open, a
+    # release does not complete the study (the idle timer and the cap still do). Reset when the node starts.
+    open_associations: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     completion_reason: Mapped[str] = mapped_column(String(32), default="")
     completion_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -142,12 +142,14 @@ class StowReceiver:
 
     def store(self, parts: Sequence[memoryview], study_uid: str | None = None) -> StowResult:
         result = StowResult()
+        opened: set[str] = set()  # studies this request has committed into (it counts as one sender each)
         for part in parts:
             sop_class, sop_uid = "", ""
             try:
                 meta, data_set = split_part10(part)
                 sop_class, sop_uid = meta.get(0x0002, ""), meta.get(0x0003, "")
-                result.stored.append(self._store_one(meta, bytes(data_set), study_uid))
+                result.stored.append(self._store_one(meta, bytes(data_set), study_uid, opened))
+                opened.add(result.stored[-1].study_uid)
             except _Rejected as exc:
                 result.failed.append(FailedInstance(sop_class, sop_uid, exc.reason, str(exc)))
             except KNOWN_ERRORS as exc:
@@ -164,7 +166,9 @@ class StowReceiver:
                 LOGGER.exception("could not record the end of a STOW-RS request for %d study(ies)", len(studies))
         return result
 
-    def _store_one(self, meta: dict[int, str], data_set: bytes, study_uid: str | None) -> StoredInstance:
+    def _store_one(
+        self, meta: dict[int, str], data_set: bytes, study_uid: str | None, opened: set[str]
+    ) -> StoredInstance:
         transfer_syntax = meta.get(0x0010, "")
         try:
             validate_uid(transfer_syntax, "TransferSyntaxUID")
@@ -188,7 +192,7 @@ class StowReceiver:
             duplicate=spooled.outcome is StoreOutcome.DUPLICATE, calling_ae=STOW_CALLING_AE, received_at=self.clock(),
             modality=header.modality, study_description=header.study_description, study_date=header.study_date,
             series_description=header.series_description, series_number=header.series_number,
-            body_part_examined=header.body_part_examined,
+            body_part_examined=header.body_part_examined, opens_association=header.study_uid not in opened,
         ))
         warning = WARNING_CONFLICTING_DUPLICATE if spooled.outcome is StoreOutcome.CONFLICT else None
         return StoredInstance(header.study_uid, header.series_uid, sop_class, header.sop_instance_uid, warning)

@@ -4,6 +4,7 @@ PostgreSQL), the assembler completes studies and calls the hook once per complet
 from __future__ import annotations
 
 import os
+import time
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,13 +13,13 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from dicom_node.assembly import StudyAssembler
 from dicom_node.scp import DicomNode
 from service.assembly import build_assembler
 from service.config import Settings
-from service.db.models import Study, StudyStatus
+from service.db.models import Instance, Study, StudyStatus
 from service.db.session import session_scope
 from service.ingest import DatabaseRecorder
 from tests.conftest import require_tool
@@ -122,6 +123,40 @@ def test_a_study_whose_association_stays_open_completes_when_idle(tmp_path, runn
     finally:
         assoc.release()
     assert running.hook.calls == [series.study_uid]
+
+
+def _association(port: int):
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage, "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="M3EDGE")
+    assert assoc.is_established
+    return assoc
+
+
+def test_a_study_sent_over_two_associations_completes_once_after_the_last_release(tmp_path, running_node):
+    running = running_node(study_idle_seconds=60, study_release_grace_seconds=0.2)
+    series = write_ct_series(tmp_path / "two", 4, rows=32, columns=32)
+    first, second = _association(running.node.port), _association(running.node.port)
+    try:
+        assert second.send_c_store(dcmread(series.paths[0])).Status == 0x0000
+        for path in series.paths[1:3]:
+            assert first.send_c_store(dcmread(path)).Status == 0x0000
+        first.release()
+        wait_for(lambda: running.study(series.study_uid).last_released_at is not None, timeout=10,
+                 message="the first release was not recorded")
+        time.sleep(5 * 0.2)  # well past the grace: the assembler thread has swept several times
+        study = running.study(series.study_uid)
+        assert (study.status, study.open_associations) == (StudyStatus.RECEIVING, 1)  # B is still sending
+        assert second.send_c_store(dcmread(series.paths[3])).Status == 0x0000
+    finally:
+        first.release()
+        second.release()
+    study = running.wait_complete(series.study_uid)
+    assert (study.completion_reason, study.completion_count, study.open_associations) == ("released", 1, 0)
+    assert running.hook.calls == [series.study_uid]
+    with session_scope(running.session_factory) as session:
+        count = session.scalar(select(func.count()).select_from(Instance))
+    assert count == 4
 
 
 def test_a_study_received_while_no_assembler_ran_is_completed_by_the_next_one(

@@ -18,13 +18,15 @@ T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 
 
 def _instance(n: int, *, study: str = "1.2.3", series: str = "1.2.3.1", modality: str = "CT", at: datetime = T0,
-              duplicate: bool = False, conflict: bool = False, path: str | None = None) -> ReceivedInstance:
+              duplicate: bool = False, conflict: bool = False, path: str | None = None,
+              opens: bool = False) -> ReceivedInstance:
     return ReceivedInstance(
         study_uid=study, series_uid=series, sop_instance_uid=f"{series}.{n}", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
         transfer_syntax_uid="1.2.840.10008.1.2.1", relative_path=path or f"{study}/{series}/{series}.{n}.dcm",
         size_bytes=1000 + n, digest=f"{n:064x}", conflict=conflict, duplicate=duplicate, calling_ae="CT01",
         received_at=at, modality=modality, study_description="CT CHEST", study_date="20260301",
         series_description=f"SERIES {series}", series_number=int(series.rsplit(".", 1)[1]), body_part_examined="CHEST",
+        opens_association=opens,
     )
 
 
@@ -133,6 +135,34 @@ def test_an_ended_association_stamps_last_released_at_on_its_studies(recorder, s
     recorder.associations_ended({"1.2.3"}, released)
     assert _utc(_study(session_factory, "1.2.3").last_released_at) == released
     assert _study(session_factory, "1.2.4").last_released_at is None
+
+
+def test_each_sender_opening_a_study_counts_until_its_end_and_never_below_zero(recorder, session_factory):
+    recorder.record(_instance(1, opens=True))  # association A
+    recorder.record(_instance(2, opens=True))  # association B
+    recorder.record(_instance(3))  # A again: already counted
+    recorder.record(_instance(2, duplicate=True, opens=True))  # association C re-sends recorded bytes: still a sender
+    assert _study(session_factory).open_associations == 3
+    recorder.associations_ended(["1.2.3"], T0 + timedelta(seconds=1))
+    assert _study(session_factory).open_associations == 2
+    for n in range(3):
+        recorder.associations_ended(["1.2.3"], T0 + timedelta(seconds=2 + n))
+    study = _study(session_factory)
+    assert study.open_associations == 0 and _utc(study.last_released_at) == T0 + timedelta(seconds=4)
+
+
+def test_the_nodes_recorder_forgets_the_senders_a_previous_run_left_open(session_factory):
+    with DatabaseRecorder(session_factory) as first:
+        first.record(_instance(1, opens=True))
+        first.record(_instance(1, study="1.2.4", series="1.2.4.1", opens=True))
+    assert _study(session_factory).open_associations == 1  # the node died with both associations open
+    second = DatabaseRecorder(session_factory).start_for_node()
+    try:
+        assert [_study(session_factory, uid).open_associations for uid in ("1.2.3", "1.2.4")] == [0, 0]
+        second.record(_instance(2, opens=True))
+        assert _study(session_factory).open_associations == 1
+    finally:
+        second.close()
 
 
 def test_concurrent_records_share_one_commit_and_each_returns_after_its_row_exists(session_factory, db_engine):

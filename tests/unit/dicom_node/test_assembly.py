@@ -110,6 +110,34 @@ def test_a_release_followed_by_another_arrival_does_not_count(session_factory):
     assert _study(session_factory, "1.2.6").completion_reason == "idle"
 
 
+def _senders(session_factory, uid: str, count: int) -> None:
+    with session_scope(session_factory) as session:
+        session.execute(update(Study).where(Study.study_uid == uid).values(open_associations=count))
+
+
+def test_a_release_while_another_sender_is_open_waits_for_the_last_one(session_factory):
+    clock, hook = FakeClock(), HookRecorder()
+    assembler = _assembler(session_factory, clock, hook)
+    _arrive(session_factory, "1.2.7", T0)
+    _senders(session_factory, "1.2.7", 1)  # A has ended (its release below), B still has the study open
+    _release(session_factory, "1.2.7", T0 + timedelta(seconds=1))
+    clock.advance(20)
+    assert assembler.sweep() == [] and hook.calls == []
+    _senders(session_factory, "1.2.7", 0)
+    _release(session_factory, "1.2.7", clock.now)  # B ends
+    clock.advance(5)
+    assert assembler.sweep() == ["1.2.7"]
+    assert _study(session_factory, "1.2.7").completion_reason == "released"
+
+
+def test_an_open_sender_never_holds_a_study_past_its_idle_time_or_the_cap():
+    stuck = OpenStudy("1.2.8", opened_at=T0, last_received_at=T0, last_released_at=T0, open_associations=3)
+    assert completion_due(stuck, TIMINGS, T0 + timedelta(seconds=29)) is None
+    assert completion_due(stuck, TIMINGS, T0 + timedelta(seconds=30)) is CompletionReason.IDLE
+    alone = OpenStudy("1.2.8", opened_at=T0, last_received_at=T0, last_released_at=T0, open_associations=0)
+    assert completion_due(alone, TIMINGS, T0 + timedelta(seconds=5)) is CompletionReason.RELEASED
+
+
 def test_a_study_that_keeps_trickling_in_is_completed_at_the_cap(session_factory):
     clock, hook = FakeClock(), HookRecorder()
     assembler = _assembler(session_factory, clock, hook)
