@@ -6,6 +6,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -104,15 +105,22 @@ class DicomNode:
         listener: SharedListener | None = None,
         prepare_spool: bool = True,
         query_retrieve: QueryRetrieveScp | None = None,
+        query_retrieve_factory: Callable[[], QueryRetrieveScp] | None = None,
         event_driven: bool = True,
     ) -> None:
         """``query_retrieve`` adds C-FIND/C-GET/C-MOVE (Study Root) behind the same access policy.
+
+        ``query_retrieve_factory`` builds it instead, at ``start()``: with ``DICOM_RECEIVERS`` > 1 each receiving
+        process calls it (so it must be picklable), and every process serves Query/Retrieve as well as storage.
 
         ``event_driven=False`` keeps pynetdicom's polling reactors (see ``dicom_node.scp.reactor``). ``listener`` is
         given to a receiving process (``DICOM_RECEIVERS`` > 1): it accepts on its parent's socket, in turn.
         """
         self._settings = settings
+        if query_retrieve is not None and query_retrieve_factory is not None:
+            raise ValueError("give query_retrieve or query_retrieve_factory, not both")
         self._query_retrieve = query_retrieve
+        self._query_retrieve_factory = query_retrieve_factory
         self._recorder = recorder
         self._spool = spool or SpoolWriter(settings.spool_dir)
         self._clock = clock
@@ -180,13 +188,15 @@ class DicomNode:
             from dicom_node.scp.receivers import NodeConfig, ReceiverPool
 
             if self._query_retrieve is not None:
-                LOGGER.warning("DICOM_RECEIVERS=%d: the receiving processes serve storage only; Query/Retrieve needs "
-                               "DICOM_RECEIVERS=1", receivers)
-
-            self._pool = ReceiverPool(NodeConfig.from_settings(settings), self._recorder, receivers)
+                LOGGER.warning("DICOM_RECEIVERS=%d: the receiving processes serve Query/Retrieve only when it is "
+                               "given as query_retrieve_factory; they serve storage only", receivers)
+            config = replace(NodeConfig.from_settings(settings), query_retrieve_factory=self._query_retrieve_factory)
+            self._pool = ReceiverPool(config, self._recorder, receivers)
             self._pool.start()
             self._log_started(tls=settings.dicom_tls is not None, receivers=receivers)
             return
+        if self._query_retrieve is None and self._query_retrieve_factory is not None:
+            self._query_retrieve = self._query_retrieve_factory()
         tls = server_tls_context(settings.dicom_tls) if settings.dicom_tls is not None else None
         handlers = [
             (evt.EVT_REQUESTED, self._on_association_requested),

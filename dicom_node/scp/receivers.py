@@ -3,7 +3,8 @@
 The parent listens on the port and starts ``count`` child processes; each child runs its own pynetdicom server
 accepting on that same listening socket (whichever child is free takes the next association), writes to the same
 spool, and sends every instance to the parent's recorder over a pipe, waiting for the commit before answering its
-C-STORE. The database stays single-writer (the parent), so group commit still batches across all children. A child
+C-STORE. Given a picklable ``query_retrieve_factory``, each child builds its own Query/Retrieve SCP (its own
+database connections: Q/R only reads, and audits). The database stays single-writer (the parent), so group commit still batches across all children. A child
 exits when the parent asks or dies.
 """
 
@@ -61,6 +62,7 @@ class NodeConfig:
     spool_high_water_percent: float = 95.0
     spool_reserve_bytes: int = 1 << 30
     dicom_receivers: int = 1
+    query_retrieve_factory: Callable[[], Any] | None = None  # picklable; each receiving process builds its Q/R SCP
 
     @classmethod
     def from_settings(cls, settings: Any) -> NodeConfig:
@@ -161,8 +163,9 @@ def _receiver_main(config: NodeConfig, connection, log_queue, log_level: int, li
 
     stop = threading.Event()
     recorder = _RemoteRecorder(connection, stop)
-    node = DicomNode(config, recorder, spool=SpoolWriter(config.spool_dir), listener=listener, prepare_spool=False)
     try:
+        node = DicomNode(config, recorder, spool=SpoolWriter(config.spool_dir), listener=listener,
+                         prepare_spool=False, query_retrieve_factory=config.query_retrieve_factory)
         node.start()
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails its start()
         connection.send(("failed", -1, f"{exc.__class__.__name__}: {exc}"))

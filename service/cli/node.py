@@ -58,9 +58,10 @@ def scp_command(
         intake, sweeper = pipeline_intake(settings, context.session_factory)
         hook = intake.on_study_complete
     recorder = DatabaseRecorder(context.session_factory).start_for_node()
-    from service.dicomweb.query_retrieve import build_query_retrieve
+    from service.dicomweb.query_retrieve import QueryRetrieveFactory
 
-    node = DicomNode(settings, recorder, query_retrieve=build_query_retrieve(settings, context.session_factory))
+    node = DicomNode(settings, recorder,
+                     query_retrieve_factory=QueryRetrieveFactory(settings, context.session_factory))
     assembler = _assembler(settings, context.session_factory, hook) if assemble else None
 
     stop_requested = threading.Event()

@@ -162,9 +162,9 @@ def build_service(
             parts.append(ServicePart("pipeline worker", child.start, child.stop))
         parts.append(ServicePart("pipeline sweeper", sweeper.start, sweeper.stop))
     assembler = build_assembler(settings, session_factory, hook)
-    from service.dicomweb.query_retrieve import build_query_retrieve
+    from service.dicomweb.query_retrieve import QueryRetrieveFactory
 
-    node = DicomNode(settings, recorder, query_retrieve=build_query_retrieve(settings, session_factory))
+    node = DicomNode(settings, recorder, query_retrieve_factory=QueryRetrieveFactory(settings, session_factory))
     parts += [
         ServicePart("study assembler", assembler.start, assembler.stop),
         ServicePart("DICOM node", node.start, node.stop),

@@ -21,7 +21,7 @@ from service.config import Settings
 from service.db.models import Report, Study
 from service.security import record_audit
 
-__all__ = ["ReportObjectCatalog", "QueryRetrieveAudit", "build_query_retrieve"]
+__all__ = ["ReportObjectCatalog", "QueryRetrieveAudit", "QueryRetrieveFactory", "build_query_retrieve"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -84,3 +84,26 @@ def build_query_retrieve(settings: Settings, session_factory: sessionmaker[Sessi
     # C-MOVE destinations are read at start: a list saved through the admin API applies after a restart.
     return QueryRetrieveScp(ReportObjectCatalog(session_factory, settings.results_dir), DestinationsStore(settings).load(),
                             ae_title=settings.dicom_ae_title, observer=QueryRetrieveAudit(session_factory))
+
+
+class QueryRetrieveFactory:
+    """What ``DicomNode(query_retrieve_factory=...)`` takes: builds the Q/R SCP in whichever process serves it.
+
+    In the node's own process it uses the given ``session_factory``; pickled into a receiving process
+    (``DICOM_RECEIVERS`` > 1) it keeps only the settings and opens that process's own database engine.
+    """
+
+    def __init__(self, settings: Settings, session_factory: sessionmaker[Session] | None = None) -> None:
+        self.settings = settings
+        self.session_factory = session_factory
+
+    def __getstate__(self) -> dict:
+        return {"settings": self.settings, "session_factory": None}
+
+    def __call__(self) -> QueryRetrieveScp:
+        session_factory = self.session_factory
+        if session_factory is None:
+            from service.db.session import create_db_engine, make_session_factory
+
+            session_factory = make_session_factory(create_db_engine(self.settings.effective_database_url))
+        return build_query_retrieve(self.settings, session_factory)

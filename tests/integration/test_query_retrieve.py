@@ -18,7 +18,7 @@ from dicom_node.results import build_draft_report, build_segmentation
 from dicom_node.scp import DicomNode
 from service.db.models import AuditEvent, PipelineRun, Report, Study, StudyStatus
 from service.db.session import session_scope
-from service.dicomweb.query_retrieve import build_query_retrieve
+from service.dicomweb.query_retrieve import QueryRetrieveFactory, build_query_retrieve
 from service.ingest import DatabaseRecorder
 from tests.conftest import require_tool
 from tests.support.dcmtk import dcmtk_env, storescu
@@ -224,6 +224,48 @@ def test_storage_still_works_on_a_node_with_query_retrieve(qr_node, tmp_path, se
     assert sent.returncode == 0 and set(sent.responses().values()) == {"Success"}, sent.output
     stored = [row[0].sop_instance_uid for row in instances_in_db(session_factory)]
     assert stored == [cxr_study().all_instances[0].SOPInstanceUID]
+
+
+def test_every_receiving_process_serves_query_retrieve_and_storage(tmp_path, session_factory, database_url, store_peer):
+    """DICOM_RECEIVERS=2: the factory is pickled into each receiving process, which opens its own database engine."""
+    port, received = store_peer
+    settings = node_settings(tmp_path / "home", database_url=database_url, dicom_receivers=2,
+                             dicom_allowed_aes=",".join(CALLERS), destinations=f"STORESCP@127.0.0.1:{port}")
+    results = _write_results(settings.results_dir / "run-1")
+    _seed(session_factory, results)
+    recorder = DatabaseRecorder(session_factory).start()
+    node = DicomNode(settings, recorder, query_retrieve_factory=QueryRetrieveFactory(settings, session_factory))
+    node.start()
+    try:
+        for attempt in range(4):  # the processes take associations in turn: each serves at least one
+            folder = tmp_path / f"find-{attempt}"
+            folder.mkdir()
+            found = _run("findscu", node.port, ["QueryRetrieveLevel=STUDY", "StudyInstanceUID"], "-X", "-od",
+                         str(folder), calling_ae="FINDSCU")
+            assert found.returncode == 0, found.stdout + found.stderr
+            assert [ds.StudyInstanceUID for ds in _responses(folder)] == [results["study_uid"]]
+        moved = _run("movescu", node.port, ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={results['study_uid']}"],
+                     "-aem", "STORESCP", calling_ae="MOVESCU")
+        assert moved.returncode == 0, moved.stdout + moved.stderr
+        wait_for(lambda: len(list(received.iterdir())) == 2, timeout=30, message="the move did not arrive")
+        files = write_datasets(tmp_path / "cxr", cxr_study().all_instances)
+        sent = storescu(node.port, files, calling_ae="FINDSCU")
+        assert sent.returncode == 0 and set(sent.responses().values()) == {"Success"}, sent.output
+    finally:
+        node.stop()
+        recorder.close()
+    actions = [e.action for e in _audit(session_factory)]
+    assert actions.count("dicom.find") == 4 and actions.count("dicom.move") == 1
+    assert [row[0].sop_instance_uid for row in instances_in_db(session_factory)] == [
+        cxr_study().all_instances[0].SOPInstanceUID]
+
+
+def test_query_retrieve_is_given_as_an_object_or_a_factory_not_both(tmp_path, session_factory):
+    settings = node_settings(tmp_path / "home")
+    factory = QueryRetrieveFactory(settings, session_factory)
+    with pytest.raises(ValueError, match="not both"):
+        DicomNode(settings, DatabaseRecorder(session_factory), query_retrieve=factory(),
+                  query_retrieve_factory=factory)
 
 
 @pytest.mark.parametrize(
