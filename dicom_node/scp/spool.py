@@ -1,8 +1,10 @@
 """The spool: received instances as files, ``spool/<study>/<series>/<sop>.dcm``, written so a crash never leaves half a file.
 
-Each instance goes to a temporary file in ``spool/.incoming`` (same file system), is fsynced, then linked under its
-final name (``link`` fails instead of overwriting) and the directory is fsynced. A leftover temporary file is never
-visible as an instance and is removed by :meth:`SpoolWriter.prepare` at start-up.
+Each instance is written to a file without a name in its series directory (Linux ``O_TMPFILE``, see
+``dicom_node.scp.anonymous_files``), fdatasync'ed, then linked under its final name (``linkat`` fails instead of
+overwriting) and the directory is fsynced. Where unnamed files are not available, the file is first a named temporary
+file in ``spool/.incoming`` (same file system), linked the same way and then removed; a leftover temporary file is
+never visible as an instance and is removed by :meth:`SpoolWriter.prepare` at start-up.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
+from dicom_node.scp.anonymous_files import AnonymousLinker, open_anonymous, probe
 from dicom_node.uids import validate_uid
 
 __all__ = ["SpoolWriter", "SpooledFile", "StoreOutcome", "InstanceLocation", "SpoolError", "SpoolFull"]
@@ -63,7 +67,7 @@ class InstanceLocation:
         validate_uid(self.series_uid, "SeriesInstanceUID")
         validate_uid(self.sop_instance_uid, "SOPInstanceUID")
 
-    @property
+    @cached_property
     def series_dir(self) -> str:
         return f"{self.study_uid}/{self.series_uid}"
 
@@ -87,20 +91,34 @@ class SpooledFile:
     conflict: bool  # the file is a second copy whose content differs from the instance's first copy
 
 
-def _digest_of(path: Path) -> str:
+def _digest_of(path: str) -> str:
     digest = _new_digest()
-    with path.open("rb") as handle:
+    with open(path, "rb") as handle:
         while block := handle.read(_READ_CHUNK):
             digest.update(block)
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _make_dir(path: str) -> None:
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        pass
 
 
 def _ignore(_spooled: SpooledFile) -> None:
@@ -116,12 +134,12 @@ class _DirectorySync:
 
     def __init__(self) -> None:
         self._condition = threading.Condition()
-        self._requested: dict[Path, int] = {}
-        self._done: dict[Path, int] = {}
-        self._running: set[Path] = set()
-        self._waiting: dict[Path, int] = {}
+        self._requested: dict[str, int] = {}
+        self._done: dict[str, int] = {}
+        self._running: set[str] = set()
+        self._waiting: dict[str, int] = {}
 
-    def sync(self, directory: Path) -> None:
+    def sync(self, directory: str) -> None:
         with self._condition:
             ticket = self._requested.get(directory, 0) + 1
             self._requested[directory] = ticket
@@ -151,9 +169,15 @@ class _DirectorySync:
 class SpoolWriter:
     """Writes instances into ``root`` durably; safe to use from many threads and processes at once."""
 
-    def __init__(self, root: Path, *, durable: bool = True) -> None:
+    def __init__(self, root: Path, *, durable: bool = True, unnamed_files: bool | None = None) -> None:
+        """``unnamed_files``: None uses them where the spool's file system and kernel allow (probed on first
+        write), False always writes named temporary files, True requires unnamed files (raises if unavailable)."""
         self.root = Path(root)
+        self._root = os.fspath(self.root)  # the hot path joins strings: pathlib costs more than the rest of it
         self.durable = durable
+        self._unnamed_wanted = unnamed_files
+        self._linker: AnonymousLinker | None = None
+        self._linker_probed = False
         self._incoming = self.root / INCOMING_DIR
         self._known_dirs: set[str] = set()
         self._dir_lock = threading.Lock()
@@ -164,6 +188,7 @@ class SpoolWriter:
     def prepare(self) -> int:
         """Create the spool and remove temporary files a crash left behind; return how many were removed."""
         self._incoming.mkdir(parents=True, exist_ok=True)
+        self._unnamed_linker()
         removed = 0
         for leftover in self._incoming.glob(f"*{_TEMP_SUFFIX}"):
             leftover.unlink(missing_ok=True)
@@ -191,10 +216,22 @@ class SpoolWriter:
         database commit there, so the two syncs overlap. ``write`` returns only after that directory fsync.
         Raises ``SpoolFull`` when the disk is full and ``SpoolError`` for other I/O failures; nothing is left behind.
         """
-        temp = self._incoming / f"{os.getpid()}-{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+        temp: str | None = None
+        fd = -1
         try:
-            size, digest = self._write_temp(temp, chunks)
-            return self._publish(location, temp, size, digest, on_linked or _ignore)
+            linker = self._unnamed_linker()
+            series_dir = self._ensure_dir(location)
+            if linker is None:
+                temp = f"{self._root}/{INCOMING_DIR}/{os.getpid()}-{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+            fd = self._open_new(series_dir, temp)
+            size, digest = self._fill(fd, chunks)
+            if temp is None:
+                def link(target: str, fd: int = fd) -> None:
+                    linker(fd, target)
+            else:
+                def link(target: str, temp: str = temp) -> None:
+                    os.link(temp, target)
+            return self._publish(location, series_dir, link, size, digest, on_linked or _ignore)
         except OSError as exc:
             if exc.errno in _NO_SPACE:
                 raise SpoolFull(exc.errno, f"the spool's disk is full ({self.root})") from exc
@@ -202,43 +239,62 @@ class SpoolWriter:
                 raise
             raise SpoolError(exc.errno, f"cannot write to the spool ({self.root}): {exc.strerror}") from exc
         finally:
-            temp.unlink(missing_ok=True)
+            if fd >= 0:
+                os.close(fd)
+            if temp is not None:
+                _remove(temp)
 
-    def _open_temp(self, temp: Path) -> int:
+    def _unnamed_linker(self) -> AnonymousLinker | None:
+        """How to name an unnamed file in this spool (probed once), or None for named temporary files."""
+        if not self._linker_probed and self._unnamed_wanted is not False and self.root.is_dir():
+            found = probe(self.root)
+            if found is None and self._unnamed_wanted:
+                raise SpoolError(errno.EOPNOTSUPP, f"unnamed files (O_TMPFILE) are not available in {self.root}")
+            self._linker = None if found is None else found[1]
+            self._linker_probed = True
+            LOGGER.debug("spool %s writes %s", self.root,
+                         "named temporary files" if found is None else f"unnamed files named by {found[0]}")
+        return self._linker
+
+    @property
+    def writes_unnamed_files(self) -> bool:
+        """Whether instances are written as unnamed files (else as named temporary files in ``.incoming``)."""
+        return self._unnamed_linker() is not None
+
+    def _open_new(self, directory: str, temp: str | None) -> int:
+        """A new file to fill: unnamed in ``directory``, or the temporary file ``temp``."""
+        if temp is None:
+            return open_anonymous(directory)
         return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
 
-    def _write_temp(self, temp: Path, chunks: Sequence[bytes]) -> tuple[int, str]:
+    def _fill(self, fd: int, chunks: Sequence[bytes]) -> tuple[int, str]:
         digest = _new_digest()
         size = 0
-        fd = self._open_temp(temp)
-        try:
-            for chunk in chunks:
-                view = memoryview(chunk)
-                digest.update(view)
-                size += len(view)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            if self.durable:
-                os.fdatasync(fd)  # data and the size of a new file; its name is made durable by the directory fsync
-        finally:
-            os.close(fd)
+        for chunk in chunks:
+            view = memoryview(chunk)
+            digest.update(view)
+            size += len(view)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+        if self.durable:
+            os.fdatasync(fd)  # data and the size of a new file; its name is made durable by the directory fsync
         return size, digest.hexdigest()
 
     def _publish(
-        self, location: InstanceLocation, temp: Path, size: int, digest: str, on_linked: Callable[[SpooledFile], None]
+        self, location: InstanceLocation, series_dir: str, link: Callable[[str], None], size: int, digest: str,
+        on_linked: Callable[[SpooledFile], None],
     ) -> SpooledFile:
-        series_dir = self._ensure_dir(location)
         primary = f"{location.series_dir}/{location.primary_name}"
-        if self._link(temp, self.root / primary):
+        if self._link(link, f"{self._root}/{primary}"):
             return self._announce(SpooledFile(primary, size, digest, StoreOutcome.STORED, conflict=False), series_dir,
                                   on_linked)
-        if _digest_of(self.root / primary) == digest:
+        if _digest_of(f"{self._root}/{primary}") == digest:
             # Already there; the directory is synced anyway, in case the first copy's name is not durable yet.
             return self._announce(SpooledFile(primary, size, digest, StoreOutcome.DUPLICATE, conflict=False),
                                   series_dir, on_linked)
         copy = f"{location.series_dir}/{location.conflict_name(digest)}"
-        if self._link(temp, self.root / copy):
+        if self._link(link, f"{self._root}/{copy}"):
             return self._announce(SpooledFile(copy, size, digest, StoreOutcome.CONFLICT, conflict=True), series_dir,
                                   on_linked)
         # The digest is in the name: this very content was already kept as a conflicting copy.
@@ -246,36 +302,36 @@ class SpoolWriter:
                               on_linked)
 
     def _announce(
-        self, spooled: SpooledFile, series_dir: Path, on_linked: Callable[[SpooledFile], None]
+        self, spooled: SpooledFile, series_dir: str, on_linked: Callable[[SpooledFile], None]
     ) -> SpooledFile:
         on_linked(spooled)
         self._sync(series_dir)
         return spooled
 
     @staticmethod
-    def _link(source: Path, target: Path) -> bool:
+    def _link(link: Callable[[str], None], target: str) -> bool:
         try:
-            os.link(source, target)
+            link(target)
         except FileExistsError:
             return False
         return True
 
-    def _sync(self, directory: Path) -> None:
+    def _sync(self, directory: str) -> None:
         if self.durable:
             self._dir_sync.sync(directory)
 
-    def _ensure_dir(self, location: InstanceLocation) -> Path:
-        series_dir = self.root / location.series_dir
-        if location.series_dir in self._known_dirs and series_dir.is_dir():
+    def _ensure_dir(self, location: InstanceLocation) -> str:
+        series_dir = f"{self._root}/{location.series_dir}"
+        if location.series_dir in self._known_dirs and os.path.isdir(series_dir):
             return series_dir
         with self._dir_lock:
-            study_dir = series_dir.parent
-            created_study = not study_dir.is_dir()
-            study_dir.mkdir(exist_ok=True)
-            created_series = not series_dir.is_dir()
-            series_dir.mkdir(exist_ok=True)
+            study_dir = f"{self._root}/{location.study_uid}"
+            created_study = not os.path.isdir(study_dir)
+            _make_dir(study_dir)
+            created_series = not os.path.isdir(series_dir)
+            _make_dir(series_dir)
             if created_study:
-                self._sync(self.root)
+                self._sync(self._root)
             if created_series:
                 self._sync(study_dir)
             self._known_dirs.add(location.series_dir)

@@ -128,7 +128,7 @@ def test_a_full_disk_answers_out_of_resources(tmp_path, session_factory):
     class DiskFullSpool(SpoolWriter):
         """Temporary files on /dev/full: every write fails with the kernel's real ENOSPC."""
 
-        def _open_temp(self, temp: Path) -> int:
+        def _open_new(self, directory: str, temp: str | None) -> int:
             return os.open("/dev/full", os.O_WRONLY)
 
     spool = DiskFullSpool(tmp_path / "home" / "spool")

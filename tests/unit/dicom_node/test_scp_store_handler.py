@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import io
 from datetime import datetime, timezone
 from types import SimpleNamespace
@@ -72,7 +74,7 @@ def spool(tmp_path, monkeypatch) -> tuple[SpoolWriter, list[str]]:
 
     def fsync_dir(path) -> None:
         real(path)
-        events.append(f"fsync {path.name}")
+        events.append(f"fsync {Path(path).name}")
 
     monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
     writer = SpoolWriter(tmp_path / "spool")
@@ -106,7 +108,7 @@ def test_a_failed_directory_fsync_still_waits_for_the_started_commit_and_fails(s
     real = spool_module._fsync_dir
 
     def broken_fsync(path) -> None:
-        if path.name == "1.2.3.4":  # the series directory, synced after the link
+        if Path(path).name == "1.2.3.4":  # the series directory, synced after the link
             raise OSError(5, "Input/output error")
         real(path)
 

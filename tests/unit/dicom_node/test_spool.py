@@ -19,11 +19,22 @@ from dicom_node.uids import InvalidUid, validate_uid
 LOCATION = InstanceLocation("1.2.3", "1.2.3.4", "1.2.3.4.5")
 
 
-@pytest.fixture
-def spool(tmp_path) -> SpoolWriter:
+@pytest.fixture(params=[True, False], ids=["unnamed-files", "named-temporary-files"])
+def spool(tmp_path, request) -> SpoolWriter:
+    """Every behaviour holds both with unnamed files (O_TMPFILE, Linux) and with named temporary files."""
+    writer = SpoolWriter(tmp_path / "spool", unnamed_files=request.param)
+    writer.prepare()
+    assert writer.writes_unnamed_files is request.param
+    return writer
+
+
+def test_by_default_the_spool_writes_unnamed_files_where_linux_offers_them(tmp_path):
     writer = SpoolWriter(tmp_path / "spool")
     writer.prepare()
-    return writer
+    assert writer.writes_unnamed_files
+    writer.write(LOCATION, [b"x"])
+    assert list((tmp_path / "spool" / INCOMING_DIR).iterdir()) == []
+    assert not SpoolWriter(tmp_path / "other", unnamed_files=False).writes_unnamed_files
 
 
 def _files(root: Path) -> list[str]:
@@ -89,15 +100,17 @@ def test_prepare_removes_partial_files_a_crash_left_behind(tmp_path):
 
 
 class _DiskFullSpool(SpoolWriter):
-    """Writes its temporary files to /dev/full, whose writes fail with ENOSPC (the kernel's real error path)."""
+    """Writes its new files to /dev/full, whose writes fail with ENOSPC (the kernel's real error path)."""
 
-    def _open_temp(self, temp: Path) -> int:
-        temp.symlink_to("/dev/full")
+    def _open_new(self, directory: str, temp: str | None) -> int:
+        if temp is not None:
+            os.symlink("/dev/full", temp)
         return os.open("/dev/full", os.O_WRONLY)
 
 
-def test_a_full_disk_raises_spool_full_and_leaves_nothing(tmp_path):
-    writer = _DiskFullSpool(tmp_path / "spool")
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed-files", "named-temporary-files"])
+def test_a_full_disk_raises_spool_full_and_leaves_nothing(tmp_path, unnamed):
+    writer = _DiskFullSpool(tmp_path / "spool", unnamed_files=unnamed)
     writer.prepare()
     with pytest.raises(SpoolFull, match="disk is full") as caught:
         writer.write(LOCATION, [b"x" * 65536])
@@ -153,9 +166,9 @@ def _watch_syncs(monkeypatch, spool: SpoolWriter, events: list[str]) -> None:
 
     real = spool_module._fsync_dir
 
-    def fsync_dir(path: Path) -> None:
+    def fsync_dir(path: str) -> None:
         real(path)
-        events.append(f"fsync {path.relative_to(spool.root) if path != spool.root else '.'}")
+        events.append(f"fsync {Path(path).relative_to(spool.root) if Path(path) != spool.root else '.'}")
 
     monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
 
