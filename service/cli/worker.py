@@ -43,8 +43,9 @@ def pipeline_intake(settings: Settings, session_factory):
     from service.pipeline.celery_app import CeleryDispatcher, create_celery
     from service.pipeline.intake import PipelineIntake, PipelineSweeper
     from service.pipeline.ledger import PipelineLedger
+    from service.pipeline.time_limits import StageTimeLimits
 
-    ledger = PipelineLedger(session_factory)
+    ledger = PipelineLedger(session_factory, time_limits=StageTimeLimits.from_settings(settings))
     intake = PipelineIntake(ledger, CeleryDispatcher(create_celery(settings), ledger))
     return intake, PipelineSweeper(intake, settings.pipeline_sweep_seconds)
 
