@@ -142,7 +142,7 @@ class Settings(BaseSettings):
     stage_time_limits: dict[str, StageTimeLimitSetting] = Field(
         default_factory=dict,
         description="Per stage (plan, prepare, expert, vlm, report, deliver): seconds until the stage is interrupted "
-        "(soft) and until its worker is ended and restarted (hard); e.g. {expert: {hard: 3600}}. Defaults in the README.",
+        "(soft) and until its worker is ended and restarted (hard), e.g. {expert: {hard: 3600}}; defaults: README.",
     )
 
     log_json: bool = False

@@ -42,7 +42,7 @@ class StageExecutor:
     def __init__(self, ledger: PipelineLedger, handlers: Mapping[Stage, StageHandler], dispatcher: Dispatcher,
                  worker_name: str = "", backoff: Callable[[int], float] = backoff_seconds,
                  time_limiter: StageTimeLimiter | None = None) -> None:
-        """``time_limiter`` enforces the stages' time limits (a worker's solo pool); without it a stage runs unbounded."""
+        """``time_limiter`` enforces the stages' time limits (a solo-pool worker's); without it a stage is unbounded."""
         missing = [stage.value for stage in Stage if stage not in handlers]
         if missing:
             raise ValueError(f"no handler for stages {', '.join(missing)}")

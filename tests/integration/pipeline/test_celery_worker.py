@@ -133,7 +133,8 @@ def test_a_hung_stage_is_interrupted_at_its_soft_limit_and_ends_its_worker_at_th
         "timed out: ran past the expert stage's hard time limit of 3 s; its worker process was ended (exit status 75) "
         "(worker test-worker@localhost)")
     assert (markers / f"{run_id}-expert-2-interrupted").exists()
-    assert (markers / f"{run_id}-expert-3").read_text() == "timed out: ran past the expert stage's soft time limit of 1 s"
+    soft_error = "timed out: ran past the expert stage's soft time limit of 1 s"
+    assert (markers / f"{run_id}-expert-3").read_text() == soft_error
     names = sorted(p.name for p in markers.iterdir() if p.name.startswith(f"{run_id}-"))
     for stage in ("plan", "prepare", "vlm", "report", "deliver"):
         assert [n for n in names if n.startswith(f"{run_id}-{stage}-")] == [f"{run_id}-{stage}-1"], names
