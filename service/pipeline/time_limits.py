@@ -173,6 +173,19 @@ class _StageWatch:
         self._on_hard()
 
 
+def _restore_alarm_handler(previous: Any) -> None:
+    """Put the SIGALRM handler the stage replaced back, such that a signal the watch sent just before it stopped cannot
+    reach that handler (the default one ends the process): SIGALRM is blocked, a pending one taken, the handler
+    swapped (``signal.signal`` first runs a Python handler still due: the watch's, which now does nothing), unblocked."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        while signal.sigtimedwait({signal.SIGALRM}, 0) is not None:
+            pass
+        signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
 class StageTimeLimiter:
     """Enforces the stage time limits around each stage a worker runs (see the module's docstring).
 
@@ -226,9 +239,8 @@ class StageTimeLimiter:
             raise
         finally:
             watch.stop()
-            if in_main:  # signal.signal first runs a handler still pending: the watch's, which now does nothing
-                previous = watch.previous_handler
-                signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
+            if in_main:
+                _restore_alarm_handler(watch.previous_handler)
         if watch.soft_passed:  # the stage swallowed the exception and returned: its outcome is not trusted
             raise StageTimedOut(stage, limit.soft_s)
 

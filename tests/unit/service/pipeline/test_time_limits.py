@@ -1,9 +1,13 @@
 """Stage time limits under the solo pool, on a real database: the soft limit interrupts the stage (a timed-out attempt,
 retried, then failed naming the stage and the limit), the hard limit ends the process, a prefork pool is left alone."""
 
+import os
 import signal
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from billiard.exceptions import SoftTimeLimitExceeded
@@ -32,6 +36,7 @@ from tests.unit.service.pipeline.test_ledger_and_executor import (
     study_state,
 )
 
+ROOT = Path(__file__).resolve().parents[4]
 HANG_S = 20.0  # a stage "hangs" this long: the limits under test end it much sooner
 
 
@@ -277,3 +282,25 @@ def test_settings_refuse_unknown_stages_and_a_soft_limit_above_the_hard_one(monk
     monkeypatch.delenv("M3EDGE_STAGE_TIME_LIMITS")
     monkeypatch.setenv("M3EDGE_STAGE_TIME_LIMITS__VLM__HARD", "2400")
     assert StageTimeLimits.from_settings(Settings.load())[Stage.VLM] == StageTimeLimit(2370, 2400)
+
+
+LATE_ALARM_SCRIPT = """
+import signal, time
+from service.pipeline.time_limits import StageTimedOut, StageTimeLimiter, StageTimeLimits
+signal.signal(signal.SIGALRM, signal.SIG_DFL)  # a worker's: SIGALRM would end the process
+limiter = StageTimeLimiter(StageTimeLimits.with_overrides({"plan": {"soft": 0.1, "hard": 30}}))
+try:
+    with limiter.limit("plan", 1):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})  # the watch's alarm stays pending past the stage
+        time.sleep(0.5)
+except StageTimedOut:
+    print("timed out")
+signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+print("still running")
+"""
+
+
+def test_an_alarm_still_pending_when_the_stage_ends_never_reaches_the_handler_given_back():
+    result = subprocess.run([sys.executable, "-c", LATE_ALARM_SCRIPT], capture_output=True, text=True, timeout=60,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (result.returncode, result.stdout.split()) == (0, ["timed", "out", "still", "running"]), result.stderr
