@@ -247,11 +247,11 @@ class StageTimeLimiter:
     def _end_process(self, run_id: int, stage: Stage, limit: StageTimeLimit) -> None:
         message = (f"timed out: ran past the {stage.value} stage's hard time limit of {limit.hard_s:g} s; "
                    f"its worker process was ended (exit status {HARD_LIMIT_EXIT_CODE})")
-        LOGGER.critical("stage %s of run %s is still running at its hard time limit of %g s: ending worker process %d "
-                        "(exit status %d) so that its supervisor restarts it; the stage is re-queued",
-                        stage.value, run_id, limit.hard_s, os.getpid(), HARD_LIMIT_EXIT_CODE)
 
-        def note() -> None:
+        def say_why() -> None:
+            LOGGER.critical("stage %s of run %s is still running at its hard time limit of %g s: ending worker "
+                            "process %d (exit status %d) so that its supervisor restarts it; the stage is re-queued",
+                            stage.value, run_id, limit.hard_s, os.getpid(), HARD_LIMIT_EXIT_CODE)
             try:
                 if self._on_hard_limit is not None:
                     self._on_hard_limit(run_id, stage, message)
@@ -260,8 +260,9 @@ class StageTimeLimiter:
             for handler in logging.getLogger().handlers:
                 handler.flush()
 
-        # The stuck stage may hold a database lock or a log handler's: never wait on it for long.
-        noting = threading.Thread(target=note, name="m3edge-time-limit-note", daemon=True)
-        noting.start()
-        noting.join(self._note_timeout_s)
+        # The stuck stage may hold a lock this needs (the database's, a log handler's writing to a full pipe): the
+        # process ends after a bounded wait whatever happens to it.
+        saying = threading.Thread(target=say_why, name="m3edge-time-limit-exit", daemon=True)
+        saying.start()
+        saying.join(self._note_timeout_s)
         self._exit_process(HARD_LIMIT_EXIT_CODE)

@@ -304,3 +304,29 @@ def test_an_alarm_still_pending_when_the_stage_ends_never_reaches_the_handler_gi
     result = subprocess.run([sys.executable, "-c", LATE_ALARM_SCRIPT], capture_output=True, text=True, timeout=60,
                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert (result.returncode, result.stdout.split()) == (0, ["timed", "out", "still", "running"]), result.stderr
+
+
+def test_the_process_ends_even_when_noting_the_hard_limit_hangs():
+    stuck, exited = threading.Event(), threading.Event()
+    exits, raised = [], []
+
+    def exit_process(code):
+        exits.append(code)
+        exited.set()
+
+    limiter = StageTimeLimiter(expert_limits(0.05, 0.1), on_hard_limit=lambda *note: stuck.wait(HANG_S),
+                               exit_process=exit_process, note_timeout_s=0.2)
+
+    def stage():  # outside the main thread: no alarm interrupts it, only the hard limit's watchdog acts
+        try:
+            with limiter.limit(Stage.EXPERT, 1):
+                exited.wait(HANG_S)
+        except StageTimedOut as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=stage)
+    thread.start()
+    thread.join(HANG_S + 5)
+    stuck.set()  # (a database lock the stuck stage held, released only now)
+    assert exits == [HARD_LIMIT_EXIT_CODE]
+    assert [str(e) for e in raised] == ["timed out: ran past the expert stage's soft time limit of 0.05 s"]
