@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-
 from collections.abc import Mapping, Sequence
 
 import typer
