@@ -57,6 +57,15 @@ class TlsSettings(BaseModel):
     require_client_certificate: bool = False
 
 
+class StageTimeLimitSetting(BaseModel):
+    """One stage's limits in seconds; either may be left out (the default hard limit; a soft one that follows it)."""
+
+    model_config = {"extra": "forbid"}
+
+    soft: float | None = Field(None, gt=0)
+    hard: float | None = Field(None, gt=0)
+
+
 class Settings(BaseSettings):
     """Everything an operator can set. Environment names are the field names upper-cased with ``M3EDGE_``."""
 
@@ -130,6 +139,12 @@ class Settings(BaseSettings):
         10.0, gt=0, description="How often the sweeper queues completed studies and re-sends stalled pipeline stages."
     )
 
+    stage_time_limits: dict[str, StageTimeLimitSetting] = Field(
+        default_factory=dict,
+        description="Per stage (plan, prepare, expert, vlm, report, deliver): seconds until the stage is interrupted "
+        "(soft) and until its worker is ended and restarted (hard), e.g. {expert: {hard: 3600}}; defaults: README.",
+    )
+
     log_json: bool = False
     log_level: str = "INFO"
 
@@ -163,6 +178,17 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not an IP address (use 0.0.0.0 for every interface)") from exc
         return value
+
+    @model_validator(mode="after")
+    def _check_stage_time_limits(self) -> Settings:
+        from service.pipeline.time_limits import StageTimeLimits
+
+        overrides = {stage: limit.model_dump(exclude_none=True) for stage, limit in self.stage_time_limits.items()}
+        try:
+            StageTimeLimits.with_overrides(overrides)
+        except ValueError as exc:
+            raise ValueError(f"STAGE_TIME_LIMITS: {exc}") from exc
+        return self
 
     @model_validator(mode="after")
     def _check_vlm(self) -> Settings:

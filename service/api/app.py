@@ -30,8 +30,9 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     if intake is None:
         from service.pipeline.celery_app import CeleryDispatcher, create_celery
         from service.pipeline.ledger import PipelineLedger
+        from service.pipeline.time_limits import StageTimeLimits
 
-        ledger = PipelineLedger(session_factory)
+        ledger = PipelineLedger(session_factory, time_limits=StageTimeLimits.from_settings(settings))
         intake = PipelineIntake(ledger, CeleryDispatcher(create_celery(settings), ledger))
     app = FastAPI(
         title="m3edge",

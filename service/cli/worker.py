@@ -14,11 +14,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
 import typer
 
 from service.cli.context import CliError, cli_context
 from service.config import Settings
+from service.pipeline.time_limits import HARD_LIMIT_EXIT_CODE
 
 __all__ = ["worker_command", "WorkerProcess", "pipeline_intake", "check_routing_rules", "WORKER_CLI"]
 
@@ -43,8 +45,9 @@ def pipeline_intake(settings: Settings, session_factory):
     from service.pipeline.celery_app import CeleryDispatcher, create_celery
     from service.pipeline.intake import PipelineIntake, PipelineSweeper
     from service.pipeline.ledger import PipelineLedger
+    from service.pipeline.time_limits import StageTimeLimits
 
-    ledger = PipelineLedger(session_factory)
+    ledger = PipelineLedger(session_factory, time_limits=StageTimeLimits.from_settings(settings))
     intake = PipelineIntake(ledger, CeleryDispatcher(create_celery(settings), ledger))
     return intake, PipelineSweeper(intake, settings.pipeline_sweep_seconds)
 
@@ -57,7 +60,11 @@ def worker_command(
     parent_pid: int | None = typer.Option(None, "--parent-pid", hidden=True,
                                           help="Stop (warm shutdown) when this process is gone (m3edge serve's child)."),
 ) -> None:
-    """Run a pipeline worker until SIGTERM (warm shutdown: the stage in progress finishes first)."""
+    """Run a pipeline worker until SIGTERM (warm shutdown: the stage in progress finishes first).
+
+    Every stage has time limits (STAGE_TIME_LIMITS): past its soft limit a stage is interrupted and retried with
+    back-off (up to 5 attempts); past its hard limit (stuck where it cannot be interrupted) the worker exits with
+    status 75, for its supervisor (m3edge serve, systemd, compose) to restart it, and the stage is re-queued."""
     from service.cli.serve import prepare_database
     from service.pipeline.work import build_stage_handlers, default_sender
     from service.pipeline.worker import PipelineWorker, parse_queues
@@ -107,8 +114,11 @@ class WorkerProcess:
     production runs, so both modes share one code path.
     """
 
-    def __init__(self, queues: str = "cpu,gpu,io", restart_delay_s: float = 2.0) -> None:
-        self.command = [*WORKER_CLI, "--queues", queues, "--parent-pid", str(os.getpid())]
+    def __init__(self, queues: str = "cpu,gpu,io", restart_delay_s: float = 2.0, *,
+                 command: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> None:
+        """``command`` and ``env`` replace ``m3edge worker --queues QUEUES`` and this process's environment."""
+        self.command = list(command or [*WORKER_CLI, "--queues", queues, "--parent-pid", str(os.getpid())])
+        self.env = dict(os.environ if env is None else env)
         self.restart_delay_s = restart_delay_s
         self.process: subprocess.Popen | None = None
         self.restarts = 0
@@ -123,15 +133,16 @@ class WorkerProcess:
 
     def _spawn(self) -> None:
         with self._lock:
-            self.process = subprocess.Popen(self.command, env=dict(os.environ), stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(self.command, env=self.env, stdin=subprocess.DEVNULL)
         LOGGER.info("pipeline worker started (pid %d)", self.process.pid)
 
     def _watch(self) -> None:
         while not self._stopping.is_set():
             process = self.process
             if process is not None and process.poll() is not None and not self._stopping.is_set():
-                LOGGER.error("pipeline worker (pid %d) exited with status %s; restarting in %.0f s", process.pid,
-                             process.returncode, self.restart_delay_s)
+                why = " (a stage ran past its hard time limit)" if process.returncode == HARD_LIMIT_EXIT_CODE else ""
+                LOGGER.error("pipeline worker (pid %d) exited with status %s%s; restarting in %.0f s", process.pid,
+                             process.returncode, why, self.restart_delay_s)
                 if self._stopping.wait(self.restart_delay_s):
                     return
                 self.restarts += 1

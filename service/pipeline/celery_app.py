@@ -5,6 +5,7 @@ Messages carry only ``(run_id, stage)``; the database holds the state, so a lost
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from service.pipeline.embedded_broker import TRANSPORT_PATH
 from service.pipeline.delivery import DeliveryQueue
 from service.pipeline.executor import StageExecutor
 from service.pipeline.ledger import PipelineLedger, StageTicket
-from service.pipeline.stages import TIME_LIMITS, Stage, queue_for
+from service.pipeline.stages import Stage, queue_for
+from service.pipeline.time_limits import StageTimeLimiter, StageTimeLimits
 
 __all__ = ["create_celery", "CeleryDispatcher", "WorkerComponents", "QUEUES", "RUN_STAGE_TASK", "DELIVER_TASK"]
 
@@ -29,17 +31,20 @@ QUEUES = ("cpu.urgent", "gpu.urgent", "io.urgent", "cpu", "gpu", "io")
 
 
 class WorkerComponents(Protocol):
-    """What a worker process runs tasks with: the stage executor and the delivery queue."""
+    """What a worker process runs tasks with: the stage executor, the delivery queue, and what bounds a delivery's time
+    (None where the pool enforces time limits itself)."""
 
     executor: StageExecutor
     deliveries: DeliveryQueue
+    time_limiter: StageTimeLimiter | None
 
 
 def create_celery(settings: Settings, components_factory: Callable[[], WorkerComponents] | None = None) -> Celery:
     """The app for ``settings``. ``components_factory`` builds the worker's components once, on its first task;
     without it the app only sends (the API, the DICOM node)."""
     broker = settings.effective_broker_url
-    transport_options: dict = {"visibility_timeout": max(TIME_LIMITS.values()) + 600}
+    # A message not acknowledged by then is delivered again: longer than any stage may run.
+    transport_options: dict = {"visibility_timeout": StageTimeLimits.from_settings(settings).longest_hard_s + 600}
     extra: dict = {}
     if settings.broker_url is None:  # the embedded broker: a SQLite file in HOME, no server
         path = settings.home / "broker.db"
@@ -85,28 +90,34 @@ def create_celery(settings: Settings, components_factory: Callable[[], WorkerCom
     @app.task(name=DELIVER_TASK, acks_late=True, reject_on_worker_lost=True)
     def deliver_pending(run_id: int) -> int:
         """Send what a review added to a run (the deliver stage itself sends the run's first objects)."""
-        return components().deliveries.send_pending(int(run_id)).delivered
+        parts = components()
+        limiter = parts.time_limiter
+        with limiter.limit(Stage.DELIVER, int(run_id)) if limiter is not None else contextlib.nullcontext():
+            return parts.deliveries.send_pending(int(run_id)).delivered
 
     return app
 
 
 class CeleryDispatcher:
-    """Sends a stage's message; returns False (and leaves the stage pending for the sweeper) when the broker is down."""
+    """Sends a stage's message; returns False (and leaves the stage pending for the sweeper) when the broker is down.
+
+    Each message carries its stage's limits (``ledger.time_limits``), which a prefork pool enforces; a solo-pool worker
+    enforces the same limits with its own :class:`~service.pipeline.time_limits.StageTimeLimiter`."""
 
     def __init__(self, app: Celery, ledger: PipelineLedger) -> None:
         self.app = app
         self.ledger = ledger
 
     def dispatch(self, ticket: StageTicket, countdown: float = 0) -> bool:
-        limit = TIME_LIMITS[ticket.stage]
+        limit = self.ledger.time_limits[ticket.stage]
         try:
             self.app.send_task(
                 RUN_STAGE_TASK,
                 args=(ticket.run_id, ticket.stage.value),
                 queue=queue_for(ticket.stage, ticket.priority),
                 countdown=countdown or None,
-                time_limit=limit,
-                soft_time_limit=max(1, limit - 30),
+                time_limit=limit.hard_s,
+                soft_time_limit=limit.soft_s,
             )
         except Exception as exc:  # kombu raises OperationalError and friends when the broker is unreachable
             LOGGER.warning("cannot send stage %s of run %s to the broker: %s", ticket.stage.value, ticket.run_id,
@@ -118,7 +129,9 @@ class CeleryDispatcher:
     def deliver(self, run_id: int) -> bool:
         """Ask an io worker to send the run's pending deliveries; the sweeper does it later if the broker is down."""
         try:
-            self.app.send_task(DELIVER_TASK, args=(run_id,), queue="io", time_limit=TIME_LIMITS[Stage.DELIVER])
+            limit = self.ledger.time_limits[Stage.DELIVER]
+            self.app.send_task(DELIVER_TASK, args=(run_id,), queue="io", time_limit=limit.hard_s,
+                               soft_time_limit=limit.soft_s)
         except Exception as exc:
             LOGGER.warning("cannot send the delivery of run %s to the broker: %s", run_id, exc.__class__.__name__)
             return False

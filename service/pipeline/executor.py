@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from service.pipeline.ledger import PipelineLedger, StageClaim, StageTicket
 from service.pipeline.stages import PermanentStageError, Stage, StudySkipped, TransientStageError, dispatch_group
+from service.pipeline.time_limits import StageTimeLimiter
 
 __all__ = ["StageOutcome", "StageHandler", "Dispatcher", "StageExecutor", "backoff_seconds"]
 
@@ -38,7 +40,9 @@ def backoff_seconds(attempt: int, base: float = 5.0, cap: float = 300.0) -> floa
 
 class StageExecutor:
     def __init__(self, ledger: PipelineLedger, handlers: Mapping[Stage, StageHandler], dispatcher: Dispatcher,
-                 worker_name: str = "", backoff: Callable[[int], float] = backoff_seconds) -> None:
+                 worker_name: str = "", backoff: Callable[[int], float] = backoff_seconds,
+                 time_limiter: StageTimeLimiter | None = None) -> None:
+        """``time_limiter`` enforces the stages' time limits (a solo-pool worker's); without it a stage is unbounded."""
         missing = [stage.value for stage in Stage if stage not in handlers]
         if missing:
             raise ValueError(f"no handler for stages {', '.join(missing)}")
@@ -47,6 +51,7 @@ class StageExecutor:
         self.dispatcher = dispatcher
         self.worker_name = worker_name
         self.backoff = backoff
+        self.time_limiter = time_limiter
 
     def execute(self, run_id: int, stage: Stage | str) -> str:
         """Claim, run, record, hand on. Returns what happened (for logs and tests)."""
@@ -56,7 +61,8 @@ class StageExecutor:
             return "not-claimed"
         started = time.perf_counter()
         try:
-            outcome = self.handlers[stage](claim)
+            with self._time_limit(stage, run_id):
+                outcome = self.handlers[stage](claim)
         except StudySkipped as exc:
             self.ledger.skip(run_id, stage, str(exc))
             LOGGER.info("study %s skipped at %s: %s", claim.study_uid, stage.value, exc)
@@ -85,3 +91,6 @@ class StageExecutor:
             for stage_to_send in dispatch_group(ticket.stage):
                 self.dispatcher.dispatch(StageTicket(ticket.run_id, stage_to_send, ticket.priority))
         return "done"
+
+    def _time_limit(self, stage: Stage, run_id: int) -> AbstractContextManager[None]:
+        return nullcontext() if self.time_limiter is None else self.time_limiter.limit(stage, run_id)

@@ -17,7 +17,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.models import PipelineRun, RunStatus, StageRun, StageStatus, Study, StudyStatus, utcnow
 from service.db.session import session_scope
-from service.pipeline.stages import STAGE_ORDER, TIME_LIMITS, Stage
+from service.pipeline.stages import STAGE_ORDER, Stage
+from service.pipeline.time_limits import StageTimeLimits
 
 __all__ = ["PipelineLedger", "StageClaim", "StageTicket", "RunNotFound"]
 
@@ -57,9 +58,11 @@ def _utc(value: datetime | None) -> datetime | None:
 
 
 class PipelineLedger:
-    def __init__(self, session_factory: sessionmaker[Session], max_attempts: int = 5) -> None:
+    def __init__(self, session_factory: sessionmaker[Session], max_attempts: int = 5,
+                 time_limits: StageTimeLimits | None = None) -> None:
         self.session_factory = session_factory
         self.max_attempts = max_attempts
+        self.time_limits = time_limits or StageTimeLimits.defaults()
 
     # -- runs -----------------------------------------------------------------------------------------------------
 
@@ -159,7 +162,8 @@ class PipelineLedger:
                 LOGGER.info("stage %s of run %s is %s: not run again", stage.value, run_id, row.status.value)
                 return None
             if row.attempts >= self.max_attempts:
-                self._fail(session, row, f"gave up after {row.attempts} attempts")
+                gave_up = f"gave up after {row.attempts} attempts"  # with the last error an attempt left (a hard limit)
+                self._fail(session, row, f"{gave_up}; last error: {row.error}" if row.error else gave_up)
                 return None
             row.status = StageStatus.RUNNING
             row.attempts += 1
@@ -203,6 +207,13 @@ class PipelineLedger:
             row.status = StageStatus.PENDING
             row.error = error
             return row.attempts
+
+    def note_error(self, run_id: int, stage: Stage | str, error: str) -> None:
+        """Leave ``error`` on a stage that is still running (a worker about to end: its stage is re-queued later)."""
+        with session_scope(self.session_factory) as session:
+            row = self._stage_row(session, run_id, Stage(stage))
+            if row.status == StageStatus.RUNNING:
+                row.error = error
 
     def fail(self, run_id: int, stage: Stage | str, error: str) -> None:
         with session_scope(self.session_factory) as session:
@@ -258,7 +269,7 @@ class PipelineLedger:
                 elif row.status == StageStatus.QUEUED:
                     due = _utc(row.queued_at) is None or now - _utc(row.queued_at) > queued_grace
                 else:
-                    limit = timedelta(seconds=TIME_LIMITS[stage]) + running_margin
+                    limit = timedelta(seconds=self.time_limits[stage].hard_s) + running_margin
                     due = _utc(row.started_at) is None or now - _utc(row.started_at) > limit
                     if due:
                         LOGGER.warning("stage %s of run %s ran past its limit: re-queued (a worker was lost)",

@@ -28,7 +28,8 @@ _QUEUES = {
     Stage.DELIVER: "io",
 }
 
-# Seconds a stage may run before Celery stops it (hard limit); the sweeper re-queues a stage RUNNING longer than this.
+# Default hard limits in seconds (the soft limit is 30 s earlier); STAGE_TIME_LIMITS changes them, and
+# service.pipeline.time_limits enforces them. The sweeper re-queues a stage RUNNING longer than its hard limit.
 TIME_LIMITS = {
     Stage.PLAN: 120,
     Stage.PREPARE: 600,

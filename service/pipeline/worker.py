@@ -1,6 +1,8 @@
 """A pipeline worker: one Celery worker process reading the queues it is given, with prefetch 1 and late acks.
 
-GPU workers run one process per GPU (``--pool solo``), so models load once and stay loaded.
+GPU workers run one process per GPU (``--pool solo``), so models load once and stay loaded. The solo pool ignores
+Celery's time limits, so the worker enforces each stage's itself (``service.pipeline.time_limits``): a stage past its
+soft limit gets an exception, and one past its hard limit ends the process for its supervisor to restart.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from service.pipeline.executor import StageExecutor, StageHandler
 from service.pipeline.intake import PipelineIntake, PipelineSweeper
 from service.pipeline.ledger import PipelineLedger
 from service.pipeline.stages import Stage
+from service.pipeline.time_limits import StageTimeLimiter, StageTimeLimits
 
 __all__ = ["PipelineWorker", "parse_queues", "default_worker_name"]
 
@@ -49,6 +52,7 @@ def default_worker_name(queues: Sequence[str]) -> str:
 class _Components:
     executor: StageExecutor
     deliveries: DeliveryQueue
+    time_limiter: StageTimeLimiter | None
 
 
 class PipelineWorker:
@@ -57,11 +61,12 @@ class PipelineWorker:
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
                  handlers_factory: Callable[[], Mapping[Stage, StageHandler]], queues: Sequence[str],
                  sender_factory: Callable[[], Sender] | None = None,
-                 name: str | None = None, sweeper_interval_s: float | None = 10.0) -> None:
+                 name: str | None = None, sweeper_interval_s: float | None = 10.0, pool: str = "solo") -> None:
         self.settings = settings
         self.queues = list(queues)
         self.name = name or default_worker_name(self.queues)
-        self.ledger = PipelineLedger(session_factory)
+        self.pool = pool
+        self.ledger = PipelineLedger(session_factory, time_limits=StageTimeLimits.from_settings(settings))
         self.session_factory = session_factory
         self._sender_factory = sender_factory or (lambda: StorageSCU(settings.dicom_ae_title))
         self.app: Celery = create_celery(settings, components_factory=self._make_components)
@@ -72,8 +77,13 @@ class PipelineWorker:
         self._worker = None
 
     def _make_components(self) -> _Components:
-        executor = StageExecutor(self.ledger, self._handlers_factory(), self.dispatcher, worker_name=self.name)
-        return _Components(executor, DeliveryQueue(self.session_factory, self._sender_factory()))
+        limiter = StageTimeLimiter.for_pool(self.ledger.time_limits, self.pool, on_hard_limit=self._note_hard_limit)
+        executor = StageExecutor(self.ledger, self._handlers_factory(), self.dispatcher, worker_name=self.name,
+                                 time_limiter=limiter)
+        return _Components(executor, DeliveryQueue(self.session_factory, self._sender_factory()), limiter)
+
+    def _note_hard_limit(self, run_id: int, stage: Stage, message: str) -> None:
+        self.ledger.note_error(run_id, stage, f"{message} (worker {self.name})")
 
     def recover(self) -> int:
         """Re-queue the stages this worker held when it last stopped (kill -9, power loss)."""
@@ -90,7 +100,7 @@ class PipelineWorker:
             self.sweeper.start()
         try:
             self._worker = self.app.Worker(
-                hostname=self.name, queues=self.queues, pool="solo", concurrency=1, prefetch_multiplier=1,
+                hostname=self.name, queues=self.queues, pool=self.pool, concurrency=1, prefetch_multiplier=1,
                 loglevel=logging.getLevelName(logging.getLogger().level), without_heartbeat=True,
                 without_gossip=True, without_mingle=True, quiet=True,
             )

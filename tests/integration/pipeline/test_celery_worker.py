@@ -1,7 +1,8 @@
 """The pipeline over a real broker and a real worker process: embedded (SQLite + file broker) and PostgreSQL + Redis.
 
 A worker is killed with SIGKILL in the middle of the expert stage; restarted, it finishes the study and every
-later stage runs exactly once.
+later stage runs exactly once. A worker whose expert stage hangs is ended by the stage's hard time limit, restarted by
+its supervisor, and the stage's next attempt is interrupted by its soft limit.
 """
 
 import os
@@ -14,9 +15,10 @@ from pathlib import Path
 import pytest
 import redis
 
+from service.cli.worker import WorkerProcess
 from service.config import Settings
 from service.db.migrate import upgrade_database
-from service.db.models import Study, StudyStatus
+from service.db.models import StageRun, StageStatus, Study, StudyStatus
 from service.db.session import create_db_engine, make_session_factory, session_scope
 from service.pipeline.celery_app import CeleryDispatcher, create_celery
 from service.pipeline.intake import PipelineIntake
@@ -85,5 +87,54 @@ def test_worker_killed_during_expert_stage_resumes_and_runs_each_later_stage_onc
         assert session.query(Study).one().status is StudyStatus.DONE
     names = sorted(p.name for p in markers.iterdir() if p.name.startswith(f"{run_id}-"))
     assert f"{run_id}-expert-2" in names  # run again after the kill
+    for stage in ("plan", "prepare", "vlm", "report", "deliver"):
+        assert [n for n in names if n.startswith(f"{run_id}-{stage}-")] == [f"{run_id}-{stage}-1"], names
+
+
+@pytest.mark.slow
+def test_a_hung_stage_is_interrupted_at_its_soft_limit_and_ends_its_worker_at_the_hard_one(deployment, tmp_path,
+                                                                                          caplog):
+    """Under the solo pool: a stage stuck where no signal reaches it ends the worker (exit status 75) at the hard
+    limit, its supervisor (``m3edge serve``'s) restarts it, the restarted worker takes the stage back; the next attempt
+    hangs in a sleep, which the soft limit interrupts; the third attempt finishes the study."""
+    settings, env = deployment
+    env["M3EDGE_STAGE_TIME_LIMITS"] = '{"expert": {"soft": 1, "hard": 3}}'
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    factory = make_session_factory(create_db_engine(settings.effective_database_url))
+    with session_scope(factory) as session:
+        session.add(Study(study_uid="1.2.826.0.1.3680043.8.498.2", status=StudyStatus.COMPLETE))
+    ledger = PipelineLedger(factory)
+    intake = PipelineIntake(ledger, CeleryDispatcher(create_celery(settings), ledger))
+    supervisor = WorkerProcess(restart_delay_s=0.5, env=env,
+                               command=[sys.executable, "-m", "tests.support.hanging_stage_worker", str(markers)])
+    supervisor.start()
+    try:
+        run_id = intake.on_study_complete("1.2.826.0.1.3680043.8.498.2")
+
+        def finished():
+            with session_scope(factory) as session:
+                return session.query(Study).one().status in (StudyStatus.DONE, StudyStatus.FAILED)
+
+        wait_for(finished, timeout=120, message="the study did not finish after its expert stage hung")
+    finally:
+        supervisor.stop(timeout=20)
+    with session_scope(factory) as session:
+        assert session.query(Study).one().status is StudyStatus.DONE
+        expert = session.query(StageRun).filter_by(run_id=run_id, stage="expert").one()
+        assert (expert.status, expert.attempts, expert.result) == (StageStatus.DONE, 3, {"stage": "expert",
+                                                                                         "attempt": 3})
+    assert supervisor.restarts == 1
+    assert [r.getMessage() for r in caplog.records if "exited with status 75 (a stage ran past its hard time limit)"
+            in r.getMessage()], "the worker did not end with the hard limit's exit status"
+    # What the ledger showed each attempt when it started: the watchdog's note, then the soft limit's error.
+    assert (markers / f"{run_id}-expert-1").read_text() == ""
+    assert (markers / f"{run_id}-expert-2").read_text() == (
+        "timed out: ran past the expert stage's hard time limit of 3 s; its worker process was ended (exit status 75) "
+        "(worker test-worker@localhost)")
+    assert (markers / f"{run_id}-expert-2-interrupted").exists()
+    soft_error = "timed out: ran past the expert stage's soft time limit of 1 s"
+    assert (markers / f"{run_id}-expert-3").read_text() == soft_error
+    names = sorted(p.name for p in markers.iterdir() if p.name.startswith(f"{run_id}-"))
     for stage in ("plan", "prepare", "vlm", "report", "deliver"):
         assert [n for n in names if n.startswith(f"{run_id}-{stage}-")] == [f"{run_id}-{stage}-1"], names
