@@ -89,7 +89,7 @@ class _Catalog:
             if instance.study_uid not in self.studies:
                 now = instance.received_at
                 id_ = connection.execute(
-                    insert(Study)
+                    _insert_unless_present(connection, Study, Study.study_uid)
                     .values(
                         study_uid=instance.study_uid, status=StudyStatus.RECEIVING, first_received_at=now,
                         opened_at=now, last_received_at=now, modalities=instance.modality[:16],
@@ -97,7 +97,15 @@ class _Catalog:
                         calling_ae=instance.calling_ae, reprocess_requested=False,
                     )
                     .returning(Study.id)
-                ).scalar_one()
+                ).scalar_one_or_none()
+                if id_ is None:  # another writer (a receiving process, STOW-RS) created it since the SELECT above
+                    row = connection.execute(
+                        select(Study.id, Study.modalities, Study.study_description, Study.study_date).where(
+                            Study.study_uid == instance.study_uid
+                        )
+                    ).one()
+                    self.studies[instance.study_uid] = _KnownStudy(row[0], row[1] or "", bool(row[2]), bool(row[3]))
+                    continue
                 self.studies[instance.study_uid] = _KnownStudy(
                     id_, instance.modality[:16], bool(instance.study_description), bool(instance.study_date)
                 )
@@ -109,8 +117,8 @@ class _Catalog:
             self.series.update({uid: id_ for uid, id_ in rows})
         for instance in instances:
             if instance.series_uid not in self.series:
-                self.series[instance.series_uid] = connection.execute(
-                    insert(Series)
+                id_ = connection.execute(
+                    _insert_unless_present(connection, Series, Series.series_uid)
                     .values(
                         study_id=self.studies[instance.study_uid].id, series_uid=instance.series_uid,
                         modality=instance.modality, series_description=instance.series_description,
@@ -118,7 +126,22 @@ class _Catalog:
                         created_at=instance.received_at,
                     )
                     .returning(Series.id)
-                ).scalar_one()
+                ).scalar_one_or_none()
+                if id_ is None:  # created by another writer meanwhile
+                    id_ = connection.execute(
+                        select(Series.id).where(Series.series_uid == instance.series_uid)
+                    ).scalar_one()
+                self.series[instance.series_uid] = id_
+
+
+def _insert_unless_present(connection: Connection, model, unique_column):
+    """INSERT that does nothing (and returns no row) when ``unique_column`` already holds the value: several writers
+    (receiving processes, STOW-RS) may create the same study or series at once, and none of them may fail for it."""
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    return dialect_insert(model).on_conflict_do_nothing(index_elements=[unique_column])
 
 
 def _fresh_instances(connection: Connection, instances: list[ReceivedInstance]) -> list[ReceivedInstance]:
@@ -443,9 +466,22 @@ class DatabaseRecorder:
                     LOGGER.exception("a commit callback failed")
 
 
+class RecorderFactory:
+    """What ``DicomNode(recorder_factory=...)`` takes: a started ``DatabaseRecorder`` on the settings' database, made
+    in each receiving process (``DICOM_RECEIVERS`` > 1) with an engine of its own. Picklable."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def __call__(self) -> DatabaseRecorder:
+        from service.db.session import create_db_engine, make_session_factory
+
+        return DatabaseRecorder(make_session_factory(create_db_engine(self.database_url))).start()
+
+
 def make_recorder(session_factory: sessionmaker[Session]) -> DatabaseRecorder:
     """A started recorder for ``session_factory``."""
     return DatabaseRecorder(session_factory).start()
 
 
-__all__ += ["make_recorder", "reset_open_associations"]
+__all__ += ["make_recorder", "reset_open_associations", "RecorderFactory"]

@@ -106,12 +106,15 @@ class DicomNode:
         prepare_spool: bool = True,
         query_retrieve: QueryRetrieveScp | None = None,
         query_retrieve_factory: Callable[[], QueryRetrieveScp] | None = None,
+        recorder_factory: Callable[[], InstanceRecorder] | None = None,
         event_driven: bool = True,
     ) -> None:
         """``query_retrieve`` adds C-FIND/C-GET/C-MOVE (Study Root) behind the same access policy.
 
         ``query_retrieve_factory`` builds it instead, at ``start()``: with ``DICOM_RECEIVERS`` > 1 each receiving
         process calls it (so it must be picklable), and every process serves Query/Retrieve as well as storage.
+        ``recorder_factory`` (picklable) gives each receiving process a recorder of its own; without it they record
+        through ``recorder`` in this process.
 
         ``event_driven=False`` keeps pynetdicom's polling reactors (see ``dicom_node.scp.reactor``). ``listener`` is
         given to a receiving process (``DICOM_RECEIVERS`` > 1): it accepts on its parent's socket, in turn.
@@ -121,6 +124,7 @@ class DicomNode:
             raise ValueError("give query_retrieve or query_retrieve_factory, not both")
         self._query_retrieve = query_retrieve
         self._query_retrieve_factory = query_retrieve_factory
+        self._recorder_factory = recorder_factory
         self._recorder = recorder
         self._spool = spool or SpoolWriter(settings.spool_dir)
         self._clock = clock
@@ -190,7 +194,8 @@ class DicomNode:
             if self._query_retrieve is not None:
                 LOGGER.warning("DICOM_RECEIVERS=%d: the receiving processes serve Query/Retrieve only when it is "
                                "given as query_retrieve_factory; they serve storage only", receivers)
-            config = replace(NodeConfig.from_settings(settings), query_retrieve_factory=self._query_retrieve_factory)
+            config = replace(NodeConfig.from_settings(settings), query_retrieve_factory=self._query_retrieve_factory,
+                             recorder_factory=self._recorder_factory)
             self._pool = ReceiverPool(config, self._recorder, receivers)
             self._pool.start()
             self._log_started(tls=settings.dicom_tls is not None, receivers=receivers)

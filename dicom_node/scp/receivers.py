@@ -3,7 +3,9 @@
 The parent listens on the port and starts ``count`` child processes; each child runs its own pynetdicom server
 accepting on that same listening socket (whichever child is free takes the next association), writes to the same
 spool, and sends every instance to the parent's recorder over a pipe, waiting for the commit before answering its
-C-STORE. Given a picklable ``query_retrieve_factory``, each child builds its own Query/Retrieve SCP (its own
+C-STORE. Given a picklable ``recorder_factory``, each child records through its own recorder instead (its own
+database connection and group commit: no round trip through the parent per instance, which costs about as much CPU as
+the commit itself). Given a picklable ``query_retrieve_factory``, each child builds its own Query/Retrieve SCP (its own
 database connections: Q/R only reads, and audits). The database stays single-writer (the parent), so group commit still batches across all children. A child
 exits when the parent asks or dies.
 """
@@ -63,6 +65,7 @@ class NodeConfig:
     spool_reserve_bytes: int = 1 << 30
     dicom_receivers: int = 1
     query_retrieve_factory: Callable[[], Any] | None = None  # picklable; each receiving process builds its Q/R SCP
+    recorder_factory: Callable[[], InstanceRecorder] | None = None  # picklable; else records go through the parent
 
     @classmethod
     def from_settings(cls, settings: Any) -> NodeConfig:
@@ -162,8 +165,11 @@ def _receiver_main(config: NodeConfig, connection, log_queue, log_level: int, li
     from dicom_node.scp.spool import SpoolWriter
 
     stop = threading.Event()
-    recorder = _RemoteRecorder(connection, stop)
+    remote = _RemoteRecorder(connection, stop)  # also how this process learns that it must stop
+    recorder = remote
     try:
+        if config.recorder_factory is not None:
+            recorder = config.recorder_factory()
         node = DicomNode(config, recorder, spool=SpoolWriter(config.spool_dir), listener=listener,
                          prepare_spool=False, query_retrieve_factory=config.query_retrieve_factory)
         node.start()
@@ -173,6 +179,8 @@ def _receiver_main(config: NodeConfig, connection, log_queue, log_level: int, li
     connection.send(("ready", -1, None))
     stop.wait()
     node.stop()
+    if recorder is not remote and hasattr(recorder, "close"):
+        recorder.close()
 
 
 # -- the parent side --------------------------------------------------------------------------------------------------

@@ -59,9 +59,11 @@ def scp_command(
         hook = intake.on_study_complete
     recorder = DatabaseRecorder(context.session_factory).start_for_node()
     from service.dicomweb.query_retrieve import QueryRetrieveFactory
+    from service.ingest import RecorderFactory
 
     node = DicomNode(settings, recorder,
-                     query_retrieve_factory=QueryRetrieveFactory(settings, context.session_factory))
+                     query_retrieve_factory=QueryRetrieveFactory(settings, context.session_factory),
+                     recorder_factory=RecorderFactory(settings.effective_database_url))
     assembler = _assembler(settings, context.session_factory, hook) if assemble else None
 
     stop_requested = threading.Event()

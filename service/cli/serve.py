@@ -163,8 +163,10 @@ def build_service(
         parts.append(ServicePart("pipeline sweeper", sweeper.start, sweeper.stop))
     assembler = build_assembler(settings, session_factory, hook)
     from service.dicomweb.query_retrieve import QueryRetrieveFactory
+    from service.ingest import RecorderFactory
 
-    node = DicomNode(settings, recorder, query_retrieve_factory=QueryRetrieveFactory(settings, session_factory))
+    node = DicomNode(settings, recorder, query_retrieve_factory=QueryRetrieveFactory(settings, session_factory),
+                     recorder_factory=RecorderFactory(settings.effective_database_url))
     parts += [
         ServicePart("study assembler", assembler.start, assembler.stop),
         ServicePart("DICOM node", node.start, node.stop),

@@ -7,10 +7,11 @@ import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import event, func, select, update
 
 from dicom_node.scp.recording import InstanceRecorder, ReceivedInstance, RecorderError
 from service.db.models import Instance, Series, Study, StudyStatus
+from service.db.session import create_db_engine, make_session_factory
 from service.ingest import DatabaseRecorder
 from tests.support.polling import wait_for
 
@@ -163,6 +164,39 @@ def test_the_nodes_recorder_forgets_the_senders_a_previous_run_left_open(session
         assert _study(session_factory).open_associations == 1
     finally:
         second.close()
+
+
+def test_two_recorders_creating_the_same_studies_and_series_at_once_all_succeed(database_url):
+    """Receiving processes and STOW-RS each record through a recorder of their own: none may fail an instance
+    because another one created its study or series in the meantime."""
+    engines = [create_db_engine(database_url) for _ in range(2)]
+    recorders = [DatabaseRecorder(make_session_factory(engine)).start() for engine in engines]
+    errors: list[BaseException] = []
+
+    def send(thread: int) -> None:
+        for study in range(12):
+            for n in range(4):
+                instance = _instance(thread * 10 + n, study=f"1.2.{study}", series=f"1.2.{study}.{study % 3 + 1}")
+                try:
+                    recorders[thread % 2].record(instance)
+                except RecorderError as exc:
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for recorder in recorders:
+        recorder.close()
+    with make_session_factory(engines[0])() as session:
+        counts = (session.scalar(select(func.count()).select_from(Study)),
+                  session.scalar(select(func.count()).select_from(Series)),
+                  session.scalar(select(func.count()).select_from(Instance)))
+    for engine in engines:
+        engine.dispose()
+    assert errors == []
+    assert counts == (12, 12, 12 * 6 * 4)
 
 
 def test_concurrent_records_share_one_commit_and_each_returns_after_its_row_exists(session_factory, db_engine):

@@ -244,3 +244,36 @@ def test_several_receiving_processes_share_the_port_and_record_through_the_paren
         )
     assert released
     assert len(rows) == 32
+
+
+@pytest.mark.slow
+def test_receiving_processes_with_recorders_of_their_own_take_one_study_over_four_associations(
+    tmp_path, session_factory, database_url
+):
+    """DICOM_RECEIVERS=2 as ``m3edge scp`` runs it: each process records straight into the database. Four senders
+    send the series of ONE study at once, so both processes create its study row and count its senders."""
+    from dicom_node.scp import DicomNode
+    from service.ingest import DatabaseRecorder, RecorderFactory
+    from tests.support.scp_node import node_settings
+
+    study_uid = "1.2.826.0.1.3680043.8.498.77"
+    series = [write_ct_series(tmp_path / f"s{i}", 6, rows=64, columns=64, seed=60 + i, study_uid=study_uid,
+                              series_number=i + 1) for i in range(4)]
+    parent = DatabaseRecorder(session_factory).start_for_node()
+    node = DicomNode(node_settings(tmp_path / "home", dicom_receivers=2, database_url=database_url), parent,
+                     recorder_factory=RecorderFactory(database_url))
+    node.start()
+    try:
+        senders = [subprocess.Popen(storescu_command(node.port, s.paths), env=dcmtk_env(), stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL) for s in series]
+        assert [sender.wait(timeout=120) for sender in senders] == [0, 0, 0, 0]
+        study = wait_for(lambda: (row := study_row(session_factory, study_uid)) and row.open_associations == 0
+                         and row.last_released_at and row, timeout=10, message="the senders' ends were not recorded")
+    finally:
+        node.stop()
+        parent.close()
+    assert parent.commits == 0  # nothing went through the parent
+    rows = instances_in_db(session_factory)
+    assert sorted(instance.sop_instance_uid for instance, _, _ in rows) == sorted(
+        dcmread(path).SOPInstanceUID for s in series for path in s.paths)
+    assert {row[2].study_uid for row in rows} == {study.study_uid} and len({row[1].id for row in rows}) == 4
