@@ -59,14 +59,14 @@ def build_draft_report(
     if segmentation is not None and segmentation.get("StudyInstanceUID") != findings.study_instance_uid:
         raise ValueError("segmentation belongs to another study than the findings")
     now = now or datetime.datetime.now()
-    report = measurement_report(content, uids, segmentation)
+    root = measurement_report(content, uids, segmentation)
     evidence = [*findings.source_images, *findings.other_evidence]
     if segmentation is not None:
         evidence.append(segmentation)
     demo = " DEMO" if content.demo else ""
     return hd.sr.Comprehensive3DSR(
         evidence=evidence,
-        content=report[0],
+        content=root,
         series_instance_uid=uids.series_uid(ResultKind.DRAFT_REPORT),
         series_number=int(SeriesNumber.DRAFT_REPORT),
         sop_instance_uid=uids.instance_uid(ResultKind.DRAFT_REPORT),
