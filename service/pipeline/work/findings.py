@@ -73,7 +73,7 @@ def _vista3d_segmentation(record: dict, labels: np.ndarray, affine: np.ndarray) 
 def _brats_segmentation(record: dict, labels: np.ndarray, affine: np.ndarray,
                         prepared: dict) -> LabelSegmentation | None:
     """TC, WT and ET on the T1c's grid; None when no tumour label lands there (a SEG of empty segments says nothing)."""
-    grid = load_arrays(prepared["input"])
+    grid = load_arrays(prepared["input"], "source_shape", "source_affine")
     shape, target = grid["source_shape"], grid["source_affine"]
     on_source = labels_on_grid(labels, affine, shape, target)
     tumour_ids = sorted({i for _, _, ids in BRATS_REGIONS for i in ids})

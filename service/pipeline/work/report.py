@@ -25,6 +25,7 @@ from dicom_node.results import (
     build_draft_report,
     build_overlay_capture,
     build_segmentation,
+    write_result,
 )
 from service.db.models import PipelineRun, Report, ReportStatus
 from service.db.session import session_scope
@@ -90,7 +91,7 @@ def _vlm_identity(model: dict) -> AlgorithmIdentity:
 
 def _write(dataset, path: Path) -> dict:
     with write_atomically(path, ".dcm") as handle:
-        dataset.save_as(handle, enforce_file_format=True)
+        write_result(dataset, handle)
     return {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID),
             "sop_class_uid": str(dataset.SOPClassUID)}
 
@@ -149,9 +150,8 @@ class ReportStage:
 
         with Image.open(vlm["overlay_png"]) as image:
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        arrays = load_arrays(prepared["input"])
-        volume_shape = arrays["volume"].shape
-        source = overlay_source_image(sources, arrays["affine"], volume_shape, vlm.get("overlay_slice"))
+        affine = load_arrays(prepared["input"], "affine")["affine"]
+        source = overlay_source_image(sources, affine, prepared["shape"], vlm.get("overlay_slice"))
         capture = build_overlay_capture(rgb, source, algorithm, uids)
         return _write(capture, folder / "overlay.dcm")
 
