@@ -102,11 +102,11 @@ def _sr_document(root: Dataset, *, evidence: list[Dataset], **attributes) -> hd.
     """highdicom's Comprehensive 3D SR of the content tree ``root``, the Imaging Measurements container attached after
     construction.
 
-    The constructor deep-copies the whole tree, rebuilds it as typed content items (its ``content`` view) and searches it
-    twice for references; with a group per segmented structure (VISTA3D: ~100) that is most of the time the report
-    takes. The container goes in after, at its place, unchanged: the document is the same, only the in-memory ``content``
-    view lacks the groups (nothing here uses it; what is written is the dataset). The check the search made, that every
-    instance the groups reference is among the evidence, is made here.
+    The constructor deep-copies the whole tree, rebuilds it as typed content items (its ``content`` view) and
+    searches it twice for references; with a group per segmented structure (VISTA3D: ~100) that is most of the time
+    the report takes. The container goes in after, at its place, unchanged: the document is the same, only the
+    in-memory ``content`` view lacks the groups (nothing here uses it; what is written is the dataset). The check the
+    search made, that every instance the groups reference is among the evidence, is made here.
     """
     items = root.ContentSequence
     position = next((n for n, item in enumerate(items) if item.ValueType == "CONTAINER"

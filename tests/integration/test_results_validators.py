@@ -88,8 +88,8 @@ def _all_results(case: ResultCase, folder: Path) -> dict[str, Path]:
     return written
 
 
-_CASES = {"ct": ct_case, "brain": brain_case, "cxr": cxr_case,
-          "ct-nothing-found": lambda: nothing_found_case("ct"), "brain-nothing-found": lambda: nothing_found_case("brain")}
+_CASES = {"ct": ct_case, "brain": brain_case, "cxr": cxr_case, "ct-nothing-found": lambda: nothing_found_case("ct"),
+          "brain-nothing-found": lambda: nothing_found_case("brain")}
 
 
 @pytest.fixture(scope="module", params=list(_CASES))

@@ -19,7 +19,8 @@ from dicom_node.results import (
 )
 from tests.support.source_study import SourceStudy, brain_mr_study, ct_study, cxr_study, engine_affine
 
-__all__ = ["ResultCase", "ct_case", "brain_case", "cxr_case", "nothing_found_case", "ORG_ROOT", "FIXED_TIME", "CXR_PATHOLOGIES"]
+__all__ = ["ResultCase", "ct_case", "brain_case", "cxr_case", "nothing_found_case", "ORG_ROOT", "FIXED_TIME",
+           "CXR_PATHOLOGIES"]
 
 ORG_ROOT = "1.2.826.0.1.3680043.10.1177"
 FIXED_TIME = datetime.datetime(2026, 1, 2, 3, 4, 5)

@@ -323,7 +323,7 @@ def test_a_nothing_found_draft_is_verified_and_amended_like_any_other():
 
 
 def _bytes_without_creation_times(dataset) -> bytes:
-    """The encoded SR with the times highdicom stamps at construction (instance creation, its own contribution) fixed."""
+    """The encoded SR, the times highdicom stamps at construction (instance creation, its contribution) fixed."""
     dataset.InstanceCreationTime = "000000"
     for item in dataset.ContributingEquipmentSequence:
         if "ContributionDateTime" in item:
