@@ -1,6 +1,7 @@
 """Stage ``report``: the draft SR (TID 1500, PARTIAL, UNVERIFIED, DEMO when demo weights ran), the SEG of the
 expert's labels and, when ``OVERLAY_SECONDARY_CAPTURE`` is on, the overlay image as Secondary Capture; written
-atomically under ``HOME/results/<study>/run-<n>/``, and one ``reports`` row for the run.
+atomically under ``HOME/results/<study>/run-<n>/``, and one ``reports`` row for the run. An expert that found nothing
+gives a draft SR that says so, and no SEG.
 
 UIDs derive from (organisation root, study, run), so running this stage again writes the same objects and updates the
 same row. A new report supersedes the study's earlier ones (except rejected ones, which keep their state).
