@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from pydicom.dataset import Dataset
 from pydicom import filewriter
+from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 __all__ = ["write_result"]
