@@ -167,11 +167,17 @@ def _throughput(deployment: Deployment, count: int) -> float:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="measured studies per type (after one warm-up)")
-    parser.add_argument("--studies", type=int, default=6, help="studies handed over at once for the throughput")
+    parser.add_argument("--studies", type=int, default=6,
+                        help="studies handed over at once for the throughput (0: measure the latency only)")
     parser.add_argument("--models", type=Path, help="a models folder to reuse (default: write demo models)")
     parser.add_argument("--full-demo", action="store_true", help="exactly what `m3edge models demo` writes")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help=f"study types to measure the latency of, comma-separated (default: {','.join(KINDS)})")
     args = parser.parse_args(argv)
+    kinds = tuple(k.strip() for k in args.kinds.split(",") if k.strip())
+    if not kinds or set(kinds) - set(KINDS):
+        parser.error(f"--kinds takes some of {', '.join(KINDS)}")
     sys.path.insert(0, str(ROOT))
     from tests.support.orthanc import OrthancServer
 
@@ -194,24 +200,26 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 deployment.start_worker()
                 _log("warm-up (models load once per worker) ...")
-                warm = [deployment.hand_over(kind) for kind in KINDS]
+                warm = [deployment.hand_over(kind) for kind in kinds]
                 deployment.wait_done(warm)
                 bare = BareModels(deployment)
                 for uid in warm:
                     bare.seconds(uid)  # the peer warms up too
-                latency: dict[str, list[dict]] = {kind: [] for kind in KINDS}
+                latency: dict[str, list[dict]] = {kind: [] for kind in kinds}
                 for _ in range(args.rounds):
-                    for kind in KINDS:
+                    for kind in kinds:
                         uid = deployment.hand_over(kind)
                         deployment.wait_done([uid])
                         latency[kind].append({**deployment.timeline(uid), "bare_s": bare.seconds(uid)})
-                _log("throughput, 1 worker ...")
-                one = _throughput(deployment, args.studies)
-                deployment.start_worker()
-                warm = [deployment.hand_over(kind) for kind in KINDS * 2]  # the second worker loads its models
-                deployment.wait_done(warm)
-                _log("throughput, 2 workers ...")
-                two = _throughput(deployment, args.studies)
+                one = two = None
+                if args.studies:
+                    _log("throughput, 1 worker ...")
+                    one = _throughput(deployment, args.studies)
+                    deployment.start_worker()
+                    warm = [deployment.hand_over(kind) for kind in KINDS * 2]  # the second worker loads its models
+                    deployment.wait_done(warm)
+                    _log("throughput, 2 workers ...")
+                    two = _throughput(deployment, args.studies)
             finally:
                 deployment.stop()
     report = _report(latency, one, two)
@@ -220,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def _report(latency: dict[str, list[dict]], one: float, two: float) -> dict:
+def _report(latency: dict[str, list[dict]], one: float | None, two: float | None) -> dict:
     """Medians per study type. Overhead = total - model; of it, ``writers`` is the report stage (SR, SEG, SC built
     by highdicom and written by pydicom) and ``orchestration`` all the rest (broker hops, database, spool reads,
     routing, volumes, npz files, C-STORE)."""
@@ -246,6 +254,8 @@ def _report(latency: dict[str, list[dict]], one: float, two: float) -> dict:
               f"{queued:>14.2f}{bare:>15.2f}{ratio:>15.2f}")
     for kind, row in rows.items():
         print(f"  {kind} stage seconds (median): " + ", ".join(f"{k} {v:.2f}" for k, v in row["stages_s"].items()))
+    if one is None or two is None:
+        return {"latency": rows}
     print(f"throughput: {one:.0f} studies/hour with 1 worker, {two:.0f} with 2 workers (ratio {two / one:.2f})")
     return {"latency": rows, "studies_per_hour": {"1": one, "2": two}}
 

@@ -28,6 +28,7 @@ from dicom_node.results import (
     VerifyingObserver,
     build_retraction,
     build_verified_report,
+    write_result,
 )
 from service.config import Settings
 from service.db.models import PipelineRun, Report, ReportStatus, Study, utcnow
@@ -82,7 +83,7 @@ def _write_atomically(dataset, path: Path) -> None:
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
     try:
         with os.fdopen(fd, "wb") as handle:
-            dataset.save_as(handle, enforce_file_format=True)
+            write_result(dataset, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -1,4 +1,5 @@
-"""Result writers: the draft SR (TID 1500), SEG, overlay Secondary Capture, verified SR and IOCM retraction."""
+"""Result writers: the draft SR (TID 1500), SEG, overlay Secondary Capture, verified SR and IOCM retraction, and
+``write_result``, which writes any of them to a file encoded once."""
 
 from dicom_node.results.codes import LOCAL_SCHEME, StructureCoding, pathology_code, procedure_code, structure_coding
 from dicom_node.results.content import (
@@ -14,6 +15,7 @@ from dicom_node.results.content import (
     VerifyingObserver,
 )
 from dicom_node.results.equipment import PROCESSING_EQUIPMENT, WRITER_MANUFACTURER, algorithm_equipment
+from dicom_node.results.files import write_result
 from dicom_node.results.retraction import RejectionReason, build_retraction
 from dicom_node.results.secondary_capture import AXIAL_DISPLAY_ORIENTATION, build_overlay_capture
 from dicom_node.results.seg import build_segmentation, frames_on_source_grid
@@ -52,4 +54,5 @@ __all__ = [
     "pathology_code",
     "procedure_code",
     "structure_coding",
+    "write_result",
 ]

@@ -141,7 +141,11 @@ class PathologyScore:
 
 @dataclass(frozen=True, eq=False)
 class ExpertFindings:
-    """What one expert found in one study, with the headers of the source instances it analysed."""
+    """What one expert found in one study, with the headers of the source instances it analysed.
+
+    Neither a segmentation nor scores is a result too: the expert found nothing (``found_nothing``), and the report
+    says so instead of measuring.
+    """
 
     algorithm: AlgorithmIdentity
     source_images: tuple[Dataset, ...]
@@ -170,8 +174,11 @@ class ExpertFindings:
         object.__setattr__(self, "scores", scores)
         if self.segmentation is not None and not isinstance(self.segmentation, LabelSegmentation):
             raise TypeError("segmentation must be a LabelSegmentation or None")
-        if self.segmentation is None and not scores:
-            raise ValueError("findings need a segmentation, scores, or both")
+
+    @property
+    def found_nothing(self) -> bool:
+        """The expert segmented no structure and gave no score."""
+        return self.segmentation is None and not self.scores
 
     @property
     def study_instance_uid(self) -> str:

@@ -8,11 +8,16 @@ Layout (TID 1500 "Imaging Measurement Report"):
   identification with backend, Referenced Segment, volume in mL); per CXR pathology a TID 1501 group (tracking
   identifier, finding, source image, the score and Present/Absent at the 0.5 threshold);
 - Qualitative Evaluations (TID 1500 row 10): TEXT items: the draft statement (with DEMO), the question, the narrative.
+
+When the expert found nothing (no structure, no score) there is nothing to measure: the tree has no Imaging
+Measurements container (TID 1500 needs row 6 or row 10, and row 10 is there), and the Qualitative Evaluations start
+with a Finding that names the expert and says it found nothing.
 """
 
 from __future__ import annotations
 
 import highdicom as hd
+from highdicom.sr.templates import DEFAULT_LANGUAGE
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -34,15 +39,18 @@ from dicom_node.results.uids import ResultUids
 
 __all__ = [
     "draft_statement",
+    "nothing_found_statement",
     "measurement_report",
     "text_item",
     "qualitative_evaluations_container",
     "NARRATIVE",
+    "EXPERT_FINDING",
     "MILLILITRE",
     "NO_UNITS",
 ]
 
 NARRATIVE = codes.DCM.Findings
+EXPERT_FINDING = codes.DCM.Finding  # "the expert found nothing"
 MILLILITRE = Code("mL", "UCUM", "milliliter")
 NO_UNITS = Code("1", "UCUM", "no units")
 _EMPTY_ANSWER = "(the model gave no answer)"
@@ -59,6 +67,16 @@ def draft_statement(content: DraftReportContent) -> str:
         f"{demo}AI-generated DRAFT for a qualified reader: not verified, not a diagnosis. "
         "Research and evaluation use only; the models are not approved for diagnostic use. "
         f"Models: {models}."
+    )
+
+
+def nothing_found_statement(findings: ExpertFindings) -> str:
+    """What the report says when the expert segmented no structure and gave no score, naming the expert."""
+    algorithm = findings.algorithm
+    return (
+        f"The expert model {algorithm.name} (version {algorithm.version}) found no structure and reported no score "
+        "in the analysed series: nothing was segmented or measured. This is the AI's result, not a verified "
+        "absence of findings."
     )
 
 
@@ -168,29 +186,51 @@ def device_observer(model: AlgorithmIdentity, uids: ResultUids) -> hd.sr.Observe
     )
 
 
+def _tree_root(
+    content: DraftReportContent, uids: ResultUids, groups: list
+) -> hd.sr.ContainerContentItem:
+    """TID 1500 rows 1-4 and, when there is anything measured, row 6 (Imaging Measurements) with ``groups``."""
+    observation = hd.sr.ObservationContext(observer_device_context=device_observer(content.model, uids))
+    procedure = procedure_code(str(content.findings.source_images[0].get("Modality", "")))
+    if groups:
+        report = hd.sr.MeasurementReport(
+            observation_context=observation, procedure_reported=procedure, imaging_measurements=groups
+        )
+        return report[0]
+    # highdicom's MeasurementReport needs at least one group; the same rows from its own content items, without row 6
+    root = hd.sr.ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
+    root.ContentSequence = hd.sr.ContentSequence()
+    root.ContentSequence.extend(hd.sr.LanguageOfContentItemAndDescendants(DEFAULT_LANGUAGE))
+    root.ContentSequence.extend(observation)
+    root.ContentSequence.append(
+        hd.sr.CodeContentItem(
+            name=codes.DCM.ProcedureReported, value=procedure,
+            relationship_type=hd.sr.RelationshipTypeValues.HAS_CONCEPT_MOD,
+        )
+    )
+    return root
+
+
 def measurement_report(
     content: DraftReportContent, uids: ResultUids, segmentation_dataset: Dataset | None
-) -> hd.sr.MeasurementReport:
-    """The TID 1500 tree of the draft; ``segmentation_dataset`` is the SEG its volume groups reference."""
+) -> hd.sr.ContainerContentItem:
+    """The TID 1500 tree (root item) of the draft; ``segmentation_dataset`` is the SEG its volume groups reference."""
     findings = content.findings
     groups: list = []
     if findings.segmentation is not None:
         if segmentation_dataset is None:
             raise ValueError("findings have a segmentation: pass the SEG built from it as segmentation")
         groups.extend(_volume_groups(findings, segmentation_dataset, uids))
+    elif segmentation_dataset is not None:
+        raise ValueError("findings have no segmentation: a SEG would reference nothing in the report")
     groups.extend(_pathology_groups(findings, uids))
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=device_observer(content.model, uids)),
-        procedure_reported=procedure_code(str(findings.source_images[0].get("Modality", ""))),
-        imaging_measurements=groups,
-    )
-    report[0].ContentSequence.append(
-        qualitative_evaluations_container(
-            [
-                text_item(DRAFT_STATEMENT, draft_statement(content)),
-                text_item(QUESTION, content.narrative.question, when_empty="(no question was asked)"),
-                text_item(NARRATIVE, content.narrative.answer),
-            ]
-        )
-    )
-    return report
+    root = _tree_root(content, uids, groups)
+    evaluations = [text_item(DRAFT_STATEMENT, draft_statement(content))]
+    if findings.found_nothing:
+        evaluations.append(text_item(EXPERT_FINDING, nothing_found_statement(findings)))
+    evaluations += [
+        text_item(QUESTION, content.narrative.question, when_empty="(no question was asked)"),
+        text_item(NARRATIVE, content.narrative.answer),
+    ]
+    root.ContentSequence.append(qualitative_evaluations_container(evaluations))
+    return root

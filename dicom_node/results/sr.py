@@ -59,14 +59,14 @@ def build_draft_report(
     if segmentation is not None and segmentation.get("StudyInstanceUID") != findings.study_instance_uid:
         raise ValueError("segmentation belongs to another study than the findings")
     now = now or datetime.datetime.now()
-    report = measurement_report(content, uids, segmentation)
+    root = measurement_report(content, uids, segmentation)
     evidence = [*findings.source_images, *findings.other_evidence]
     if segmentation is not None:
         evidence.append(segmentation)
     demo = " DEMO" if content.demo else ""
-    return hd.sr.Comprehensive3DSR(
+    return _sr_document(
+        root,
         evidence=evidence,
-        content=report[0],
         series_instance_uid=uids.series_uid(ResultKind.DRAFT_REPORT),
         series_number=int(SeriesNumber.DRAFT_REPORT),
         sop_instance_uid=uids.instance_uid(ResultKind.DRAFT_REPORT),
@@ -83,6 +83,48 @@ def build_draft_report(
         content_date=now.date(),
         content_time=now.time(),
     )
+
+
+_IMAGING_MEASUREMENTS = (codes.DCM.ImagingMeasurements.value, codes.DCM.ImagingMeasurements.scheme_designator)
+_REFERENCE_TYPES = ("IMAGE", "COMPOSITE", "WAVEFORM")
+
+
+def _referenced_instances(item: Dataset) -> set[str]:
+    found = set()
+    for child in item.get("ContentSequence", []):
+        if child.ValueType in _REFERENCE_TYPES:
+            found.add(str(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        found |= _referenced_instances(child)
+    return found
+
+
+def _sr_document(root: Dataset, *, evidence: list[Dataset], **attributes) -> hd.sr.Comprehensive3DSR:
+    """highdicom's Comprehensive 3D SR of the content tree ``root``, the Imaging Measurements container attached after
+    construction.
+
+    The constructor deep-copies the whole tree, rebuilds it as typed content items (its ``content`` view) and
+    searches it twice for references; with a group per segmented structure (VISTA3D: ~100) that is most of the time
+    the report takes. The container goes in after, at its place, unchanged: the document is the same, only the
+    in-memory ``content`` view lacks the groups (nothing here uses it; what is written is the dataset). The check the
+    search made, that every instance the groups reference is among the evidence, is made here.
+    """
+    items = root.ContentSequence
+    position = next((n for n, item in enumerate(items) if item.ValueType == "CONTAINER"
+                     and _concept(item) == _IMAGING_MEASUREMENTS), None)
+    if position is None:
+        return hd.sr.Comprehensive3DSR(evidence=evidence, content=root, **attributes)
+    measurements = items[position]
+    missing = _referenced_instances(measurements) - {str(d.SOPInstanceUID) for d in evidence}
+    if missing:
+        raise ValueError(f"the measurements reference instances that are not in the evidence: {sorted(missing)}")
+    del items[position]
+    try:
+        report = hd.sr.Comprehensive3DSR(evidence=evidence, content=root, **attributes)
+    finally:
+        items.insert(position, measurements)
+    if report.ContentSequence is not items:
+        report.ContentSequence.insert(position, measurements)
+    return report
 
 
 def _evidence_of(draft: Dataset) -> list[Dataset]:
@@ -209,9 +251,9 @@ def build_verified_report(
         raise ValueError("revision must be an int >= 1 (1 for the first verified report, 2 for the next, ...)")
     _check_uids(uids, str(draft.StudyInstanceUID))
     now = now or datetime.datetime.now()
-    report = hd.sr.Comprehensive3DSR(
+    report = _sr_document(
+        _verified_content(draft, observer, amendment, now),
         evidence=_evidence_of(draft),
-        content=_verified_content(draft, observer, amendment, now),
         series_instance_uid=uids.series_uid(ResultKind.VERIFIED_REPORT),
         series_number=int(SeriesNumber.VERIFIED_REPORT),
         sop_instance_uid=uids.instance_uid(ResultKind.VERIFIED_REPORT, revision=revision),

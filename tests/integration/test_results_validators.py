@@ -25,7 +25,7 @@ from dicom_node.results import (
     build_verified_report,
 )
 from tests.conftest import require_tool
-from tests.support.result_cases import FIXED_TIME, ResultCase, brain_case, ct_case, cxr_case
+from tests.support.result_cases import FIXED_TIME, ResultCase, brain_case, ct_case, cxr_case, nothing_found_case
 from tests.support.source_study import write_datasets
 
 # Warnings dciodvfy (dicom3tools) gives on what we write, each accepted for a reason:
@@ -88,9 +88,13 @@ def _all_results(case: ResultCase, folder: Path) -> dict[str, Path]:
     return written
 
 
-@pytest.fixture(scope="module", params=["ct", "brain", "cxr"])
+_CASES = {"ct": ct_case, "brain": brain_case, "cxr": cxr_case, "ct-nothing-found": lambda: nothing_found_case("ct"),
+          "brain-nothing-found": lambda: nothing_found_case("brain")}
+
+
+@pytest.fixture(scope="module", params=list(_CASES))
 def written_case(request, tmp_path_factory) -> tuple[list[Path], dict[str, Path]]:
-    case = {"ct": ct_case, "brain": brain_case, "cxr": cxr_case}[request.param]()
+    case = _CASES[request.param]()
     folder = tmp_path_factory.mktemp(request.param)
     sources = write_datasets(folder / "source", case.study.all_instances)
     return sources, _all_results(case, folder)
@@ -137,3 +141,12 @@ def test_dcentvfy_would_catch_a_result_with_another_patient(tmp_path):
     draft.PatientID = "SOMEONE-ELSE"
     result = _run("dcentvfy", *sources, _write(tmp_path, "draft", draft))
     assert "Error" in result.stdout + result.stderr
+
+
+def test_dsrdump_shows_the_statement_of_a_draft_where_the_expert_found_nothing(tmp_path):
+    case = nothing_found_case("ct")
+    dump = _run("dsrdump", _write(tmp_path, "draft", build_draft_report(case.content, case.uids, now=FIXED_TIME)))
+    assert dump.returncode == 0, dump.stderr
+    assert '"Imaging Measurement Report"' in dump.stdout and '"Procedure reported"' in dump.stdout
+    assert '"Imaging Measurements"' not in dump.stdout
+    assert '<contains TEXT:(,,"Finding")="The expert model VISTA3D (v' in dump.stdout  # dsrdump shortens texts

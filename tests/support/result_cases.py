@@ -19,7 +19,8 @@ from dicom_node.results import (
 )
 from tests.support.source_study import SourceStudy, brain_mr_study, ct_study, cxr_study, engine_affine
 
-__all__ = ["ResultCase", "ct_case", "brain_case", "cxr_case", "ORG_ROOT", "FIXED_TIME", "CXR_PATHOLOGIES"]
+__all__ = ["ResultCase", "ct_case", "brain_case", "cxr_case", "nothing_found_case", "ORG_ROOT", "FIXED_TIME",
+           "CXR_PATHOLOGIES"]
 
 ORG_ROOT = "1.2.826.0.1.3680043.10.1177"
 FIXED_TIME = datetime.datetime(2026, 1, 2, 3, 4, 5)
@@ -100,3 +101,15 @@ def cxr_case(demo: bool = True) -> ResultCase:
     narrative = Narrative("What do you see?", "Cardiomegaly with a right pleural effusion.")
     content = DraftReportContent(findings, narrative, _vlm(demo))
     return ResultCase(study, content, ResultUids(ORG_ROOT, study.study_instance_uid, "run-cxr-1"))
+
+
+def nothing_found_case(kind: str = "ct", demo: bool = True) -> ResultCase:
+    """The same study as ``ct_case`` or ``brain_case`` (``kind``), the expert having found nothing: no segmentation,
+    no score."""
+    case = {"ct": ct_case, "brain": brain_case}[kind](demo=demo)
+    findings = case.content.findings
+    nothing = ExpertFindings(findings.algorithm, findings.source_images, other_evidence=findings.other_evidence)
+    narrative = Narrative(case.content.narrative.question, "No abnormality is seen.")
+    content = DraftReportContent(nothing, narrative, case.content.model, institution_name=case.content.institution_name)
+    uids = ResultUids(ORG_ROOT, case.study.study_instance_uid, f"run-{kind}-nothing")
+    return ResultCase(case.study, content, uids, None)

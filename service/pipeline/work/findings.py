@@ -6,6 +6,9 @@ source series' grid, CXR scores, and the other series analysed as evidence.
   back on the T1c's own grid (nearest neighbour) for the SEG; volumes are the expert's (1 mm grid); the T1, T2 and
   FLAIR series are further evidence.
 - CXR: the 18 pathology scores (Present at >= 0.5).
+
+An expert that found nothing (VISTA3D: no label; BraTS: no tumour label on the T1c's grid; no score) gives findings
+with neither segmentation nor scores: the report says so, without a SEG.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from dicom_node.results import (
     PathologyScore,
     StructureSegment,
 )
-from service.pipeline.stages import PermanentStageError
 from service.pipeline.work.expert_record import EXPERT_IDENTITY
 from service.pipeline.work.resources import load_arrays
 
@@ -68,10 +70,15 @@ def _vista3d_segmentation(record: dict, labels: np.ndarray, affine: np.ndarray) 
     return LabelSegmentation(labels, affine, tuple(segments))
 
 
-def _brats_segmentation(record: dict, labels: np.ndarray, affine: np.ndarray, prepared: dict) -> LabelSegmentation:
-    grid = load_arrays(prepared["input"])
+def _brats_segmentation(record: dict, labels: np.ndarray, affine: np.ndarray,
+                        prepared: dict) -> LabelSegmentation | None:
+    """TC, WT and ET on the T1c's grid; None when no tumour label lands there (a SEG of empty segments says nothing)."""
+    grid = load_arrays(prepared["input"], "source_shape", "source_affine")
     shape, target = grid["source_shape"], grid["source_affine"]
     on_source = labels_on_grid(labels, affine, shape, target)
+    tumour_ids = sorted({i for _, _, ids in BRATS_REGIONS for i in ids})
+    if not np.isin(on_source, tumour_ids).any():
+        return None
     volumes = record.get("volumes_ml", {})
     segments = tuple(StructureSegment(name, ids, volumes.get(key)) for name, key, ids in BRATS_REGIONS)
     return LabelSegmentation(on_source, target, segments)
@@ -90,7 +97,5 @@ def expert_findings(record: dict, prepared: dict, sources: Sequence[Dataset],
             segmentation = _vista3d_segmentation(record, labels, affine)
     scores = tuple(PathologyScore(name[:64], min(1.0, max(0.0, float(score))))
                    for name, score in record.get("scores", {}).items())
-    if segmentation is None and not scores:
-        raise PermanentStageError(f"{record['expert']} found no structure and gave no score: nothing to report")
     return ExpertFindings(algorithm, tuple(sources), segmentation=segmentation, scores=scores,
                           other_evidence=tuple(others))

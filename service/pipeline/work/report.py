@@ -1,6 +1,7 @@
 """Stage ``report``: the draft SR (TID 1500, PARTIAL, UNVERIFIED, DEMO when demo weights ran), the SEG of the
 expert's labels and, when ``OVERLAY_SECONDARY_CAPTURE`` is on, the overlay image as Secondary Capture; written
-atomically under ``HOME/results/<study>/run-<n>/``, and one ``reports`` row for the run.
+atomically under ``HOME/results/<study>/run-<n>/``, and one ``reports`` row for the run. An expert that found nothing
+gives a draft SR that says so, and no SEG.
 
 UIDs derive from (organisation root, study, run), so running this stage again writes the same objects and updates the
 same row. A new report supersedes the study's earlier ones (except rejected ones, which keep their state).
@@ -25,6 +26,7 @@ from dicom_node.results import (
     build_draft_report,
     build_overlay_capture,
     build_segmentation,
+    write_result,
 )
 from service.db.models import PipelineRun, Report, ReportStatus
 from service.db.session import session_scope
@@ -90,7 +92,7 @@ def _vlm_identity(model: dict) -> AlgorithmIdentity:
 
 def _write(dataset, path: Path) -> dict:
     with write_atomically(path, ".dcm") as handle:
-        dataset.save_as(handle, enforce_file_format=True)
+        write_result(dataset, handle)
     return {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID),
             "sop_class_uid": str(dataset.SOPClassUID)}
 
@@ -149,9 +151,8 @@ class ReportStage:
 
         with Image.open(vlm["overlay_png"]) as image:
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        arrays = load_arrays(prepared["input"])
-        volume_shape = arrays["volume"].shape
-        source = overlay_source_image(sources, arrays["affine"], volume_shape, vlm.get("overlay_slice"))
+        affine = load_arrays(prepared["input"], "affine")["affine"]
+        source = overlay_source_image(sources, affine, prepared["shape"], vlm.get("overlay_slice"))
         capture = build_overlay_capture(rgb, source, algorithm, uids)
         return _write(capture, folder / "overlay.dcm")
 

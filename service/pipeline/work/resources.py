@@ -64,10 +64,11 @@ def save_arrays(path: Path, **arrays: np.ndarray) -> str:
     return str(path)
 
 
-def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
+def load_arrays(path: str | Path, *names: str) -> dict[str, np.ndarray]:
+    """The arrays saved in ``path``; only ``names`` when given (the others are not read: a CT volume is large)."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
+            return {key: data[key] for key in (names or data.files)}
     except FileNotFoundError as exc:
         raise PermanentStageError(f"{path} is gone (was HOME/work cleaned?); reprocess the study from the start") \
             from exc

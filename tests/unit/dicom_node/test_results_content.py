@@ -20,8 +20,14 @@ def test_findings_must_come_from_one_series_of_one_study():
                        scores=(PathologyScore("Mass", 0.1),))
     with pytest.raises(ValueError, match="source_images"):
         ExpertFindings(algorithm, (), scores=(PathologyScore("Mass", 0.1),))
-    with pytest.raises(ValueError, match="segmentation, scores, or both"):
-        ExpertFindings(algorithm, ct_images)
+
+
+def test_findings_without_segmentation_or_scores_say_the_expert_found_nothing():
+    ct = ct_case()
+    findings = ct.content.findings
+    nothing = ExpertFindings(findings.algorithm, findings.source_images)
+    assert nothing.found_nothing and nothing.segmentation is None and nothing.scores == ()
+    assert not findings.found_nothing and not cxr_case().content.findings.found_nothing
 
 
 def test_scores_are_probabilities_and_half_means_present():

@@ -19,8 +19,9 @@ from dicom_node.results import (
     build_draft_report,
     build_segmentation,
     build_verified_report,
+    procedure_code,
 )
-from tests.support.result_cases import FIXED_TIME, brain_case, ct_case, cxr_case
+from tests.support.result_cases import FIXED_TIME, brain_case, ct_case, cxr_case, nothing_found_case
 
 READER = VerifyingObserver("Reader^Rita", "Test Hospital Radiology")
 
@@ -261,3 +262,99 @@ def test_empty_question_and_answer_and_an_empty_segment_still_make_a_valid_repor
     spleen = _groups(report)[1]
     assert _children(spleen, "Volume") == []
     assert int(_child(spleen, "Referenced Segment").ReferencedSOPSequence[0].ReferencedSegmentNumber) == 2
+
+
+def _evidence(report: Dataset) -> set[str]:
+    return {item.ReferencedSOPInstanceUID for study in report.CurrentRequestedProcedureEvidenceSequence
+            for series in study.ReferencedSeriesSequence for item in series.ReferencedSOPSequence}
+
+
+@pytest.mark.parametrize("kind, expert", [("ct", "VISTA3D"), ("brain", "BraTS SegResNet")])
+def test_a_draft_where_the_expert_found_nothing_says_so_without_measurements(kind, expert):
+    case = nothing_found_case(kind)
+    report = _roundtrip(build_draft_report(case.content, case.uids, now=FIXED_TIME))
+    assert (report.CompletionFlag, report.VerificationFlag) == ("PARTIAL", "UNVERIFIED")
+    assert report.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert _children(report, "Imaging Measurements") == []
+    modality = str(case.content.findings.source_images[0].Modality)
+    assert _child(report, "Procedure reported").ConceptCodeSequence[0].CodeValue == procedure_code(modality).value
+    assert _child(report, "Observer Type").ConceptCodeSequence[0].CodeMeaning == "Device"
+    texts = _texts(report)
+    assert f"The expert model {expert} (version" in texts["Finding"]
+    assert "found no structure and reported no score" in texts["Finding"]
+    assert texts["AI draft statement"].startswith("DEMO") and "DEMO" in report.SeriesDescription
+    assert texts["Findings"] == "No abnormality is seen."
+    sources = case.content.findings.source_images + case.content.findings.other_evidence
+    assert _evidence(report) == {d.SOPInstanceUID for d in sources}  # no SEG among the evidence
+
+
+def test_a_draft_with_findings_has_no_nothing_found_statement():
+    _, _, draft = _ct_draft()
+    assert "Finding" not in _texts(_roundtrip(draft))
+
+
+def test_a_draft_where_the_expert_found_nothing_refuses_a_seg():
+    case = nothing_found_case("ct")
+    _, seg, _ = _ct_draft()
+    with pytest.raises(ValueError, match="findings have no segmentation"):
+        build_draft_report(case.content, case.uids, segmentation=seg)
+    with pytest.raises(ValueError, match="no segmentation to write"):
+        build_segmentation(case.content.findings, case.uids)
+
+
+def test_a_nothing_found_draft_is_verified_and_amended_like_any_other():
+    case = nothing_found_case("ct", demo=False)
+    draft = _roundtrip(build_draft_report(case.content, case.uids, now=FIXED_TIME))
+    approved = _roundtrip(build_verified_report(draft, READER, case.uids, now=FIXED_TIME))
+    assert (approved.CompletionFlag, approved.VerificationFlag) == ("COMPLETE", "VERIFIED")
+    texts = _texts(approved)
+    assert "verified by Reader^Rita" in texts["Verification statement"] and "AI draft statement" not in texts
+    assert not texts["Verification statement"].startswith("DEMO")
+    assert texts["Finding"] == _texts(draft)["Finding"] and texts["Findings"] == "No abnormality is seen."
+    assert _children(approved, "Imaging Measurements") == []
+    amended = _roundtrip(build_verified_report(
+        approved, READER, case.uids, amendment=Amendment("Small cyst missed by the model.", "Checked: not nothing."),
+        revision=2, now=FIXED_TIME))
+    texts = _texts(amended)
+    assert texts["Findings"] == "Small cyst missed by the model." and texts["Comment"] == "Checked: not nothing."
+    assert amended.PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0].ReferencedSOPSequence[0] \
+        .ReferencedSOPInstanceUID == approved.SOPInstanceUID
+    assert _evidence(amended) == _evidence(draft)
+
+
+def _bytes_without_creation_times(dataset) -> bytes:
+    """The encoded SR, the times highdicom stamps at construction (instance creation, its contribution) fixed."""
+    dataset.InstanceCreationTime = "000000"
+    for item in dataset.ContributingEquipmentSequence:
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = "20260101000000"
+    buffer = BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("make", [ct_case, brain_case, cxr_case], ids=lambda f: f.__name__)
+def test_measurements_attached_after_construction_make_the_same_document(make, monkeypatch):
+    import dicom_node.results.sr as sr_module
+
+    case = make()
+    findings = case.content.findings
+    seg = build_segmentation(findings, case.uids, now=FIXED_TIME) if findings.segmentation is not None else None
+    attached = build_draft_report(case.content, case.uids, segmentation=seg, now=FIXED_TIME)
+    verified = build_verified_report(attached, READER, case.uids, amendment=Amendment("Checked."), now=FIXED_TIME)
+    monkeypatch.setattr(sr_module, "_IMAGING_MEASUREMENTS", ("no such concept", "DCM"))  # highdicom sees all
+    whole = build_draft_report(case.content, case.uids, segmentation=seg, now=FIXED_TIME)
+    whole_verified = build_verified_report(whole, READER, case.uids, amendment=Amendment("Checked."), now=FIXED_TIME)
+    assert len(_groups(attached)) == len(_groups(whole)) > 0
+    assert _bytes_without_creation_times(attached) == _bytes_without_creation_times(whole)
+    assert _bytes_without_creation_times(verified) == _bytes_without_creation_times(whole_verified)
+
+
+def test_a_draft_whose_evidence_lacks_the_seg_its_groups_reference_is_not_verified():
+    case, seg, draft = _ct_draft()
+    draft = _roundtrip(draft)
+    studies = draft.CurrentRequestedProcedureEvidenceSequence
+    studies[0].ReferencedSeriesSequence = [
+        s for s in studies[0].ReferencedSeriesSequence if s.SeriesInstanceUID != seg.SeriesInstanceUID]
+    with pytest.raises(ValueError, match=f"not in the evidence: \\['{seg.SOPInstanceUID}'\\]"):
+        build_verified_report(draft, READER, case.uids, now=FIXED_TIME)
