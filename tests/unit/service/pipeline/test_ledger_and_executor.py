@@ -329,7 +329,8 @@ def test_a_duplicate_message_for_a_stage_in_backoff_runs_it_only_once_its_backof
     for expected in (Stage.PLAN, Stage.PREPARE, Stage.VLM):
         assert deliver_next(executor, dispatcher) == ((run_id, expected, 0, clock()), "done")
     # The VLM stage finished first: the expert is the next stage not done, so its group went out again.
-    assert [(m.stage, m.countdown) for m in dispatcher.sent] == [(Stage.EXPERT, 0), (Stage.VLM, 0), (Stage.EXPERT, 0)]
+    assert [(m.stage, m.countdown) for m in dispatcher.sent] == [
+        (Stage.EXPERT, 0), (Stage.VLM, 0), (Stage.EXPERT, 0)]
     assert deliver_next(executor, dispatcher)[1] == "retrying"
     failed_at = clock()
     assert deliver_next(executor, dispatcher)[1] == "not-claimed"  # the VLM stage is done
