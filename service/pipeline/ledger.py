@@ -7,14 +7,12 @@ not run twice, and an attempts counter ends redelivery loops. The claim is a com
 two workers that read the same row at once cannot both take it, on SQLite as on PostgreSQL.
 
 **Back-off lives here.** A transient failure puts the stage back to ``pending`` with ``retry_at`` (``retry_later``);
-until then ``claim`` refuses it with :class:`StageNotDue`, whatever message asks (the retry's own message carries the
-back-off as its countdown, but a duplicate, one the VLM stage sends with its group, the sweeper's or a redelivery does
-not). The executor sends a refused message again for when the back-off ends, so none is lost, and the sweeper leaves
-a stage in back-off alone until then (a lost message is re-sent once its back-off and the queue grace have passed).
+until then ``claim`` refuses it with :class:`StageNotDue` whatever message asks: the retry's own carries the back-off
+as its countdown, a duplicate (the VLM stage's group, the sweeper's, a redelivery) does not. The executor sends a
+refused message again for then, and the sweeper leaves the stage alone until then (and the queue grace after it).
 
-**A claim can be held by a thread** (the VLM stage runs the route's expert beside the model): the writes that record
-its end take its ``attempt`` and apply only while that claim still holds (:class:`StageClaimLost` otherwise), and
-``release`` gives a claim back, so a claim given back or re-queued can never be overwritten by the one that let go.
+**A claim can be held by a thread** (the route's expert beside the VLM stage): the writes that record its end take
+its ``attempt`` and apply only while that claim holds (else :class:`StageClaimLost`); ``release`` gives it back.
 """
 
 from __future__ import annotations

@@ -92,6 +92,8 @@ class RouteExpert:
             claim = self._take()
             if claim is not None:
                 self._run(claim)
+        except (TransientStageError, PermanentStageError) as exc:  # its finished result could not be read back
+            self._settle(exception=exc)
         except BaseException as exc:  # the database went away, say: the VLM stage gets it as transient
             LOGGER.exception("study %s: the route's expert beside the vlm stage failed", self.study_uid)
             self._settle(exception=TransientStageError(f"the route's expert: {exc.__class__.__name__}: {exc}"))

@@ -108,18 +108,19 @@ def experts():
 def test_a_vlm_stage_that_times_out_gives_its_hung_expert_back_and_its_late_result_is_dropped(session_factory,
                                                                                                 tmp_path, experts):
     model = ScriptedModel(ANSWER, ANSWER)
-    pipeline = Pipeline(session_factory, tmp_path, {"vlm": {"soft": 0.3, "hard": HANG_S}}, model, experts,
+    model.during_generation.append(lambda: experts.started.wait(HANG_S))  # turn 1 ends once the expert has started
+    pipeline = Pipeline(session_factory, tmp_path, {"vlm": {"soft": 1, "hard": HANG_S}}, model, experts,
                         limit_the_vlm_stage=True)
     run_id, executor = pipeline.run_id, pipeline.executor
     # Turn 1 is answered; the stage then waits for its expert, which hangs, and its soft limit interrupts the wait.
     assert executor.execute(run_id, Stage.VLM) == "retrying"
-    vlm_error = "timed out: ran past the vlm stage's soft time limit of 0.3 s"
+    vlm_error = "timed out: ran past the vlm stage's soft time limit of 1 s"
     assert stage_row(session_factory, run_id, Stage.VLM)[3] == vlm_error
     assert experts.started.is_set() and experts.returned == []  # still hung
     status, attempts, result, error = stage_row(session_factory, run_id, Stage.EXPERT)
     assert (status, attempts, result) == (StageStatus.PENDING, 1, {})  # given back, not left claimed
     assert error == ("given back: the vlm stage that ran it beside the model's first turn ended (StageTimedOut: timed "
-                     "out: ran past the vlm stage's soft time limit of 0.3 s)")
+                     "out: ran past the vlm stage's soft time limit of 1 s)")
     # The expert's own message (here, or on another worker) runs it normally.
     assert executor.execute(run_id, Stage.EXPERT) == "done"
     experts.release.set()  # the hung run returns at last: what it brings is not recorded
