@@ -1,4 +1,10 @@
-"""Run one claimed stage and move the run on: the body of every pipeline task, free of Celery so it can be tested."""
+"""Run one claimed stage and move the run on: the body of every pipeline task, free of Celery so it can be tested.
+
+A transient failure is retried after a back-off (``backoff_seconds``): the ledger keeps the stage from being claimed
+until then, and the retry's message is sent with that countdown. A message that arrives while a stage waits for its
+retry (a duplicate: sent with the VLM stage's group, by the sweeper, or delivered again) is sent again for when the
+back-off ends: it is neither run early nor lost.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from service.pipeline.ledger import PipelineLedger, StageClaim, StageTicket
+from service.pipeline.ledger import PipelineLedger, StageClaim, StageNotDue, StageTicket
 from service.pipeline.stages import PermanentStageError, Stage, StudySkipped, TransientStageError, dispatch_group
 from service.pipeline.time_limits import StageTimeLimiter
 
@@ -56,7 +62,12 @@ class StageExecutor:
     def execute(self, run_id: int, stage: Stage | str) -> str:
         """Claim, run, record, hand on. Returns what happened (for logs and tests)."""
         stage = Stage(stage)
-        claim = self.ledger.claim(run_id, stage, self.worker_name)
+        try:
+            claim = self.ledger.claim(run_id, stage, self.worker_name)
+        except StageNotDue as exc:
+            LOGGER.info("%s: this message is sent again for then", exc)
+            self.dispatcher.dispatch(exc.ticket, countdown=exc.wait_s)
+            return "deferred"
         if claim is None:
             return "not-claimed"
         started = time.perf_counter()
@@ -68,11 +79,11 @@ class StageExecutor:
             LOGGER.info("study %s skipped at %s: %s", claim.study_uid, stage.value, exc)
             return "skipped"
         except TransientStageError as exc:
-            attempts = self.ledger.retry_later(run_id, stage, str(exc))
+            delay = self.backoff(claim.attempt)
+            attempts = self.ledger.retry_later(run_id, stage, str(exc), delay)
             if attempts >= self.ledger.max_attempts:
                 self.ledger.fail(run_id, stage, f"{exc} (gave up after {attempts} attempts)")
                 return "failed"
-            delay = self.backoff(attempts)
             LOGGER.warning("stage %s of run %s failed (attempt %d), retry in %.0f s: %s",
                            stage.value, run_id, attempts, delay, exc)
             self.dispatcher.dispatch(StageTicket(run_id, stage, claim.route.get("priority", "routine")), countdown=delay)

@@ -3,12 +3,22 @@
 A run and all its stage rows are created in one transaction when a study is handed over (``start_run``); a stage row
 in ``pending`` is the outbox entry that the dispatcher (or, if the broker was down, the sweeper) turns into a message.
 Each stage is claimed before it runs (``claim``): a stage already done is never run again, a stage running elsewhere is
-not run twice, and an attempts counter ends redelivery loops.
+not run twice, and an attempts counter ends redelivery loops. The claim is a compare-and-set on (status, attempts), so
+two workers that read the same row at once cannot both take it, on SQLite as on PostgreSQL.
+
+**Back-off lives here.** A transient failure puts the stage back to ``pending`` with ``retry_at`` (``retry_later``);
+until then ``claim`` refuses it with :class:`StageNotDue` whatever message asks: the retry's own carries the back-off
+as its countdown, a duplicate (the VLM stage's group, the sweeper's, a redelivery) does not. The executor sends a
+refused message again for then, and the sweeper leaves the stage alone until then (and the queue grace after it).
+
+**A claim can be held by a thread** (the route's expert beside the VLM stage): the writes that record its end take
+its ``attempt`` and apply only while that claim holds (else :class:`StageClaimLost`); ``release`` gives it back.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -20,13 +30,17 @@ from service.db.session import session_scope
 from service.pipeline.stages import STAGE_ORDER, Stage
 from service.pipeline.time_limits import StageTimeLimits
 
-__all__ = ["PipelineLedger", "StageClaim", "StageTicket", "RunNotFound"]
+__all__ = ["PipelineLedger", "StageClaim", "StageTicket", "RunNotFound", "StageNotDue", "StageClaimLost"]
 
 LOGGER = logging.getLogger(__name__)
 
 
 class RunNotFound(LookupError):
     pass
+
+
+class StageClaimLost(RuntimeError):
+    """A claim that no longer holds (given back, or re-queued and taken again): what it would record is dropped."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,16 @@ class StageClaim:
     worker: str = ""  # who claimed it (a handler that claims another stage of the run claims it under this name)
 
 
+class StageNotDue(Exception):
+    """A stage waiting for its retry (its back-off has not elapsed): not run now; ``ticket`` may ask again in
+    ``wait_s``."""
+
+    def __init__(self, ticket: StageTicket, retry_at: datetime, wait_s: float) -> None:
+        self.ticket, self.retry_at, self.wait_s = ticket, retry_at, wait_s
+        super().__init__(f"stage {ticket.stage.value} of run {ticket.run_id} waits for its retry at "
+                         f"{retry_at.isoformat()} ({wait_s:.1f} s from now)")
+
+
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -59,10 +83,12 @@ def _utc(value: datetime | None) -> datetime | None:
 
 class PipelineLedger:
     def __init__(self, session_factory: sessionmaker[Session], max_attempts: int = 5,
-                 time_limits: StageTimeLimits | None = None) -> None:
+                 time_limits: StageTimeLimits | None = None, clock: Callable[[], datetime] = utcnow) -> None:
+        """``clock`` (aware UTC datetimes) stamps and times everything here: back-off, queue and running times."""
         self.session_factory = session_factory
         self.max_attempts = max_attempts
         self.time_limits = time_limits or StageTimeLimits.defaults()
+        self.clock = clock
 
     # -- runs -----------------------------------------------------------------------------------------------------
 
@@ -140,15 +166,17 @@ class PipelineLedger:
                 update(StageRun)
                 .where(StageRun.run_id == ticket.run_id, StageRun.stage == ticket.stage.value,
                        StageRun.status == StageStatus.PENDING)
-                .values(status=StageStatus.QUEUED, queued_at=utcnow())
+                .values(status=StageStatus.QUEUED, queued_at=self.clock())
                 .execution_options(synchronize_session=False)
             )
 
     # -- one stage ------------------------------------------------------------------------------------------------
 
     def claim(self, run_id: int, stage: Stage | str, worker: str = "") -> StageClaim | None:
-        """Take a stage to run it; None when it is done, running elsewhere, or its run has ended."""
+        """Take a stage to run it; None when it is done, running elsewhere, or its run has ended. Raises
+        :class:`StageNotDue` while its back-off lasts."""
         stage = Stage(stage)
+        now = self.clock()
         with session_scope(self.session_factory) as session:
             row = session.execute(
                 select(StageRun).where(StageRun.run_id == run_id, StageRun.stage == stage.value).with_for_update()
@@ -165,24 +193,34 @@ class PipelineLedger:
                 gave_up = f"gave up after {row.attempts} attempts"  # with the last error an attempt left (a hard limit)
                 self._fail(session, row, f"{gave_up}; last error: {row.error}" if row.error else gave_up)
                 return None
-            row.status = StageStatus.RUNNING
-            row.attempts += 1
-            row.started_at = utcnow()
-            row.worker = worker[:128]
+            retry_at = _utc(row.retry_at)
+            if retry_at is not None and retry_at > now:
+                raise StageNotDue(StageTicket(run_id, stage, run.priority), retry_at, (retry_at - now).total_seconds())
+            taken = session.execute(
+                update(StageRun)
+                .where(StageRun.id == row.id, StageRun.status == row.status, StageRun.attempts == row.attempts)
+                .values(status=StageStatus.RUNNING, attempts=row.attempts + 1, started_at=now, worker=worker[:128])
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if taken != 1:  # another worker took it between our read and this write
+                LOGGER.info("stage %s of run %s was claimed elsewhere: not run again", stage.value, run_id)
+                return None
             run.status = RunStatus.RUNNING
             run.study.status = StudyStatus.PROCESSING
             results = {s.stage: dict(s.result or {}) for s in run.stages if s.status == StageStatus.DONE}
-            return StageClaim(run_id, run.study.study_uid, stage, row.attempts, dict(run.route or {}), results, worker)
+            return StageClaim(run_id, run.study.study_uid, stage, row.attempts + 1, dict(run.route or {}), results,
+                              worker)
 
     def finish(self, run_id: int, stage: Stage | str, result: dict, route: dict | None = None,
-               priority: str | None = None) -> StageTicket | None:
-        """Record a stage's result; return the next stage to dispatch (None when the run is complete)."""
+               priority: str | None = None, *, attempt: int | None = None) -> StageTicket | None:
+        """Record a stage's result; return the next stage to dispatch (None when the run is complete). With
+        ``attempt``, only while that claim holds (else :class:`StageClaimLost`)."""
         stage = Stage(stage)
         with session_scope(self.session_factory) as session:
-            row = self._stage_row(session, run_id, stage)
+            row = self._stage_row(session, run_id, stage, attempt)
             row.status = StageStatus.DONE
             row.result = result
-            row.finished_at = utcnow()
+            row.finished_at = self.clock()
             row.error = ""
             run = row.run
             if route is not None:
@@ -194,40 +232,58 @@ class PipelineLedger:
             following = next((s for s in STAGE_ORDER if states.get(s.value) != StageStatus.DONE), None)
             if following is None:
                 run.status = RunStatus.DONE
-                run.finished_at = utcnow()
+                run.finished_at = self.clock()
                 if run.study.status == StudyStatus.PROCESSING:
                     run.study.status = StudyStatus.DONE
                 return None
             return StageTicket(run_id, following, run.priority)
 
-    def retry_later(self, run_id: int, stage: Stage | str, error: str) -> int:
-        """A transient failure: back to ``pending`` with the error kept; returns the attempts made so far."""
+    def retry_later(self, run_id: int, stage: Stage | str, error: str, delay_s: float = 0.0, *,
+                    attempt: int | None = None) -> int:
+        """A transient failure: back to ``pending`` with the error kept, not to be claimed for ``delay_s`` (its
+        back-off); returns the attempts made so far. With ``attempt``, only while that claim holds."""
         with session_scope(self.session_factory) as session:
-            row = self._stage_row(session, run_id, Stage(stage))
+            row = self._stage_row(session, run_id, Stage(stage), attempt)
             row.status = StageStatus.PENDING
             row.error = error
+            row.retry_at = self.clock() + timedelta(seconds=delay_s) if delay_s > 0 else None
             return row.attempts
 
-    def note_error(self, run_id: int, stage: Stage | str, error: str) -> None:
-        """Leave ``error`` on a stage that is still running (a worker about to end: its stage is re-queued later)."""
+    def release(self, run_id: int, stage: Stage | str, attempt: int, reason: str) -> bool:
+        """Give back claim ``attempt`` of a stage still running under it (its claimer stops waiting for it): pending
+        again, with ``reason`` as its error, to be run by its message or the sweeper. False if the claim had ended."""
+        with session_scope(self.session_factory) as session:
+            released = session.execute(
+                update(StageRun)
+                .where(StageRun.run_id == run_id, StageRun.stage == Stage(stage).value,
+                       StageRun.status == StageStatus.RUNNING, StageRun.attempts == attempt)
+                .values(status=StageStatus.PENDING, error=reason, retry_at=None)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            return released == 1
+
+    def note_error(self, run_id: int, stage: Stage | str, error: str, *, attempt: int | None = None) -> None:
+        """Leave ``error`` on a stage that is still running (a worker about to end: its stage is re-queued later);
+        with ``attempt``, only while that claim holds."""
         with session_scope(self.session_factory) as session:
             row = self._stage_row(session, run_id, Stage(stage))
-            if row.status == StageStatus.RUNNING:
+            if row.status == StageStatus.RUNNING and attempt in (None, row.attempts):
                 row.error = error
 
-    def fail(self, run_id: int, stage: Stage | str, error: str) -> None:
+    def fail(self, run_id: int, stage: Stage | str, error: str, *, attempt: int | None = None) -> None:
+        """The stage (and its run) failed; with ``attempt``, only while that claim holds."""
         with session_scope(self.session_factory) as session:
-            self._fail(session, self._stage_row(session, run_id, Stage(stage)), error)
+            self._fail(session, self._stage_row(session, run_id, Stage(stage), attempt), error)
 
     def skip(self, run_id: int, stage: Stage | str, reason: str) -> None:
         with session_scope(self.session_factory) as session:
             row = self._stage_row(session, run_id, Stage(stage))
             row.status = StageStatus.DONE
             row.result = {"skipped": reason}
-            row.finished_at = utcnow()
+            row.finished_at = self.clock()
             run = row.run
             run.status = RunStatus.SKIPPED
-            run.finished_at = utcnow()
+            run.finished_at = self.clock()
             run.error = reason
             run.study.status = StudyStatus.SKIPPED
             run.study.error = reason
@@ -247,8 +303,9 @@ class PipelineLedger:
     def stalled(self, now: datetime | None = None, queued_grace: timedelta = timedelta(minutes=2),
                 running_margin: timedelta = timedelta(minutes=1)) -> list[StageTicket]:
         """Stages that should be moving but are not: never sent (pending), a message lost (queued too long),
-        or a worker lost (running past the stage's time limit). Running ones are put back to pending here."""
-        now = now or utcnow()
+        or a worker lost (running past the stage's time limit). Running ones are put back to pending here. A stage
+        waiting for its retry is due once its back-off has passed (pending), or that and the grace (queued)."""
+        now = now or self.clock()
         tickets: list[StageTicket] = []
         with session_scope(self.session_factory) as session:
             rows = session.execute(
@@ -264,10 +321,12 @@ class PipelineLedger:
                     current[row.run_id] = (row, priority)
             for row, priority in current.values():
                 stage = Stage(row.stage)
+                retry_at = _utc(row.retry_at)
                 if row.status == StageStatus.PENDING:
-                    due = True
+                    due = retry_at is None or now >= retry_at
                 elif row.status == StageStatus.QUEUED:
-                    due = _utc(row.queued_at) is None or now - _utc(row.queued_at) > queued_grace
+                    marks = [t for t in (_utc(row.queued_at), retry_at) if t is not None]
+                    due = not marks or now - max(marks) > queued_grace
                 else:
                     limit = timedelta(seconds=self.time_limits[stage].hard_s) + running_margin
                     due = _utc(row.started_at) is None or now - _utc(row.started_at) > limit
@@ -304,7 +363,19 @@ class PipelineLedger:
     # -- internals ------------------------------------------------------------------------------------------------
 
     @staticmethod
-    def _stage_row(session: Session, run_id: int, stage: Stage) -> StageRun:
+    def _stage_row(session: Session, run_id: int, stage: Stage, attempt: int | None = None) -> StageRun:
+        """The stage's row, locked; with ``attempt``, only while claim ``attempt`` holds (running under it): a
+        conditional write takes the row's write lock first, so the check and what follows are one step."""
+        if attempt is not None:
+            held = session.execute(
+                update(StageRun)
+                .where(StageRun.run_id == run_id, StageRun.stage == stage.value,
+                       StageRun.status == StageStatus.RUNNING, StageRun.attempts == attempt)
+                .values(status=StageStatus.RUNNING)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            if held != 1:
+                raise StageClaimLost(f"claim {attempt} of stage {stage.value} in run {run_id} no longer holds")
         row = session.execute(
             select(StageRun).where(StageRun.run_id == run_id, StageRun.stage == stage.value).with_for_update()
         ).scalar_one_or_none()
@@ -312,18 +383,17 @@ class PipelineLedger:
             raise RunNotFound(f"no stage {stage.value} in run {run_id}")
         return row
 
-    @staticmethod
-    def _fail(session: Session, row: StageRun, error: str) -> None:
+    def _fail(self, session: Session, row: StageRun, error: str) -> None:
         row.status = StageStatus.FAILED
         row.error = error
-        row.finished_at = utcnow()
+        row.finished_at = self.clock()
         run = row.run
         if run.status == RunStatus.FAILED:  # the first failure is the cause (the expert failing under the VLM stage)
             return
         run.status = RunStatus.FAILED
         run.error = error
         run.error_stage = row.stage
-        run.finished_at = utcnow()
+        run.finished_at = self.clock()
         run.study.status = StudyStatus.FAILED
         run.study.error = f"{row.stage}: {error}"
         LOGGER.error("run %s failed in stage %s: %s", run.id, row.stage, error)

@@ -17,6 +17,10 @@ solo pool, which m3edge workers run (one process per GPU, models loaded once), i
 
 With a pool that enforces limits itself the limiter only turns Celery's ``SoftTimeLimitExceeded`` into
 :class:`StageTimedOut`, so the ledger records it the same way.
+
+A stage run in a thread of its own beside another (the route's expert beside the VLM stage: ``work/route_expert.py``)
+is bounded with ``limit(..., on_soft_limit=...)`` whatever the pool: no signal can interrupt it, so at the soft limit
+the callback is told instead (its outcome will not be taken either), and at the hard limit the process ends as above.
 """
 
 from __future__ import annotations
@@ -131,13 +135,14 @@ class _StageWatch:
     main thread, where Python runs signal handlers), at the hard one ``on_hard``."""
 
     def __init__(self, stage: Stage, limit: StageTimeLimit, signal_main_thread: bool,
-                 on_hard: Callable[[], object]) -> None:
+                 on_hard: Callable[[], object], on_soft: Callable[[], object] | None = None) -> None:
         self.stage = stage
         self.limit = limit
         self.soft_passed = False
         self.previous_handler: Any = None
         self._signal_main_thread = signal_main_thread
         self._on_hard = on_hard
+        self._on_soft = on_soft
         self._finished = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._watch, name=f"m3edge-time-limit-{stage.value}", daemon=True)
@@ -168,6 +173,8 @@ class _StageWatch:
             self.soft_passed = True
             if self._signal_main_thread:
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
+        if self._on_soft is not None:
+            self._on_soft()
         if self._finished.wait(max(0.0, self.limit.hard_s - self.limit.soft_s)):
             return
         self._on_hard()
@@ -208,12 +215,18 @@ class StageTimeLimiter:
         return cls(limits, enforce=not pool_enforces_time_limits(pool), **options)
 
     @contextmanager
-    def limit(self, stage: Stage | str, run_id: int) -> Iterator[None]:
+    def limit(self, stage: Stage | str, run_id: int, *,
+              on_soft_limit: Callable[[], object] | None = None) -> Iterator[None]:
         """Run the ``with`` body as stage ``stage`` of run ``run_id``: raises :class:`StageTimedOut` when the body
-        passes the soft limit (whatever it raised or returned); ends the process at the hard limit."""
+        passes the soft limit (whatever it raised or returned); ends the process at the hard limit.
+
+        ``on_soft_limit`` marks a body run beside another stage, in a thread of its own: it is not interrupted but
+        ``on_soft_limit()`` is called (from the watch's thread) at its soft limit, and both limits apply whatever the
+        pool (none bounds such a thread)."""
         stage = Stage(stage)
         limit = self.limits[stage]
-        if not self.enforce:
+        beside = on_soft_limit is not None
+        if not self.enforce and not beside:
             from billiard.exceptions import SoftTimeLimitExceeded
 
             try:
@@ -221,11 +234,11 @@ class StageTimeLimiter:
             except SoftTimeLimitExceeded as exc:  # raised by the pool: recorded like ours
                 raise StageTimedOut(stage, limit.soft_s) from exc
             return
-        in_main = threading.current_thread() is threading.main_thread()
-        if not in_main and not self._warned_not_main:
+        in_main = threading.current_thread() is threading.main_thread() and not beside
+        if not in_main and not beside and not self._warned_not_main:
             self._warned_not_main = True
             LOGGER.warning("stages run outside the main thread: only their hard time limits are enforced")
-        watch = _StageWatch(stage, limit, in_main, lambda: self._end_process(run_id, stage, limit))
+        watch = _StageWatch(stage, limit, in_main, lambda: self._end_process(run_id, stage, limit), on_soft_limit)
         if in_main:
             watch.previous_handler = signal.signal(signal.SIGALRM, watch.on_alarm)
         watch.start()

@@ -13,6 +13,7 @@ each and the models run in a second or two instead of twenty.
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -122,16 +123,23 @@ def store_in_spool(settings, session_factory, datasets: list[Dataset], status: s
 
 
 class InlineDispatcher:
-    """Takes the stages the executor sends, for ``run_inline`` to run in this process in order: the executor's
-    contract without a broker."""
+    """Takes the stages the executor sends, for ``run_inline`` to run in this process in order, each when its
+    countdown (a retry's back-off) has passed: the executor's contract without a broker."""
 
     def __init__(self) -> None:
-        self.pending: list = []
+        self.pending: list = []  # (when it is due on the monotonic clock, ticket), in the order sent
         self.outcomes: list[tuple[str, str]] = []
 
     def dispatch(self, ticket, countdown: float = 0) -> bool:
-        self.pending.append(ticket)
+        self.pending.append((time.monotonic() + (countdown or 0), ticket))
         return True
+
+    def next_due(self):
+        """The first ticket due, once it is due (a broker holds a message with a countdown until then)."""
+        entry = min(self.pending, key=lambda pending: pending[0])
+        self.pending.remove(entry)
+        time.sleep(max(0.0, entry[0] - time.monotonic()))
+        return entry[1]
 
     def deliver(self, run_id: int) -> bool:
         return True
@@ -148,6 +156,6 @@ def run_inline(settings, session_factory, study_uid: str, handlers=None) -> Inli
     executor = StageExecutor(ledger, handlers or build_stage_handlers(settings, session_factory), dispatcher)
     dispatcher.dispatch(ledger.next_ticket(ledger.start_run(study_uid)))
     while dispatcher.pending:
-        ticket = dispatcher.pending.pop(0)
+        ticket = dispatcher.next_due()
         dispatcher.outcomes.append((ticket.stage.value, executor.execute(ticket.run_id, ticket.stage)))
     return dispatcher

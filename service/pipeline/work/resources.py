@@ -107,10 +107,12 @@ class _Lazy:
 
 class StageResources:
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
-                 vlm_factory: Callable[[], Any] | None = None) -> None:
+                 vlm_factory: Callable[[], Any] | None = None,
+                 experts_factory: Callable[[], Any] | None = None) -> None:
+        """``vlm_factory`` and ``experts_factory`` replace loading VILA-M3 and the expert registry from the settings."""
         self.settings = settings
         self.session_factory = session_factory
-        self._experts = _Lazy(self._make_registry)
+        self._experts = _Lazy(experts_factory or self._make_registry)
         from service.pipeline.work.vlm_loader import load_vlm
 
         self._vlm = _Lazy(vlm_factory or (lambda: load_vlm(settings)))

@@ -6,6 +6,8 @@ The route's expert runs BESIDE the model's first turn: the expert's message is s
 handler claims the expert stage itself (the ledger makes the claim exclusive) and runs it in a thread while turn 1 is
 generated, handing the agent a pending result. If another worker took the expert first, the handler waits for its
 result instead. Either way the expert stage is recorded as its own stage, and this stage ends only once it is done.
+That thread is bounded by the expert stage's own time limits, and when this stage ends while it still runs, the
+expert's claim is given back (``route_expert.py`` says how).
 
 Saved: every transcript (``transcripts.json``) and the overlay image the model saw as ``overlay.png``; when the model
 saw none (it answered without an expert), the route expert's labels are drawn on the slice it saw, so a viewer without
@@ -16,18 +18,21 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import threading
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from service.pipeline.executor import StageOutcome
-from service.pipeline.ledger import PipelineLedger, StageClaim
-from service.pipeline.stages import PermanentStageError, Stage, TransientStageError
+from service.pipeline.ledger import StageClaim
+from service.pipeline.stages import Stage, TransientStageError
+from service.pipeline.time_limits import StageTimedOut, StageTimeLimits
 from service.pipeline.work.expert import ExpertStage
 from service.pipeline.work.expert_record import expert_result_from_record
 from service.pipeline.work.resources import StageResources, load_arrays, write_atomically, write_json
+from service.pipeline.work.route_expert import RouteExpert
 
 __all__ = ["VlmStage", "RegistryExpert"]
 
@@ -59,8 +64,12 @@ def _model_seconds(transcript) -> float:
 
 
 class VlmStage:
-    def __init__(self, resources: StageResources) -> None:
+    def __init__(self, resources: StageResources, *, exit_process: Callable[[int], object] = os._exit) -> None:
+        """``exit_process`` ends the worker when the route's expert passes the expert stage's hard limit (tests pass
+        a recorder)."""
         self.resources = resources
+        self._exit_process = exit_process
+        self._expert_limits = StageTimeLimits.from_settings(resources.settings)
 
     def _agent(self, loaded):
         from engines.agent import AgentSettings, ConsultationAgent
@@ -79,15 +88,28 @@ class VlmStage:
         return ConsultationAgent(loaded.model, experts, template=loaded.template, settings=agent_settings)
 
     def __call__(self, claim: StageClaim) -> StageOutcome:
-        from engines.agent import ConsultationRequest, Modality, Outcome
         from engines.experts import ExpertInput
 
-        route = claim.route
         loaded = self.resources.vlm
         arrays = load_arrays(claim.results["prepare"]["input"])
         inputs = ExpertInput(arrays["volume"], arrays.get("affine"))
         started = time.perf_counter()
         offered, beside = self._route_expert(claim)
+        ended = "done"
+        try:
+            return self._consult(claim, loaded, inputs, offered, beside, started)
+        except BaseException as exc:
+            ended = f"{exc.__class__.__name__}: {exc}"
+            raise
+        finally:
+            if beside is not None:  # the route's expert must not stay claimed by a stage that has ended
+                beside.stop(f"given back: the vlm stage that ran it beside the model's first turn ended ({ended})")
+
+    def _consult(self, claim: StageClaim, loaded, inputs, offered, beside: RouteExpert | None,
+                 started: float) -> StageOutcome:
+        from engines.agent import ConsultationRequest, Modality, Outcome
+
+        route = claim.route
         agent = self._agent(loaded)
         consultations = []
         for question in route.get("questions") or ["Describe the image in detail."]:
@@ -124,67 +146,30 @@ class VlmStage:
     # -- the route's expert, beside turn 1 ---------------------------------------------------------------------------
 
     def _route_expert(self, claim: StageClaim):
-        """The route's expert result for the agent: ready-made when its stage is done, else pending (started here,
-        or awaited from the worker that took it). Returns (what the agent is offered, the future or None)."""
+        """The route's expert result for the agent: ready-made when its stage is done, else pending (run here, or
+        awaited from the worker that took it). Returns (what the agent is offered, the RouteExpert or None)."""
         from engines.agent import PendingExpertResult
 
         record = claim.results.get("expert")
         if record is not None:
             return expert_result_from_record(record), None
-        ledger = PipelineLedger(self.resources.session_factory)
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        expert_claim = ledger.claim(claim.run_id, Stage.EXPERT, claim.worker)
-        if expert_claim is not None:
-            target, args = self._run_expert, (ledger, expert_claim, future)
-            LOGGER.info("study %s: expert %s starts beside the model's first turn", claim.study_uid,
-                        claim.route["expert"])
-        else:
-            target, args = self._wait_for_expert, (ledger, claim.run_id, future)
-        threading.Thread(target=target, args=args, name="m3edge-route-expert", daemon=True).start()
-        pending = PendingExpertResult(claim.route["expert"], claim.route.get("argument"), future)
-        return pending, future
+        beside = RouteExpert(self.resources, ExpertStage(self.resources), claim, self._expert_limits,
+                             exit_process=self._exit_process)
+        beside.start()
+        return PendingExpertResult(claim.route["expert"], claim.route.get("argument"), beside.future), beside
 
-    def _run_expert(self, ledger: PipelineLedger, expert_claim: StageClaim, future) -> None:
-        try:
-            outcome = ExpertStage(self.resources)(expert_claim)
-        except TransientStageError as exc:
-            ledger.retry_later(expert_claim.run_id, Stage.EXPERT, str(exc))  # its own message retries it
-            future.set_exception(exc)
-        except PermanentStageError as exc:
-            ledger.fail(expert_claim.run_id, Stage.EXPERT, str(exc))
-            future.set_exception(exc)
-        except BaseException as exc:  # the expert stage fails visibly, as the executor would record it
-            ledger.fail(expert_claim.run_id, Stage.EXPERT, f"{exc.__class__.__name__}: {exc}")
-            future.set_exception(PermanentStageError(f"{exc.__class__.__name__}: {exc}"))
-        else:
-            ledger.finish(expert_claim.run_id, Stage.EXPERT, outcome.result)
-            future.set_result(expert_result_from_record(outcome.result))
-
-    def _wait_for_expert(self, ledger: PipelineLedger, run_id: int, future) -> None:
-        from service.db.models import StageStatus
-
-        deadline = time.monotonic() + self.resources.settings.expert_timeout_seconds
-        while True:
-            status, result, error = ledger.stage_state(run_id, Stage.EXPERT)
-            if status == StageStatus.DONE:
-                future.set_result(expert_result_from_record(result))
-                return
-            if status == StageStatus.FAILED:
-                future.set_exception(PermanentStageError(f"the route's expert failed: {error}"))
-                return
-            if time.monotonic() > deadline:
-                future.set_exception(TransientStageError("the route's expert is still running on another worker"))
-                return
-            time.sleep(0.2)
-
-    def _await_route_expert(self, offered, beside):
+    def _await_route_expert(self, offered, beside: RouteExpert | None):
         """The report needs the route's expert whatever the model said: wait for it before this stage ends."""
         if beside is None:
             return offered
         try:
-            return beside.result(timeout=self.resources.settings.expert_timeout_seconds)
+            return beside.future.result(timeout=self.resources.settings.expert_timeout_seconds)
         except concurrent.futures.TimeoutError as exc:
             raise TransientStageError("the route's expert did not finish in EXPERT_TIMEOUT_SECONDS") from exc
+        except StageTimedOut as exc:
+            if exc.stage is not Stage.EXPERT:  # this stage's own soft limit, interrupting the wait
+                raise
+            raise TransientStageError(f"the route's expert {exc}") from exc
 
     def _overlay(self, consultations, route, inputs, ready, folder: Path) -> tuple[str | None, str]:
         for consultation in consultations:

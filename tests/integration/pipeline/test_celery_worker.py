@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import timezone
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,11 @@ from tests.support.polling import wait_for
 
 REDIS_URL = "redis://127.0.0.1:6379/7"
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def _utc(moment):
+    """A database timestamp as an aware UTC datetime (SQLite gives them back without a time zone)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def start_worker(env, markers):
@@ -124,6 +130,9 @@ def test_a_hung_stage_is_interrupted_at_its_soft_limit_and_ends_its_worker_at_th
         expert = session.query(StageRun).filter_by(run_id=run_id, stage="expert").one()
         assert (expert.status, expert.attempts, expert.result) == (StageStatus.DONE, 3, {"stage": "expert",
                                                                                          "attempt": 3})
+        # The third attempt waited for the back-off the second one's timeout set, whatever message came first (the
+        # VLM stage, done before the expert, had sent the expert's message again).
+        assert expert.retry_at is not None and _utc(expert.started_at) >= _utc(expert.retry_at)
     assert supervisor.restarts == 1
     assert [r.getMessage() for r in caplog.records if "exited with status 75 (a stage ran past its hard time limit)"
             in r.getMessage()], "the worker did not end with the hard limit's exit status"

@@ -1,6 +1,7 @@
 """The pipeline's state machine on a real database: idempotent stages, retries, failures, reprocess, the sweeper."""
 
 from datetime import timedelta
+from typing import NamedTuple
 
 import pytest
 
@@ -8,12 +9,34 @@ from service.db.models import PipelineRun, StageRun, StageStatus, Study, StudySt
 from service.db.session import session_scope
 from service.pipeline.executor import StageExecutor, StageOutcome
 from service.pipeline.intake import PipelineIntake, PipelineSweeper
-from service.pipeline.ledger import PipelineLedger
+from service.pipeline.ledger import PipelineLedger, StageClaimLost, StageNotDue
 from service.pipeline.stages import PermanentStageError, Stage, StudySkipped, TransientStageError
 
 
+class SimulatedClock:
+    """The ledger's clock in these tests: it moves only when a test (or ``drain``) moves it, so a back-off passes
+    without waiting for it."""
+
+    def __init__(self):
+        self.now = utcnow()
+
+    def __call__(self):
+        return self.now
+
+    def advance_to(self, moment):
+        self.now = max(self.now, moment)
+
+
+class Sent(NamedTuple):
+    run_id: int
+    stage: Stage
+    countdown: float
+    due: object  # when the broker hands it to a worker: sent + countdown, on the ledger's clock
+
+
 class RecordingDispatcher:
-    """Test double for the Celery dispatcher: records tickets; can refuse like a broker that is down."""
+    """Test double for the Celery dispatcher: records tickets with when they are due; can refuse like a broker that
+    is down."""
 
     def __init__(self, ledger):
         self.ledger = ledger
@@ -24,7 +47,8 @@ class RecordingDispatcher:
     def dispatch(self, ticket, countdown=0):
         if not self.broker_up:
             return False
-        self.sent.append((ticket.run_id, ticket.stage, countdown))
+        self.sent.append(Sent(ticket.run_id, ticket.stage, countdown,
+                              self.ledger.clock() + timedelta(seconds=countdown or 0)))
         self.ledger.mark_queued(ticket)
         return True
 
@@ -49,16 +73,27 @@ def handlers(calls, overrides=None):
 EXPECTED_ORDER = [Stage.PLAN, Stage.PREPARE, Stage.VLM, Stage.EXPERT, Stage.REPORT, Stage.DELIVER]
 
 
+def deliver_next(executor, dispatcher):
+    """Hand the first message due to the executor, as the broker and a worker would (the clock moves to when it is
+    due); returns (the message, what the executor did)."""
+    message = min(dispatcher.sent, key=lambda sent: sent.due)  # the first sent among those due first
+    dispatcher.sent.remove(message)
+    dispatcher.ledger.clock.advance_to(message.due)
+    return message, executor.execute(message.run_id, message.stage)
+
+
 def drain(executor, dispatcher):
-    """Run every sent message in order, as a worker would."""
+    """Run every sent message when it is due, as a worker would; returns what each did."""
+    done = []
     while dispatcher.sent:
-        run_id, stage, _ = dispatcher.sent.pop(0)
-        executor.execute(run_id, stage)
+        message, outcome = deliver_next(executor, dispatcher)
+        done.append((message.stage, outcome))
+    return done
 
 
 @pytest.fixture
 def pipeline(session_factory):
-    ledger = PipelineLedger(session_factory, max_attempts=3)
+    ledger = PipelineLedger(session_factory, max_attempts=3, clock=SimulatedClock())
     dispatcher = RecordingDispatcher(ledger)
     return ledger, dispatcher, PipelineIntake(ledger, dispatcher)
 
@@ -139,9 +174,8 @@ def test_retry_messages_carry_the_backoff(session_factory, pipeline):
     intake.on_study_complete("1.2.3")
     seen = []
     while dispatcher.sent:
-        run_id, stage, countdown = dispatcher.sent.pop(0)
-        seen.append((stage, countdown))
-        executor.execute(run_id, stage)
+        message, _ = deliver_next(executor, dispatcher)
+        seen.append((message.stage, message.countdown))
     assert (Stage.EXPERT, 7.5) in seen
     assert attempts == [1, 2]
     assert study_state(session_factory)[0] is StudyStatus.DONE
@@ -227,7 +261,7 @@ def test_sweeper_takes_a_completed_study_whose_hook_never_ran(session_factory, p
     ledger, dispatcher, intake = pipeline
     add_study(session_factory, "1.2.4")
     PipelineSweeper(intake).sweep_once()
-    assert [s for _, s, _ in dispatcher.sent] == [Stage.PLAN]
+    assert [m.stage for m in dispatcher.sent] == [Stage.PLAN]
     assert study_state(session_factory, "1.2.4")[0] is StudyStatus.QUEUED
 
 
@@ -240,7 +274,7 @@ def test_sweeper_requeues_a_stage_whose_worker_was_lost(session_factory, pipelin
     # plan and prepare run, then a worker claims the expert stage and dies (kill -9): the row stays RUNNING.
     executor.execute(*dispatcher.sent.pop(0)[:2])
     executor.execute(*dispatcher.sent.pop(0)[:2])
-    assert [s for _, s, _ in dispatcher.sent] == [Stage.VLM, Stage.EXPERT]
+    assert [m.stage for m in dispatcher.sent] == [Stage.VLM, Stage.EXPERT]
     dispatcher.sent.clear()
     assert ledger.claim(run_id, Stage.EXPERT, "lost-worker") is not None
     assert ledger.stalled() == []  # within its time limit: left alone
@@ -271,3 +305,98 @@ def test_executor_needs_a_handler_for_every_stage(session_factory, pipeline):
     ledger, dispatcher, _ = pipeline
     with pytest.raises(ValueError, match="no handler for stages deliver"):
         StageExecutor(ledger, {s: (lambda c: StageOutcome()) for s in Stage if s is not Stage.DELIVER}, dispatcher)
+
+
+# -- back-off ----------------------------------------------------------------------------------------------------------
+
+
+def test_a_duplicate_message_for_a_stage_in_backoff_runs_it_only_once_its_backoff_has_passed(session_factory,
+                                                                                               pipeline):
+    ledger, dispatcher, intake = pipeline
+    add_study(session_factory)
+    clock = ledger.clock
+    expert_runs = []  # (attempt, the ledger's time when it started)
+
+    def expert(claim):
+        expert_runs.append((claim.attempt, clock()))
+        if claim.attempt == 1:
+            raise TransientStageError("CUDA out of memory")
+        return StageOutcome({"labels": "ok"})
+
+    calls = []
+    executor = StageExecutor(ledger, handlers(calls, {Stage.EXPERT: expert}), dispatcher, backoff=lambda n: 60.0)
+    run_id = intake.on_study_complete("1.2.3")
+    for expected in (Stage.PLAN, Stage.PREPARE, Stage.VLM):
+        assert deliver_next(executor, dispatcher) == ((run_id, expected, 0, clock()), "done")
+    # The VLM stage finished first: the expert is the next stage not done, so its group went out again.
+    assert [(m.stage, m.countdown) for m in dispatcher.sent] == [
+        (Stage.EXPERT, 0), (Stage.VLM, 0), (Stage.EXPERT, 0)]
+    assert deliver_next(executor, dispatcher)[1] == "retrying"
+    failed_at = clock()
+    assert deliver_next(executor, dispatcher)[1] == "not-claimed"  # the VLM stage is done
+    # The duplicate expert message arrives during the back-off: not run, sent again for when the back-off ends.
+    assert deliver_next(executor, dispatcher)[1] == "deferred"
+    assert [a for a, _ in expert_runs] == [1]
+    assert [(m.stage, m.countdown, m.due) for m in dispatcher.sent] == [
+        (Stage.EXPERT, 60.0, failed_at + timedelta(seconds=60)),  # the retry's own message
+        (Stage.EXPERT, 60.0, failed_at + timedelta(seconds=60)),  # the duplicate, sent again
+    ]
+    with pytest.raises(StageNotDue, match="stage expert of run .* waits for its retry") as refused:
+        ledger.claim(run_id, Stage.EXPERT, "another-worker")  # a message delivered early by any route
+    assert refused.value.wait_s == 60.0
+    outcomes = drain(executor, dispatcher)
+    assert [attempt for attempt, _ in expert_runs] == [1, 2]
+    assert expert_runs[1][1] - failed_at == timedelta(seconds=60)  # the retry ran when its back-off ended
+    assert [outcome for stage, outcome in outcomes if stage is Stage.EXPERT] == ["done", "not-claimed"]
+    assert [c[0] for c in calls] == [Stage.PLAN, Stage.PREPARE, Stage.VLM, Stage.REPORT, Stage.DELIVER]
+    assert study_state(session_factory)[0] is StudyStatus.DONE
+
+
+def test_the_sweeper_leaves_a_stage_in_backoff_alone_until_its_retry_is_due(session_factory, pipeline):
+    ledger, dispatcher, intake = pipeline
+    add_study(session_factory)
+    clock = ledger.clock
+    run_id = intake.on_study_complete("1.2.3")
+    executor = StageExecutor(ledger, handlers([]), dispatcher)
+    deliver_next(executor, dispatcher)  # plan
+    deliver_next(executor, dispatcher)  # prepare
+    dispatcher.sent.clear()
+    claim = ledger.claim(run_id, Stage.EXPERT, "gpu0")
+    ledger.retry_later(run_id, Stage.EXPERT, "busy", 300.0, attempt=claim.attempt)
+    retry_at = clock() + timedelta(seconds=300)
+    # The broker was down when the retry was to be sent: the stage is pending, and not due before its back-off ends.
+    assert ledger.stalled(now=retry_at - timedelta(seconds=1)) == []
+    assert [(t.run_id, t.stage) for t in ledger.stalled(now=retry_at)] == [(run_id, Stage.EXPERT)]
+    # The retry's message was sent (queued), then lost: re-sent once the back-off and the queue grace have passed,
+    # not after the grace alone.
+    dispatcher.dispatch(ledger.stalled(now=retry_at)[0], countdown=300.0)
+    assert ledger.stage_state(run_id, Stage.EXPERT)[0] is StageStatus.QUEUED
+    assert ledger.stalled(now=clock() + timedelta(minutes=4)) == []
+    assert ledger.stalled(now=retry_at + timedelta(minutes=1)) == []
+    assert [(t.run_id, t.stage) for t in ledger.stalled(now=retry_at + timedelta(minutes=3))] == [
+        (run_id, Stage.EXPERT)]
+
+
+def test_a_claim_given_back_can_no_longer_record_anything_and_the_stage_runs_again(session_factory, pipeline):
+    ledger, dispatcher, intake = pipeline
+    add_study(session_factory)
+    run_id = intake.on_study_complete("1.2.3")
+    executor = StageExecutor(ledger, handlers([]), dispatcher)
+    deliver_next(executor, dispatcher)
+    deliver_next(executor, dispatcher)
+    dispatcher.sent.clear()
+    held = ledger.claim(run_id, Stage.EXPERT, "gpu0")  # a thread of the VLM stage runs it
+    assert ledger.release(run_id, Stage.EXPERT, held.attempt, "given back: the vlm stage ended") is True
+    assert ledger.stage_state(run_id, Stage.EXPERT) == (StageStatus.PENDING, {}, "given back: the vlm stage ended")
+    assert ledger.release(run_id, Stage.EXPERT, held.attempt, "again") is False
+    ledger.note_error(run_id, Stage.EXPERT, "late note", attempt=held.attempt)  # not running under it: ignored
+    assert executor.execute(run_id, Stage.EXPERT) == "done"  # its own message runs it, as attempt 2
+    for late in (lambda: ledger.finish(run_id, Stage.EXPERT, {"late": True}, attempt=held.attempt),
+                 lambda: ledger.retry_later(run_id, Stage.EXPERT, "late", attempt=held.attempt),
+                 lambda: ledger.fail(run_id, Stage.EXPERT, "late", attempt=held.attempt)):
+        with pytest.raises(StageClaimLost, match="claim 1 of stage expert in run .* no longer holds"):
+            late()
+    assert ledger.stage_state(run_id, Stage.EXPERT) == (StageStatus.DONE, {"stage": "expert"}, "")
+    assert ledger.release(run_id, Stage.EXPERT, 2, "too late") is False
+    with session_scope(session_factory) as session:
+        assert session.query(StageRun).filter_by(run_id=run_id, stage="expert").one().attempts == 2

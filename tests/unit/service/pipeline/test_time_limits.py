@@ -30,7 +30,9 @@ from tests.support.polling import wait_for
 from tests.unit.service.pipeline.test_ledger_and_executor import (
     EXPECTED_ORDER,
     RecordingDispatcher,
+    SimulatedClock,
     add_study,
+    deliver_next,
     drain,
     handlers,
     study_state,
@@ -46,7 +48,8 @@ def expert_limits(soft_s, hard_s):
 
 @pytest.fixture
 def pipeline(session_factory):
-    ledger = PipelineLedger(session_factory, max_attempts=3, time_limits=expert_limits(0.2, HANG_S))
+    ledger = PipelineLedger(session_factory, max_attempts=3, time_limits=expert_limits(0.2, HANG_S),
+                            clock=SimulatedClock())
     dispatcher = RecordingDispatcher(ledger)
     return ledger, dispatcher, PipelineIntake(ledger, dispatcher)
 
@@ -111,9 +114,8 @@ def test_a_timed_out_attempt_is_retried_with_backoff_and_what_it_returned_is_not
     run_id = intake.on_study_complete("1.2.3")
     seen = []
     while dispatcher.sent:
-        sent_run, stage, countdown = dispatcher.sent.pop(0)
-        seen.append((stage, countdown))
-        executor.execute(sent_run, stage)
+        message, _ = deliver_next(executor, dispatcher)
+        seen.append((message.stage, message.countdown))
     assert swallowed == [1]
     assert (Stage.EXPERT, 4.0) in seen  # the retry waited its back-off
     assert study_state(session_factory)[0] is StudyStatus.DONE
