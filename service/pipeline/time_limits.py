@@ -271,7 +271,10 @@ class StageTimeLimiter:
             except Exception:
                 LOGGER.exception("could not note the hard time limit on stage %s of run %s", stage.value, run_id)
             for handler in logging.getLogger().handlers:
-                handler.flush()
+                try:
+                    handler.flush()
+                except Exception:  # noqa: BLE001 - a broken log stream must not keep the process from ending
+                    pass
 
         # The stuck stage may hold a lock this needs (the database's, a log handler's writing to a full pipe): the
         # process ends after a bounded wait whatever happens to it.
