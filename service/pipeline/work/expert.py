@@ -49,13 +49,14 @@ class ExpertStage:
 
         name, argument = claim.route["expert"], claim.route.get("argument")
         arrays = load_arrays(claim.results["prepare"]["input"])
-        started = time.perf_counter()
+        started, began_at = time.perf_counter(), time.time()
         result = run_expert(self.resources, name, argument, arrays)
         elapsed = time.perf_counter() - started
         digest = self.resources.model_digest(self.resources.settings.models_dir / EXPERT_FOLDERS[name])
         labels_path = self.resources.work_dir(claim.study_uid, claim.run_id) / "labels.npz"
         record = expert_result_record(result, labels_path, digest)
         record["elapsed_s"] = round(elapsed, 4)
+        record["model_window"] = [began_at, began_at + elapsed]  # wall clock: lets a reader tell overlap from sequence
         LOGGER.info("study %s: %s on %s in %.2f s%s", claim.study_uid, name, result.backend, elapsed,
                     " (DEMO weights)" if result.demo else "")
         return StageOutcome(result=record)

@@ -112,11 +112,13 @@ class VlmStage:
         route = claim.route
         agent = self._agent(loaded)
         consultations = []
+        consulting_since = time.time()
         for question in route.get("questions") or ["Describe the image in detail."]:
             request = ConsultationRequest(question, Modality(route["modality"]), inputs,
                                           brats_sequences=bool(route.get("brats_sequences")), ready_results=(offered,))
             consultations.append(agent.consult(request))
         consulted_s = time.perf_counter() - started
+        consulted_window = [consulting_since, time.time()]
         ready = self._await_route_expert(offered, beside)
         first = consultations[0].transcript
         if first.outcome is Outcome.MODEL_FAILED:
@@ -141,6 +143,7 @@ class VlmStage:
             "expert_beside_turn1": beside is not None,
             "stage_wall_s": round(time.perf_counter() - started, 4),
             "consultations_wall_s": round(consulted_s, 4),
+            "model_window": consulted_window,  # wall clock of the consultations (they include waits for the expert)
         })
 
     # -- the route's expert, beside turn 1 ---------------------------------------------------------------------------
