@@ -3,10 +3,31 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
+import socket
 from dataclasses import dataclass
 
-__all__ = ["validate_ae_title", "DicomAddress", "AllowedCaller"]
+__all__ = ["validate_ae_title", "DicomAddress", "AllowedCaller", "send_without_delay"]
+
+LOGGER = logging.getLogger(__name__)
+
+
+def send_without_delay(assoc) -> None:
+    """Turn Nagle's algorithm off on an association's socket (TCP_NODELAY), as dcmtk and Orthanc do when asked.
+
+    pynetdicom leaves it on: a PDU's last partial segment then waits for the peer's delayed ACK, which made sending an
+    SR, a SEG and three CT slices to Orthanc take 0.25 s instead of 0.07 s here. Called at connection open (SCU) and as
+    an accepted association is set up (SCP); a socket that refuses the option is left as it is.
+    """
+    wrapper = getattr(getattr(assoc, "dul", None), "socket", None)
+    sock = getattr(wrapper, "socket", None)
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError) as exc:  # not TCP, or already closed
+        LOGGER.debug("TCP_NODELAY not set: %s", exc)
 
 _AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # default character repertoire, no backslash
 

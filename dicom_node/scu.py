@@ -26,7 +26,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
-from dicom_node.network import DicomAddress, validate_ae_title
+from dicom_node.network import DicomAddress, send_without_delay, validate_ae_title
 
 __all__ = [
     "AssociationRejected",
@@ -195,8 +195,9 @@ class _Attempt:
             (evt.EVT_ACSE_RECV, self._on_acse),
         ]
 
-    def _on_open(self, _event) -> None:
+    def _on_open(self, event) -> None:
         self.connected = True
+        send_without_delay(event.assoc)
 
     def _on_accepted(self, _event) -> None:
         self.accepted = True

@@ -16,7 +16,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, _config, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicom_node.network import AllowedCaller
+from dicom_node.network import AllowedCaller, send_without_delay
 from dicom_node.qr import QueryRetrieveScp
 from dicom_node.scp.access import AccessPolicy
 from dicom_node.scp.admission import LOCAL_LIMIT_EXCEEDED, DiskAdmission
@@ -87,6 +87,10 @@ def server_tls_context(tls: _TlsSettings) -> ssl.SSLContext:
     elif tls.require_client_certificate:
         raise ValueError("DICOM_TLS.require_client_certificate needs DICOM_TLS.ca_certificates to check them against")
     return context
+
+
+def _connection_opened(event) -> None:
+    send_without_delay(event.assoc)  # C-GET/C-MOVE send large data sets back; responses go out at once
 
 
 class DicomNode:
@@ -204,6 +208,7 @@ class DicomNode:
             self._query_retrieve = self._query_retrieve_factory()
         tls = server_tls_context(settings.dicom_tls) if settings.dicom_tls is not None else None
         handlers = [
+            (evt.EVT_CONN_OPEN, _connection_opened),
             (evt.EVT_REQUESTED, self._on_association_requested),
             (evt.EVT_C_ECHO, handle_echo),
             (evt.EVT_C_STORE, handle_store, [self._spool, self._recorder, self._studies, self._clock]),
