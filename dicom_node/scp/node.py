@@ -27,6 +27,7 @@ from dicom_node.scp.handlers import (
     handle_store,
     utc_now,
 )
+from dicom_node.scp import uid_cache
 from dicom_node.scp.listener import SharedListener, shared_listener_server
 from dicom_node.scp.reactor import EventDrivenRequestHandler, SharedContexts
 from dicom_node.scp.recording import InstanceRecorder
@@ -187,6 +188,7 @@ class DicomNode:
         if self.is_running:
             return
         _config.LOG_REQUEST_IDENTIFIERS = False  # pynetdicom would log identifiers (patient data) otherwise
+        uid_cache.install()
         _config.LOG_RESPONSE_IDENTIFIERS = False
         if self._prepare_spool:
             self._spool.prepare()
