@@ -265,6 +265,8 @@ class ConsultationAgent:
         try:
             generation = self._model.generate(conversation, config)
         except (VlmError, RuntimeError, TimeoutError, OSError) as error:  # server down, CUDA out of memory, ...
+            if getattr(error, "interrupts_work", False):  # the caller's own time limit: not the model's failure
+                raise
             elapsed = run.timings[f"turn_{number}"] = self._clock() - begun
             run.model_error = f"turn {number}: the model failed: {type(error).__name__}: {error}"
             failed = Generation("", "", 0, 0, "error", 0.0, elapsed, run.backend, run.model)

@@ -122,7 +122,12 @@ class StageTimeLimits(Mapping[Stage, StageTimeLimit]):
 
 
 class StageTimedOut(TransientStageError):
-    """A stage ran past its soft time limit: retried like any transient error, and never taken as done."""
+    """A stage ran past its soft time limit: retried like any transient error, and never taken as done.
+
+    ``interrupts_work``: code that turns errors into results (the agent records a failing model call as a model
+    failure) lets it through, so the stage stops at its soft limit instead of going on to its next step."""
+
+    interrupts_work = True
 
     def __init__(self, stage: Stage | str, soft_s: float) -> None:
         self.stage = Stage(stage)

@@ -174,6 +174,14 @@ def test_a_model_error_in_turn_1_is_a_model_failure(step, detail):
     assert transcript.turns[0].user_text.endswith("This is a CT image.\nIs there a hepatic tumor in this image?")
 
 
+def test_the_stages_soft_time_limit_in_a_model_call_is_not_recorded_as_a_model_failure():
+    """The pipeline's soft limit arrives as StageTimedOut inside generate(): the stage must stop there."""
+    from service.pipeline.time_limits import StageTimedOut
+
+    with pytest.raises(StageTimedOut):
+        _consult(ScriptedModel(Scripted(error=StageTimedOut("vlm", 1770))), [_vista3d()])
+
+
 def test_a_model_error_in_turn_2_keeps_the_expert_result():
     consultation = _consult(ScriptedModel(TRIGGER, failing_model_error()), [_vista3d()])
     transcript = consultation.transcript
