@@ -66,8 +66,8 @@ def probe(directory: Path) -> tuple[str, AnonymousLinker] | None:
     candidates: list[tuple[str, Callable[[], AnonymousLinker]]] = [
         ("linkat(AT_EMPTY_PATH)", _empty_path_linker), ("linkat(/proc/self/fd)", lambda: _proc_linker),
     ]
-    for name, make in candidates:
-        target = directory / f".probe-{os.getpid()}-{name[7:10]}"
+    for number, (name, make) in enumerate(candidates):
+        target = directory / f".probe-{os.getpid()}-{number}"
         fd = -1
         try:
             link = make()

@@ -6,8 +6,7 @@ spool, and sends every instance to the parent's recorder over a pipe, waiting fo
 C-STORE. Given a picklable ``recorder_factory``, each child records through its own recorder instead (its own
 database connection and group commit: no round trip through the parent per instance, which costs about as much CPU as
 the commit itself). Given a picklable ``query_retrieve_factory``, each child builds its own Query/Retrieve SCP (its own
-database connections: Q/R only reads, and audits). The database stays single-writer (the parent), so group commit still batches across all children. A child
-exits when the parent asks or dies.
+database connections: Q/R only reads, and audits). A child exits when the parent asks or dies.
 """
 
 from __future__ import annotations

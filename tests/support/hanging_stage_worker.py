@@ -19,14 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from service.config import Settings
-from service.db.session import create_db_engine, make_session_factory
-from service.logs import configure_logging
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import PipelineLedger
 from service.pipeline.stages import Stage
 from service.pipeline.time_limits import StageTimedOut
-from service.pipeline.worker import PipelineWorker
+from tests.support.pipeline_worker import run_test_worker
 
 HANG_S = 120.0
 
@@ -52,14 +49,7 @@ def hanging_expert_handlers(markers: Path, ledger: PipelineLedger):
 
 def main() -> None:
     markers = Path(sys.argv[1])
-    settings = Settings.load()
-    configure_logging("INFO")
-    factory = make_session_factory(create_db_engine(settings.effective_database_url))
-    ledger = PipelineLedger(factory)
-    worker = PipelineWorker(settings, factory, lambda: hanging_expert_handlers(markers, ledger),
-                            ["cpu.urgent", "gpu.urgent", "io.urgent", "cpu", "gpu", "io"], name="test-worker@localhost",
-                            sweeper_interval_s=1.0)
-    worker.run()
+    run_test_worker(lambda ledger: hanging_expert_handlers(markers, ledger))
 
 
 if __name__ == "__main__":

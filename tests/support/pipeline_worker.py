@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from service.config import Settings
 from service.db.session import create_db_engine, make_session_factory
 from service.logs import configure_logging
 from service.pipeline.executor import StageOutcome
+from service.pipeline.ledger import PipelineLedger
 from service.pipeline.stages import Stage
 from service.pipeline.worker import PipelineWorker
 
@@ -32,14 +34,20 @@ def recording_handlers(markers: Path):
     return {stage: make(stage) for stage in Stage}
 
 
-def main() -> None:
-    markers = Path(sys.argv[1])
+def run_test_worker(handlers_for: Callable[[PipelineLedger], dict]) -> None:
+    """Run a worker on every queue with the handlers ``handlers_for(ledger)`` gives (settings from the environment)."""
     settings = Settings.load()
     configure_logging("INFO")
     factory = make_session_factory(create_db_engine(settings.effective_database_url))
-    worker = PipelineWorker(settings, factory, lambda: recording_handlers(markers), ["cpu.urgent", "gpu.urgent",
-                            "io.urgent", "cpu", "gpu", "io"], name="test-worker@localhost", sweeper_interval_s=1.0)
+    ledger = PipelineLedger(factory)
+    worker = PipelineWorker(settings, factory, lambda: handlers_for(ledger), ["cpu.urgent", "gpu.urgent", "io.urgent",
+                            "cpu", "gpu", "io"], name="test-worker@localhost", sweeper_interval_s=1.0)
     worker.run()
+
+
+def main() -> None:
+    markers = Path(sys.argv[1])
+    run_test_worker(lambda _ledger: recording_handlers(markers))
 
 
 if __name__ == "__main__":

@@ -239,3 +239,27 @@ def test_concurrent_writers_each_return_after_a_directory_fsync_that_began_after
     for path, returned in returned_at.items():
         assert any(linked_at[path] < started and finished < returned for started, finished in fsyncs), path
     assert len(fsyncs) < 24 + 2  # shared: never more than one per writer (plus the study and series directories)
+
+
+def test_the_probe_tries_each_way_of_naming_an_unnamed_file_in_the_spool_itself(tmp_path, monkeypatch):
+    """Where AT_EMPTY_PATH is refused (no CAP_DAC_READ_SEARCH before Linux 6.10), /proc/self/fd is tried next, with a
+    probe file directly in the spool folder; nothing is left behind either way."""
+    from dicom_node.scp import anonymous_files
+
+    tried: list[Path] = []
+
+    def refused() -> anonymous_files.AnonymousLinker:
+        def link(fd: int, target: str) -> None:
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        return link
+
+    def proc_linker(fd: int, target: str) -> None:
+        tried.append(Path(target))
+        os.link(f"/proc/self/fd/{fd}", target, follow_symlinks=True)
+
+    monkeypatch.setattr(anonymous_files, "_empty_path_linker", refused)
+    monkeypatch.setattr(anonymous_files, "_proc_linker", proc_linker)
+    found = anonymous_files.probe(tmp_path)
+    assert [p.parent for p in tried] == [tmp_path]
+    assert found is None or found[0] == "linkat(/proc/self/fd)"  # this sandbox refuses /proc links (EXDEV)
+    assert list(tmp_path.iterdir()) == []
