@@ -65,17 +65,21 @@ def _frame(labels: np.ndarray, to_voxel: np.ndarray, image: Dataset) -> np.ndarr
             f"{np.round(origin, 3).tolist()}, between voxels"
         )
     rows, columns = int(image.Rows), int(image.Columns)
-    index: list[np.ndarray | int] = [int(start[axis]) for axis in range(3)]
-    index[column_axis] = int(start[column_axis]) + column_sign * np.arange(columns)[None, :]
-    index[row_axis] = int(start[row_axis]) + row_sign * np.arange(rows)[:, None]
-    for axis in range(3):
-        values = np.asarray(index[axis])
-        if values.min() < 0 or values.max() >= labels.shape[axis]:
-            raise ValueError(
-                f"labels of shape {labels.shape} do not cover instance {image.SOPInstanceUID}: "
-                "give the label volume on the source series' own grid"
-            )
-    return labels[tuple(index)]
+    first = [int(start[axis]) for axis in range(3)]
+    last = list(first)
+    last[column_axis] += column_sign * (columns - 1)
+    last[row_axis] += row_sign * (rows - 1)
+    if min(first + last) < 0 or any(max(a, b) >= n for a, b, n in zip(first, last, labels.shape)):
+        raise ValueError(
+            f"labels of shape {labels.shape} do not cover instance {image.SOPInstanceUID}: "
+            "give the label volume on the source series' own grid"
+        )
+    window: list[slice | int] = list(first)
+    for axis, sign in ((column_axis, column_sign), (row_axis, row_sign)):
+        stop = last[axis] + sign
+        window[axis] = slice(first[axis], None if stop < 0 else stop, sign)
+    frame = labels[tuple(window)]  # a view: the two in-plane axes in volume order
+    return frame.T if row_axis > column_axis else frame
 
 
 def frames_on_source_grid(segmentation: LabelSegmentation, source_images: tuple[Dataset, ...]) -> np.ndarray:
@@ -87,7 +91,13 @@ def frames_on_source_grid(segmentation: LabelSegmentation, source_images: tuple[
             if keyword not in image:
                 raise ValueError(f"source instance {image.SOPInstanceUID} lacks {keyword}, needed to place its frame")
     to_voxel = np.linalg.inv(segmentation.affine)
-    return np.stack([_frame(segmentation.labels, to_voxel, image) for image in source_images])
+    frames = [_frame(segmentation.labels, to_voxel, image) for image in source_images]
+    if len({frame.shape for frame in frames}) != 1:
+        raise ValueError("source instances differ in Rows or Columns: give the instances of one regular series")
+    stacked = np.empty((len(frames), *frames[0].shape), dtype=segmentation.labels.dtype)  # C order, as highdicom
+    for index, frame in enumerate(frames):  # reads frame by frame
+        stacked[index] = frame
+    return stacked
 
 
 def segment_pixels(frames: np.ndarray, segments: tuple[StructureSegment, ...]) -> np.ndarray:
@@ -96,10 +106,12 @@ def segment_pixels(frames: np.ndarray, segments: tuple[StructureSegment, ...]) -
     (BraTS' overlapping TC/WT/ET)."""
     ids = [segment.label_ids[0] for segment in segments]
     if all(len(segment.label_ids) == 1 for segment in segments) and len(set(ids)) == len(ids):
-        lookup = np.zeros(max(ids) + 1, dtype=np.uint8 if len(segments) < 256 else np.uint16)
+        dtype = np.uint8 if len(segments) < 256 else np.uint16
+        if frames.size and int(frames.min()) < 0:
+            frames = np.where(frames < 0, 0, frames)  # negative ids are no segment, as other unknown ids
+        lookup = np.zeros(max(max(ids), int(frames.max(initial=0))) + 1, dtype=dtype)
         lookup[ids] = np.arange(1, len(segments) + 1)
-        inside = (frames >= 0) & (frames <= max(ids))
-        return np.where(inside, lookup[np.clip(frames, 0, max(ids))], 0).astype(lookup.dtype)
+        return lookup[frames]
     return np.stack([np.isin(frames, segment.label_ids) for segment in segments], axis=-1)
 
 

@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 from dicom_node.results import LabelSegmentation, StructureSegment, build_segmentation, frames_on_source_grid
+from dicom_node.results.seg import segment_pixels
 from dicom_node.results.content import AlgorithmIdentity
 from tests.support.result_cases import FIXED_TIME, brain_case, ct_case, cxr_case
 
@@ -39,6 +40,50 @@ def test_a_volume_reoriented_to_ras_gives_the_same_frames():
     np.testing.assert_array_equal(
         frames_on_source_grid(ras, findings.source_images), np.transpose(case.labels, (2, 1, 0))
     )
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (1, 0, 2), (2, 1, 0), (2, 0, 1), (1, 2, 0)])
+@pytest.mark.parametrize("flips", [(), (0,), (1, 2), (0, 1, 2)])
+def test_any_axis_order_and_flip_of_the_volume_gives_the_same_frames(order, flips):
+    case = ct_case()
+    findings = case.content.findings
+    labels = np.transpose(case.labels, order)  # labels[i'] = case.labels[i], i[order[k]] = i'[k]
+    permute = np.zeros((4, 4))
+    permute[3, 3] = 1.0
+    for k, axis in enumerate(order):
+        permute[axis, k] = 1.0
+    flip = np.eye(4)
+    for axis in flips:
+        labels = np.flip(labels, axis)
+        flip[axis, axis], flip[axis, 3] = -1.0, labels.shape[axis] - 1
+    moved = LabelSegmentation(np.ascontiguousarray(labels), findings.segmentation.affine @ permute @ flip,
+                              findings.segmentation.segments)
+    np.testing.assert_array_equal(
+        frames_on_source_grid(moved, findings.source_images), np.transpose(case.labels, (2, 1, 0))
+    )
+
+
+def test_source_instances_of_different_sizes_are_refused():
+    import copy
+
+    findings = ct_case().content.findings
+    sources = [copy.deepcopy(image) for image in findings.source_images]
+    sources[2].Rows = int(sources[2].Rows) - 4
+    with pytest.raises(ValueError, match="differ in Rows or Columns"):
+        frames_on_source_grid(findings.segmentation, tuple(sources))
+
+
+def test_segment_pixels_number_the_segments_and_drop_labels_not_asked_for():
+    frames = np.array([[[0, 5, 14], [26, 99, -1], [5, 300, 1]]], dtype=np.int16)
+    segments = tuple(StructureSegment(name, (label,)) for name, label in
+                     (("liver", 1), ("right kidney", 5), ("left kidney", 14), ("hepatic tumor", 26)))
+    pixels = segment_pixels(frames, segments)
+    assert pixels.dtype == np.uint8
+    np.testing.assert_array_equal(pixels, [[[0, 2, 3], [4, 0, 0], [2, 0, 1]]])
+    overlapping = (StructureSegment("tumor core", (1, 4)), StructureSegment("whole tumor", (1, 2, 4)))
+    masks = segment_pixels(np.array([[[0, 1, 2, 4, 7]]]), overlapping)
+    np.testing.assert_array_equal(masks[..., 0], [[[False, True, False, True, False]]])
+    np.testing.assert_array_equal(masks[..., 1], [[[False, True, True, True, False]]])
 
 
 def test_labels_off_the_source_grid_are_refused():

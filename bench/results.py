@@ -1,0 +1,161 @@
+"""Result writers benchmark: the SEG and the draft SR of a CT study, encoded by m3edge and by pydicom.
+
+``python -m bench.results`` builds, for two CT studies, the expert's SEG and the draft SR exactly as the report stage
+does (``build_segmentation``, ``build_draft_report``), then writes each object ``--rounds`` times with m3edge's
+``write_result`` and with the peer, pydicom's own ``save_as(enforce_file_format=True)``, on the same object (the bytes
+are checked to be the same). It prints the medians and the ratio pydicom / m3edge:
+
+- ``demo``: the pipeline benchmark's CT (48 x 48 x 24) with 31 VISTA3D structures, about 20 per slice;
+- ``full``: a VISTA3D-sized result, ``--size`` x ``--size`` x ``--slices`` with ``--structures`` ellipsoidal organs
+  (default 512 x 512 x 160, 40): thousands of SEG frames, the cost a real CT brings.
+
+Building is highdicom's (the same for both writers) and is shown for scale. Compare within one run: the machine's
+other load shows in every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _headers(datasets):
+    """What the report stage reads: the source instances without their pixels."""
+    headers = []
+    for dataset in datasets:
+        header = copy.deepcopy(dataset)
+        del header.PixelData
+        headers.append(header)
+    return headers
+
+
+def _organs(shape, count: int, seed: int = 7) -> np.ndarray:
+    """``count`` ellipsoids (label ids 1..count) of 10 to 30 % of the field of view, later ones painted over."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, dtype=np.uint8)
+    for label in range(1, count + 1):
+        centre = rng.uniform(0.25, 0.75, 3) * shape
+        radii = np.maximum(rng.uniform(0.05, 0.15, 3) * shape, 2)
+        low = np.maximum(np.floor(centre - radii).astype(int), 0)
+        high = np.minimum(np.ceil(centre + radii).astype(int) + 1, shape)
+        grid = np.ogrid[tuple(slice(a, b) for a, b in zip(low, high))]
+        inside = sum(((g - c) / r) ** 2 for g, c, r in zip(grid, centre, radii)) <= 1.0
+        labels[tuple(slice(a, b) for a, b in zip(low, high))][inside] = label
+    return labels
+
+
+def _case(name: str, size: int, slices: int, structures: int):
+    from dicom_node.results import (AlgorithmIdentity, DraftReportContent, ExpertFindings, LabelSegmentation,
+                                    Narrative, ResultUids, StructureSegment)
+    from engines.experts.labels import vista3d_label_names
+    from tests.support.pipeline_study import ct_study
+    from tests.support.synthetic_series import SyntheticStudy, axial_geometry, ct_series
+
+    if name == "demo":
+        sources = _headers(ct_study())
+    else:
+        geometry = axial_geometry(size, size, slices, pixel_spacing=(0.78, 0.78), slice_spacing=1.5)
+        sources = _headers(ct_series(np.zeros((size, size, slices), np.float32), geometry,
+                                     study=SyntheticStudy(patient_id="M3E-BENCH")))
+    first, second = sources[0], sources[1]
+    columns, rows, spacing = (np.asarray(first.ImageOrientationPatient[:3], float),
+                              np.asarray(first.ImageOrientationPatient[3:], float), first.PixelSpacing)
+    lps = np.eye(4)
+    lps[:3, 0] = columns * float(spacing[1])
+    lps[:3, 1] = rows * float(spacing[0])
+    lps[:3, 2] = np.subtract(second.ImagePositionPatient, first.ImagePositionPatient, dtype=float)
+    lps[:3, 3] = np.asarray(first.ImagePositionPatient, float)
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    shape = (int(first.Columns), int(first.Rows), len(sources))
+    names = [n for _, n in sorted(vista3d_label_names().items()) if n][:structures]
+    labels = _organs(shape, len(names))
+    segments = tuple(StructureSegment(n, (i,), 1.0) for i, n in enumerate(names, start=1)
+                     if np.any(labels == i))
+    expert = AlgorithmIdentity("VISTA3D", "0.5.4", "NVIDIA", "tensorrt", "sha256:" + "cd" * 32, demo=True)
+    vlm = AlgorithmIdentity("VILA-M3-8B", "1.0", "NVIDIA", "tensorrt-llm", "sha256:" + "ab" * 32, demo=True)
+    findings = ExpertFindings(expert, tuple(sources), LabelSegmentation(labels, affine, segments))
+    content = DraftReportContent(findings, Narrative("Describe the findings.", "Organs segmented. " * 20), vlm)
+    return content, ResultUids("1.2.826.0.1.3680043.10.1177", str(first.StudyInstanceUID), "run-bench")
+
+
+def _timed(function, rounds: int) -> tuple[float, object]:
+    seconds, result = [], None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        result = function()
+        seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds), result
+
+
+def _measure(name: str, rounds: int, size: int, slices: int, structures: int) -> dict:
+    from dicom_node.results import build_draft_report, build_segmentation, write_result
+
+    content, uids = _case(name, size, slices, structures)
+    build_segmentation(content.findings, uids)  # warm-up: highdicom's first SEG loads its tables
+    build_seg, seg = _timed(lambda: build_segmentation(content.findings, uids), max(1, rounds // 2))
+    build_sr, sr = _timed(lambda: build_draft_report(content, uids, segmentation=seg), rounds)
+    row = {"case": name, "frames": int(seg.NumberOfFrames), "segments": len(seg.SegmentSequence),
+           "build_seg_s": build_seg, "build_sr_s": build_sr}
+    for kind, dataset in (("seg", seg), ("sr", sr)):
+        def ours(dataset=dataset) -> bytes:
+            buffer = io.BytesIO()
+            write_result(dataset, buffer)
+            return buffer.getvalue()
+
+        def peer(dataset=dataset) -> bytes:
+            buffer = io.BytesIO()
+            dataset.save_as(buffer, enforce_file_format=True)
+            return buffer.getvalue()
+
+        ours_s, ours_bytes = _timed(ours, rounds)
+        peer_s, peer_bytes = _timed(peer, rounds)
+        if ours_bytes != peer_bytes:
+            raise SystemExit(f"{name} {kind}: write_result and pydicom wrote different bytes")
+        row.update({f"{kind}_bytes": len(ours_bytes), f"{kind}_m3edge_s": ours_s, f"{kind}_pydicom_s": peer_s,
+                    f"{kind}_ratio": peer_s / ours_s})
+    return row
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5, help="writes per object and writer (median)")
+    parser.add_argument("--size", type=int, default=512, help="rows and columns of the full-size CT")
+    parser.add_argument("--slices", type=int, default=160, help="slices of the full-size CT")
+    parser.add_argument("--structures", type=int, default=40, help="VISTA3D structures in the full-size CT")
+    parser.add_argument("--cases", default="demo,full", help="comma-separated: demo, full")
+    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    args = parser.parse_args(argv)
+    rows = []
+    for name in args.cases.split(","):
+        _log(f"measuring {name} ...")
+        structures = 31 if name == "demo" else args.structures
+        rows.append(_measure(name, args.rounds, args.size, args.slices, structures))
+    print(f"{'case':6} {'frames':>7} {'MB':>6}  {'build SEG s':>11}  {'write SEG: m3edge s':>19} {'pydicom s':>9} "
+          f"{'ratio':>6}  {'build SR s':>10}  {'write SR: m3edge s':>18} {'pydicom s':>9} {'ratio':>6}")
+    for r in rows:
+        print(f"{r['case']:6} {r['frames']:7d} {r['seg_bytes'] / 1e6:6.1f}  {r['build_seg_s']:11.3f}  "
+              f"{r['seg_m3edge_s']:19.3f} {r['seg_pydicom_s']:9.3f} {r['seg_ratio']:6.2f}  {r['build_sr_s']:10.3f}  "
+              f"{r['sr_m3edge_s']:18.3f} {r['sr_pydicom_s']:9.3f} {r['sr_ratio']:6.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
