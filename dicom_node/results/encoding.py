@@ -8,13 +8,20 @@ common cases directly (sequences and items; UI, CS, DA, TM and the other ASCII s
 ASCII values of the text VRs under a single-byte or UTF-8 character set) and hands every other element, unchanged, to
 pydicom's own ``write_data_element``: person names, text that is not ASCII or under ISO 2022 code extensions, bulk
 data, values over the 16-bit length limit, undefined lengths other than a sequence's, anything unusual. The output is
-byte for byte what pydicom writes; the tests compare the two on every kind of object we write and on a dataset that
-holds every VR and each edge named here.
+byte for byte what pydicom writes for a dataset built in memory, and errors are raised as pydicom raises them; the
+tests compare the two on every kind of object we write, on a dataset that holds every VR and each edge named here,
+and on generated datasets.
+
+One difference, on purpose: elements still undecoded from a source file (highdicom copies a source's sequences, such
+as Procedure Code, as read) are decoded and encoded again in the result's character set, as every other element.
+pydicom writes such elements' bytes as read when the source was Explicit VR Little Endian too, which puts, say, the
+ISO 8859-1 bytes of a source item inside a UTF-8 result; here they become UTF-8 (and any extra padding goes).
 """
 
 from __future__ import annotations
 
 import struct
+import traceback
 from struct import pack
 
 from pydicom import filewriter
@@ -109,7 +116,7 @@ def _value(element: DataElement, encodings: list[str], charsets: _Encodings) -> 
                 return pack("<" + fmt, value)
             if isinstance(value, _MULTI) and element.tag not in _LUT_DESCRIPTOR_TAGS:
                 return pack(f"<{len(value)}{fmt}", *value)
-        except struct.error:
+        except (struct.error, OverflowError):
             pass  # pydicom raises its own error for it
         return None
     if vr in _TEXT_VRS and encodings[0] in _ASCII_TRANSPARENT:
@@ -159,12 +166,16 @@ def _body(dataset: Dataset, parent_encoding, charsets: _Encodings) -> bytes:
     dataset_encoding = dataset.get("SpecificCharacterSet", parent_encoding)
     encodings = charsets(dataset_encoding)
     parts = []
-    for tag in sorted(dataset._dict):
-        if tag & 0xFFFF == 0 and tag >> 16 > 6:
-            continue  # retired group length, as pydicom leaves out
-        element = dataset[tag]  # a raw element is decoded, as pydicom does for a dataset built in memory
-        encoded = None if element.VR is None or len(element.VR) != 2 else _element(element, encodings, charsets)
-        parts.append(encoded if encoded is not None else _by_pydicom(element, dataset_encoding))
+    tag = None
+    try:
+        for tag in sorted(dataset._dict):
+            if tag & 0xFFFF == 0 and tag >> 16 > 6:
+                continue  # retired group length, as pydicom leaves out
+            element = dataset[tag]  # decoded: see the module's note on elements copied from a file
+            encoded = None if element.VR is None or len(element.VR) != 2 else _element(element, encodings, charsets)
+            parts.append(encoded if encoded is not None else _by_pydicom(element, dataset_encoding))
+    except Exception as exc:  # as pydicom's tag_in_exception, which write_dataset wraps each element in
+        raise type(exc)(f"With tag {tag} got exception: {exc}\n{traceback.format_exc()}") from exc
     return b"".join(parts)
 
 

@@ -39,20 +39,20 @@ def write_result(dataset: Dataset, handle: BinaryIO) -> None:
     if "TransferSyntaxUID" not in getattr(dataset, "file_meta", {}):
         raise ValueError("dataset has no file meta Transfer Syntax UID: build it with highdicom")
     syntax = UID(dataset.file_meta.TransferSyntaxUID)
-    filewriter.correct_ambiguous_vr(dataset, syntax.is_little_endian)
     if syntax != ExplicitVRLittleEndian:
-        dataset.save_as(handle, enforce_file_format=True)
+        dataset.save_as(handle, enforce_file_format=True)  # pydicom corrects the ambiguous VRs itself
         return
+    # pydicom's order: every check before anything is changed or written
     if any(tag >> 16 in (0, 2) for tag in dataset._dict):
         raise ValueError("command (0000,eeee) and file meta (0002,eeee) elements belong outside the dataset")
     preamble = getattr(dataset, "preamble", None) or b"\x00" * 128
     if len(preamble) != 128:
         raise ValueError(f"the preamble must be 128 bytes long, not {len(preamble)}")
+    meta = filewriter.DicomBytesIO()
+    filewriter.write_file_meta_info(meta, _file_meta(dataset), enforce_standard=True)  # validates it
     if "PixelData" in dataset:
         dataset["PixelData"].is_undefined_length = False  # native pixel data in this syntax, as pydicom sets it
+    filewriter.correct_ambiguous_vr(dataset, True)
     body = encode_dataset(dataset)
-    handle.write(preamble + b"DICM")
-    meta = filewriter.DicomBytesIO()
-    filewriter.write_file_meta_info(meta, _file_meta(dataset), enforce_standard=True)
-    handle.write(meta.getvalue())
+    handle.write(preamble + b"DICM" + meta.getvalue())
     handle.write(body)
