@@ -6,7 +6,8 @@ for every sequence item at every depth: a SEG's per-frame functional groups or a
 ancestor, and then each element costs it a buffer, a charset conversion and a dispatch. ``write_result`` corrects the
 whole tree once, lets pydicom write the preamble and the file meta information, and encodes the dataset itself with
 ``encoding.encode_dataset`` (Explicit VR Little Endian, what highdicom builds our objects in). The bytes are the same as
-``dataset.save_as(..., enforce_file_format=True)`` writes; any other transfer syntax is written by pydicom.
+``dataset.save_as(..., enforce_file_format=True)`` writes (but for elements copied undecoded from a source file: see
+``encoding``); any other transfer syntax is written by pydicom.
 """
 
 from __future__ import annotations
