@@ -24,7 +24,17 @@ from pydantic_settings import (
 
 from dicom_node.network import AllowedCaller, DicomAddress
 
-__all__ = ["Settings", "VlmBackend", "PredictorBackend", "ConfigurationError"]
+__all__ = ["Settings", "VlmBackend", "PredictorBackend", "ConfigurationError", "default_receivers"]
+
+
+def default_receivers() -> int:
+    """``DICOM_RECEIVERS=auto``: one receiving process per CPU core this process may run on, at most 4 (beyond that
+    the syncs of the spool and the database, not the CPU, set the pace)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 4))
 
 
 class ConfigurationError(ValueError):
@@ -86,7 +96,10 @@ class Settings(BaseSettings):
     dicom_max_associations: int = Field(16, ge=1)
     dicom_max_pdu_size: int = Field(1_048_576, ge=0, description="Largest P-DATA PDU we accept (0 = unlimited).")
     dicom_tls: TlsSettings | None = None
-    dicom_receivers: int = Field(1, ge=1, le=64, description="Receiving processes sharing the DICOM port.")
+    dicom_receivers: int = Field(
+        default_factory=lambda: default_receivers(), ge=1, le=64,
+        description="Receiving processes sharing the DICOM port; 'auto' (the default): one per CPU core, at most 4.",
+    )
 
     spool_high_water_percent: float = Field(
         95.0, gt=0, le=100, description="Refuse new associations when the spool's disk is fuller than this."
@@ -161,6 +174,11 @@ class Settings(BaseSettings):
     def _parse_destinations(cls, value: Any) -> Any:
         value = _split_list(value)
         return [DicomAddress.parse(v) if isinstance(v, str) else v for v in value]
+
+    @field_validator("dicom_receivers", mode="before")
+    @classmethod
+    def _auto_receivers(cls, value: Any) -> Any:
+        return default_receivers() if isinstance(value, str) and value.strip().lower() == "auto" else value
 
     @field_validator("dicom_ae_title")
     @classmethod

@@ -18,7 +18,9 @@ __all__ = ["running_node", "instances_in_db", "study_row", "node_settings"]
 
 
 def node_settings(home: Path, **overrides) -> Settings:
-    values = {"home": home, "dicom_host": "127.0.0.1", "dicom_port": 0, "spool_reserve_bytes": 0}
+    # one receiving process unless a test asks for more: most tests hand the node in-process doubles (spool,
+    # recorder, clock) that only a single process uses
+    values = {"home": home, "dicom_host": "127.0.0.1", "dicom_port": 0, "spool_reserve_bytes": 0, "dicom_receivers": 1}
     values.update(overrides)
     return Settings(**values)
 

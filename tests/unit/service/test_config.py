@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from dicom_node.network import AllowedCaller, DicomAddress
-from service.config import ConfigurationError, PredictorBackend, Settings, VlmBackend
+from service.config import ConfigurationError, PredictorBackend, Settings, VlmBackend, default_receivers
 
 
 @pytest.fixture(autouse=True)
@@ -24,6 +24,24 @@ def test_defaults_are_the_embedded_mode():
     assert settings.effective_database_url.startswith("sqlite:///") and settings.effective_database_url.endswith("var/m3edge.db")
     assert settings.vlm_backend is VlmBackend.VILA
     assert settings.predictor_backend is PredictorBackend.AUTO
+
+
+@pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 2), (3, 3), (16, 4)])
+def test_dicom_receivers_default_to_one_per_core_at_most_four(monkeypatch, cores, expected):
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(cores)))
+    assert default_receivers() == expected
+    assert Settings.load().dicom_receivers == expected
+    monkeypatch.setenv("M3EDGE_DICOM_RECEIVERS", "auto")
+    assert Settings.load().dicom_receivers == expected
+    monkeypatch.setenv("M3EDGE_DICOM_RECEIVERS", "6")
+    assert Settings.load().dicom_receivers == 6
+
+
+def test_dicom_receivers_must_be_a_count_or_auto(monkeypatch):
+    for value in ("0", "many"):
+        monkeypatch.setenv("M3EDGE_DICOM_RECEIVERS", value)
+        with pytest.raises(ConfigurationError, match="dicom_receivers"):
+            Settings.load()
 
 
 def test_environment_lists_are_comma_separated(monkeypatch):
