@@ -8,6 +8,13 @@ association, against Orthanc's 35 ms). The UIDs are always the same few hundred 
 :func:`install` puts a memoised ``set_uid`` into the negotiation modules: same arguments, same UID object back (UIDs
 are immutable strings), and a value that fails is not remembered, so it fails (and logs) every time as before.
 Per-instance UIDs (``dimse_primitives``: the SOP Instance UID of each C-STORE) keep the plain function.
+
+``PresentationContext.add_transfer_syntax`` does the same checks itself (``UID()``, ``validate_uid``, ``is_valid``,
+``is_transfer_syntax``) for every transfer syntax of every context, about 400 times per such association (decoding the
+request, then copying the contexts while negotiating). :func:`install` gives it a fast path for a value it has already
+added without a word (a valid, registered transfer syntax): that same UID object is appended, unless already there, as
+the original would. Anything else (a new value, one that made it warn or raise, a private transfer syntax) goes through
+the original, every time.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import functools
 import threading
 
+from pydicom.uid import UID
 from pynetdicom import pdu_items, pdu_primitives, presentation, utils
 
 __all__ = ["install", "NEGOTIATION_MODULES"]
@@ -40,9 +48,36 @@ def _memoised(original):
     return set_uid
 
 
+def _memoised_add_transfer_syntax(original):
+    clean: dict[str | bytes, UID] = {}  # value -> the UID the original appended for it without logging anything
+
+    @functools.wraps(original)
+    def add_transfer_syntax(self, syntax):
+        cacheable = isinstance(syntax, (str, bytes))
+        if cacheable:
+            uid = clean.get(syntax)
+            if uid is not None:
+                if uid not in self._transfer_syntax:
+                    self._transfer_syntax.append(uid)
+                return
+        count = len(self._transfer_syntax)
+        original(self, syntax)
+        if cacheable and len(self._transfer_syntax) == count + 1 and len(clean) < _CACHE_SIZE:
+            uid = self._transfer_syntax[-1]
+            if uid.is_valid and not uid.is_private and uid.is_transfer_syntax:  # nothing was logged for it
+                clean[syntax] = uid
+
+    add_transfer_syntax.__wrapped_original__ = original
+    return add_transfer_syntax
+
+
 def install() -> None:
-    """Use the memoised ``set_uid`` in pynetdicom's negotiation modules (idempotent, thread-safe)."""
+    """Use the memoised ``set_uid`` in pynetdicom's negotiation modules and the fast path of
+    ``PresentationContext.add_transfer_syntax`` (idempotent, thread-safe)."""
     with _lock:
+        context = presentation.PresentationContext
+        if getattr(context.add_transfer_syntax, "__wrapped_original__", None) is None:
+            context.add_transfer_syntax = _memoised_add_transfer_syntax(context.add_transfer_syntax)
         if getattr(presentation.set_uid, "__wrapped_original__", None) is not None:
             return
         memoised = _memoised(utils.set_uid)

@@ -60,3 +60,98 @@ def test_negotiation_objects_built_with_it_are_unchanged(installed):
     context = build_context("1.2.840.10008.5.1.4.1.1.2", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     assert context.abstract_syntax == "1.2.840.10008.5.1.4.1.1.2"
     assert context.transfer_syntax == ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]
+
+
+@pytest.fixture
+def fast_contexts(monkeypatch):
+    original = presentation.PresentationContext.add_transfer_syntax
+    original = getattr(original, "__wrapped_original__", original)
+    monkeypatch.setattr(presentation.PresentationContext, "add_transfer_syntax", original)
+    for module in uid_cache.NEGOTIATION_MODULES:
+        monkeypatch.setattr(module, "set_uid", utils.set_uid)
+    uid_cache.install()
+    uid_cache.install()  # idempotent: wrapped once
+    fast = presentation.PresentationContext.add_transfer_syntax
+    assert fast.__wrapped_original__ is original
+    return original
+
+
+def _contexts_built(add, syntaxes) -> list:
+    context = presentation.PresentationContext()
+    for syntax in syntaxes:
+        add(context, syntax)
+    return context.transfer_syntax
+
+
+_PRIVATE = UID("1.2.3.4.5")
+_PRIVATE.set_private_encoding(False, True)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("syntaxes", [
+    ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"],  # a repeat is added once
+    [b"1.2.840.10008.1.2.4.50", UID("1.2.840.10008.1.2.4.50"), "1.2.840.10008.1.2.4.50 "],
+    [None, "1.2.840.10008.1.2.5"],
+    ["1.2.840.10008.5.1.4.1.1.2", "1.2.a"],  # not a transfer syntax; not conformant: warned each time
+    [_PRIVATE, "1.2.840.10008.1.2.1"],
+])
+def test_the_fast_path_adds_what_pynetdicom_adds(fast_contexts, syntaxes):
+    expected = _contexts_built(fast_contexts, syntaxes)
+    fast = presentation.PresentationContext.add_transfer_syntax
+    for _ in range(3):  # the second and third time from the cache where it applies
+        built = _contexts_built(fast, syntaxes)
+        assert built == expected
+        assert [type(uid) for uid in built] == [type(uid) for uid in expected]
+    assert getattr(_contexts_built(fast, [_PRIVATE])[0], "_PRIVATE_TS_ENCODING", None) == (False, True)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("value", ["1.2." + "3" * 70, ""])
+def test_a_transfer_syntax_pynetdicom_refuses_is_refused_every_time(fast_contexts, value):
+    fast = presentation.PresentationContext.add_transfer_syntax
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            _contexts_built(fast, [value])
+
+
+def test_warnings_are_logged_every_time_not_only_the_first(fast_contexts, caplog):
+    fast = presentation.PresentationContext.add_transfer_syntax
+    for _ in range(2):
+        caplog.clear()
+        _contexts_built(fast, ["1.2.840.10008.5.1.4.1.1.2"])  # a SOP class, not a transfer syntax
+        assert "not a transfer syntax" in caplog.text
+
+
+def test_a_decoded_association_request_gives_the_same_contexts(fast_contexts):
+    from pynetdicom.pdu import A_ASSOCIATE_RQ
+    from pynetdicom.pdu_primitives import A_ASSOCIATE
+    from pynetdicom.presentation import StoragePresentationContexts
+    from pynetdicom.transport import AddressInformation
+
+    request = A_ASSOCIATE()
+    request.application_context_name = "1.2.840.10008.3.1.1.1"
+    request.calling_ae_title, request.called_ae_title = "STORESCU", "M3EDGE"
+    request.calling_presentation_address = AddressInformation("127.0.0.1", 1)
+    request.called_presentation_address = AddressInformation("127.0.0.1", 2)
+    request.presentation_context_definition_list = [
+        build_context(cx.abstract_syntax, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.70"])
+        for cx in StoragePresentationContexts[:120]
+    ]
+    for index, cx in enumerate(request.presentation_context_definition_list):
+        cx.context_id = 2 * index + 1
+    encoded = A_ASSOCIATE_RQ()
+    encoded.from_primitive(request)
+    data = encoded.encode()
+
+    def decoded() -> list[tuple]:
+        pdu = A_ASSOCIATE_RQ()
+        pdu.decode(data)
+        return [(cx.context_id, cx.abstract_syntax, tuple(cx.transfer_syntax))
+                for cx in pdu.to_primitive().presentation_context_definition_list]
+
+    fast = presentation.PresentationContext.add_transfer_syntax
+    with pytest.MonkeyPatch.context() as plain:
+        plain.setattr(presentation.PresentationContext, "add_transfer_syntax", fast_contexts)
+        expected = decoded()
+    assert decoded() == expected == decoded()
+    assert len(expected) == 120
