@@ -47,7 +47,9 @@ def _axis_step(step: np.ndarray, what: str) -> tuple[int, int]:
     return axis, int(rounded[axis])
 
 
-def _frame(labels: np.ndarray, to_voxel: np.ndarray, image: Dataset) -> np.ndarray:
+def _frame_window(shape: tuple[int, ...], to_voxel: np.ndarray, image: Dataset) -> tuple[tuple, int, int]:
+    """Where ``image``'s frame lies in the label volume: the index (slices along the row and column axes, an int along
+    the third) and the row and column axes."""
     orientation = np.asarray(image.ImageOrientationPatient, dtype=float)
     row_spacing, column_spacing = (float(v) for v in image.PixelSpacing)
     origin_ras = _LPS_TO_RAS @ np.asarray(image.ImagePositionPatient, dtype=float)
@@ -69,17 +71,48 @@ def _frame(labels: np.ndarray, to_voxel: np.ndarray, image: Dataset) -> np.ndarr
     last = list(first)
     last[column_axis] += column_sign * (columns - 1)
     last[row_axis] += row_sign * (rows - 1)
-    if min(first + last) < 0 or any(max(a, b) >= n for a, b, n in zip(first, last, labels.shape)):
+    if min(first + last) < 0 or any(max(a, b) >= n for a, b, n in zip(first, last, shape)):
         raise ValueError(
-            f"labels of shape {labels.shape} do not cover instance {image.SOPInstanceUID}: "
+            f"labels of shape {tuple(shape)} do not cover instance {image.SOPInstanceUID}: "
             "give the label volume on the source series' own grid"
         )
     window: list[slice | int] = list(first)
     for axis, sign in ((column_axis, column_sign), (row_axis, row_sign)):
-        stop = last[axis] + sign
-        window[axis] = slice(first[axis], None if stop < 0 else stop, sign)
-    frame = labels[tuple(window)]  # a view: the two in-plane axes in volume order
-    return frame.T if row_axis > column_axis else frame
+        window[axis] = _steps(first[axis], last[axis], sign)
+    return tuple(window), row_axis, column_axis
+
+
+def _steps(first: int, last: int, step: int) -> slice:
+    stop = last + step
+    return slice(first, None if stop < 0 else stop, step)
+
+
+def _stack_window(windows: list[tuple[tuple, int, int]]) -> tuple[tuple, tuple[int, int, int]] | None:
+    """One index for all frames when they are consecutive slices of the volume (a regular series, in either
+    order), with the axis order (slice, row, column); None otherwise."""
+    first, row_axis, column_axis = windows[0]
+    (slice_axis,) = {0, 1, 2} - {row_axis, column_axis}
+    for window, rows, columns in windows:
+        if (rows, columns) != (row_axis, column_axis) or window[row_axis] != first[row_axis] or (
+            window[column_axis] != first[column_axis]
+        ):
+            return None
+    positions = [window[slice_axis] for window, _, _ in windows]
+    step = positions[1] - positions[0] if len(positions) > 1 else 1
+    if step not in (1, -1) or any(b - a != step for a, b in zip(positions, positions[1:])):
+        return None
+    window = list(first)
+    window[slice_axis] = _steps(positions[0], positions[-1], step)
+    return tuple(window), (slice_axis, row_axis, column_axis)
+
+
+def _copy_in_blocks(view: np.ndarray, block: int = 32) -> np.ndarray:
+    """A C-ordered copy of a permuted 3-D view, a block of its last axis at a time: the source is then read in
+    cache-sized pieces (about four times faster than one copy for a (X, Y, Z) volume read as (Z, Y, X) frames)."""
+    copy = np.empty(view.shape, dtype=view.dtype)
+    for start in range(0, view.shape[2], block):
+        copy[:, :, start:start + block] = view[:, :, start:start + block]
+    return copy
 
 
 def frames_on_source_grid(segmentation: LabelSegmentation, source_images: tuple[Dataset, ...]) -> np.ndarray:
@@ -90,12 +123,19 @@ def frames_on_source_grid(segmentation: LabelSegmentation, source_images: tuple[
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
             if keyword not in image:
                 raise ValueError(f"source instance {image.SOPInstanceUID} lacks {keyword}, needed to place its frame")
+    labels = segmentation.labels
     to_voxel = np.linalg.inv(segmentation.affine)
-    frames = [_frame(segmentation.labels, to_voxel, image) for image in source_images]
+    windows = [_frame_window(labels.shape, to_voxel, image) for image in source_images]
+    stack = _stack_window(windows)
+    if stack is not None:
+        window, axes = stack
+        return _copy_in_blocks(np.transpose(labels[window], axes))
+    frames = [labels[window] for window, _, _ in windows]  # each a view: its two axes in volume order
+    frames = [frame.T if row_axis > column_axis else frame for frame, (_, row_axis, column_axis) in zip(frames, windows)]
     if len({frame.shape for frame in frames}) != 1:
         raise ValueError("source instances differ in Rows or Columns: give the instances of one regular series")
-    stacked = np.empty((len(frames), *frames[0].shape), dtype=segmentation.labels.dtype)  # C order, as highdicom
-    for index, frame in enumerate(frames):  # reads frame by frame
+    stacked = np.empty((len(frames), *frames[0].shape), dtype=labels.dtype)  # C order, as highdicom reads it
+    for index, frame in enumerate(frames):
         stacked[index] = frame
     return stacked
 

@@ -42,9 +42,10 @@ def test_a_volume_reoriented_to_ras_gives_the_same_frames():
     )
 
 
+@pytest.mark.parametrize("instances", ["in order", "reversed", "shuffled", "one left out"])
 @pytest.mark.parametrize("order", [(0, 1, 2), (1, 0, 2), (2, 1, 0), (2, 0, 1), (1, 2, 0)])
 @pytest.mark.parametrize("flips", [(), (0,), (1, 2), (0, 1, 2)])
-def test_any_axis_order_and_flip_of_the_volume_gives_the_same_frames(order, flips):
+def test_any_axis_order_and_flip_of_the_volume_gives_the_same_frames(order, flips, instances):
     case = ct_case()
     findings = case.content.findings
     labels = np.transpose(case.labels, order)  # labels[i'] = case.labels[i], i[order[k]] = i'[k]
@@ -58,9 +59,13 @@ def test_any_axis_order_and_flip_of_the_volume_gives_the_same_frames(order, flip
         flip[axis, axis], flip[axis, 3] = -1.0, labels.shape[axis] - 1
     moved = LabelSegmentation(np.ascontiguousarray(labels), findings.segmentation.affine @ permute @ flip,
                               findings.segmentation.segments)
-    np.testing.assert_array_equal(
-        frames_on_source_grid(moved, findings.source_images), np.transpose(case.labels, (2, 1, 0))
-    )
+    # consecutive slices (either way) are read as one block; any other order frame by frame
+    picked = {"in order": [0, 1, 2, 3, 4, 5], "reversed": [5, 4, 3, 2, 1, 0], "shuffled": [2, 0, 5, 1, 4, 3],
+              "one left out": [0, 1, 3, 4, 5]}[instances]
+    sources = tuple(findings.source_images[i] for i in picked)
+    frames = frames_on_source_grid(moved, sources)
+    assert frames.flags.c_contiguous
+    np.testing.assert_array_equal(frames, np.transpose(case.labels, (2, 1, 0))[picked])
 
 
 def test_source_instances_of_different_sizes_are_refused():
@@ -84,6 +89,17 @@ def test_segment_pixels_number_the_segments_and_drop_labels_not_asked_for():
     masks = segment_pixels(np.array([[[0, 1, 2, 4, 7]]]), overlapping)
     np.testing.assert_array_equal(masks[..., 0], [[[False, True, False, True, False]]])
     np.testing.assert_array_equal(masks[..., 1], [[[False, True, True, True, False]]])
+
+
+def test_a_permuted_volume_is_copied_whole_block_by_block():
+    from dicom_node.results.seg import _copy_in_blocks
+
+    volume = np.random.default_rng(3).integers(0, 50, (70, 33, 9)).astype(np.uint8)
+    view = np.transpose(volume[::-1], (2, 1, 0))
+    for block in (1, 32, 70, 100):
+        copied = _copy_in_blocks(view, block)
+        assert copied.flags.c_contiguous
+        np.testing.assert_array_equal(copied, view)
 
 
 def test_labels_off_the_source_grid_are_refused():
