@@ -6,8 +6,8 @@ storage, sends the whole corpus with ``--senders`` parallel storescu processes (
 Orthanc run with TCP_NODELAY=1), stops it and prints MB/s and instances/s with the ratios m3edge/Orthanc and
 m3edge/storescp.
 
-- m3edge: ``m3edge scp`` with its embedded SQLite database and ``--receivers`` receiving processes (one per CPU core
-  by default), durability on: each file written to a temporary file and fdatasync'ed, linked under its final name,
+- m3edge: ``m3edge scp`` with its embedded SQLite database and ``--receivers`` receiving processes (by default the
+  node's own: one per CPU core, at most 4), durability on: each file written to a temporary file and fdatasync'ed, linked under its final name,
   its directory fsynced and its database row committed (SQLite WAL, synchronous=FULL) before each success status;
   the count of recorded instances is checked afterwards.
 - storescp: ``storescp --fork`` writing plain files (no fsync): the ceiling to report.
@@ -38,6 +38,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from service.config import default_receivers
 
 SLICE_BYTES = 512 * 512 * 2
 SLICES_PER_SERIES = 250
@@ -277,8 +279,8 @@ def main(argv: list[str] | None = None) -> list[Measurement]:
     parser.add_argument("--size-mb", type=float, default=320, help="corpus size in MB (at least 300 for the report)")
     parser.add_argument("--rows", type=int, default=512, help="rows = columns of each slice (512 for the report)")
     parser.add_argument("--senders", type=int, default=8, help="parallel storescu processes, the same for every target")
-    parser.add_argument("--receivers", type=int, default=os.cpu_count() or 1,
-                        help="m3edge receiving processes (DICOM_RECEIVERS; default: one per CPU core)")
+    parser.add_argument("--receivers", type=int, default=default_receivers(),
+                        help="m3edge receiving processes (DICOM_RECEIVERS; default: the node's, one per core, at most 4)")
     parser.add_argument("--runs", type=int, default=3, help="how many times to run the whole comparison")
     parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "m3edge-bench-corpus")

@@ -5,7 +5,7 @@ does (``build_segmentation``, ``build_draft_report``), then writes each object `
 ``write_result`` and with the peer, pydicom's own ``save_as(enforce_file_format=True)``, on the same object (the bytes
 are checked to be the same). It prints the medians and the ratio pydicom / m3edge:
 
-- ``demo``: the pipeline benchmark's CT (48 x 48 x 24) with 31 VISTA3D structures, about 20 per slice;
+- ``demo``: the pipeline benchmark's CT (48 x 48 x 24) with 31 VISTA3D structures as ellipsoids (about 150 frames);
 - ``full``: a VISTA3D-sized result, ``--size`` x ``--size`` x ``--slices`` with ``--structures`` ellipsoidal organs
   (default 512 x 512 x 160, 40): thousands of SEG frames, the cost a real CT brings.
 

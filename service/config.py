@@ -178,7 +178,13 @@ class Settings(BaseSettings):
     @field_validator("dicom_receivers", mode="before")
     @classmethod
     def _auto_receivers(cls, value: Any) -> Any:
-        return default_receivers() if isinstance(value, str) and value.strip().lower() == "auto" else value
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text == "auto":
+                return default_receivers()
+            if not text.lstrip("-").isdigit():
+                raise ValueError(f"{value!r} is neither a number of processes (1-64) nor 'auto'")
+        return value
 
     @field_validator("dicom_ae_title")
     @classmethod

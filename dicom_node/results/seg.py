@@ -123,6 +123,8 @@ def frames_on_source_grid(segmentation: LabelSegmentation, source_images: tuple[
         for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
             if keyword not in image:
                 raise ValueError(f"source instance {image.SOPInstanceUID} lacks {keyword}, needed to place its frame")
+    if not source_images:
+        raise ValueError("no source instances: a SEG's frames lie on the instances of a source series")
     labels = segmentation.labels
     to_voxel = np.linalg.inv(segmentation.affine)
     windows = [_frame_window(labels.shape, to_voxel, image) for image in source_images]
@@ -147,9 +149,10 @@ def segment_pixels(frames: np.ndarray, segments: tuple[StructureSegment, ...]) -
     ids = [segment.label_ids[0] for segment in segments]
     if all(len(segment.label_ids) == 1 for segment in segments) and len(set(ids)) == len(ids):
         dtype = np.uint8 if len(segments) < 256 else np.uint16
-        if frames.size and int(frames.min()) < 0:
-            frames = np.where(frames < 0, 0, frames)  # negative ids are no segment, as other unknown ids
-        lookup = np.zeros(max(max(ids), int(frames.max(initial=0))) + 1, dtype=dtype)
+        top = max(ids)
+        if frames.size and (int(frames.min()) < 0 or int(frames.max()) > top):
+            frames = np.where((frames < 0) | (frames > top), 0, frames)  # ids no segment names: background
+        lookup = np.zeros(top + 1, dtype=dtype)
         lookup[ids] = np.arange(1, len(segments) + 1)
         return lookup[frames]
     return np.stack([np.isin(frames, segment.label_ids) for segment in segments], axis=-1)

@@ -127,6 +127,14 @@ class DicomNode:
         self._settings = settings
         if query_retrieve is not None and query_retrieve_factory is not None:
             raise ValueError("give query_retrieve or query_retrieve_factory, not both")
+        if getattr(settings, "dicom_receivers", 1) > 1:
+            in_process = [name for name, given in (
+                ("spool", spool is not None), ("clock", clock is not utc_now), ("listener", listener is not None),
+                ("query_retrieve", query_retrieve is not None), ("event_driven=False", not event_driven)) if given]
+            if in_process:
+                raise ValueError(f"{', '.join(in_process)} would apply to this process only, and DICOM_RECEIVERS="
+                                 f"{settings.dicom_receivers} receives in other processes: use DICOM_RECEIVERS=1 "
+                                 "(or query_retrieve_factory for Query/Retrieve)")
         self._query_retrieve = query_retrieve
         self._query_retrieve_factory = query_retrieve_factory
         self._recorder_factory = recorder_factory
@@ -197,9 +205,6 @@ class DicomNode:
         if receivers > 1:
             from dicom_node.scp.receivers import NodeConfig, ReceiverPool
 
-            if self._query_retrieve is not None:
-                LOGGER.warning("DICOM_RECEIVERS=%d: the receiving processes serve Query/Retrieve only when it is "
-                               "given as query_retrieve_factory; they serve storage only", receivers)
             config = replace(NodeConfig.from_settings(settings), query_retrieve_factory=self._query_retrieve_factory,
                              recorder_factory=self._recorder_factory)
             self._pool = ReceiverPool(config, self._recorder, receivers)

@@ -12,9 +12,9 @@ Per-instance UIDs (``dimse_primitives``: the SOP Instance UID of each C-STORE) k
 ``PresentationContext.add_transfer_syntax`` does the same checks itself (``UID()``, ``validate_uid``, ``is_valid``,
 ``is_transfer_syntax``) for every transfer syntax of every context, about 400 times per such association (decoding the
 request, then copying the contexts while negotiating). :func:`install` gives it a fast path for a value it has already
-added without a word (a valid, registered transfer syntax): that same UID object is appended, unless already there, as
-the original would. Anything else (a new value, one that made it warn or raise, a private transfer syntax) goes through
-the original, every time.
+added without a word (a valid, registered transfer syntax, given exactly: no padding): that same UID object is
+appended, unless already there, as the original would. Anything else (a new value, one that made it warn or raise, a
+private transfer syntax, a UID carrying an encoding) goes through the original, every time.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def _memoised_add_transfer_syntax(original):
 
     @functools.wraps(original)
     def add_transfer_syntax(self, syntax):
-        cacheable = isinstance(syntax, (str, bytes))
+        cacheable = isinstance(syntax, (str, bytes)) and not hasattr(syntax, "_PRIVATE_TS_ENCODING")
         if cacheable:
             uid = clean.get(syntax)
             if uid is not None:
@@ -64,7 +64,10 @@ def _memoised_add_transfer_syntax(original):
         original(self, syntax)
         if cacheable and len(self._transfer_syntax) == count + 1 and len(clean) < _CACHE_SIZE:
             uid = self._transfer_syntax[-1]
-            if uid.is_valid and not uid.is_private and uid.is_transfer_syntax:  # nothing was logged for it
+            text = syntax.decode("ascii", "replace") if isinstance(syntax, bytes) else syntax
+            # only a value that is already the UID it gives (padding makes pydicom warn, every time), and that
+            # nothing was logged for
+            if uid == text and uid.is_valid and not uid.is_private and uid.is_transfer_syntax:
                 clean[syntax] = uid
 
     add_transfer_syntax.__wrapped_original__ = original

@@ -42,6 +42,9 @@ def test_dicom_receivers_must_be_a_count_or_auto(monkeypatch):
         monkeypatch.setenv("M3EDGE_DICOM_RECEIVERS", value)
         with pytest.raises(ConfigurationError, match="dicom_receivers"):
             Settings.load()
+    monkeypatch.setenv("M3EDGE_DICOM_RECEIVERS", "many")
+    with pytest.raises(ConfigurationError, match="'auto'"):
+        Settings.load()
 
 
 def test_environment_lists_are_comma_separated(monkeypatch):
