@@ -6,7 +6,9 @@ and ``UID.is_valid`` (a third), several times per presentation context. A sender
 hundred contexts, and the node spent about 13 ms of CPU per association there (of 58 ms per single-instance
 association, against Orthanc's 35 ms). The UIDs are always the same few hundred SOP classes and transfer syntaxes, so
 :func:`install` puts a memoised ``set_uid`` into the negotiation modules: same arguments, same UID object back (UIDs
-are immutable strings), and a value that fails is not remembered, so it fails (and logs) every time as before.
+are immutable strings), and a value that fails is not remembered, so it fails (and logs) every time as before; a value
+pydicom only warns about (a NUL-padded UID from a peer's PDU) warns the first time in each process, not on every
+association.
 Per-instance UIDs (``dimse_primitives``: the SOP Instance UID of each C-STORE) keep the plain function.
 
 ``PresentationContext.add_transfer_syntax`` does the same checks itself (``UID()``, ``validate_uid``, ``is_valid``,
