@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom import Dataset
 
+from dicom_node.arrays import c_order_copy
 from dicom_node.volumes.errors import VolumeError, VolumeGeometryError
 from dicom_node.volumes.geometry import FrameGeometry, GeometryTolerances, StackGeometry, check_regular_stack
 
@@ -171,7 +172,7 @@ def _to_ijk(hd_volume, stack: StackGeometry, series_uid: str) -> tuple[np.ndarra
         raise VolumeGeometryError(
             f"series {series_uid}: highdicom's volume geometry disagrees with the checked stack; refusing to guess"
         )
-    return np.ascontiguousarray(array), stack.affine
+    return c_order_copy(array), stack.affine  # highdicom stacks (slice, row, column): read in blocks
 
 
 def _volume_single_frames(datasets: Sequence[Dataset], stack: StackGeometry, series_uid: str):

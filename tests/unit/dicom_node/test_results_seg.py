@@ -92,12 +92,12 @@ def test_segment_pixels_number_the_segments_and_drop_labels_not_asked_for():
 
 
 def test_a_permuted_volume_is_copied_whole_block_by_block():
-    from dicom_node.results.seg import _copy_in_blocks
+    from dicom_node.arrays import c_order_copy
 
     volume = np.random.default_rng(3).integers(0, 50, (70, 33, 9)).astype(np.uint8)
     view = np.transpose(volume[::-1], (2, 1, 0))
-    for block in (1, 32, 70, 100):
-        copied = _copy_in_blocks(view, block)
+    for rows, columns in ((1, 1), (8, 32), (5, 7), (100, 100)):
+        copied = c_order_copy(view, rows, columns)
         assert copied.flags.c_contiguous
         np.testing.assert_array_equal(copied, view)
 
