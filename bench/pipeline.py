@@ -40,7 +40,7 @@ def _log(message: str) -> None:
 
 
 class Deployment:
-    def __init__(self, root: Path, models: Path, destination: str) -> None:
+    def __init__(self, root: Path, models: Path, destination: str, worker_threads: int = 0) -> None:
         from service.cli.worker import pipeline_intake
         from service.config import Settings
         from service.db.migrate import upgrade_database
@@ -51,7 +51,8 @@ class Deployment:
         (self.home / "models").symlink_to(models, target_is_directory=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("M3EDGE_")}
         self.env.update(M3EDGE_HOME=str(self.home), M3EDGE_DESTINATIONS=destination, M3EDGE_VLM_MAX_NEW_TOKENS="12",
-                        M3EDGE_PIPELINE_SWEEP_SECONDS="5", M3EDGE_LOG_LEVEL="WARNING", TCP_NODELAY="1")
+                        M3EDGE_PIPELINE_SWEEP_SECONDS="5", M3EDGE_LOG_LEVEL="WARNING", TCP_NODELAY="1",
+                        M3EDGE_WORKER_CPU_THREADS=str(worker_threads))
         self.settings = Settings(home=self.home, destinations=[destination], vlm_max_new_tokens=12)
         upgrade_database(self.settings.effective_database_url)
         self.factory = make_session_factory(create_db_engine(self.settings.effective_database_url))
@@ -183,6 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--models", type=Path, help="a models folder to reuse (default: write demo models)")
     parser.add_argument("--full-demo", action="store_true", help="exactly what `m3edge models demo` writes")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--worker-threads", type=int, default=0,
+                        help="WORKER_CPU_THREADS of each worker (0: the runtimes' default, one per core)")
     parser.add_argument("--kinds", default=",".join(KINDS),
                         help=f"study types to measure the latency of, comma-separated (default: {','.join(KINDS)})")
     args = parser.parse_args(argv)
@@ -207,7 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
 
                 small_demo_models(models)
         with OrthancServer(root / "orthanc") as orthanc:
-            deployment = Deployment(root, models.resolve(), f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}")
+            deployment = Deployment(root, models.resolve(), f"{orthanc.ae_title}@127.0.0.1:{orthanc.dicom_port}",
+                                    worker_threads=args.worker_threads)
             try:
                 deployment.start_worker()
                 _log("warm-up (models load once per worker) ...")

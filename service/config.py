@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     reject_action: str = Field("none", pattern=r"^(none|quality|patient_safety)$",
                                description="What a rejected draft sends: nothing, or an IOCM rejection note.")
 
+    worker_cpu_threads: int = Field(
+        0, ge=0, le=1024,
+        description="CPU threads of each worker's model runtimes (torch, ONNX Runtime); 0: theirs, one per core.",
+    )
     pipeline_sweep_seconds: float = Field(
         10.0, gt=0, description="How often the sweeper queues completed studies and re-sends stalled pipeline stages."
     )

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from engines.backends.base import BackendUnavailable, Precision, Predictor, TensorSpec
+from engines.backends.threads import cpu_thread_limit
 
 __all__ = ["OnnxRuntimePredictor"]
 
@@ -37,6 +38,7 @@ class OnnxRuntimePredictor(Predictor):
                 raise BackendUnavailable("onnxruntime has no CUDAExecutionProvider here; install onnxruntime-gpu or use cpu")
             providers.insert(0, "CUDAExecutionProvider")
         options = onnxruntime.SessionOptions()
+        intra_op_threads = intra_op_threads or cpu_thread_limit()  # 0 and no process limit: one thread per core
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         self.device = device

@@ -77,14 +77,17 @@ def worker_command(
         raise CliError(str(exc)) from exc
     prepare_database(settings)
     check_routing_rules(settings)
+    from engines.backends.threads import limit_cpu_threads
+
+    limit_cpu_threads(settings.worker_cpu_threads)
     factory = context.session_factory
     worker = PipelineWorker(
         settings, factory, lambda: build_stage_handlers(settings, factory), queue_names,
         sender_factory=lambda: default_sender(settings), name=name, sweeper_interval_s=settings.pipeline_sweep_seconds,
     )
-    LOGGER.info("m3edge worker %s: queues %s, broker %s, database %s", worker.name, ",".join(queue_names),
-                "embedded" if settings.broker_url is None else settings.broker_url.partition(":")[0],
-                settings.effective_database_url.partition(":")[0])
+    LOGGER.info("m3edge worker %s: queues %s, broker %s, database %s, model CPU threads %s", worker.name,
+                ",".join(queue_names), "embedded" if settings.broker_url is None else settings.broker_url.partition(":")[0],
+                settings.effective_database_url.partition(":")[0], settings.worker_cpu_threads or "one per core")
     if parent_pid is not None:
         _stop_when_parent_is_gone(parent_pid)
     try:

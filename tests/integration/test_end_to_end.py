@@ -276,11 +276,12 @@ def test_a_study_completed_while_the_broker_is_down_is_processed_when_it_returns
     engine = create_db_engine(url)
     factory = make_session_factory(engine)
     scp = M3edgeProcess("scp", ["scp"], env, tmp_path)
-    worker = M3edgeProcess("worker", ["worker"], env, tmp_path)
+    worker = M3edgeProcess("worker", ["worker"], {**env, "M3EDGE_WORKER_CPU_THREADS": "1"}, tmp_path)
     cxr_uid = str(studies["cxr"][0].StudyInstanceUID)
     try:
         scp.start("m3edge scp: AE title")
         worker.start("ready.")
+        assert "model CPU threads 1" in worker.text()
         broker.stop()
         _send(orthanc, env, studies["cxr"])
         wait_for(lambda: "broker unavailable" in scp.text(), timeout=90, interval=0.1,

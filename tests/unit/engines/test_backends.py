@@ -244,3 +244,29 @@ def test_torch_autocast_runs_in_the_requested_precision_and_returns_float32(netw
     assert not torch.equal(actual, expected) and torch.allclose(actual, expected, atol=0.1)
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         TorchPredictor(network.torch_module(), INPUTS, OUTPUTS, precision="fp16")
+
+
+@pytest.fixture
+def restored_threads():
+    from engines.backends import threads
+
+    before_torch, before_limit = torch.get_num_threads(), threads.cpu_thread_limit()
+    yield threads
+    threads.limit_cpu_threads(before_limit)
+    torch.set_num_threads(before_torch)
+
+
+def test_a_cpu_thread_limit_reaches_torch_and_new_onnxruntime_sessions(network, restored_threads):
+    unlimited = OnnxRuntimePredictor(network.onnx_path)
+    restored_threads.limit_cpu_threads(1)
+    assert torch.get_num_threads() == 1 and restored_threads.cpu_thread_limit() == 1
+    limited = OnnxRuntimePredictor(network.onnx_path)
+    assert limited._session.get_session_options().intra_op_num_threads == 1
+    assert unlimited._session.get_session_options().intra_op_num_threads == 0  # made before: the runtime's default
+    chosen = OnnxRuntimePredictor(network.onnx_path, intra_op_threads=2)  # an explicit count wins
+    assert chosen._session.get_session_options().intra_op_num_threads == 2
+    image = np.zeros((1, 2, 8, 8, 8), np.float32)
+    np.testing.assert_allclose(limited({"image": image})["mask"], unlimited({"image": image})["mask"], rtol=1e-5)
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="thread count"):
+            restored_threads.limit_cpu_threads(bad)

@@ -24,6 +24,7 @@ def test_defaults_are_the_embedded_mode():
     assert settings.effective_database_url.startswith("sqlite:///") and settings.effective_database_url.endswith("var/m3edge.db")
     assert settings.vlm_backend is VlmBackend.VILA
     assert settings.predictor_backend is PredictorBackend.AUTO
+    assert settings.worker_cpu_threads == 0  # the model runtimes' own default
 
 
 @pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 2), (3, 3), (16, 4)])
