@@ -48,11 +48,15 @@ class RunningNode:
         with session_scope(self.session_factory) as session:
             return session.scalar(select(Study).where(Study.study_uid == uid))
 
-    def wait_complete(self, uid: str, count: int = 1) -> Study:
+    def wait_complete(self, uid: str, count: int = 1, hook: HookRecorder | None = None) -> Study:
+        """The study once it is complete for the ``count``-th time and the assembler's hook has been called for it
+        (the hook runs just after the completion is committed)."""
+        hook = hook or self.hook
+
         def completed():
             study = self.study(uid)
             return study if study is not None and study.status == StudyStatus.COMPLETE and \
-                study.completion_count == count else None
+                study.completion_count == count and hook.calls.count(uid) >= count else None
 
         return wait_for(completed, timeout=30, interval=0.05, message=f"study {uid} did not complete ({count})")
 
@@ -174,7 +178,7 @@ def test_a_study_received_while_no_assembler_ran_is_completed_by_the_next_one(
     restarted = build_assembler(settings, session_factory, hook)
     restarted.start()
     try:
-        study = first.wait_complete(series.study_uid)
+        study = first.wait_complete(series.study_uid, hook=hook)
     finally:
         restarted.stop()
     assert study.completion_reason == "released"

@@ -47,7 +47,8 @@ def test_orthanc_stores_a_study_into_m3edge_and_it_completes_once(tmp_path, data
             def complete() -> Study | None:
                 with session_scope(session_factory) as session:
                     study = session.scalar(select(Study).where(Study.study_uid == first.study_uid))
-                return study if study is not None and study.status == StudyStatus.COMPLETE else None
+                # the hook runs just after the completion is committed
+                return study if study is not None and study.status == StudyStatus.COMPLETE and hook_calls else None
 
             study = wait_for(complete, timeout=60, interval=0.05, message="the study Orthanc sent never completed")
             assert assembler.sweep() == []
