@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     dicom_max_pdu_size: int = Field(1_048_576, ge=0, description="Largest P-DATA PDU we accept (0 = unlimited).")
     dicom_tls: TlsSettings | None = None
     dicom_receivers: int = Field(
-        default_factory=lambda: default_receivers(), ge=1, le=64,
+        default_factory=default_receivers, ge=1, le=64,
         description="Receiving processes sharing the DICOM port; 'auto' (the default): one per CPU core, at most 4.",
     )
 

@@ -46,6 +46,7 @@ _TEXT_VRS = frozenset({"SH", "LO", "ST", "LT", "UC", "UT"})  # pydicom's write_t
 # Character sets under which an ASCII value encodes as itself with no escape sequence (pydicom's Python names).
 _ASCII_TRANSPARENT = frozenset(convert_encodings(["ISO_IR 100"]) + convert_encodings(["ISO_IR 192"])
                                + convert_encodings([""]) + ["ascii", "utf_8", "latin_1"])
+_OWN_VRS = frozenset({"SQ", *_ASCII_STRING_VRS, *_NUMBER_STRING_VRS, *_BINARY_FORMATS, *_TEXT_VRS})  # written here
 _MULTI = (MultiValue, list, tuple)
 _LUT_DESCRIPTOR_TAGS = filewriter._LUT_DESCRIPTOR_TAGS
 
@@ -145,8 +146,7 @@ def _element(element: DataElement, encodings: list[str], charsets: _Encodings) -
         return _header(element.tag, vr, _UNDEFINED_LENGTH) + body + _SEQUENCE_DELIMITER
     value = element._value
     if _is_empty(value):
-        return _header(element.tag, vr, 0) if vr in _BINARY_FORMATS or vr in _ASCII_STRING_VRS or vr in (
-            "SQ", *_NUMBER_STRING_VRS, *_TEXT_VRS) else None
+        return _header(element.tag, vr, 0) if vr in _OWN_VRS else None
     if not isinstance(value, (str, int, float, *_MULTI)) and vr != "SQ":
         return None
     body = _value(element, encodings, charsets)

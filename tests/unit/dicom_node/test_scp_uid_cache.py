@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from pydicom.uid import UID
 from pynetdicom import pdu_items, pdu_primitives, presentation, utils
@@ -83,26 +85,48 @@ def _contexts_built(add, syntaxes) -> list:
     return context.transfer_syntax
 
 
-_PRIVATE = UID("1.2.3.4.5")
-_PRIVATE.set_private_encoding(False, True)
+def _private(value, encoding=(False, True)):
+    uid = UID(value)
+    if encoding is not None:
+        uid.set_private_encoding(*encoding)
+    return uid
 
 
-@pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("syntaxes", [
-    ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.1"],  # a repeat is added once
-    [b"1.2.840.10008.1.2.4.50", UID("1.2.840.10008.1.2.4.50"), "1.2.840.10008.1.2.4.50 "],
-    [None, "1.2.840.10008.1.2.5"],
-    ["1.2.840.10008.5.1.4.1.1.2", "1.2.a"],  # not a transfer syntax; not conformant: warned each time
-    [_PRIVATE, "1.2.840.10008.1.2.1"],
-])
-def test_the_fast_path_adds_what_pynetdicom_adds(fast_contexts, syntaxes):
-    expected = _contexts_built(fast_contexts, syntaxes)
+_PUBLIC_WITH_ENCODING = _private("1.2.840.10008.1.2.1")
+
+VALUES = [
+    "1.2.840.10008.1.2.1", b"1.2.840.10008.1.2.1", UID("1.2.840.10008.1.2.1"), " 1.2.840.10008.1.2.1 ",
+    "1.2.840.10008.1.2.1\x00", b"1.2.840.10008.1.2.1\x00", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.50",
+    "", b"", None, 3, 1.5, bytearray(b"1.2.840.10008.1.2"), ["1.2.840.10008.1.2"],
+    "1.2.a", "1..2", "1.2." + "3" * 70, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5",
+    _private("1.2.3.4.5"), _private("1.2.3.4.6", (True, True)), b"\xff\xfe", "1.2.840.10008.1.2.1 ",
+    _PUBLIC_WITH_ENCODING,
+]
+
+
+def _run(add, sequence, caplog):
+    context = presentation.PresentationContext()
+    outcome = []
+    for value in sequence:
+        caplog.clear()
+        try:
+            add(context, value)
+            error = None
+        except Exception as exc:  # noqa: BLE001
+            error = (type(exc), str(exc))
+        outcome.append((error, [(r.levelname, r.getMessage()) for r in caplog.records]))
+    return outcome, [(str(u), type(u), getattr(u, "_PRIVATE_TS_ENCODING", None)) for u in context.transfer_syntax]
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_the_fast_path_adds_raises_and_logs_as_pynetdicom_value_by_value(fast_contexts, caplog):
+    """Every value, twice, in several orders: the same UIDs (type, private encoding), errors and log records."""
+    values, original = VALUES, fast_contexts
+    caplog.set_level(logging.DEBUG)
     fast = presentation.PresentationContext.add_transfer_syntax
-    for _ in range(3):  # the second and third time from the cache where it applies
-        built = _contexts_built(fast, syntaxes)
-        assert built == expected
-        assert [type(uid) for uid in built] == [type(uid) for uid in expected]
-    assert getattr(_contexts_built(fast, [_PRIVATE])[0], "_PRIVATE_TS_ENCODING", None) == (False, True)
+    sequences = [values, values[::-1], values + values, [v for pair in zip(values, values) for v in pair]]
+    for sequence in sequences * 3:
+        assert _run(fast, sequence, caplog) == _run(original, sequence, caplog)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -114,12 +138,18 @@ def test_a_transfer_syntax_pynetdicom_refuses_is_refused_every_time(fast_context
             _contexts_built(fast, [value])
 
 
-def test_warnings_are_logged_every_time_not_only_the_first(fast_contexts, caplog):
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize(("value", "warning"), [
+    ("1.2.840.10008.5.1.4.1.1.2", "not a transfer syntax"),  # a SOP class
+    (" 1.2.840.10008.1.2.1 ", "Invalid value for VR UI"),  # padded: pydicom strips it, and warns
+    (b"1.2.840.10008.1.2.1 ", "Invalid value for VR UI"),
+])
+def test_warnings_are_logged_every_time_not_only_the_first(fast_contexts, caplog, value, warning):
     fast = presentation.PresentationContext.add_transfer_syntax
-    for _ in range(2):
+    for _ in range(2):  # each time in a new context, as each association makes its own
         caplog.clear()
-        _contexts_built(fast, ["1.2.840.10008.5.1.4.1.1.2"])  # a SOP class, not a transfer syntax
-        assert "not a transfer syntax" in caplog.text
+        _contexts_built(fast, [value])
+        assert warning in caplog.text
 
 
 def test_a_decoded_association_request_gives_the_same_contexts(fast_contexts):
