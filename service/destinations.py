@@ -14,6 +14,7 @@ from pathlib import Path
 import yaml
 
 from dicom_node.network import DicomAddress
+from dicom_node.private_files import make_private_dirs
 from service.config import Settings
 
 __all__ = ["DestinationsStore"]
@@ -46,7 +47,7 @@ class DestinationsStore:
                 raise ValueError(f"{entry!r}: {exc}") from None
         if len({str(a) for a in parsed}) != len(parsed):
             raise ValueError("a destination is listed twice")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.path.parent)
         fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".destinations-", suffix=".yaml")
         try:
             with os.fdopen(fd, "w") as handle:

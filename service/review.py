@@ -21,6 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.network import DicomAddress
+from dicom_node.private_files import make_private_dirs
 from dicom_node.results import (
     Amendment,
     RejectionReason,
@@ -79,7 +80,7 @@ def latest_report(session: Session, study_uid: str) -> Report | None:
 
 
 def _write_atomically(dataset, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from dicom_node.private_files import FILE_MODE
+
 __all__ = ["AnonymousLinker", "open_anonymous", "probe"]
 
 LOGGER = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ AnonymousLinker = Callable[[int, str], None]  # (open descriptor, final path): r
 
 def open_anonymous(directory: str | Path) -> int:
     """A new unnamed file in ``directory``, open for writing."""
-    return os.open(directory, _O_TMPFILE | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o640)
+    return os.open(directory, _O_TMPFILE | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
 
 
 def _libc_linkat():

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from dicom_node.private_files import DIR_MODE, FILE_MODE, make_private_dirs
 from dicom_node.scp.anonymous_files import AnonymousLinker, open_anonymous, probe
 from dicom_node.uids import validate_uid
 
@@ -116,7 +117,7 @@ def _remove(path: str) -> None:
 
 def _make_dir(path: str) -> None:
     try:
-        os.mkdir(path)
+        os.mkdir(path, DIR_MODE)  # patient data: 0750 at most, whatever the umask
     except FileExistsError:
         pass
 
@@ -187,7 +188,7 @@ class SpoolWriter:
 
     def prepare(self) -> int:
         """Create the spool and remove temporary files a crash left behind; return how many were removed."""
-        self._incoming.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self._incoming)
         self._unnamed_linker()
         removed = 0
         for leftover in self._incoming.glob(f"*{_TEMP_SUFFIX}"):
@@ -265,7 +266,7 @@ class SpoolWriter:
         """A new file to fill: unnamed in ``directory``, or the temporary file ``temp``."""
         if temp is None:
             return open_anonymous(directory)
-        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o640)
+        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
 
     def _fill(self, fd: int, chunks: Sequence[bytes]) -> tuple[int, str]:
         digest = _new_digest()

@@ -1,4 +1,5 @@
-"""``m3edge doctor``: is this installation ready? Configuration, database, broker, spool, GPU, models, rules, peers."""
+"""``m3edge doctor``: is this installation ready? Configuration, database, broker, spool, file modes, GPU, models,
+rules, peers."""
 
 from __future__ import annotations
 
@@ -59,14 +60,26 @@ def _broker(settings: Settings) -> Check:
 
 
 def _spool(settings: Settings) -> Check:
-    spool = settings.spool_dir
-    spool.mkdir(parents=True, exist_ok=True)
+    from dicom_node.private_files import make_private_dirs
+
+    spool = make_private_dirs(settings.spool_dir)
     usage = shutil.disk_usage(spool)
     used_percent = 100 * (usage.total - usage.free) / usage.total
     detail = f"{spool}: {usage.free / 2**30:.1f} GiB free, {used_percent:.0f}% used"
     if usage.free < settings.spool_reserve_bytes or used_percent > settings.spool_high_water_percent:
         return Check("spool", Verdict.FAIL, detail + " (new associations are refused)")
     return Check("spool", Verdict.OK, detail)
+
+
+def _file_modes(settings: Settings) -> Check:
+    from service.home_files import loose_entries
+
+    loose = loose_entries(settings)
+    if not loose:
+        return Check("file modes", Verdict.OK, f"{settings.home}: patient data and secrets 0640/0750 at most")
+    shown = ", ".join(map(str, loose[:5])) + (f" and {len(loose) - 5} more" if len(loose) > 5 else "")
+    return Check("file modes", Verdict.WARN, f"readable by more than the service's user and group: {shown} "
+                 "(chmod o-rwx,g-w them; m3edge creates files 0640 and folders 0750)")
 
 
 def _gpu() -> Check:
@@ -134,7 +147,8 @@ def run_checks(settings: Settings, session_factory) -> list[Check]:
     checks = [Check("configuration", Verdict.OK,
                     f"AE {settings.dicom_ae_title} on {settings.dicom_host}:{settings.dicom_port}; access: {access}")]
     probes: list[Callable[[], Check | list[Check]]] = [
-        lambda: _database(settings, session_factory), lambda: _broker(settings), lambda: _spool(settings), _gpu,
+        lambda: _database(settings, session_factory), lambda: _broker(settings), lambda: _spool(settings),
+        lambda: _file_modes(settings), _gpu,
         lambda: _models(settings), lambda: _rules(settings), lambda: _destinations(settings),
     ]
     for probe in probes:
@@ -144,7 +158,8 @@ def run_checks(settings: Settings, session_factory) -> list[Check]:
 
 
 def doctor_command(ctx: typer.Context) -> None:
-    """Check the configuration, database, broker, spool, GPU, models, routing rules and C-ECHO every destination.
+    """Check the configuration, database, broker, spool, file modes under HOME, GPU, models, routing rules and C-ECHO
+    every destination.
 
     Exit status 1 when any check fails."""
     context = cli_context(ctx)

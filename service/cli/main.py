@@ -45,6 +45,9 @@ peer_commands(app)
 @app.callback()
 def _root(ctx: typer.Context) -> None:
     """Settings come from M3EDGE_* environment variables, or the YAML file named by M3EDGE_CONFIG."""
+    from dicom_node.private_files import restrict_umask
+
+    restrict_umask()  # what any library creates under HOME for us (and our children) is 0640/0750 at most
     ctx.obj = CliContext.create()
 
 

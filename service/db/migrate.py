@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 
 import migrations
+from service.db.session import create_sqlite_file
 
 __all__ = ["alembic_config", "upgrade_database"]
 
@@ -20,7 +21,7 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade_database(database_url: str, revision: str = "head") -> None:
-    """Bring the schema at ``database_url`` to ``revision`` (creating the SQLite file's folder if needed)."""
-    if database_url.startswith("sqlite:///"):
-        Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    """Bring the schema at ``database_url`` to ``revision`` (creating a SQLite file, private, if needed)."""
+    if database_url.startswith("sqlite"):
+        create_sqlite_file(database_url)
     command.upgrade(alembic_config(database_url), revision)

@@ -14,6 +14,7 @@ from typing import Protocol
 from celery import Celery
 from kombu import Queue
 
+from dicom_node.private_files import SECRET_FILE_MODE, create_private_file
 from service.config import Settings
 from service.pipeline.embedded_broker import TRANSPORT_PATH
 from service.pipeline.delivery import DeliveryQueue
@@ -48,7 +49,7 @@ def create_celery(settings: Settings, components_factory: Callable[[], WorkerCom
     extra: dict = {}
     if settings.broker_url is None:  # the embedded broker: a SQLite file in HOME, no server
         path = settings.home / "broker.db"
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(path, SECRET_FILE_MODE)  # SQLite keeps this mode for the file and its WAL
         broker = f"sqlite:///{path.resolve()}"
         extra["broker_transport"] = TRANSPORT_PATH
         transport_options = {"polling_interval": 0.05}

@@ -12,6 +12,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from dicom_node.private_files import make_private_dirs
 from service.config import Settings
 from service.routing.rules import RuleSet, load_rules, parse_rules
 
@@ -57,7 +58,7 @@ class RoutingRulesStore:
         """Validate ``text`` (RoutingRulesError with line and field when invalid), then replace the rules in force."""
         rules = parse_rules(text, "the submitted rules")
         target = self.writable_path
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(target.parent)
         fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".routing-", suffix=".yaml")
         try:
             with os.fdopen(fd, "w") as handle:

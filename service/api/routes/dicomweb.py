@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from dicom_node.private_files import make_private_dirs
 from service.api.deps import CurrentUser, SessionDep, client_address
 from service.api.problems import Problem
 from service.dicomweb.dicom_json import attribute, header_json
@@ -67,7 +68,7 @@ def _receiver(app: FastAPI) -> StowReceiver:
 
             settings = app.state.settings
             # No SpoolWriter.prepare(): it clears temporary files, and the node's process may be writing some now.
-            (settings.spool_dir / INCOMING_DIR).mkdir(parents=True, exist_ok=True)
+            make_private_dirs(settings.spool_dir / INCOMING_DIR)
             receiver = StowReceiver(SpoolWriter(settings.spool_dir), DatabaseRecorder(app.state.session_factory),
                                     utc_now)
             app.state.stow_receiver = receiver

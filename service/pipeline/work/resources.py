@@ -24,6 +24,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from dicom_node.private_files import make_private_dirs
 from service.config import Settings
 from service.db.models import Instance, PipelineRun, Series, Study
 from service.db.session import session_scope
@@ -45,7 +46,7 @@ class StoredInstance:
 @contextmanager
 def write_atomically(path: Path, suffix: str = "") -> Iterator[Any]:
     """Yield a binary file handle on a temporary file beside ``path``; fsync and rename it into place on success."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix or path.suffix)
     try:
         with os.fdopen(fd, "wb") as handle:
