@@ -24,7 +24,7 @@ from pydantic_settings import (
 
 from dicom_node.network import AllowedCaller, DicomAddress
 
-__all__ = ["Settings", "VlmBackend", "PredictorBackend", "ConfigurationError", "default_receivers"]
+__all__ = ["Settings", "VlmBackend", "PredictorBackend", "CookieSecurity", "ConfigurationError", "default_receivers"]
 
 
 def default_receivers() -> int:
@@ -44,6 +44,13 @@ class ConfigurationError(ValueError):
 class VlmBackend(str, enum.Enum):
     VILA = "vila"
     OPENAI = "openai"
+
+
+class CookieSecurity(str, enum.Enum):
+    """``SESSION_COOKIE_SECURE``: when the dashboard's cookies are marked ``Secure`` (sent over HTTPS only)."""
+
+    AUTO = "auto"  # when the request came over HTTPS: uvicorn's own TLS, or X-Forwarded-Proto from a trusted proxy
+    ALWAYS = "always"  # behind a TLS proxy that does not send X-Forwarded-Proto (the dashboard needs HTTPS then)
 
 
 class PredictorBackend(str, enum.Enum):
@@ -114,6 +121,12 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
+    session_idle_seconds: float = Field(1800.0, gt=0, description="A dashboard session unused this long ends.")
+    session_lifetime_seconds: float = Field(28800.0, gt=0, description="A dashboard session ends this long after log-in.")
+    session_cookie_secure: CookieSecurity = Field(
+        CookieSecurity.AUTO, description="auto: Secure cookies for HTTPS requests; always: Secure cookies whatever the "
+        "request (behind a TLS proxy that does not send X-Forwarded-Proto).",
+    )
 
     destinations: Annotated[list[DicomAddress], NoDecode] = Field(default_factory=list)
     routing_rules: Path | None = None

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.api.metrics import make_registry
 from service.api.problems import install_problem_handlers
 from service.api.routes import admin, dicomweb, health, reports, studies
-from service.api.sessions import SessionCookies, load_signing_key
+from service.api.sessions import DashboardSessions
 from service.api.ui import mount_dashboard
 from service.config import Settings
 from service.pipeline.intake import PipelineIntake
@@ -45,7 +45,7 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     app.state.intake = intake
     app.state.review = ReviewService(settings, deliver=intake.dispatcher.deliver)
     app.state.routing_rules = RoutingRulesStore(settings)
-    app.state.sessions = SessionCookies(load_signing_key(settings.home))
+    app.state.sessions = DashboardSessions.from_settings(settings)
     app.state.metrics_registry = make_registry(session_factory)
     install_problem_handlers(app)
     app.include_router(health.router)

@@ -1,25 +1,32 @@
-"""Dashboard log-in sessions: an HMAC-signed cookie (HttpOnly, SameSite=Strict) carrying the user, an expiry and a
-CSRF token that every state-changing form must echo. The signing key lives in HOME (0600) unless configured."""
+"""Dashboard log-in sessions over HTTP: the cookie that carries a session id, and the CSRF token bound to it.
+
+The session itself lives in the database (:mod:`service.security.sessions`): checked on every request, ended at
+log-out, when its user is disabled or its password changes, after ``SESSION_IDLE_SECONDS`` without use and at the
+latest ``SESSION_LIFETIME_SECONDS`` after log-in. The cookie is ``HttpOnly``, ``SameSite=Strict`` and ``Secure`` when
+the request came over HTTPS (``SESSION_COOKIE_SECURE=auto``: uvicorn's own TLS, or a trusted proxy's
+``X-Forwarded-Proto``) or always (``always``). Every state-changing form echoes the session's CSRF token, an HMAC of
+the session id under the key in ``HOME/session.key`` (0600), so pages need no database read to render it.
+"""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import hmac
-import json
 import os
 import secrets
-import time
+from datetime import timedelta
 from pathlib import Path
 
 from fastapi import Request, Response
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.db.models import User
-from service.security.users import Principal, principal_of
+from dicom_node.private_files import SECRET_FILE_MODE, make_private_dirs
+from service.config import CookieSecurity, Settings
+from service.db.models import SessionEnd
+from service.security import Principal, SessionPolicy, end_session, open_session, session_principal
 
-__all__ = ["SessionCookies", "COOKIE_NAME", "load_signing_key"]
+__all__ = ["DashboardSessions", "COOKIE_NAME", "load_signing_key"]
 
 COOKIE_NAME = "m3edge_session"
 
@@ -29,67 +36,68 @@ def load_signing_key(home: Path) -> bytes:
     path = home / "session.key"
     if path.exists():
         return bytes.fromhex(path.read_text().strip())
-    home.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(home)
     key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, SECRET_FILE_MODE)
     with os.fdopen(fd, "w") as handle:
         handle.write(key.hex())
     return key
 
 
-class SessionCookies:
-    def __init__(self, key: bytes, lifetime_s: int = 8 * 3600, secure: bool = False) -> None:
+class DashboardSessions:
+    def __init__(self, key: bytes, policy: SessionPolicy, secure: CookieSecurity | str = CookieSecurity.AUTO) -> None:
         self.key = key
-        self.lifetime_s = lifetime_s
-        self.secure = secure
+        self.policy = policy
+        self.secure = CookieSecurity(secure)
 
-    def _sign(self, payload: bytes) -> str:
-        mac = hmac.new(self.key, payload, hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(payload).decode() + "." + base64.urlsafe_b64encode(mac).decode()
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DashboardSessions:
+        """``SESSION_IDLE_SECONDS``, ``SESSION_LIFETIME_SECONDS``, ``SESSION_COOKIE_SECURE``; the key in HOME."""
+        policy = SessionPolicy(idle=timedelta(seconds=settings.session_idle_seconds),
+                               lifetime=timedelta(seconds=settings.session_lifetime_seconds))
+        return cls(load_signing_key(settings.home), policy, settings.session_cookie_secure)
 
-    def _read(self, request: Request) -> dict | None:
-        value = request.cookies.get(COOKIE_NAME, "")
-        body, _, mac = value.partition(".")
-        try:
-            payload = base64.urlsafe_b64decode(body)
-            expected = hmac.new(self.key, payload, hashlib.sha256).digest()
-            if not hmac.compare_digest(expected, base64.urlsafe_b64decode(mac)):
-                return None
-            data = json.loads(payload)
-        except (ValueError, TypeError):
-            return None
-        if not isinstance(data, dict) or data.get("exp", 0) < time.time():
-            return None
-        return data
-
-    def login(self, response: Response, principal: Principal, password_hash: str) -> str:
-        """Set the cookie; returns the CSRF token for forms."""
-        csrf = secrets.token_urlsafe(24)
-        payload = json.dumps({"uid": principal.user_id, "exp": int(time.time()) + self.lifetime_s, "csrf": csrf,
-                              # a changed password ends every session made with the old one
-                              "pw": hashlib.sha256(password_hash.encode()).hexdigest()[:16]}).encode()
-        response.set_cookie(COOKIE_NAME, self._sign(payload), max_age=self.lifetime_s, httponly=True,
-                            samesite="strict", secure=self.secure, path="/")
-        return csrf
+    def cookie_secure(self, request: Request) -> bool:
+        """Whether a cookie set in answer to ``request`` is marked Secure."""
+        return self.secure is CookieSecurity.ALWAYS or request.url.scheme == "https"
 
     @staticmethod
-    def logout(response: Response) -> None:
-        response.delete_cookie(COOKIE_NAME, path="/")
+    def _session_id(request: Request) -> str:
+        value = request.cookies.get(COOKIE_NAME, "")
+        return value if 0 < len(value) <= 128 else ""
 
-    def principal(self, request: Request, session: Session) -> Principal | None:
-        data = self._read(request)
-        if data is None:
-            return None
-        user = session.execute(select(User).where(User.id == data.get("uid"))).scalar_one_or_none()
-        if user is None or user.disabled or not user.password_hash:
-            return None
-        if hashlib.sha256(user.password_hash.encode()).hexdigest()[:16] != data.get("pw"):
-            return None
-        return principal_of(user)
+    def login(self, request: Request, response: Response, db: Session, principal: Principal,
+              remote_addr: str = "") -> str:
+        """Open a session in the database and set its cookie; returns the session's CSRF token for forms. A session
+        the browser still held is ended: each log-in gets a fresh id."""
+        previous = self._session_id(request)
+        if previous:
+            end_session(db, previous, SessionEnd.LOGOUT)
+        session_id = open_session(db, principal, self.policy, remote_addr)
+        lifetime = int(self.policy.lifetime / timedelta(seconds=1))
+        response.set_cookie(COOKIE_NAME, session_id, max_age=lifetime, httponly=True, samesite="strict",
+                            secure=self.cookie_secure(request), path="/")
+        return self._csrf_of(session_id)
+
+    def logout(self, request: Request, response: Response, db: Session) -> None:
+        """End the session in the database (every copy of the cookie stops working) and delete the cookie."""
+        session_id = self._session_id(request)
+        if session_id:
+            end_session(db, session_id, SessionEnd.LOGOUT)
+        response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict",
+                               secure=self.cookie_secure(request))
+
+    def principal(self, request: Request, db: Session) -> Principal | None:
+        """The user of the request's session, or None (no cookie, or the session is not valid any more)."""
+        return session_principal(db, self._session_id(request), self.policy)
+
+    def _csrf_of(self, session_id: str) -> str:
+        mac = hmac.new(self.key, b"csrf\0" + session_id.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
 
     def csrf_token(self, request: Request) -> str:
-        data = self._read(request)
-        return data.get("csrf", "") if data else ""
+        session_id = self._session_id(request)
+        return self._csrf_of(session_id) if session_id else ""
 
     def check_csrf(self, request: Request, submitted: str) -> bool:
         expected = self.csrf_token(request)

@@ -57,9 +57,56 @@ def token(ctx: typer.Context, name: str = typer.Argument(...), label: str = type
     typer.echo(value)
 
 
+def _change_account(ctx: typer.Context, action: str, change):
+    """Run ``change(session)`` on the database and audit it as ``action`` by ``cli``; prints what it ended."""
+    from service.db.session import session_scope
+    from service.security import UnknownUser, record_audit
+
+    try:
+        with session_scope(cli_context(ctx).session_factory) as session:
+            result = change(session)
+            record_audit(session, "cli", action, target=result.name, detail=result.as_detail())
+    except UnknownUser as exc:
+        raise CliError(str(exc)) from exc
+    return result
+
+
+@users_app.command("disable")
+def disable(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
+    """Disable a user: revoke every API token and end every dashboard session at once (audited)."""
+    from service.security import disable_user
+
+    result = _change_account(ctx, "admin.user.disable", lambda session: disable_user(session, name))
+    typer.echo(f"user {name} disabled: {result.tokens_revoked} token(s) revoked, {result.sessions_ended} "
+               "session(s) ended")
+
+
+@users_app.command("enable")
+def enable(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
+    """Enable a disabled user (old tokens and sessions stay ended: `users token` issues a new token)."""
+    from service.security import enable_user
+
+    _change_account(ctx, "admin.user.enable", lambda session: enable_user(session, name))
+    typer.echo(f"user {name} enabled")
+
+
+@users_app.command("password")
+def password(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
+    """Set a user's dashboard password (asked for twice, not echoed; at least 10 characters) and end every dashboard
+    session of that user (audited)."""
+    from service.security import set_password
+
+    secret = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
+    try:
+        result = _change_account(ctx, "admin.user.password", lambda session: set_password(session, name, secret))
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    typer.echo(f"password of {name} set; {result.sessions_ended} session(s) ended")
+
+
 @users_app.command("revoke")
 def revoke(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
-    """Revoke every API token of a user."""
+    """Revoke every API token of a user (dashboard sessions stay: `users disable` ends both)."""
     from service.db.session import session_scope
     from service.security import UnknownUser, record_audit, revoke_tokens
 

@@ -12,6 +12,9 @@ __all__ = [
     "ApiToken",
     "AuditEvent",
     "Base",
+    "DashboardSession",
+    "LoginAttempt",
+    "SessionEnd",
     "Role",
     "User",
     "Delivery",
@@ -233,6 +236,43 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
     user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class SessionEnd(str, enum.Enum):
+    """Why a dashboard session ended before its time."""
+
+    LOGOUT = "logout"
+    DISABLED = "disabled"  # its user was disabled
+    PASSWORD = "password"  # its user's password was changed
+
+
+class DashboardSession(Base):
+    """A dashboard log-in. The cookie carries a random id, kept here only as its SHA-256; every request checks the row
+    (ended, idle too long, past its lifetime, user disabled), so a session ends for every copy of its cookie at once."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    end_reason: Mapped[SessionEnd | None] = mapped_column(_enum(SessionEnd), nullable=True)
+    remote_addr: Mapped[str] = mapped_column(String(64), default="")
+
+
+class LoginAttempt(Base):
+    """One dashboard log-in attempt, written (and committed) before its password is checked, so that concurrent
+    attempts see each other and the failure limit holds under concurrency (see ``service.security.login_limits``)."""
+
+    __tablename__ = "login_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    remote_addr: Mapped[str] = mapped_column(String(64), index=True)
+    outcome: Mapped[str] = mapped_column(String(16))  # service.security.login_limits.LoginOutcome
 
 
 class AuditEvent(Base):

@@ -1,7 +1,9 @@
-"""Authentication (tokens, passwords), users and the audit trail."""
+"""Authentication (tokens, passwords, dashboard sessions), accounts and the audit trail."""
 
+from service.security.accounts import AccountChange, disable_user, enable_user, set_password
 from service.security.audit import audit_csv, query_audit, record_audit
 from service.security.credentials import hash_password, new_token, token_digest, verify_password
+from service.security.sessions import SessionPolicy, end_session, end_sessions_of, open_session, session_principal
 from service.security.users import (
     Principal,
     UnknownUser,
@@ -9,25 +11,34 @@ from service.security.users import (
     add_user,
     authenticate_password,
     authenticate_token,
+    find_user,
     issue_token,
     revoke_tokens,
-    set_password,
 )
 
 __all__ = [
+    "AccountChange",
     "Principal",
+    "SessionPolicy",
     "UnknownUser",
     "UserExists",
     "add_user",
     "audit_csv",
     "authenticate_password",
     "authenticate_token",
+    "disable_user",
+    "enable_user",
+    "end_session",
+    "end_sessions_of",
+    "find_user",
     "hash_password",
     "issue_token",
     "new_token",
+    "open_session",
     "query_audit",
     "record_audit",
     "revoke_tokens",
+    "session_principal",
     "set_password",
     "token_digest",
     "verify_password",

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 from service.db.models import ApiToken, Role, User, utcnow
 from service.security.credentials import hash_password, new_token, token_digest, verify_password
 
-__all__ = ["Principal", "principal_of", "UserExists", "UnknownUser", "add_user", "issue_token", "revoke_tokens", "authenticate_token",
-           "authenticate_password", "set_password"]
+__all__ = ["Principal", "principal_of", "UserExists", "UnknownUser", "add_user", "find_user", "issue_token",
+           "revoke_tokens", "authenticate_token", "authenticate_password"]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
@@ -66,23 +66,22 @@ def issue_token(session: Session, user: User, label: str = "") -> str:
     return token
 
 
-def revoke_tokens(session: Session, name: str) -> int:
+def find_user(session: Session, name: str) -> User:
+    """The user called ``name``; UnknownUser otherwise."""
     user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
     if user is None:
-        raise UnknownUser(f"no user {name!r}")
+        raise UnknownUser(f"no user {name!r} (`m3edge users list` shows them)")
+    return user
+
+
+def revoke_tokens(session: Session, name: str) -> int:
+    """Revoke every API token of the user; returns how many were still valid."""
     count = 0
-    for token in user.tokens:
+    for token in find_user(session, name).tokens:
         if token.revoked_at is None:
             token.revoked_at = utcnow()
             count += 1
     return count
-
-
-def set_password(session: Session, name: str, password: str) -> None:
-    user = session.execute(select(User).where(User.name == name)).scalar_one_or_none()
-    if user is None:
-        raise UnknownUser(f"no user {name!r}")
-    user.password_hash = hash_password(password)
 
 
 def authenticate_token(session: Session, token: str) -> Principal | None:

@@ -69,12 +69,12 @@ def test_pages_redirect_a_browser_without_a_session_to_the_login(api):  # noqa: 
 
 
 def dashboard_routes():
-    from service.api.ui import ADMIN_ROUTER, DASHBOARD_ROUTERS
+    from service.api.ui import ADMIN_ROUTERS, DASHBOARD_ROUTERS
 
     for router in DASHBOARD_ROUTERS:
         for route in router.routes:
             for method in sorted(route.methods - {"HEAD"}):
-                yield method, route.path, router is ADMIN_ROUTER
+                yield method, route.path, router in ADMIN_ROUTERS
 
 
 def test_every_dashboard_route_needs_a_session_and_admin_pages_the_admin_role(api):  # noqa: F811
@@ -86,7 +86,7 @@ def test_every_dashboard_route_needs_a_session_and_admin_pages_the_admin_role(ap
         log_in(reviewer, "rex")
         token = page_token(reviewer, "/ui/")
         for method, path, admin in routes:
-            url = path.replace("{study_uid}", "1.2.3")
+            url = path.replace("{study_uid}", "1.2.3").replace("{name}", "ada")
             for headers in ({}, {"Authorization": f"Bearer {tokens['admin']}"}):  # a page takes no API token
                 response = anonymous.request(method, url, headers=headers, data={"csrf_token": "x"})
                 assert response.status_code == 303, (method, path, response.status_code)

@@ -5,45 +5,63 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from service.api.deps import AdminUser, SessionDep, client_address
 from service.api.problems import Problem
-from service.db.models import Role, User
+from service.db.models import DashboardSession, Role, User
 from service.security import (
     UnknownUser,
     UserExists,
     add_user,
     audit_csv,
+    disable_user,
+    enable_user,
     query_audit,
     record_audit,
     revoke_tokens,
+    set_password,
 )
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/v1/admin", tags=["admin"])
 
+USER_NAME_PATTERN = r"^[A-Za-z0-9_.@-]{1,64}$"
+UserName = Annotated[str, Path(pattern=USER_NAME_PATTERN, max_length=64, description="The user's log-in name")]
+
 
 class NewUser(BaseModel):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+    name: Annotated[str, Field(pattern=USER_NAME_PATTERN)]
     role: Role
     display_name: Annotated[str, Field(max_length=128)] = ""
     organisation: Annotated[str, Field(max_length=128)] = ""
     password: Annotated[str | None, Field(min_length=10, max_length=256)] = None
 
 
-@router.get("/users", summary="Users and their roles (never their secrets)")
-def list_users(admin: AdminUser, session: SessionDep) -> list[dict]:
-    users = session.execute(select(User).order_by(User.name)).scalars()
+class NewPassword(BaseModel):
+    password: Annotated[str, Field(min_length=10, max_length=256, description="The new dashboard password")]
+
+
+def user_rows(session) -> list[dict]:
+    """Every user with what it holds (never its secrets): the admin API's list and the dashboard's users page."""
+    open_sessions = dict(session.execute(
+        select(DashboardSession.user_id, func.count()).where(DashboardSession.ended_at.is_(None))
+        .group_by(DashboardSession.user_id)
+    ).all())
     return [
         {"name": u.name, "role": u.role.value, "display_name": u.display_name, "organisation": u.organisation,
          "disabled": u.disabled, "active_tokens": sum(1 for t in u.tokens if t.revoked_at is None),
-         "has_password": bool(u.password_hash)}
-        for u in users
+         "has_password": bool(u.password_hash), "sessions": open_sessions.get(u.id, 0)}
+        for u in session.execute(select(User).order_by(User.name)).scalars()
     ]
+
+
+@router.get("/users", summary="Users and their roles (never their secrets)")
+def list_users(admin: AdminUser, session: SessionDep) -> list[dict]:
+    return user_rows(session)
 
 
 @router.post("/users", status_code=201, summary="Create a user; the response carries its API token, shown once")
@@ -61,8 +79,7 @@ def create_user(body: NewUser, admin: AdminUser, session: SessionDep, request: R
 
 
 @router.post("/users/{name}/revoke-tokens", summary="Revoke every API token of a user")
-def revoke(name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")], admin: AdminUser, session: SessionDep,
-           request: Request) -> dict:
+def revoke(name: UserName, admin: AdminUser, session: SessionDep, request: Request) -> dict:
     try:
         count = revoke_tokens(session, name)
     except UnknownUser as exc:
@@ -70,6 +87,41 @@ def revoke(name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")], admi
     record_audit(session, admin.name, "admin.user.revoke_tokens", target=name, remote_addr=client_address(request),
                  detail={"revoked": count})
     return {"name": name, "revoked": count}
+
+
+@router.post("/users/{name}/disable",
+             summary="Disable a user: every API token revoked and every dashboard session ended at once")
+def disable_account(name: UserName, admin: AdminUser, session: SessionDep, request: Request) -> dict:
+    if name == admin.name:
+        raise Problem(409, "cannot disable yourself", "another administrator (or `m3edge users disable`) can")
+    try:
+        change = disable_user(session, name)
+    except UnknownUser as exc:
+        raise Problem(404, "unknown user", str(exc)) from exc
+    record_audit(session, admin.name, "admin.user.disable", target=name, remote_addr=client_address(request),
+                 detail=change.as_detail())
+    return {"name": name, "disabled": True, **change.as_detail()}
+
+
+@router.post("/users/{name}/enable", summary="Enable a disabled user (its old tokens and sessions stay ended)")
+def enable_account(name: UserName, admin: AdminUser, session: SessionDep, request: Request) -> dict:
+    try:
+        enable_user(session, name)
+    except UnknownUser as exc:
+        raise Problem(404, "unknown user", str(exc)) from exc
+    record_audit(session, admin.name, "admin.user.enable", target=name, remote_addr=client_address(request))
+    return {"name": name, "disabled": False}
+
+
+@router.put("/users/{name}/password", summary="Set a user's dashboard password; ends every session of that user")
+def change_password(name: UserName, body: NewPassword, admin: AdminUser, session: SessionDep, request: Request) -> dict:
+    try:
+        change = set_password(session, name, body.password)
+    except UnknownUser as exc:
+        raise Problem(404, "unknown user", str(exc)) from exc
+    record_audit(session, admin.name, "admin.user.password", target=name, remote_addr=client_address(request),
+                 detail=change.as_detail())
+    return {"name": name, **change.as_detail()}
 
 
 @router.get("/audit", summary="The audit log, newest first (JSON, or CSV with format=csv)")

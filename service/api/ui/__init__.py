@@ -10,16 +10,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from service.api.ui import admin_page, login, pages
+from service.api.ui import admin_page, login, pages, users_page
 from service.api.ui.access import LoginRequired, PageRefused
 from service.api.ui.node_health import NodeHealth
 from service.api.ui.rendering import STATIC_DIR, PageRenderer
 from service.security.login_limits import LoginThrottle
 
-__all__ = ["mount_dashboard", "DASHBOARD_ROUTERS", "ADMIN_ROUTER"]
+__all__ = ["mount_dashboard", "DASHBOARD_ROUTERS", "ADMIN_ROUTER", "ADMIN_ROUTERS"]
 
-DASHBOARD_ROUTERS = (login.router, pages.router, admin_page.router)
-ADMIN_ROUTER = admin_page.router  # every page of it needs the admin role
+DASHBOARD_ROUTERS = (login.router, pages.router, admin_page.router, users_page.router)
+ADMIN_ROUTERS = (admin_page.router, users_page.router)  # every page of these needs the admin role
+ADMIN_ROUTER = admin_page.router
 
 
 def mount_dashboard(app: FastAPI) -> None:

@@ -1,8 +1,10 @@
 """Log-in and log-out of the dashboard: a password form, a rate limit on failures, an audit event for every attempt.
 
 The log-in form itself carries a CSRF token (double-submit: a SameSite=Strict cookie that the form echoes), so another
-site cannot log a browser in under an account of its choosing. Success sets the signed session cookie (HttpOnly,
-SameSite=Strict) of :class:`service.api.sessions.SessionCookies`.
+site cannot log a browser in under an account of its choosing. Each attempt is recorded before its password is checked
+(:class:`service.security.login_limits.LoginThrottle`), so concurrent guesses cannot pass the limit. Success opens a
+session in the database and sets its cookie (:class:`service.api.sessions.DashboardSessions`); log-out ends that
+session for every copy of the cookie.
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ import secrets
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse
-from sqlalchemy import select
-
 from service.api.deps import SessionDep, client_address
 from service.api.ui.access import FormFields, PageUser, require_csrf, safe_next
-from service.db.models import User
 from service.security import authenticate_password, record_audit
 from service.security.login_limits import LOGIN_ACTION, LoginOutcome
 
@@ -36,7 +35,7 @@ def _login_page(request: Request, *, next_path: str, message: str = "", status: 
                                 "name": name},
         status=status, headers=headers)
     response.set_cookie(LOGIN_CSRF_COOKIE, token, max_age=_LOGIN_CSRF_LIFETIME_S, httponly=True, samesite="strict",
-                        secure=request.app.state.sessions.secure, path="/ui/login")
+                        secure=request.app.state.sessions.cookie_secure(request), path="/ui/login")
     return response
 
 
@@ -59,21 +58,23 @@ def login(request: Request, form: FormFields, session: SessionDep):
                            message="The log-in form expired or did not come from this page; please try again.")
     if not name or not password:
         return _login_page(request, next_path=next_path, name=name, status=400, message="Enter your name and password.")
-    lockout = request.app.state.login_throttle.lockout(session, name, address)
-    if lockout is not None:
+    throttle = request.app.state.login_throttle
+    ticket = throttle.admit(session, name, address)  # recorded and committed before the password is checked
+    if ticket.lockout is not None:
         record_audit(session, name, LOGIN_ACTION, outcome=LoginOutcome.LOCKED.value, remote_addr=address,
-                     detail={"scope": lockout.scope})
-        return _login_page(request, next_path=next_path, name=name, status=429, message=lockout.message,
-                           headers={"Retry-After": str(lockout.retry_after_s)})
+                     detail={"scope": ticket.lockout.scope})
+        return _login_page(request, next_path=next_path, name=name, status=429, message=ticket.lockout.message,
+                           headers={"Retry-After": str(ticket.lockout.retry_after_s)})
     principal = authenticate_password(session, name, password)
     if principal is None:
+        throttle.finish(session, ticket, LoginOutcome.FAILURE)
         record_audit(session, name, LOGIN_ACTION, outcome=LoginOutcome.FAILURE.value, remote_addr=address)
         return _login_page(request, next_path=next_path, name=name, status=401,
                            message="Wrong name or password (or no dashboard password is set for this user).")
-    password_hash = session.execute(select(User.password_hash).where(User.id == principal.user_id)).scalar_one()
+    throttle.finish(session, ticket, LoginOutcome.SUCCESS)
     record_audit(session, principal.name, LOGIN_ACTION, outcome=LoginOutcome.SUCCESS.value, remote_addr=address)
     response = RedirectResponse(next_path, status_code=303)
-    request.app.state.sessions.login(response, principal, password_hash)
+    request.app.state.sessions.login(request, response, session, principal, address)
     response.delete_cookie(LOGIN_CSRF_COOKIE, path="/ui/login")
     return response
 
@@ -83,5 +84,5 @@ def logout(request: Request, user: PageUser, form: FormFields, session: SessionD
     require_csrf(request, form, user, session)
     record_audit(session, user.name, "ui.logout", remote_addr=client_address(request))
     response = RedirectResponse("/ui/login", status_code=303)
-    request.app.state.sessions.logout(response)
+    request.app.state.sessions.logout(request, response, session)
     return response

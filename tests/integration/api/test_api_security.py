@@ -85,17 +85,15 @@ def test_audit_log_is_append_only_in_the_database(api, session_factory):
 
 
 def test_a_browser_session_needs_the_csrf_token_to_change_state_through_the_api(api, session_factory):
-    from fastapi import Response as FastApiResponse
-
-    from service.db.models import User
-    from service.security.users import principal_of
-
-    base, _, _, app = api
-    with session_scope(session_factory) as session:
-        user = session.query(User).filter_by(name="rex").one()
-        response = FastApiResponse()
-        csrf = app.state.sessions.login(response, principal_of(user), user.password_hash)
-    cookie = response.headers["set-cookie"].split(";")[0]
+    base, _, _, _ = api
+    with httpx.Client(base_url=base) as browser:
+        form = browser.get("/ui/login").text
+        login_csrf = re.search(r'name="csrf_token" value="([^"]*)"', form).group(1)
+        logged_in = browser.post("/ui/login", data={"username": "rex", "password": "another long secret",
+                                                    "csrf_token": login_csrf, "next": "/ui/"})
+        assert logged_in.status_code == 303
+        cookie = f"m3edge_session={browser.cookies['m3edge_session']}"
+        csrf = re.search(r'name="csrf_token" value="([^"]*)"', browser.get("/ui/").text).group(1)
     with httpx.Client(base_url=base, headers={"Cookie": cookie}) as client:
         assert client.get("/api/v1/studies").status_code == 200  # reading with the session is fine
         body = {"from_stage": "plan"}
