@@ -121,6 +121,12 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
+    api_tls: TlsSettings | None = Field(None, description="Serve the API over HTTPS with this certificate and key.")
+    api_trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or networks of the reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are "
+        "believed; empty (the default): nobody's, the client is the peer of the connection.",
+    )
     session_idle_seconds: float = Field(1800.0, gt=0, description="A dashboard session unused this long ends.")
     session_lifetime_seconds: float = Field(28800.0, gt=0, description="A dashboard session ends this long after log-in.")
     session_cookie_secure: CookieSecurity = Field(
@@ -185,6 +191,19 @@ class Settings(BaseSettings):
     def _parse_allowed(cls, value: Any) -> Any:
         value = _split_list(value)
         return [AllowedCaller.parse(v) if isinstance(v, str) else v for v in value]
+
+    @field_validator("api_trusted_proxies", mode="before")
+    @classmethod
+    def _parse_trusted_proxies(cls, value: Any) -> Any:
+        value = _split_list(value)
+        if isinstance(value, list):
+            for entry in value:
+                try:
+                    ipaddress.ip_network(str(entry), strict=False)
+                except ValueError as exc:
+                    raise ValueError(f"API_TRUSTED_PROXIES: {entry!r} is not an IP address or network "
+                                     "(e.g. 10.0.0.5 or 10.0.0.0/24)") from exc
+        return value
 
     @field_validator("destinations", mode="before")
     @classmethod

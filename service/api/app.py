@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.api.metrics import make_registry
 from service.api.problems import install_problem_handlers
 from service.api.routes import admin, dicomweb, health, reports, studies
+from service.api.request_gate import RequestGate
 from service.api.sessions import DashboardSessions
 from service.api.ui import mount_dashboard
 from service.config import Settings
@@ -54,4 +55,5 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     app.include_router(admin.router)
     app.include_router(dicomweb.router)
     mount_dashboard(app)
+    app.add_middleware(RequestGate)  # the caller is checked, and the body bounded, before any route reads a body
     return app

@@ -15,7 +15,7 @@ from service.db.session import session_scope
 from service.security import Principal, authenticate_token, record_audit
 
 __all__ = ["SettingsDep", "SessionDep", "CurrentUser", "AdminUser", "client_address", "get_session", "current_user",
-           "record_denied"]
+           "authenticate_caller", "check_admin", "record_denied"]
 
 
 def get_settings(request: Request) -> Settings:
@@ -38,8 +38,10 @@ def client_address(request: Request) -> str:
 _SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
-def current_user(request: Request, session: SessionDep) -> Principal:
-    """A bearer token (API) or the dashboard's session cookie; 401 otherwise."""
+def authenticate_caller(request: Request, session: Session) -> Principal:
+    """A bearer token (API) or the dashboard's session cookie (with its CSRF header when the method changes state);
+    raises Problem 401 (403 for a missing CSRF token). Reads headers only, never the body, and commits the token's
+    last use as its own unit of work (no write lock held through the request)."""
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     principal = None
@@ -56,7 +58,13 @@ def current_user(request: Request, session: SessionDep) -> Principal:
     if principal is None:
         raise Problem(401, "not authenticated", "send 'Authorization: Bearer <token>' (m3edge users add prints one)",
                       headers={"WWW-Authenticate": "Bearer"})
-    session.commit()  # the token's last use is its own unit of work: no write lock held through the request
+    session.commit()
+    return principal
+
+
+def current_user(request: Request, session: SessionDep) -> Principal:
+    """The caller; checked here, or already by the request gate before it let the request's body in."""
+    principal = getattr(request.state, "api_caller", None) or authenticate_caller(request, session)
     request.state.principal = principal
     return principal
 
@@ -71,10 +79,15 @@ def record_denied(request: Request, session: Session, user: Principal) -> None:
     session.commit()
 
 
-def require_admin(request: Request, user: CurrentUser, session: SessionDep) -> Principal:
+def check_admin(request: Request, session: Session, user: Principal) -> None:
+    """Problem 403 (audited) unless the caller has the admin role."""
     if user.role is not Role.ADMIN:
         record_denied(request, session, user)
         raise Problem(403, "forbidden", "this needs the admin role")
+
+
+def require_admin(request: Request, user: CurrentUser, session: SessionDep) -> Principal:
+    check_admin(request, session, user)
     return user
 
 

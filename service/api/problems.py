@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-__all__ = ["Problem", "install_problem_handlers"]
+__all__ = ["Problem", "install_problem_handlers", "problem_response", "PROBLEM_JSON"]
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -23,13 +23,19 @@ class Problem(Exception):
         self.headers = headers or {}
 
 
-def _response(request: Request, status: int, title: str, detail: str = "", headers: dict | None = None,
-              extra: dict | None = None) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "instance": request.url.path}
+def problem_response(path: str, status: int, title: str, detail: str = "", headers: dict | None = None,
+                     extra: dict | None = None) -> JSONResponse:
+    """A problem-details answer for ``path`` (also used where there is no route yet: the request gate)."""
+    body = {"type": "about:blank", "title": title, "status": status, "instance": path}
     if detail:
         body["detail"] = detail
     body.update(extra or {})
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _response(request: Request, status: int, title: str, detail: str = "", headers: dict | None = None,
+              extra: dict | None = None) -> JSONResponse:
+    return problem_response(request.url.path, status, title, detail, headers, extra)
 
 
 def install_problem_handlers(app: FastAPI) -> None:

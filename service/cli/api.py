@@ -14,10 +14,11 @@ def api_command(ctx: typer.Context) -> None:
     import uvicorn
 
     from service.api.app import create_app
+    from service.api.server import uvicorn_options
     from service.cli.serve import prepare_database
 
     context = cli_context(ctx)
     settings = context.settings
     prepare_database(settings)
     app = create_app(settings, context.session_factory)
-    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None, access_log=False)
+    uvicorn.run(app, **uvicorn_options(settings))

@@ -105,10 +105,10 @@ class ApiThread:
         import uvicorn
 
         from service.api.app import create_app
+        from service.api.server import uvicorn_options
 
         app = create_app(settings, session_factory, intake)
-        self.server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port,
-                                                    log_config=None, access_log=False, lifespan="on"))
+        self.server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **uvicorn_options(settings)))
         self._thread: threading.Thread | None = None
 
     def start(self, timeout: float = 30.0) -> None:

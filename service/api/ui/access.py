@@ -62,7 +62,9 @@ def safe_next(path: str | None) -> str:
 
 
 def page_user(request: Request, session: SessionDep) -> Principal:
-    principal = request.app.state.sessions.principal(request, session)
+    """The session's user (checked here, or already by the request gate before it let a form in); a browser without
+    a valid session goes to the log-in page."""
+    principal = getattr(request.state, "page_user", None) or request.app.state.sessions.principal(request, session)
     if principal is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise LoginRequired(target if request.method == "GET" else "/ui/")
@@ -85,7 +87,9 @@ PageAdmin = Annotated[Principal, Depends(page_admin)]
 
 
 async def form_fields(request: Request) -> dict[str, str]:
-    """The posted form's fields (the last value of each), refused when it is not a small url-encoded form."""
+    """The posted form's fields (the last value of each), refused when it is not a small url-encoded form.
+
+    The request gate (``service.api.request_gate``) has already bounded the body: a chunked one stops at its limit."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if not content_type and request.headers.get("content-length", "0") == "0":
         return {}  # an empty post (a button without fields): the CSRF check refuses it
