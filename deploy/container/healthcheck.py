@@ -1,6 +1,9 @@
 """Container health check for each m3edge role; exit status 0 = healthy (Docker's HEALTHCHECK contract).
 
-    healthcheck.py readyz        GET http://127.0.0.1:$M3EDGE_API_PORT/readyz answers 2xx (the api and serve roles)
+    healthcheck.py readyz        GET http://127.0.0.1:$M3EDGE_API_PORT/readyz answers 2xx (the api and serve roles);
+                                 https when M3EDGE_API_TLS__CERTIFICATE is set (the certificate is not verified:
+                                 this asks our own process on loopback whether it is ready, not whom to trust; with
+                                 API_TLS__REQUIRE_CLIENT_CERTIFICATE use the tcp check instead)
     healthcheck.py tcp PORT      something accepts TCP connections on 127.0.0.1:PORT (the scp role: the DICOM port)
 
 Standard library only, so it runs in the image without curl.
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import sys
 import urllib.error
 import urllib.request
@@ -17,10 +21,15 @@ import urllib.request
 TIMEOUT_S = 5.0
 
 
-def readyz(port: int) -> str | None:
-    url = f"http://127.0.0.1:{port}/readyz"
+def readyz(port: int, tls: bool = False) -> str | None:
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/readyz"
+    context = None
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
     try:
-        with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310 (a fixed loopback URL)
+        with urllib.request.urlopen(url, timeout=TIMEOUT_S, context=context) as response:  # noqa: S310 (loopback)
             return None if 200 <= response.status < 300 else f"{url} answered {response.status}"
     except urllib.error.HTTPError as exc:
         return f"{url} answered {exc.code}"
@@ -39,7 +48,8 @@ def tcp(port: int) -> str | None:
 def main(argv: list[str]) -> int:
     check = argv[0] if argv else "readyz"
     if check == "readyz":
-        problem = readyz(int(os.environ.get("M3EDGE_API_PORT", "8000")))
+        problem = readyz(int(os.environ.get("M3EDGE_API_PORT", "8000")),
+                         tls=bool(os.environ.get("M3EDGE_API_TLS__CERTIFICATE")))
     elif check == "tcp" and len(argv) == 2 and argv[1].isdigit():
         problem = tcp(int(argv[1]))
     else:

@@ -208,9 +208,10 @@ def serve_command(ctx: typer.Context) -> None:
                 f"cannot listen on {settings.dicom_host}:{settings.dicom_port}: {exc} (set M3EDGE_DICOM_PORT)"
             ) from exc
         LOGGER.info(
-            "m3edge serving: DICOM %s on %s:%d, API http://%s:%d, database %s, broker %s, study idle %g s; "
+            "m3edge serving: DICOM %s on %s:%d, API %s://%s:%d, database %s, broker %s, study idle %g s; "
             "stop with Ctrl-C or SIGTERM",
-            settings.dicom_ae_title, settings.dicom_host, node.port, settings.api_host, settings.api_port,
+            settings.dicom_ae_title, settings.dicom_host, node.port, "https" if settings.api_tls else "http",
+            settings.api_host, settings.api_port,
             settings.effective_database_url.partition(":")[0],
             "embedded" if settings.broker_url is None else settings.broker_url.partition(":")[0],
             settings.study_idle_seconds,

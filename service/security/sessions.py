@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import DashboardSession, SessionEnd, User, utcnow
@@ -52,6 +52,8 @@ def open_session(db: Session, principal: Principal, policy: SessionPolicy, remot
     """Record a new session for ``principal`` (in the caller's transaction); returns its id, for the cookie only."""
     session_id = secrets.token_urlsafe(32)
     now = policy.clock()
+    # sessions past their lifetime can never be valid again: the table holds at most a lifetime's log-ins
+    db.execute(delete(DashboardSession).where(DashboardSession.created_at < now - policy.lifetime))
     db.add(DashboardSession(user_id=principal.user_id, token_hash=token_digest(session_id), created_at=now,
                             last_seen_at=now, remote_addr=remote_addr[:64]))
     db.flush()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+import sys
 
 import httpx
 import pytest
 
 from tests.conftest import require_tool
 from tests.support.api_process import CSRF_FIELD, PASSWORDS, log_in, running_api
+from tests.support.m3edge_processes import ROOT
 
 FORGED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
 
@@ -84,3 +86,8 @@ def test_api_tls_serves_https_with_a_secure_cookie(tmp_path, certificate):
             assert client.get("/ui/").status_code == 200
         with pytest.raises(httpx.HTTPError):
             httpx.get(api.base_url.replace("https://", "http://") + "/healthz", timeout=5)
+        # the image's health check follows the API to HTTPS (ready: the spool is there, as the node would make it)
+        (tmp_path / "home" / "spool").mkdir()
+        health = subprocess.run([sys.executable, str(ROOT / "deploy" / "container" / "healthcheck.py"), "readyz"],
+                                env=api.env, capture_output=True, text=True, timeout=30)
+        assert health.returncode == 0, health.stderr
