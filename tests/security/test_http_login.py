@@ -13,6 +13,8 @@ import pytest
 from tests.support.api_process import CSRF_FIELD, PASSWORDS, log_in, running_api
 from tests.support.databases import create_postgres_database, drop_postgres_database
 
+pytestmark = pytest.mark.slow  # real m3edge processes started for these tests
+
 GUESSES = 30
 LIMIT_PER_USER = 5  # LoginThrottle's default
 

@@ -18,6 +18,8 @@ from tests.conftest import require_tool
 from tests.support.api_process import CSRF_FIELD, PASSWORDS, log_in, running_api
 from tests.support.m3edge_processes import ROOT
 
+pytestmark = pytest.mark.slow  # real m3edge processes started for these tests
+
 FORGED = {"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"}
 
 

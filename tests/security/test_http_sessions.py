@@ -15,6 +15,8 @@ import pytest
 from tests.support.api_process import CSRF_FIELD, PASSWORDS, log_in, run_cli, running_api
 from tests.support.polling import wait_for
 
+pytestmark = pytest.mark.slow  # real m3edge processes started for these tests
+
 READS = ("/api/v1/studies", "/dicomweb/studies")
 PASSWORD = PASSWORDS["rex"]
 _NUMBERS = itertools.count(1)

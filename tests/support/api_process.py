@@ -75,17 +75,16 @@ def log_in(client: httpx.Client, name: str, password: str | None = None) -> http
 
 @contextmanager
 def running_api(workdir: Path, *, command: str = "api", scheme: str = "http", **settings: str) -> Iterator[ApiProcess]:
-    """``m3edge api`` (or ``serve``) on a free loopback port with an admin ``ada`` and a reviewer ``rex`` (their
-    passwords in PASSWORDS, their API tokens in ``tokens``); stopped with SIGTERM afterwards."""
+    """``m3edge api`` (or ``serve``) on a free loopback port with an admin ``ada`` (made by ``m3edge users add``) and a
+    reviewer ``rex`` (made through the admin API): passwords in PASSWORDS, API tokens in ``tokens``; stopped with
+    SIGTERM afterwards."""
     home = workdir / "home"
     port = free_port()
     settings.setdefault("api_port", str(port))
     env = m3edge_env(home, **settings)
-    tokens = {}
-    for name, role in ROLES.items():
-        secret = PASSWORDS[name]
-        created = run_cli(env, "users", "add", name, "--role", role, "--password", input=f"{secret}\n{secret}\n")
-        tokens[name] = created.stdout.strip().splitlines()[-1]
+    secret = PASSWORDS["ada"]
+    created = run_cli(env, "users", "add", "ada", "--role", "admin", "--password", input=f"{secret}\n{secret}\n")
+    tokens = {"ada": created.stdout.strip().splitlines()[-1]}
     process = M3edgeProcess(command, [command], env, workdir)
     process.start("Uvicorn running on" if command == "api" else "m3edge serving", timeout=120)
     base = f"{scheme}://127.0.0.1:{settings['api_port']}"
@@ -98,6 +97,12 @@ def running_api(workdir: Path, *, command: str = "api", scheme: str = "http", **
 
     try:
         wait_for(answers, timeout=60, interval=0.1, message=f"m3edge {command} never answered /healthz")
+        for name, role in ROLES.items():
+            if name not in tokens:  # the others through the admin API: one process start less each
+                response = httpx.post(base + "/api/v1/admin/users", headers={"Authorization": f"Bearer {tokens['ada']}"},
+                                      json={"name": name, "role": role, "password": PASSWORDS[name]}, verify=False)
+                assert response.status_code == 201, response.text
+                tokens[name] = response.json()["token"]
         yield ApiProcess(process, base, env, tokens)
     finally:
         process.stop()

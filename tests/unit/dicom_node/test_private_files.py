@@ -85,3 +85,13 @@ def test_the_spool_writes_0640_files_in_0750_folders_under_any_umask(tmp_path, o
     files = [spool.path_of(first.relative_path), spool.path_of(conflict.relative_path)]
     assert {mode(p) for p in folders} == {0o750}, [(str(p), oct(mode(p))) for p in folders]
     assert {mode(p) for p in files} == {0o640}
+
+
+def test_the_pipelines_work_and_result_files_are_private_under_any_umask(tmp_path, open_umask):
+    from service.pipeline.work.resources import write_atomically
+
+    target = tmp_path / "home" / "work" / "1.2.3" / "run-1" / "input.npz"
+    with write_atomically(target, ".npz") as handle:
+        handle.write(b"arrays")
+    folders = [tmp_path / "home" / "work", target.parent.parent, target.parent]
+    assert [mode(p) for p in folders] == [0o750] * 3 and mode(target) == 0o600
