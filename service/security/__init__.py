@@ -3,7 +3,14 @@
 from service.security.accounts import AccountChange, disable_user, enable_user, set_password
 from service.security.audit import audit_csv, query_audit, record_audit
 from service.security.credentials import hash_password, new_token, token_digest, verify_password
-from service.security.sessions import SessionPolicy, end_session, end_sessions_of, open_session, session_principal
+from service.security.sessions import (
+    SessionPolicy,
+    end_session,
+    end_sessions_of,
+    live_session_counts,
+    open_session,
+    session_principal,
+)
 from service.security.users import (
     Principal,
     UnknownUser,
@@ -33,6 +40,7 @@ __all__ = [
     "find_user",
     "hash_password",
     "issue_token",
+    "live_session_counts",
     "new_token",
     "open_session",
     "query_audit",

@@ -13,14 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from service.db.models import DashboardSession, SessionEnd, User, utcnow
 from service.security.credentials import token_digest
 from service.security.users import Principal, principal_of
 
-__all__ = ["SessionPolicy", "open_session", "session_principal", "end_session", "end_sessions_of"]
+__all__ = ["SessionPolicy", "open_session", "session_principal", "end_session", "end_sessions_of", "live_session_counts"]
 
 # A session's last use is written at most this often: the idle timeout is exact to within this, and a page that
 # refreshes itself every few seconds does not write the database every few seconds.
@@ -101,3 +101,15 @@ def end_sessions_of(db: Session, user_id: int, reason: SessionEnd | str, now: da
         .values(ended_at=now or utcnow(), end_reason=SessionEnd(reason))
     )
     return result.rowcount or 0
+
+
+def live_session_counts(db: Session, policy: SessionPolicy) -> dict[int, int]:
+    """How many valid sessions each user holds now (not ended, neither idle too long nor too old)."""
+    now = policy.clock()
+    rows = db.execute(
+        select(DashboardSession.user_id, func.count())
+        .where(DashboardSession.ended_at.is_(None), DashboardSession.created_at > now - policy.lifetime,
+               DashboardSession.last_seen_at > now - policy.idle)
+        .group_by(DashboardSession.user_id)
+    ).all()
+    return dict(rows)

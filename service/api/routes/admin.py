@@ -7,18 +7,20 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import BaseModel, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from service.api.deps import AdminUser, SessionDep, client_address
 from service.api.problems import Problem
-from service.db.models import DashboardSession, Role, User
+from service.db.models import Role, User
 from service.security import (
+    SessionPolicy,
     UnknownUser,
     UserExists,
     add_user,
     audit_csv,
     disable_user,
     enable_user,
+    live_session_counts,
     query_audit,
     record_audit,
     revoke_tokens,
@@ -45,12 +47,9 @@ class NewPassword(BaseModel):
     password: Annotated[str, Field(min_length=10, max_length=256, description="The new dashboard password")]
 
 
-def user_rows(session) -> list[dict]:
+def user_rows(session, policy: SessionPolicy) -> list[dict]:
     """Every user with what it holds (never its secrets): the admin API's list and the dashboard's users page."""
-    open_sessions = dict(session.execute(
-        select(DashboardSession.user_id, func.count()).where(DashboardSession.ended_at.is_(None))
-        .group_by(DashboardSession.user_id)
-    ).all())
+    open_sessions = live_session_counts(session, policy)
     return [
         {"name": u.name, "role": u.role.value, "display_name": u.display_name, "organisation": u.organisation,
          "disabled": u.disabled, "active_tokens": sum(1 for t in u.tokens if t.revoked_at is None),
@@ -59,9 +58,9 @@ def user_rows(session) -> list[dict]:
     ]
 
 
-@router.get("/users", summary="Users and their roles (never their secrets)")
-def list_users(admin: AdminUser, session: SessionDep) -> list[dict]:
-    return user_rows(session)
+@router.get("/users", summary="Users, their roles, active API tokens and live dashboard sessions (never secrets)")
+def list_users(admin: AdminUser, session: SessionDep, request: Request) -> list[dict]:
+    return user_rows(session, request.app.state.sessions.policy)
 
 
 @router.post("/users", status_code=201, summary="Create a user; the response carries its API token, shown once")

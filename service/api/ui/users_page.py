@@ -26,7 +26,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 def _users_page(request: Request, session, user, *, message: str = "", problem: str = "",
                 status: int = 200) -> HTMLResponse:
     return request.app.state.ui_pages.render(
-        request, "users.html", {"users": user_rows(session), "message": message, "problem": problem},
+        request, "users.html", {"users": user_rows(session, request.app.state.sessions.policy), "message": message,
+                                "problem": problem},
         user=user, status=status)
 
 

@@ -16,6 +16,7 @@ from service.security import (
     disable_user,
     enable_user,
     end_session,
+    live_session_counts,
     open_session,
     session_principal,
     set_password,
@@ -121,6 +122,17 @@ def test_a_new_password_ends_the_users_sessions_only(session_factory, policy, re
             set_password(db, "rex", "short")
     assert holder(session_factory, mine, policy) is None
     assert holder(session_factory, theirs, policy) == "ada"
+
+
+def test_live_sessions_are_those_neither_ended_nor_idle_nor_too_old(session_factory, policy, clock, rex):
+    ended = open_for(session_factory, rex[0], policy)
+    open_for(session_factory, rex[0], policy)
+    with session_scope(session_factory) as db:
+        end_session(db, ended, SessionEnd.LOGOUT)
+        assert live_session_counts(db, policy) == {rex[0].user_id: 1}
+    clock.advance(minutes=31)
+    with session_scope(session_factory) as db:
+        assert live_session_counts(db, policy) == {}
 
 
 def test_the_policy_refuses_non_positive_durations():
