@@ -58,7 +58,7 @@ def token(ctx: typer.Context, name: str = typer.Argument(...), label: str = type
 
 
 def _change_account(ctx: typer.Context, action: str, change):
-    """Run ``change(session)`` on the database and audit it as ``action`` by ``cli``; prints what it ended."""
+    """Run ``change(session)`` on the database and audit it as ``action`` by ``cli``; returns what it ended."""
     from service.db.session import session_scope
     from service.security import UnknownUser, record_audit
 
