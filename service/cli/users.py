@@ -57,26 +57,22 @@ def token(ctx: typer.Context, name: str = typer.Argument(...), label: str = type
     typer.echo(value)
 
 
-def _change_account(ctx: typer.Context, action: str, change):
-    """Run ``change(session)`` on the database and audit it as ``action`` by ``cli``; returns what it ended."""
+def _change_account(ctx: typer.Context, action: str, name: str, password: str = ""):
+    """Apply the change and audit it (actor ``cli``); returns what it ended."""
     from service.db.session import session_scope
-    from service.security import UnknownUser, record_audit
+    from service.security import UnknownUser, change_account
 
     try:
         with session_scope(cli_context(ctx).session_factory) as session:
-            result = change(session)
-            record_audit(session, "cli", action, target=result.name, detail=result.as_detail())
-    except UnknownUser as exc:
+            return change_account(session, "cli", action, name, password=password)
+    except (UnknownUser, ValueError) as exc:
         raise CliError(str(exc)) from exc
-    return result
 
 
 @users_app.command("disable")
 def disable(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
     """Disable a user: revoke every API token and end every dashboard session at once (audited)."""
-    from service.security import disable_user
-
-    result = _change_account(ctx, "admin.user.disable", lambda session: disable_user(session, name))
+    result = _change_account(ctx, "admin.user.disable", name)
     typer.echo(f"user {name} disabled: {result.tokens_revoked} token(s) revoked, {result.sessions_ended} "
                "session(s) ended")
 
@@ -84,9 +80,7 @@ def disable(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
 @users_app.command("enable")
 def enable(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
     """Enable a disabled user (old tokens and sessions stay ended: `users token` issues a new token)."""
-    from service.security import enable_user
-
-    _change_account(ctx, "admin.user.enable", lambda session: enable_user(session, name))
+    _change_account(ctx, "admin.user.enable", name)
     typer.echo(f"user {name} enabled")
 
 
@@ -94,13 +88,8 @@ def enable(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
 def password(ctx: typer.Context, name: str = typer.Argument(...)) -> None:
     """Set a user's dashboard password (asked for twice, not echoed; at least 10 characters) and end every dashboard
     session of that user (audited)."""
-    from service.security import set_password
-
     secret = typer.prompt("New password", hide_input=True, confirmation_prompt=True)
-    try:
-        result = _change_account(ctx, "admin.user.password", lambda session: set_password(session, name, secret))
-    except ValueError as exc:
-        raise CliError(str(exc)) from exc
+    result = _change_account(ctx, "admin.user.password", name, secret)
     typer.echo(f"password of {name} set; {result.sessions_ended} session(s) ended")
 
 

@@ -1,6 +1,13 @@
 """Authentication (tokens, passwords, dashboard sessions), accounts and the audit trail."""
 
-from service.security.accounts import AccountChange, disable_user, enable_user, set_password
+from service.security.accounts import (
+    AccountAction,
+    AccountChange,
+    change_account,
+    disable_user,
+    enable_user,
+    set_password,
+)
 from service.security.audit import audit_csv, query_audit, record_audit
 from service.security.credentials import hash_password, new_token, token_digest, verify_password
 from service.security.sessions import (
@@ -24,6 +31,7 @@ from service.security.users import (
 )
 
 __all__ = [
+    "AccountAction",
     "AccountChange",
     "Principal",
     "SessionPolicy",
@@ -33,6 +41,7 @@ __all__ = [
     "audit_csv",
     "authenticate_password",
     "authenticate_token",
+    "change_account",
     "disable_user",
     "enable_user",
     "end_session",

@@ -13,18 +13,17 @@ from service.api.deps import AdminUser, SessionDep, client_address
 from service.api.problems import Problem
 from service.db.models import Role, User
 from service.security import (
+    AccountAction,
     SessionPolicy,
     UnknownUser,
     UserExists,
     add_user,
     audit_csv,
-    disable_user,
-    enable_user,
+    change_account,
     live_session_counts,
     query_audit,
     record_audit,
     revoke_tokens,
-    set_password,
 )
 
 __all__ = ["router"]
@@ -88,38 +87,32 @@ def revoke(name: UserName, admin: AdminUser, session: SessionDep, request: Reque
     return {"name": name, "revoked": count}
 
 
+def _change_account(request: Request, session, admin, action: AccountAction, name: str, password: str = ""):
+    try:
+        return change_account(session, admin.name, action, name, password=password,
+                              remote_addr=client_address(request))
+    except UnknownUser as exc:
+        raise Problem(404, "unknown user", str(exc)) from exc
+
+
 @router.post("/users/{name}/disable",
              summary="Disable a user: every API token revoked and every dashboard session ended at once")
 def disable_account(name: UserName, admin: AdminUser, session: SessionDep, request: Request) -> dict:
     if name == admin.name:
         raise Problem(409, "cannot disable yourself", "another administrator (or `m3edge users disable`) can")
-    try:
-        change = disable_user(session, name)
-    except UnknownUser as exc:
-        raise Problem(404, "unknown user", str(exc)) from exc
-    record_audit(session, admin.name, "admin.user.disable", target=name, remote_addr=client_address(request),
-                 detail=change.as_detail())
+    change = _change_account(request, session, admin, AccountAction.DISABLE, name)
     return {"name": name, "disabled": True, **change.as_detail()}
 
 
 @router.post("/users/{name}/enable", summary="Enable a disabled user (its old tokens and sessions stay ended)")
 def enable_account(name: UserName, admin: AdminUser, session: SessionDep, request: Request) -> dict:
-    try:
-        enable_user(session, name)
-    except UnknownUser as exc:
-        raise Problem(404, "unknown user", str(exc)) from exc
-    record_audit(session, admin.name, "admin.user.enable", target=name, remote_addr=client_address(request))
+    _change_account(request, session, admin, AccountAction.ENABLE, name)
     return {"name": name, "disabled": False}
 
 
 @router.put("/users/{name}/password", summary="Set a user's dashboard password; ends every session of that user")
 def change_password(name: UserName, body: NewPassword, admin: AdminUser, session: SessionDep, request: Request) -> dict:
-    try:
-        change = set_password(session, name, body.password)
-    except UnknownUser as exc:
-        raise Problem(404, "unknown user", str(exc)) from exc
-    record_audit(session, admin.name, "admin.user.password", target=name, remote_addr=client_address(request),
-                 detail=change.as_detail())
+    change = _change_account(request, session, admin, AccountAction.PASSWORD, name, body.password)
     return {"name": name, **change.as_detail()}
 
 

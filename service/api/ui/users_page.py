@@ -14,7 +14,7 @@ from fastapi.responses import HTMLResponse
 from service.api.deps import SessionDep, client_address
 from service.api.routes.admin import user_rows
 from service.api.ui.access import FormFields, PageAdmin, PageRefused, require_csrf
-from service.security import UnknownUser, disable_user, enable_user, record_audit, set_password
+from service.security import AccountAction, UnknownUser, change_account, record_audit
 
 __all__ = ["router"]
 
@@ -43,19 +43,21 @@ def users_page(request: Request, user: PageAdmin, session: SessionDep) -> HTMLRe
     return _users_page(request, session, user)
 
 
+def _change(request: Request, session, user, action: AccountAction, name: str, password: str = ""):
+    try:
+        return change_account(session, user.name, action, _target(name), password=password,
+                              remote_addr=client_address(request))
+    except UnknownUser as exc:
+        raise PageRefused(404, "Unknown user", str(exc)) from exc
+
+
 @router.post("/admin/users/{name}/disable")
 def disable(name: str, request: Request, user: PageAdmin, form: FormFields, session: SessionDep) -> HTMLResponse:
     require_csrf(request, form, user, session)
-    name = _target(name)
     if name == user.name:
         return _users_page(request, session, user, status=409,
                            problem="You cannot disable your own account; another administrator can.")
-    try:
-        change = disable_user(session, name)
-    except UnknownUser as exc:
-        raise PageRefused(404, "Unknown user", str(exc)) from exc
-    record_audit(session, user.name, "admin.user.disable", target=name, remote_addr=client_address(request),
-                 detail=change.as_detail())
+    change = _change(request, session, user, AccountAction.DISABLE, name)
     return _users_page(request, session, user, message=f"{name} is disabled: {change.tokens_revoked} API token(s) "
                        f"revoked and {change.sessions_ended} session(s) ended.")
 
@@ -63,12 +65,7 @@ def disable(name: str, request: Request, user: PageAdmin, form: FormFields, sess
 @router.post("/admin/users/{name}/enable")
 def enable(name: str, request: Request, user: PageAdmin, form: FormFields, session: SessionDep) -> HTMLResponse:
     require_csrf(request, form, user, session)
-    name = _target(name)
-    try:
-        enable_user(session, name)
-    except UnknownUser as exc:
-        raise PageRefused(404, "Unknown user", str(exc)) from exc
-    record_audit(session, user.name, "admin.user.enable", target=name, remote_addr=client_address(request))
+    _change(request, session, user, AccountAction.ENABLE, name)
     return _users_page(request, session, user, message=f"{name} is enabled again (with a new log-in; old API "
                        "tokens stay revoked).")
 
@@ -76,18 +73,12 @@ def enable(name: str, request: Request, user: PageAdmin, form: FormFields, sessi
 @router.post("/admin/users/{name}/password")
 def password(name: str, request: Request, user: PageAdmin, form: FormFields, session: SessionDep) -> HTMLResponse:
     require_csrf(request, form, user, session)
-    name = _target(name)
     secret = form.get("password", "")
     if secret != form.get("confirm", ""):
         return _users_page(request, session, user, status=400, problem="The two passwords differ; nothing changed.")
     if not 10 <= len(secret) <= 256:
         return _users_page(request, session, user, status=400,
                            problem="A password needs 10 to 256 characters; nothing changed.")
-    try:
-        change = set_password(session, name, secret)
-    except UnknownUser as exc:
-        raise PageRefused(404, "Unknown user", str(exc)) from exc
-    record_audit(session, user.name, "admin.user.password", target=name, remote_addr=client_address(request),
-                 detail=change.as_detail())
+    change = _change(request, session, user, AccountAction.PASSWORD, name, secret)
     return _users_page(request, session, user, message=f"The password of {name} is set; {change.sessions_ended} "
                        "session(s) ended.")
