@@ -2,10 +2,12 @@
 
 Faithful to VILA 355fda9: the prompt is rendered by ``engines.vlm.templates``; it is tokenised chunk by chunk around each
 ``<image>`` (VILA's ``tokenizer_image_token``: the first chunk keeps the tokenizer's BOS, later chunks lose theirs, the
-sentinel -200 marks each image); each sentinel is replaced by that image's projector output (196 embeddings at 384 px);
+sentinel -200 marks each image) by the tokenizer VILA loads (``engines.vlm.tokenizer``: SentencePiece ``legacy=False``
+for the Llama-2 based 3B/13B); each sentinel is replaced by that image's projector output (196 embeddings at 384 px);
 SigLIP features come from layer ``mm_vision_select_layer`` (-2) with ``mm_vision_select_feature`` (``cls_patch`` keeps
-all patch tokens: SigLIP has no CLS). Decoding is greedy with a KV cache and stops on the template's stop string
-(``<|eot_id|>`` for llama_3, ``</s>`` for vicuna_v1) or the tokenizer's EOS; min/max new tokens are honoured.
+all patch tokens: SigLIP has no CLS). Decoding is greedy with a KV cache and stops on the template's stop strings
+(``<|eot_id|>`` and ``<|end_of_text|>`` for llama_3, ``</s>`` for vicuna_v1) or the tokenizer's EOS; min/max new
+tokens are honoured. Needs transformers 5 (``from_pretrained(dtype=...)``, ``cache=`` in the decoding loop).
 
 Create one per worker process and reuse it: loading the 8B takes tens of seconds.
 """
@@ -20,17 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.vlm.base import IMAGE_PLACEHOLDER, Conversation, Generation, GenerationConfig, VlmError
+from engines.vlm.base import Conversation, Generation, GenerationConfig, VlmError
 from engines.vlm.checkpoint import VilaCheckpoint, write_checkpoint
 from engines.vlm.preprocessing import SiglipPreprocessor
 from engines.vlm.projector import MlpDownsampleProjector, TokenOrder
 from engines.vlm.templates import get_template, render_prompt, stop_strings, template_for_checkpoint
+from engines.vlm.tokenizer import IMAGE_TOKEN_INDEX, tokenize_with_image_sentinels
 
 __all__ = ["VilaM3", "VilaRun", "IMAGE_TOKEN_INDEX", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN_INDEX = -200  # VILA's sentinel for "<image>" while tokenising
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -92,12 +94,14 @@ class VilaM3:
     # -- loading -------------------------------------------------------------------------------------------------
 
     def _load(self, order: TokenOrder) -> None:
-        from transformers import AutoTokenizer, LlamaForCausalLM, SiglipVisionModel
+        from transformers import LlamaForCausalLM, SiglipVisionModel
+
+        from engines.vlm.tokenizer import load_tokenizer
 
         started = time.perf_counter()
         llm_dir = self.checkpoint.component("llm")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+            self.tokenizer = load_tokenizer(llm_dir)
             self.llm = LlamaForCausalLM.from_pretrained(llm_dir, dtype=self.dtype).to(self.device).eval()
             tower_dir = self.checkpoint.component("vision_tower")
             self.vision_tower = SiglipVisionModel.from_pretrained(tower_dir, dtype=self.dtype).to(self.device).eval()
@@ -138,21 +142,9 @@ class VilaM3:
     # -- the pieces ----------------------------------------------------------------------------------------------
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
-        """VILA's ``tokenizer_image_token``: ids with ``IMAGE_TOKEN_INDEX`` at each ``<image>``.
-
-        Each text chunk is tokenised on its own with the tokenizer's special tokens. If the first chunk starts with BOS it
-        is kept once, and the leading BOS of every later chunk is dropped, so the ids on either side of an image are
-        exactly the tokenisation of the text there. (VILA drops the first id of later chunks unconditionally; it is
-        always BOS for the Llama tokenizers VILA-M3 ships, and only a BOS is dropped here.)
-        """
-        chunks = [self.tokenizer(chunk).input_ids for chunk in prompt.split(IMAGE_PLACEHOLDER)]
-        bos = self.tokenizer.bos_token_id
-        keep_bos = bool(chunks[0]) and bos is not None and chunks[0][0] == bos
-        ids: list[int] = list(chunks[0])
-        for chunk in chunks[1:]:
-            ids.append(IMAGE_TOKEN_INDEX)
-            ids.extend(chunk[1:] if keep_bos and chunk and chunk[0] == bos else chunk)
-        return ids
+        """VILA's ``tokenizer_image_token``: ids with ``IMAGE_TOKEN_INDEX`` at each ``<image>`` (see
+        ``engines.vlm.tokenizer.tokenize_with_image_sentinels``)."""
+        return tokenize_with_image_sentinels(self.tokenizer, prompt)
 
     @torch.inference_mode()
     def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
