@@ -9,7 +9,10 @@
 #   3. expert speed per window: eager, CUDA graph replay, torch.compile (compile time apart)
 #   4. the VILA-M3-8B-shaped model (Llama-3-8B + SigLIP so400m-patch14-384 dims, random weights, bf16, batch 1):
 #      weights and peak memory, time to first token, tokens/s, eager and torch.compile
-#   5. where TensorRT is importable (a real deployment): `m3edge engines build`, then each expert with tensorrt vs
+#   5. `m3edge vlm check`: with M3EDGE_VLM_BACKEND=openai and M3EDGE_VLM_URL set (a trtllm-serve deployment, real
+#      weights), the command itself; otherwise the same comparison on a tiny VILA checkpoint, in-process on this device
+#      against the trtllm-serve test double on the CPU (greedy tokens, first-token log-probabilities, verdict)
+#   6. where TensorRT is importable (a real deployment): `m3edge engines build`, then each expert with tensorrt vs
 #      torch: inference time, Dice per label (VISTA3D, BraTS), classification agreement (CXR)
 # A time budget (default 390 s) skips the costly optional steps (compiles) that would not fit, and says so; the
 # run is also cut at 440 s (plus about 30 s to install a wheelhouse), and the summary written after every part

@@ -1,6 +1,6 @@
 """What the GPU check needs beyond a CUDA PyTorch machine, whether it is there, and how to carry it there offline.
 
-The check needs ``monai``, ``transformers`` and ``sentencepiece`` (and what they require), and for the ``gpu`` marker tests ``pytest``
+The check needs ``monai``, ``transformers``, ``sentencepiece``, ``httpx`` and ``pillow`` (and what they require), and for the ``gpu`` marker tests ``pytest``
 and what the suite's conftest imports (``pydicom``, ``sqlalchemy``, ``alembic``).
 A CUDA PyTorch machine has torch and what torch requires (filelock, typing-extensions, sympy, networkx, jinja2,
 fsspec, triton, the nvidia-* libraries) and numpy; everything else is packed: the closure of the roots' requirements
@@ -23,7 +23,8 @@ from pathlib import Path
 
 __all__ = ["ROOTS", "BASELINE_ROOTS", "needed_distributions", "missing_distributions", "pack_command", "pack"]
 
-ROOTS = ("monai", "transformers", "sentencepiece", "pytest", "pytest-timeout", "pydicom", "sqlalchemy", "alembic")
+ROOTS = ("monai", "transformers", "sentencepiece", "httpx", "pillow", "pytest", "pytest-timeout", "pydicom", "sqlalchemy",
+         "alembic")
 BASELINE_ROOTS = ("torch", "numpy", "pip", "setuptools", "wheel")
 ALWAYS_PACK = ("typing-extensions",)  # in torch's closure, but pydantic needs a recent one: 45 kB of insurance
 _IMPORT_NAMES = {"monai": "monai", "transformers": "transformers", "pytest": "pytest", "tokenizers": "tokenizers",

@@ -50,6 +50,9 @@ class ChatTemplate:
     style: SeparatorStyle
     sep: str
     sep2: str | None
+    # The checkpoints trained with it tokenise with Llama-2's SentencePiece model (legacy=False): a text chunk after an
+    # <image> starts with a space token in VILA's chunk-by-chunk tokenisation (engines/vlm/tokenizer.py).
+    sentencepiece: bool = False
 
     @property
     def stop_string(self) -> str:
@@ -93,6 +96,7 @@ _VICUNA_V1 = ChatTemplate(
     style=SeparatorStyle.TWO,
     sep=" ",
     sep2="</s>",
+    sentencepiece=True,
 )
 
 _HERMES_2 = ChatTemplate(

@@ -190,7 +190,7 @@ def test_vicuna_stops_on_end_of_sentence(vicuna):
 def test_kv_cache_decoding_matches_full_recomputation(llama3):
     conversation = first_turn()
     run = llama3.run(conversation, GenerationConfig(max_new_tokens=6, min_new_tokens=6))
-    inputs_embeds, _, _, _ = llama3._prepare(conversation)
+    inputs_embeds = llama3.prompt_embeddings(conversation)
     table = llama3.llm.get_input_embeddings()
     expected: list[int] = []
     with torch.inference_mode():
