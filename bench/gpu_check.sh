@@ -25,12 +25,13 @@
 # Output: $OUT (the device runner's folder) when set, else bench/out/gpu_check/.
 #
 # Wheels a CUDA PyTorch machine typically lacks (it has torch, numpy, jinja2, sympy, networkx, filelock, fsspec,
-# typing-extensions): monai, transformers, tokenizers, safetensors, huggingface-hub (+ hf-xet, httpx2, httpcore2,
-# anyio, h11, idna, click, typer, rich, pydantic, ...), regex, pyyaml, tqdm, packaging, pytest (+ pluggy, iniconfig,
-# pygments, pytest-timeout) and what the suite's conftest imports (pydicom, sqlalchemy, alembic, mako).
-# `python -m bench.gpu.wheels list` prints the exact pinned set (the versions this checkout runs with); pack them,
-# for CPython 3.11 and 3.12 (about 46 MiB; a lent machine takes 64 MiB; 3.10 is out, m3edge needs 3.11+), with:
-#   bench/gpu_check.sh --pack-wheels bench/out/wheelhouse 3.11 3.12
+# typing-extensions): monai, transformers, tokenizers, safetensors, sentencepiece, huggingface-hub (+ hf-xet, httpx2,
+# httpcore2, anyio, h11, idna, click, typer, rich, pydantic, ...), httpx, pillow, regex, pyyaml, tqdm, packaging, pytest
+# (+ pluggy, iniconfig, pygments, pytest-timeout) and what the suite's conftest imports (pydicom, sqlalchemy, alembic,
+# mako). `python -m bench.gpu.wheels list` prints the exact pinned set (the versions this checkout runs with); pack
+# them for the machine's CPython version (about 49 MiB; 3.11 and 3.12 together, 68 MiB, are over the 64 MiB a lent
+# machine takes; 3.10 is out, m3edge needs 3.11+), e.g. for 3.12:
+#   bench/gpu_check.sh --pack-wheels bench/out/wheelhouse 3.12
 # and install them there (no index, into bench/out/site, put on PYTHONPATH) with --wheelhouse bench/out/wheelhouse.
 #
 # On a lent GPU machine (the `run` tool: the working tree is copied, bench/out/ is git-ignored so carry it):

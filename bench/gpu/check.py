@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = missing_distributions()
     if missing:
         raise SystemExit(f"missing Python packages: {', '.join(missing)}. Pack them where there is a package index with "
-                         "`bench/gpu_check.sh --pack-wheels bench/out/wheelhouse 3.11 3.12` and run "
+                         "`bench/gpu_check.sh --pack-wheels bench/out/wheelhouse <this python version>` and run "
                          "`bench/gpu_check.sh --wheelhouse bench/out/wheelhouse` here")
     summary = run_check(args.out, args.dry_run, args.budget_s, run_tests=not args.skip_tests)
     print(f"[gpu-check] wrote {args.out / 'gpu_check.json'} and gpu_check.md in {summary['elapsed_s']:.0f} s"

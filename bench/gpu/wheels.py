@@ -9,8 +9,9 @@ fsspec, triton, the nvidia-* libraries) and numpy; everything else is packed: th
     python -m bench.gpu.wheels list [PYTHON_VERSION]           the pinned distributions, one a line
     python -m bench.gpu.wheels pack DIR [PYTHON_VERSION ...]   pip download of their wheels (manylinux x86_64)
 
-For CPython 3.11 and 3.12 together the wheels come to about 46 MiB, under the 64 MiB a lent machine accepts
-(3.10 is out: m3edge and these pins need 3.11 or later).
+For one CPython version the wheels come to about 49 MiB, under the 64 MiB a lent machine accepts; 3.11 and 3.12
+together are about 68 MiB (Pillow and sentencepiece, for ``m3edge vlm check``, made it grow past 64), so pack for the
+machine's version (``python3 --version`` there). 3.10 is out: m3edge and these pins need 3.11 or later.
 """
 
 from __future__ import annotations

@@ -183,14 +183,17 @@ def test_most_structure_falls_back_to_the_middle_slice_and_says_why(ready, reaso
     assert reason in transcript.slice.reason
 
 
-def test_brats_shows_the_t1c_slice_four_times_as_trained_and_the_overlay_on_t1c():
-    volume, labels = brats_study()
+def _brats_request(volume, labels) -> ConsultationRequest:
     ready = _ready(ExpertName.BRATS, None, labels)
-    request = ConsultationRequest(
+    return ConsultationRequest(
         "Describe the lesion.", Modality.MRI, ExpertInput(volume, IDENTITY), brats_sequences=True, ready_results=[ready]
     )
+
+
+def test_brats_shows_the_t1c_slice_four_times_as_trained_and_the_overlay_on_t1c():
+    volume, labels = brats_study()
     model = ScriptedModel("Let me first trigger <BRATS()>.", FINAL)
-    transcript = _agent(model, [], slice_policy="most_structure").consult(request).transcript
+    transcript = _agent(model, [], slice_policy="most_structure").consult(_brats_request(volume, labels)).transcript
     assert transcript.slice.index == 3
     assert [image.role for image in transcript.turns[0].images] == [
         "T1c", "T1c (as trained, in place of T1)", "T1c (as trained, in place of T2)", "T1c (as trained, in place of FLAIR)"
@@ -206,14 +209,10 @@ def test_brats_shows_the_t1c_slice_four_times_as_trained_and_the_overlay_on_t1c(
 
 def test_brats_images_setting_sequences_shows_the_same_slice_of_the_four_sequences():
     volume, labels = brats_study()
-    ready = _ready(ExpertName.BRATS, None, labels)
-    request = ConsultationRequest(
-        "Describe the lesion.", Modality.MRI, ExpertInput(volume, IDENTITY), brats_sequences=True, ready_results=[ready]
-    )
     model = ScriptedModel("Let me first trigger <BRATS()>.", FINAL)
     expert = FixedLabelExpert(ExpertName.BRATS, labels)
     agent = _agent(model, [expert], slice_policy="most_structure", brats_images="sequences")
-    transcript = agent.consult(request).transcript
+    transcript = agent.consult(_brats_request(volume, labels)).transcript
     assert transcript.slice.index == 3
     assert [image.role for image in transcript.turns[0].images] == ["T1c", "T1", "T2", "FLAIR"]
     for sequence, shown in zip(volume, model.conversations[0][0].images):
