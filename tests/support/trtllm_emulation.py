@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import io
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -126,7 +127,9 @@ class TrtllmVilaEmulation:
             import torch
 
             try:
-                torch.from_numpy(tensor).resize((384, 384))
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # "non-inplace resize is deprecated"
+                    torch.from_numpy(tensor).resize((384, 384))
             except RuntimeError as error:
                 raise EmulationError(400, str(error)) from error
         return np.round(tensor.transpose(1, 2, 0) * 255).astype(np.uint8)  # the patch: back to the PIL image's pixels

@@ -47,17 +47,27 @@ def vila_chunked(prompt: str) -> list[int]:
 
 
 def prompts_for(form: str) -> dict[str, str]:
+    """First and feedback turns of the three experts, as the agent writes them, in the vicuna_v1 template."""
     cards = prompts.load_model_cards()
-    question = "Is there a hepatic tumor in this image?"
-    turn_1 = prompts.text_as_sent(prompts.first_turn_text(question, "CT", cards), form)
-    turn_2 = prompts.text_as_sent(prompts.vista3d_feedback_text("red: liver, blue: hepatic tumor", question), form)
-    brats = prompts.text_as_sent(prompts.brats_first_turn_text("What abnormality is seen?", cards), form)
-    one = Conversation("vicuna_v1").add("user", turn_1, (None,))
-    two = (Conversation("vicuna_v1").add("user", turn_1, (None,))
-           .add("assistant", "This looks like a CT image. Let me trigger <VISTA3D(hepatic tumor)>. ")
-           .add("user", turn_2, (None,)))
-    return {f"ct_turn_1_{form}": render_prompt(one), f"ct_turn_2_{form}": render_prompt(two),
-            f"brats_turn_1_{form}": render_prompt(Conversation("vicuna_v1").add("user", brats, (None,) * 4))}
+    ct_q, cxr_q, mr_q = "Is there a hepatic tumor in this image?", "Describe the image in detail.", "What abnormality is seen?"
+    scores = {"Atelectasis": 0.7, "Effusion": 0.2, "Pneumothorax": 0.6}
+    turns = {
+        "ct": (prompts.first_turn_text(ct_q, "CT", cards), 1, "Let me trigger <VISTA3D(hepatic tumor)>.",
+               prompts.vista3d_feedback_text("red: liver, blue: hepatic tumor", ct_q), 1),
+        "cxr": (prompts.first_turn_text(cxr_q, "CXR", cards), 1, "Let me first trigger <CXR()>.",
+                prompts.cxr_feedback_text(scores, cxr_q), 0),
+        "brats": (prompts.brats_first_turn_text(mr_q, cards), 4, "Let me first trigger <BRATS()>.",
+                  prompts.brats_feedback_text(mr_q), 1),
+    }
+    rendered = {}
+    for name, (first, images_1, answer, feedback, images_2) in turns.items():
+        opening = prompts.text_as_sent(first, form)
+        one = Conversation("vicuna_v1").add("user", opening, (None,) * images_1)
+        two = (Conversation("vicuna_v1").add("user", opening, (None,) * images_1).add("assistant", answer)
+               .add("user", prompts.text_as_sent(feedback, form), (None,) * images_2))
+        rendered[f"{name}_turn_1_{form}"] = render_prompt(one)
+        rendered[f"{name}_turn_2_{form}"] = render_prompt(two)
+    return rendered
 
 
 golden = {
