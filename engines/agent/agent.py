@@ -4,9 +4,9 @@ Turn 1: model cards + image placeholder(s) + the modality sentence + the questio
 reaches the model in the form the settings choose (``placeholder_form``: as trained, the default, or raw). The first
 answer is parsed once for a trigger; at most one expert result is obtained (a ready-made one when it matches, else the
 expert runs under a timeout); the overlay is drawn on the slice the model saw (or, when that slice shows none of the
-result, where the result is); turn 2 feeds the result back in the training sentence and its answer is final (never parsed again). Whatever the model or the expert does,
-:meth:`ConsultationAgent.consult` ends in a recorded :class:`~engines.agent.transcript.Outcome`; it raises only for a
-request that cannot be shown to the model at all.
+result, where the result is); turn 2 feeds the result back in the training sentence and its answer is final (never
+parsed again). Whatever the model or the expert does, :meth:`ConsultationAgent.consult` ends in a recorded
+:class:`~engines.agent.transcript.Outcome`; it raises only for a request that cannot be shown to the model at all.
 """
 
 from __future__ import annotations
