@@ -9,7 +9,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Summa
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.models import Delivery, PipelineRun, StageRun, StageStatus, Study
+from service.db.models import Delivery, PipelineRun, StageRun, StageStatus, Study, UidCollision
 
 __all__ = ["DatabaseCollector", "make_registry"]
 
@@ -66,6 +66,14 @@ class DatabaseCollector:
         ):
             deliveries.add_metric([destination], n)
         yield deliveries
+
+        collisions = CounterMetricFamily(
+            "m3edge_uid_collisions", "Series or SOP Instance UIDs that arrived in a second study (kept apart, flagged)",
+            labels=["kind"],
+        )
+        for kind, n in session.execute(select(UidCollision.kind, func.count()).group_by(UidCollision.kind)):
+            collisions.add_metric([kind.value], n)
+        yield collisions
 
 
 def make_registry(session_factory: sessionmaker[Session]) -> CollectorRegistry:

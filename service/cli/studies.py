@@ -89,6 +89,8 @@ def show_command(
             f"    #{series.series_number if series.series_number is not None else '-':>4} {series.modality:<4} "
             f"{series.instance_count:>5} inst  {series.description or '-'}  {series.series_uid}{flag}"
         )
+    for collision in detail.uid_collisions:
+        typer.echo(f"  UID COLLISION  {collision.describe()}")
 
 
 @studies_app.command("reprocess")

@@ -25,6 +25,8 @@ __all__ = [
     "StageStatus",
     "Study",
     "StudyStatus",
+    "UidCollision",
+    "UidKind",
     "utcnow",
 ]
 
@@ -82,11 +84,18 @@ class Study(Base):
 
 
 class Series(Base):
+    """A series of one study: identity is (study, Series Instance UID), never the UID alone (PS3.3 says a series UID
+    is unique, real senders reuse them: a second study with the same UID gets its own row and a ``UidCollision``)."""
+
     __tablename__ = "series"
+    __table_args__ = (
+        UniqueConstraint("study_id", "series_uid", name="uq_series_study_series_uid"),
+        Index("ix_series_series_uid", "series_uid"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_uid: Mapped[str] = mapped_column(UID)
     modality: Mapped[str] = mapped_column(String(16), default="")
     series_description: Mapped[str] = mapped_column(String(64), default="")
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -115,6 +124,30 @@ class Instance(Base):
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)
 
     series: Mapped[Series] = relationship(back_populates="instances")
+
+
+class UidKind(str, enum.Enum):
+    SERIES = "series"  # a Series Instance UID
+    INSTANCE = "instance"  # a SOP Instance UID
+
+
+class UidCollision(Base):
+    """A Series or SOP Instance UID that arrived in ``study`` after it had been stored in ``other_study``.
+
+    Each copy stays under its own study (its own series row, spool folder and runs); this row is the flag that the
+    study pages, the log and the ``m3edge_uid_collisions`` metric show. Never merged, never resolved automatically."""
+
+    __tablename__ = "uid_collisions"
+    __table_args__ = (UniqueConstraint("kind", "uid", "study_id", "other_study_id", name="uq_uid_collisions"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[UidKind] = mapped_column(
+        Enum(UidKind, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+    )
+    uid: Mapped[str] = mapped_column(UID)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    other_study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    detected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class RunStatus(str, enum.Enum):
