@@ -36,7 +36,8 @@ from service.destinations import DestinationsStore
 from service.pipeline.delivery import DeliveryQueue, ResultObject
 from service.security import Principal, record_audit
 
-__all__ = ["ReviewAction", "ReviewRequest", "ReviewConflict", "ReviewError", "ReviewService", "latest_report"]
+__all__ = ["ReviewAction", "ReviewRequest", "ReviewConflict", "ReviewError", "ReviewService", "latest_report",
+           "DemoReportNotVerifiable", "DEMO_NOT_VERIFIABLE"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,6 +54,20 @@ class ReviewConflict(RuntimeError):
 
 class ReviewError(ValueError):
     """The review cannot be done as asked (no report yet, a reject without reason, ...)."""
+
+
+DEMO_NOT_VERIFIABLE = (
+    "this draft was made with DEMO models (random weights): its findings are meaningless, so it can never be "
+    "approved or amended into a verified report. Install real weights (m3edge models import) and reprocess the "
+    "study, or reject this draft"
+)
+
+
+class DemoReportNotVerifiable(ReviewConflict):
+    """Approve or amend asked of a draft made with DEMO (random-weight) models: refused, whatever the version."""
+
+    def __init__(self) -> None:
+        super().__init__(DEMO_NOT_VERIFIABLE)
 
 
 @dataclass(frozen=True)
@@ -105,6 +120,8 @@ class ReviewService:
             raise ReviewError(f"study {study_uid} has no report to review yet")
         if report.status is ReportStatus.REJECTED:
             raise ReviewConflict("this draft was rejected; reprocess the study for a new one")
+        if report.demo and request.action is not ReviewAction.REJECT:
+            raise DemoReportNotVerifiable()
         # Take the report: the conditional bump serialises concurrent reviews (row lock / SQLite write lock).
         taken = session.execute(
             update(Report).where(Report.id == report.id, Report.version == request.version)
@@ -121,7 +138,7 @@ class ReviewService:
         revision = int(objects.get("revisions", 0)) + 1
         folder = self.settings.results_dir / study_uid / f"run-{run.run_number}"
         if request.action is ReviewAction.REJECT:
-            new = self._reject(objects, observer, uids, request, revision, folder)
+            new = self._reject(objects, observer, uids, request, revision, folder, demo=report.demo)
             report.status = ReportStatus.REJECTED
         else:
             current = objects.get("verified") or objects["sr"]
@@ -156,12 +173,13 @@ class ReviewService:
         return report
 
     def _reject(self, objects: dict, observer: VerifyingObserver, uids: ResultUids, request: ReviewRequest,
-                revision: int, folder: Path) -> dict | None:
+                revision: int, folder: Path, *, demo: bool) -> dict | None:
         if self.settings.reject_action == "none":
             return None
         rejected = [dcmread(objects[k]["path"]) for k in ("sr", "seg", "overlay") if k in objects]
         reason = RejectionReason.QUALITY if self.settings.reject_action == "quality" else RejectionReason.PATIENT_SAFETY
-        note = build_retraction(rejected, observer, uids, reason=reason, explanation=request.comment, revision=revision)
+        note = build_retraction(rejected, observer, uids, reason=reason, explanation=request.comment, revision=revision,
+                                demo=demo)
         path = folder / f"rejection-{revision}.dcm"
         _write_atomically(note, path)
         objects["rejection"] = {"path": str(path), "sop_instance_uid": note.SOPInstanceUID,

@@ -31,8 +31,12 @@ def build_overlay_capture(
     patient_orientation: tuple[str, str] = AXIAL_DISPLAY_ORIENTATION,
     index: int = 0,
     now: datetime.datetime | None = None,
+    demo_run: bool = False,
 ) -> hd.sc.SCImage:
-    """The overlay (rows, columns, 3) RGB uint8 as an SC image in the source study, referencing the source slice."""
+    """The overlay (rows, columns, 3) RGB uint8 as an SC image in the source study, referencing the source slice.
+
+    It says DEMO (series description, image comments) when the expert ran DEMO weights or ``demo_run`` (another
+    model of the run did)."""
     if not isinstance(overlay, np.ndarray) or overlay.ndim != 3 or overlay.shape[2] != 3:
         raise ValueError("overlay must be a numpy array of shape (rows, columns, 3): the RGB image the model saw")
     if overlay.dtype != np.uint8:
@@ -44,7 +48,7 @@ def build_overlay_capture(
     if not isinstance(uids, ResultUids) or uids.study_instance_uid != source_image.StudyInstanceUID:
         raise ValueError("uids must be a ResultUids made for the source image's study")
     now = now or datetime.datetime.now()
-    demo = " DEMO" if algorithm.demo else ""
+    demo = " DEMO" if algorithm.demo or demo_run else ""
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source_image,
         pixel_array=np.ascontiguousarray(overlay),
@@ -66,7 +70,8 @@ def build_overlay_capture(
     image.Laterality = source_image.get("Laterality", "")  # General Series: Type 2C, empty when unknown
     image.BurnedInAnnotation = "NO"
     image.ImageComments = (
-        f"AI-generated DRAFT overlay for a qualified reader, not a diagnosis: {describe_algorithm(algorithm)}"
+        ("DEMO (random weights, meaningless). " if demo else "")
+        + f"AI-generated DRAFT overlay for a qualified reader, not a diagnosis: {describe_algorithm(algorithm)}"
     )[:10240]
     reference = Dataset()
     reference.ReferencedSOPClassUID = source_image.SOPClassUID

@@ -189,8 +189,12 @@ def build_segmentation(
     *,
     now: datetime.datetime | None = None,
     index: int = 0,
+    demo_run: bool = False,
 ) -> hd.seg.Segmentation:
-    """The SEG of ``findings.segmentation``: binary, one (possibly overlapping) segment per StructureSegment."""
+    """The SEG of ``findings.segmentation``: binary, one (possibly overlapping) segment per StructureSegment.
+
+    It says DEMO (series and content description) when its expert ran DEMO weights or ``demo_run`` (another model of
+    the run did)."""
     if not isinstance(findings, ExpertFindings):
         raise TypeError("findings must be ExpertFindings")
     if findings.segmentation is None:
@@ -204,7 +208,7 @@ def build_segmentation(
     algorithm = findings.algorithm
     frames = frames_on_source_grid(segmentation, findings.source_images)
     masks = segment_pixels(frames, segmentation.segments)
-    demo = " DEMO" if algorithm.demo else ""
+    demo = " DEMO" if algorithm.demo or demo_run else ""
     return hd.seg.Segmentation(
         source_images=list(findings.source_images),
         pixel_array=masks,

@@ -201,11 +201,12 @@ def _verified_content(
     statement = texts.get(_key(DRAFT_STATEMENT)) or texts.get(_key(VERIFICATION_STATEMENT))
     if statement is None:
         raise ValueError("draft has no draft statement: it was not written by build_draft_report")
-    demo = "DEMO" in str(statement.TextValue)
+    if "DEMO" in str(statement.TextValue):
+        raise ValueError("the draft was made with DEMO (random-weight) models: it can never be verified; reprocess "
+                         "the study with real weights")
     replacement = text_item(
         VERIFICATION_STATEMENT,
-        ("DEMO: produced with random demo weights. " if demo else "")
-        + f"AI-assisted report verified by {observer.name} ({observer.organisation}) on "
+        f"AI-assisted report verified by {observer.name} ({observer.organisation}) on "
         f"{verified_at.isoformat(timespec='seconds')}; it replaces the AI draft "
         f"{draft.SOPInstanceUID}.",
     )
@@ -239,7 +240,10 @@ def build_verified_report(
     revision: int = 1,
     now: datetime.datetime | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """A new SR replacing ``draft`` (the draft or an earlier verified report): VERIFIED, COMPLETE, FINAL."""
+    """A new SR replacing ``draft`` (the draft or an earlier verified report): VERIFIED, COMPLETE, FINAL.
+
+    A draft made with DEMO models (its draft statement says DEMO) is refused with ValueError: random weights are
+    never verified."""
     if not isinstance(draft, Dataset) or draft.get("SOPClassUID") != COMPREHENSIVE_3D_SR:
         raise TypeError("draft must be the Comprehensive 3D SR dataset of the report being verified")
     if not isinstance(observer, VerifyingObserver):

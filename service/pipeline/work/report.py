@@ -114,10 +114,10 @@ class ReportStage:
         objects: dict = {}
         segmentation = None
         if findings.segmentation is not None:
-            segmentation = build_segmentation(findings, uids)
+            segmentation = build_segmentation(findings, uids, demo_run=content.demo)
             objects["seg"] = _write(segmentation, folder / "seg.dcm")
         if settings.overlay_secondary_capture and vlm.get("overlay_png"):
-            objects["overlay"] = self._overlay(vlm, prepared, sources, findings.algorithm, uids, folder)
+            objects["overlay"] = self._overlay(vlm, prepared, sources, findings.algorithm, uids, folder, content.demo)
         report = build_draft_report(content, uids, segmentation=segmentation)
         objects["sr"] = _write(report, folder / "sr.dcm")
         if vlm.get("overlay_png"):
@@ -146,14 +146,15 @@ class ReportStage:
             extra[result["expert"]] = expert_algorithm({**result, "weights_digest": digest})
         return tuple(extra.values())
 
-    def _overlay(self, vlm: dict, prepared: dict, sources: list[Dataset], algorithm, uids, folder: Path) -> dict:
+    def _overlay(self, vlm: dict, prepared: dict, sources: list[Dataset], algorithm, uids, folder: Path,
+                 demo: bool) -> dict:
         from PIL import Image
 
         with Image.open(vlm["overlay_png"]) as image:
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
         affine = load_arrays(prepared["input"], "affine")["affine"]
         source = overlay_source_image(sources, affine, prepared["shape"], vlm.get("overlay_slice"))
-        capture = build_overlay_capture(rgb, source, algorithm, uids)
+        capture = build_overlay_capture(rgb, source, algorithm, uids, demo_run=demo)
         return _write(capture, folder / "overlay.dcm")
 
     def _record(self, claim: StageClaim, content: DraftReportContent, expert: dict, vlm: dict, objects: dict) -> None:
