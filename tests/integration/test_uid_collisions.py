@@ -8,7 +8,6 @@ WADO-RS, in Query/Retrieve (dcmtk findscu and getscu), and in its draft SR and S
 
 from __future__ import annotations
 
-import copy
 import logging
 import subprocess
 from pathlib import Path
