@@ -28,6 +28,8 @@ from dicom_node.results import (
     VerifyingObserver,
     build_retraction,
     build_verified_report,
+    clean_line,
+    clean_text,
     write_result,
 )
 from service.config import Settings
@@ -79,6 +81,10 @@ class ReviewRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "action", ReviewAction(self.action))
+        for name in ("narrative", "comment"):  # a person's text as DICOM text may hold it (no TAB, no NUL, ...)
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, clean_text(value))
         if self.action is ReviewAction.AMEND and not (self.narrative or self.comment):
             raise ReviewError("amend needs a corrected narrative or a comment on the findings")
         if self.action is ReviewAction.REJECT and not (self.comment and self.comment.strip()):
@@ -130,8 +136,8 @@ class ReviewService:
         if taken != 1:
             raise ReviewConflict(f"the report changed since version {request.version}; reload it and review again")
         session.refresh(report)
-        observer = VerifyingObserver(name=reviewer.display_name or reviewer.name,
-                                     organisation=reviewer.organisation or "unknown organisation")
+        observer = VerifyingObserver(name=clean_line(reviewer.display_name or reviewer.name)[:64],
+                                     organisation=clean_line(reviewer.organisation or "unknown organisation")[:64])
         run = session.get(PipelineRun, report.run_id)
         uids = ResultUids(self.settings.uid_root, study_uid, f"run-{run.run_number}")
         objects = dict(report.objects or {})

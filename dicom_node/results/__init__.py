@@ -20,6 +20,7 @@ from dicom_node.results.retraction import RejectionReason, build_retraction
 from dicom_node.results.secondary_capture import AXIAL_DISPLAY_ORIENTATION, build_overlay_capture
 from dicom_node.results.seg import build_segmentation, frames_on_source_grid
 from dicom_node.results.sr import COMPREHENSIVE_3D_SR, build_draft_report, build_verified_report
+from dicom_node.results.text import clean_line, clean_text
 from dicom_node.results.uids import OrganisationRoot, ResultKind, ResultUids, SeriesNumber
 
 __all__ = [
@@ -50,6 +51,8 @@ __all__ = [
     "build_retraction",
     "build_segmentation",
     "build_verified_report",
+    "clean_line",
+    "clean_text",
     "frames_on_source_grid",
     "pathology_code",
     "procedure_code",

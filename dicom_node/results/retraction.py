@@ -19,6 +19,7 @@ from pydicom.sr.codedict import codes
 
 from dicom_node.results.content import VerifyingObserver
 from dicom_node.results.equipment import WRITER_MANUFACTURER
+from dicom_node.results.text import check_text
 from dicom_node.results.uids import ResultKind, ResultUids, SeriesNumber
 
 __all__ = ["RejectionReason", "build_retraction"]
@@ -62,6 +63,8 @@ def build_retraction(
         raise ValueError("uids must be a ResultUids made for the rejected instances' study")
     if explanation is not None and (not isinstance(explanation, str) or not explanation.strip()):
         raise ValueError("explanation must be a non-empty str or None")
+    if explanation is not None:
+        check_text("explanation", explanation)
     now = now or datetime.datetime.now()
     content = hd.ko.KeyObjectSelection(
         document_title=reason.title,

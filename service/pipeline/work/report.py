@@ -10,7 +10,6 @@ same row. A new report supersedes the study's earlier ones (except rejected ones
 from __future__ import annotations
 
 import logging
-import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ from dicom_node.results import (
     build_draft_report,
     build_overlay_capture,
     build_segmentation,
+    clean_text,
     write_result,
 )
 from service.db.models import PipelineRun, Report, ReportStatus
@@ -44,12 +44,9 @@ def _headers(paths: list[str]) -> list[Dataset]:
     return [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
 
 
-_KEPT_CONTROLS = {"\n", "\r", "\t", "\f"}
-
-
 def dicom_text(text: str) -> str:
-    """``text`` without the control characters a DICOM text value may not hold (a model's raw output can carry any)."""
-    return "".join(c for c in text if c in _KEPT_CONTROLS or unicodedata.category(c) not in ("Cc", "Cs"))
+    """``text`` as DICOM text may hold it (a model's raw output can carry any control character): ``clean_text``."""
+    return clean_text(text)
 
 
 def narrative_of(vlm: dict) -> Narrative:
