@@ -30,7 +30,6 @@ from dicom_node.results import (
     build_verified_report,
     clean_line,
     clean_text,
-    write_result,
 )
 from service.config import Settings
 from service.db.models import PipelineRun, Report, ReportStatus, Study, utcnow
@@ -104,7 +103,7 @@ def _write_atomically(dataset, path: Path) -> None:
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
     try:
         with os.fdopen(fd, "wb") as handle:
-            write_result(dataset, handle)
+            dataset.save_as(handle, enforce_file_format=True)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)

@@ -1,5 +1,6 @@
-"""Result writers: the draft SR (TID 1500), SEG, overlay Secondary Capture, verified SR and IOCM retraction, and
-``write_result``, which writes any of them to a file encoded once."""
+"""Result objects: the draft SR (TID 1500), SEG, overlay Secondary Capture, verified SR and IOCM retraction, each
+built by highdicom's constructors (with their validation); write them with pydicom's public writer
+(``dataset.save_as(path, enforce_file_format=True)``)."""
 
 from dicom_node.results.codes import LOCAL_SCHEME, StructureCoding, pathology_code, procedure_code, structure_coding
 from dicom_node.results.content import (
@@ -15,7 +16,6 @@ from dicom_node.results.content import (
     VerifyingObserver,
 )
 from dicom_node.results.equipment import PROCESSING_EQUIPMENT, WRITER_MANUFACTURER, algorithm_equipment
-from dicom_node.results.files import write_result
 from dicom_node.results.retraction import RejectionReason, build_retraction
 from dicom_node.results.secondary_capture import AXIAL_DISPLAY_ORIENTATION, build_overlay_capture
 from dicom_node.results.seg import build_segmentation, frames_on_source_grid
@@ -57,5 +57,4 @@ __all__ = [
     "pathology_code",
     "procedure_code",
     "structure_coding",
-    "write_result",
 ]

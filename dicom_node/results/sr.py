@@ -85,46 +85,10 @@ def build_draft_report(
     )
 
 
-_IMAGING_MEASUREMENTS = (codes.DCM.ImagingMeasurements.value, codes.DCM.ImagingMeasurements.scheme_designator)
-_REFERENCE_TYPES = ("IMAGE", "COMPOSITE", "WAVEFORM")
-
-
-def _referenced_instances(item: Dataset) -> set[str]:
-    found = set()
-    for child in item.get("ContentSequence", []):
-        if child.ValueType in _REFERENCE_TYPES:
-            found.add(str(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
-        found |= _referenced_instances(child)
-    return found
-
-
 def _sr_document(root: Dataset, *, evidence: list[Dataset], **attributes) -> hd.sr.Comprehensive3DSR:
-    """highdicom's Comprehensive 3D SR of the content tree ``root``, the Imaging Measurements container attached after
-    construction.
-
-    The constructor deep-copies the whole tree, rebuilds it as typed content items (its ``content`` view) and
-    searches it twice for references; with a group per segmented structure (VISTA3D: ~100) that is most of the time
-    the report takes. The container goes in after, at its place, unchanged: the document is the same, only the
-    in-memory ``content`` view lacks the groups (nothing here uses it; what is written is the dataset). The check the
-    search made, that every instance the groups reference is among the evidence, is made here.
-    """
-    items = root.ContentSequence
-    position = next((n for n, item in enumerate(items) if item.ValueType == "CONTAINER"
-                     and _concept(item) == _IMAGING_MEASUREMENTS), None)
-    if position is None:
-        return hd.sr.Comprehensive3DSR(evidence=evidence, content=root, **attributes)
-    measurements = items[position]
-    missing = _referenced_instances(measurements) - {str(d.SOPInstanceUID) for d in evidence}
-    if missing:
-        raise ValueError(f"the measurements reference instances that are not in the evidence: {sorted(missing)}")
-    del items[position]
-    try:
-        report = hd.sr.Comprehensive3DSR(evidence=evidence, content=root, **attributes)
-    finally:
-        items.insert(position, measurements)
-    if report.ContentSequence is not items:
-        report.ContentSequence.insert(position, measurements)
-    return report
+    """highdicom's Comprehensive 3D SR of the content tree ``root``, with its validation (among it: every instance the
+    content references is in the evidence)."""
+    return hd.sr.Comprehensive3DSR(evidence=evidence, content=root, **attributes)
 
 
 def _evidence_of(draft: Dataset) -> list[Dataset]:

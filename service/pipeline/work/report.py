@@ -26,7 +26,6 @@ from dicom_node.results import (
     build_overlay_capture,
     build_segmentation,
     clean_text,
-    write_result,
 )
 from service.db.models import PipelineRun, Report, ReportStatus
 from service.db.session import session_scope
@@ -89,7 +88,7 @@ def _vlm_identity(model: dict) -> AlgorithmIdentity:
 
 def _write(dataset, path: Path) -> dict:
     with write_atomically(path, ".dcm") as handle:
-        write_result(dataset, handle)
+        dataset.save_as(handle, enforce_file_format=True)
     return {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID),
             "sop_class_uid": str(dataset.SOPClassUID)}
 
