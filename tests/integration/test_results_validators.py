@@ -1,6 +1,6 @@
 """Every result object the pipeline and the review can write, checked by the standard's own validators.
 
-For CT, brain MR and CXR, with and without findings, made with DEMO and with real weights, with a model answer and a
+For CT (single-frame, and pydicom's real Enhanced CT), brain MR and CXR, with and without findings, made with DEMO and with real weights, with a model answer and a
 reader's text full of control characters (cleaned on the way, as the report stage and the review do): SEG, overlay
 SC, draft SR, approved and amended verified SR (real weights only: DEMO drafts are never verified), rejection note.
 dciodvfy: no error in any of them (the warnings we accept are listed, with why, in EXPECTED_WARNINGS); dsrdump: parses
@@ -33,7 +33,15 @@ from dicom_node.results import (
     clean_text,
 )
 from tests.conftest import require_tool
-from tests.support.result_cases import FIXED_TIME, ResultCase, brain_case, ct_case, cxr_case, nothing_found_case
+from tests.support.result_cases import (
+    FIXED_TIME,
+    ResultCase,
+    brain_case,
+    ct_case,
+    cxr_case,
+    enhanced_ct_case,
+    nothing_found_case,
+)
 from tests.support.source_study import write_datasets
 
 # Warnings dciodvfy (dicom3tools) gives on what we write, each accepted for a reason:
@@ -97,7 +105,9 @@ def _all_results(case: ResultCase, folder: Path) -> dict[str, Path]:
         middle = findings.source_images[len(findings.source_images) // 2]
         overlay = np.zeros((int(middle.Rows), int(middle.Columns), 3), dtype=np.uint8)
         overlay[..., 0] = 200
-        sc = build_overlay_capture(overlay, middle, findings.algorithm, case.uids, now=FIXED_TIME, demo_run=demo)
+        frame = 1 if int(middle.get("NumberOfFrames", 1)) > 1 else None  # an enhanced source: its first frame
+        sc = build_overlay_capture(overlay, middle, findings.algorithm, case.uids, now=FIXED_TIME, demo_run=demo,
+                                   frame_number=frame)
         written["sc"] = _write(folder, "sc", sc)
     draft = build_draft_report(content, case.uids, segmentation=seg, now=FIXED_TIME)
     written["draft"] = _write(folder, "draft", draft)
@@ -116,7 +126,7 @@ def _all_results(case: ResultCase, folder: Path) -> dict[str, Path]:
     return written
 
 
-_KINDS = {"ct": ct_case, "brain": brain_case, "cxr": cxr_case,
+_KINDS = {"ct": ct_case, "brain": brain_case, "cxr": cxr_case, "enhanced-ct": enhanced_ct_case,
           "ct-nothing-found": lambda demo: nothing_found_case("ct", demo=demo),
           "brain-nothing-found": lambda demo: nothing_found_case("brain", demo=demo)}
 _CASES = {f"{kind}-{'demo' if demo else 'real'}": (make, demo) for kind, make in _KINDS.items() for demo in (True, False)}

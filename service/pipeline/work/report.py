@@ -27,6 +27,7 @@ from dicom_node.results import (
     build_segmentation,
     clean_text,
 )
+from dicom_node.results.seg import source_frames
 from service.db.models import PipelineRun, Report, ReportStatus
 from service.db.session import session_scope
 from service.pipeline.executor import StageOutcome
@@ -59,12 +60,20 @@ def narrative_of(vlm: dict) -> Narrative:
     return Narrative(questions[0], text)
 
 
-def overlay_source_image(sources: list[Dataset], affine: np.ndarray, shape, axial_index: int | None) -> Dataset:
-    """The source instance nearest the axial slice (index on the RAS-reoriented grid) the overlay shows."""
+def overlay_source_image(sources: list[Dataset], affine: np.ndarray, shape,
+                         axial_index: int | None) -> tuple[Dataset, int | None]:
+    """The source frame nearest the axial slice (index on the RAS-reoriented grid) the overlay shows: its instance
+    and, for an enhanced multi-frame instance, its frame number (None for a single-frame instance)."""
     from engines.resample import ras_axis_order
 
+    frames = source_frames(tuple(sources))
+    multi_frame = len(frames) > len(sources)
+
+    def located(index: int) -> tuple[Dataset, int | None]:
+        return (sources[0], index + 1) if multi_frame else (sources[index], None)
+
     if axial_index is None:
-        return sources[len(sources) // 2]
+        return located(len(frames) // 2)
     permutation, flips = ras_axis_order(affine)
     centre = [(n - 1) / 2.0 for n in shape[-3:]]
     axis = permutation[2]
@@ -72,12 +81,12 @@ def overlay_source_image(sources: list[Dataset], affine: np.ndarray, shape, axia
     ras = np.asarray(affine, dtype=float) @ np.array([*centre, 1.0])
     point = np.array([-ras[0], -ras[1], ras[2]])  # LPS, as ImagePositionPatient
 
-    def distance(dataset: Dataset) -> float:
-        orientation = np.asarray(dataset.ImageOrientationPatient, dtype=float)
+    def distance(index: int) -> float:
+        orientation = np.asarray(frames[index].orientation, dtype=float)
         normal = np.cross(orientation[:3], orientation[3:])
-        return abs(float(normal @ (point - np.asarray(dataset.ImagePositionPatient, dtype=float))))
+        return abs(float(normal @ (point - np.asarray(frames[index].position, dtype=float))))
 
-    return min(sources, key=distance)
+    return located(min(range(len(frames)), key=distance))
 
 
 def _vlm_identity(model: dict) -> AlgorithmIdentity:
@@ -149,8 +158,8 @@ class ReportStage:
         with Image.open(vlm["overlay_png"]) as image:
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
         affine = load_arrays(prepared["input"], "affine")["affine"]
-        source = overlay_source_image(sources, affine, prepared["shape"], vlm.get("overlay_slice"))
-        capture = build_overlay_capture(rgb, source, algorithm, uids, demo_run=demo)
+        source, frame_number = overlay_source_image(sources, affine, prepared["shape"], vlm.get("overlay_slice"))
+        capture = build_overlay_capture(rgb, source, algorithm, uids, demo_run=demo, frame_number=frame_number)
         return _write(capture, folder / "overlay.dcm")
 
     def _record(self, claim: StageClaim, content: DraftReportContent, expert: dict, vlm: dict, objects: dict) -> None:
