@@ -2,7 +2,9 @@
 
 ``python -m bench.results`` builds, for two CT studies, the expert's SEG and the draft SR exactly as the report stage
 does (``build_segmentation``, ``build_draft_report``: highdicom's constructors, with their validation) and writes each
-``--rounds`` times with pydicom's public writer (``save_as(enforce_file_format=True)``). It prints the medians:
+``--rounds`` times with pydicom's public writer (``save_as(enforce_file_format=True)``). The SEG is made both ways
+``SEG_COMPRESSION`` allows: JPEG 2000 Lossless (the default) and uncompressed (the peer, what old viewers need and what
+m3edge wrote before); it prints the medians, both sizes and the ratio:
 
 - ``demo``: the pipeline benchmark's CT (48 x 48 x 24) with 31 VISTA3D structures as ellipsoids (about 150 frames);
 - ``full``: a VISTA3D-sized result, ``--size`` x ``--size`` x ``--slices`` with ``--structures`` ellipsoidal organs
@@ -108,17 +110,21 @@ def _written(dataset) -> bytes:
 
 
 def _measure(name: str, rounds: int, size: int, slices: int, structures: int) -> dict:
-    from dicom_node.results import build_draft_report, build_segmentation
+    from dicom_node.results import SegCompression, build_draft_report, build_segmentation
 
     content, uids = _case(name, size, slices, structures)
     build_segmentation(content.findings, uids)  # warm-up: highdicom's first SEG loads its tables
-    build_seg, seg = _timed(lambda: build_segmentation(content.findings, uids), max(1, rounds // 2))
+    row: dict = {"case": name}
+    for compression, key in ((SegCompression.NONE, "plain"), (SegCompression.JPEG2000_LOSSLESS, "j2k")):
+        build_s, seg = _timed(lambda: build_segmentation(content.findings, uids, compression=compression),
+                              max(1, rounds // 2))
+        write_s, written = _timed(lambda seg=seg: _written(seg), rounds)
+        row.update({f"build_seg_{key}_s": build_s, f"write_seg_{key}_s": write_s, f"seg_{key}_bytes": len(written),
+                    "frames": int(seg.NumberOfFrames), "segments": len(seg.SegmentSequence)})
+    row["seg_size_ratio"] = row["seg_plain_bytes"] / row["seg_j2k_bytes"]
     build_sr, sr = _timed(lambda: build_draft_report(content, uids, segmentation=seg), rounds)
-    row = {"case": name, "frames": int(seg.NumberOfFrames), "segments": len(seg.SegmentSequence),
-           "build_seg_s": build_seg, "build_sr_s": build_sr}
-    for kind, dataset in (("seg", seg), ("sr", sr)):
-        write_s, written = _timed(lambda dataset=dataset: _written(dataset), rounds)
-        row.update({f"{kind}_bytes": len(written), f"write_{kind}_s": write_s})
+    write_sr, written = _timed(lambda: _written(sr), rounds)
+    row.update({"build_sr_s": build_sr, "write_sr_s": write_sr, "sr_bytes": len(written)})
     return row
 
 
@@ -136,11 +142,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         _log(f"measuring {name} ...")
         structures = 31 if name == "demo" else args.structures
         rows.append(_measure(name, args.rounds, args.size, args.slices, structures))
-    print(f"{'case':6} {'frames':>7} {'SEG MB':>7}  {'build SEG s':>11}  {'write SEG s':>11}  {'build SR s':>10}  "
-          f"{'write SR s':>10}")
+    print(f"{'case':6} {'frames':>6} | {'SEG uncompressed: MB':>20} {'build s':>7} {'write s':>7} | "
+          f"{'SEG JPEG 2000: MB':>17} {'build s':>7} {'write s':>7} | {'size ratio':>10} | {'SR: build s':>11} "
+          f"{'write s':>7}")
     for r in rows:
-        print(f"{r['case']:6} {r['frames']:7d} {r['seg_bytes'] / 1e6:7.2f}  {r['build_seg_s']:11.3f}  "
-              f"{r['write_seg_s']:11.3f}  {r['build_sr_s']:10.3f}  {r['write_sr_s']:10.3f}")
+        print(f"{r['case']:6} {r['frames']:6d} | {r['seg_plain_bytes'] / 1e6:20.2f} {r['build_seg_plain_s']:7.3f} "
+              f"{r['write_seg_plain_s']:7.3f} | {r['seg_j2k_bytes'] / 1e6:17.3f} {r['build_seg_j2k_s']:7.3f} "
+              f"{r['write_seg_j2k_s']:7.3f} | {r['seg_size_ratio']:10.1f} | {r['build_sr_s']:11.3f} "
+              f"{r['write_sr_s']:7.3f}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return rows

@@ -22,6 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from dicom_node.compression import SegCompression
 from dicom_node.network import AllowedCaller, DicomAddress
 
 __all__ = ["Settings", "VlmBackend", "PredictorBackend", "ConfigurationError", "default_receivers"]
@@ -145,6 +146,10 @@ class Settings(BaseSettings):
         description="Organisation root of every UID m3edge makes (set your own; the default is pydicom's).",
     )
     overlay_secondary_capture: bool = Field(True, description="Also send the overlay image as a Secondary Capture.")
+    seg_compression: SegCompression = Field(
+        SegCompression.JPEG2000_LOSSLESS,
+        description="SEG frames: jpeg2000-lossless (JPEG 2000 Lossless, the default), or none (uncompressed, for "
+                    "old viewers that cannot decode JPEG 2000).")
     reject_action: str = Field("none", pattern=r"^(none|quality|patient_safety)$",
                                description="What a rejected draft sends: nothing, or an IOCM rejection note.")
 

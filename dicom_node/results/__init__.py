@@ -18,6 +18,7 @@ from dicom_node.results.content import (
 from dicom_node.results.equipment import PROCESSING_EQUIPMENT, WRITER_MANUFACTURER, algorithm_equipment
 from dicom_node.results.retraction import RejectionReason, build_retraction
 from dicom_node.results.secondary_capture import AXIAL_DISPLAY_ORIENTATION, build_overlay_capture
+from dicom_node.compression import SegCompression
 from dicom_node.results.seg import build_segmentation, frames_on_source_grid
 from dicom_node.results.sr import COMPREHENSIVE_3D_SR, build_draft_report, build_verified_report
 from dicom_node.results.text import clean_line, clean_text
@@ -41,6 +42,7 @@ __all__ = [
     "RejectionReason",
     "ResultKind",
     "ResultUids",
+    "SegCompression",
     "SeriesNumber",
     "StructureCoding",
     "StructureSegment",

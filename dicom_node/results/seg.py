@@ -19,6 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_node.arrays import c_order_copy
+from dicom_node.compression import SegCompression
 from dicom_node.results.codes import local_coding_scheme, structure_coding
 from dicom_node.results.content import AlgorithmIdentity, ExpertFindings, LabelSegmentation, StructureSegment
 from dicom_node.results.equipment import algorithm_equipment
@@ -26,6 +27,7 @@ from dicom_node.results.uids import ResultKind, ResultUids, SeriesNumber
 from dicom_node.volumes import FrameGeometry, VolumeGeometryError, frame_geometries
 
 __all__ = [
+    "SegCompression",
     "build_segmentation",
     "frames_on_source_grid",
     "source_frames",
@@ -206,11 +208,14 @@ def build_segmentation(
     now: datetime.datetime | None = None,
     index: int = 0,
     demo_run: bool = False,
+    compression: SegCompression | str = SegCompression.JPEG2000_LOSSLESS,
 ) -> hd.seg.Segmentation:
-    """The SEG of ``findings.segmentation``: binary, one (possibly overlapping) segment per StructureSegment.
+    """The SEG of ``findings.segmentation``: binary, one (possibly overlapping) segment per StructureSegment, its
+    frames compressed as ``compression`` says (JPEG 2000 Lossless by default).
 
     It says DEMO (series and content description) when its expert ran DEMO weights or ``demo_run`` (another model of
     the run did)."""
+    compression = SegCompression(compression)
     if not isinstance(findings, ExpertFindings):
         raise TypeError("findings must be ExpertFindings")
     if findings.segmentation is None:
@@ -224,6 +229,7 @@ def build_segmentation(
     algorithm = findings.algorithm
     frames = frames_on_source_grid(segmentation, findings.source_images)
     masks = segment_pixels(frames, segmentation.segments)
+    transfer_syntax = compression.transfer_syntax(frames.shape[1], frames.shape[2])
     demo = " DEMO" if algorithm.demo or demo_run else ""
     return hd.seg.Segmentation(
         source_images=list(findings.source_images),
@@ -246,4 +252,5 @@ def build_segmentation(
         contributing_equipment=[algorithm_equipment(algorithm, uids, now)],
         content_date=now.date(),
         content_time=now.time(),
+        transfer_syntax_uid=transfer_syntax,
     )

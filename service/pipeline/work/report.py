@@ -119,7 +119,8 @@ class ReportStage:
         objects: dict = {}
         segmentation = None
         if findings.segmentation is not None:
-            segmentation = build_segmentation(findings, uids, demo_run=content.demo)
+            segmentation = build_segmentation(findings, uids, demo_run=content.demo,
+                                              compression=settings.seg_compression)
             objects["seg"] = _write(segmentation, folder / "seg.dcm")
         if settings.overlay_secondary_capture and vlm.get("overlay_png"):
             objects["overlay"] = self._overlay(vlm, prepared, sources, findings.algorithm, uids, folder, content.demo)
