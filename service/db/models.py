@@ -5,7 +5,20 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
@@ -16,6 +29,7 @@ __all__ = [
     "User",
     "Delivery",
     "Instance",
+    "MetricCounter",
     "PipelineRun",
     "Report",
     "ReportStatus",
@@ -164,6 +178,7 @@ class StageStatus(str, enum.Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    NOT_RUN = "not_run"  # its run ended (failed, skipped) before it: it never will run
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
@@ -213,6 +228,18 @@ class StageRun(Base):
     result: Mapped[dict] = mapped_column(JSON, default=dict)
 
     run: Mapped[PipelineRun] = relationship(back_populates="stages")
+
+
+class MetricCounter(Base):
+    """A cumulative figure for ``/metrics`` (a stage's seconds and count, runs failed by stage, deliveries failed by
+    destination), added to in the transaction that records what it counts: a scrape reads these few rows, never the
+    history they sum up."""
+
+    __tablename__ = "metric_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(128), primary_key=True)  # the one label's value ("" for none)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class Delivery(Base):
