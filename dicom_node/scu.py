@@ -3,8 +3,8 @@
 One association carries a whole file set (several only past the 128 presentation contexts a DICOM association allows),
 with one presentation context per (SOP class, transfer syntax) pair found in the files, so every instance goes out in
 the transfer syntax it is stored in (an uncompressed little-endian file may also go in the other uncompressed syntax
-when that is all the peer takes). ``send()`` returns a :class:`DeliveryReport` with one :class:`InstanceOutcome` per
-file. Connection failures, transient association rejections, aborts and transient statuses (Out of Resources) are
+when that is all the peer takes; with ``decompress_when_refused``, a compressed file may go decompressed). ``send()``
+returns a :class:`DeliveryReport` with one :class:`InstanceOutcome` per file. Connection failures, transient association rejections, aborts and transient statuses (Out of Resources) are
 retried with exponential back-off; a permanent rejection (e.g. our AE title is unknown to the destination) raises at
 once.
 """
@@ -26,6 +26,7 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
+from dicom_node.compression import decompressed
 from dicom_node.network import DicomAddress, send_without_delay, validate_ae_title
 
 __all__ = [
@@ -141,6 +142,7 @@ class _File:
     attempts: int = 0
     error: str = ""
     final: bool = False
+    may_decompress: bool = False  # a compressed file may go decompressed to a peer that takes no compressed syntax
 
     @property
     def context_key(self) -> tuple[str, str]:
@@ -148,8 +150,9 @@ class _File:
 
     @property
     def context_keys(self) -> list[tuple[str, str]]:
-        """The exact (SOP class, transfer syntax) first; an uncompressed syntax may also go as the other one."""
-        if self.transfer_syntax_uid in UNCOMPRESSED_LITTLE_ENDIAN:
+        """The exact (SOP class, transfer syntax) first; an uncompressed syntax may also go as the other one, and a
+        compressed file that ``may_decompress`` as either uncompressed one."""
+        if self.transfer_syntax_uid in UNCOMPRESSED_LITTLE_ENDIAN or self.may_decompress:
             syntaxes = dict.fromkeys([self.transfer_syntax_uid, *UNCOMPRESSED_LITTLE_ENDIAN])
             return [(self.sop_class_uid, ts) for ts in syntaxes]
         return [self.context_key]
@@ -220,8 +223,13 @@ class StorageSCU:
         acse_timeout: float = 30.0,
         dimse_timeout: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
+        decompress_when_refused: bool = False,
     ) -> None:
+        """``decompress_when_refused``: a compressed file whose syntax the destination refuses goes decompressed
+        (``dicom_node.compression.decompressed``) when it takes an uncompressed one (m3edge's JPEG 2000 SEGs to an
+        old PACS); without it, every file goes only as stored."""
         self.calling_ae = validate_ae_title(calling_ae)
+        self.decompress_when_refused = decompress_when_refused
         self.retry = retry or RetryPolicy()
         self.connection_timeout = connection_timeout
         self.acse_timeout = acse_timeout
@@ -250,6 +258,9 @@ class StorageSCU:
     def send(self, destination: DicomAddress, paths: Iterable[str | Path]) -> DeliveryReport:
         """Send every file to ``destination``; retry what failed transiently; report per instance."""
         files = [_inspect(Path(p)) for p in paths]
+        for item in files:
+            item.may_decompress = self.decompress_when_refused and item.transfer_syntax_uid not in (
+                "", *UNCOMPRESSED_LITTLE_ENDIAN)
         established: list[Association] = []
         last_error: DeliveryError | None = None
         for attempt_number in range(1, self.retry.attempts + 1):
@@ -321,8 +332,15 @@ class StorageSCU:
             return
         try:
             dataset = dcmread(item.path)
+            if item.may_decompress and item.context_key not in accepted:
+                dataset = decompressed(dataset)  # the destination took the SOP class only uncompressed
         except (OSError, InvalidDicomError) as exc:
             item.final, item.error = True, f"cannot read {item.path}: {exc}"
+            return
+        except (ValueError, RuntimeError, NotImplementedError) as exc:  # no decoder for its pixel data
+            item.attempts += 1
+            item.final = True
+            item.error = f"cannot decompress it for a destination that takes it only uncompressed: {exc}"
             return
         try:
             response = assoc.send_c_store(dataset)

@@ -28,6 +28,11 @@ class StudyNotFound(LookupError):
         self.study_uid = study_uid
 
 
+def _json_with_times(record) -> dict:
+    """A dataclass as JSON data, its datetimes as ISO 8601 text."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(record).items()}
+
+
 @dataclass(frozen=True)
 class StudySummary:
     study_uid: str
@@ -42,10 +47,7 @@ class StudySummary:
     last_received_at: datetime
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["first_received_at"] = self.first_received_at.isoformat()
-        data["last_received_at"] = self.last_received_at.isoformat()
-        return data
+        return _json_with_times(self)
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,7 @@ class UidCollisionNote:
     detected_at: datetime
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["detected_at"] = self.detected_at.isoformat()
-        return data
+        return _json_with_times(self)
 
     def describe(self) -> str:
         what = "Series Instance UID" if self.kind == "series" else "SOP Instance UID"

@@ -12,8 +12,8 @@ now; every new instance sets last_received_at; an instance for a study in any ot
 Patient names, IDs, birth dates and accession numbers never reach these tables: ``ReceivedInstance`` does not carry them.
 
 Identity: a series is (study, Series Instance UID) and an instance lives in its study's series. A Series or SOP
-Instance UID that arrives in a second study is stored under that study like any other and flagged (a
-``UidCollision`` row, a log line with UIDs only): two patients' images are never filed together.
+Instance UID that arrives in a second study is stored under that study like any other and flagged
+(``service.uid_collisions``): two patients' images are never filed together.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.scp.recording import ReceivedInstance, RecorderError
-from service.db.models import Instance, Series, Study, StudyStatus, UidCollision, UidKind
+from service.db.models import Instance, Series, Study, StudyStatus
+from service.uid_collisions import flag_instance_collisions, flag_series_collision
 
 __all__ = ["DatabaseRecorder"]
 
@@ -116,7 +117,7 @@ class _Catalog:
 
     def load_series(self, connection: Connection, instances: list[ReceivedInstance]) -> None:
         """Series ids by (study, series UID): a series belongs to its study. A series UID already stored under
-        another study gets a row of its own here, and a ``UidCollision`` flag (``_flag_series_collision``)."""
+        another study gets a row of its own here, and a ``UidCollision`` flag (``flag_series_collision``)."""
         missing = {(i.study_uid, i.series_uid) for i in instances} - self.series.keys()
         if missing:
             study_uids = {self.studies[study_uid].id: study_uid for study_uid, _ in missing}
@@ -147,55 +148,8 @@ class _Catalog:
                     select(Series.id).where(Series.study_id == study_id, Series.series_uid == instance.series_uid)
                 ).scalar_one()
             else:
-                _flag_series_collision(connection, instance, study_id)
+                flag_series_collision(connection, instance, study_id)
             self.series[key] = id_
-
-
-def _flag_collisions(connection: Connection, kind: UidKind, uid: str, study_uid: str, study_id: int,
-                     other_study_ids: Iterable[int], detected_at: datetime) -> None:
-    """Record that ``uid`` arrived in ``study_id`` after being stored in each of ``other_study_ids``; logged with
-    UIDs only (never patient data)."""
-    others = sorted(set(other_study_ids) - {study_id})
-    if not others:
-        return
-    other_uids = dict(connection.execute(select(Study.id, Study.study_uid).where(Study.id.in_(others))).all())
-    for other in others:
-        connection.execute(
-            _insert_unless_present(connection, UidCollision, UidCollision.kind, UidCollision.uid,
-                                   UidCollision.study_id, UidCollision.other_study_id)
-            .values(kind=kind.value, uid=uid, study_id=study_id, other_study_id=other, detected_at=detected_at)
-        )
-        LOGGER.warning(
-            "%s UID %s arrived in study %s but is already stored in study %s: kept apart under each study and "
-            "flagged, never merged", "Series Instance" if kind is UidKind.SERIES else "SOP Instance", uid, study_uid,
-            other_uids.get(other, "?"),
-        )
-
-
-def _flag_series_collision(connection: Connection, instance: ReceivedInstance, study_id: int) -> None:
-    """A series row was just created for (study, series UID): is the same UID stored under another study?"""
-    others = connection.execute(
-        select(Series.study_id).where(Series.series_uid == instance.series_uid, Series.study_id != study_id)
-    ).scalars().all()
-    _flag_collisions(connection, UidKind.SERIES, instance.series_uid, instance.study_uid, study_id, others,
-                     instance.received_at)
-
-
-def _flag_instance_collisions(connection: Connection, catalog: _Catalog, instances: list[ReceivedInstance]) -> None:
-    """SOP Instance UIDs of this batch already stored under another study (or arriving in two studies at once in
-    it): each copy stays in its own study; the pair is flagged. One indexed query per batch."""
-    by_uid: dict[str, set[int]] = {}
-    for study_id, uid in connection.execute(
-        select(Series.study_id, Instance.sop_instance_uid)
-        .join(Instance, Instance.series_id == Series.id)
-        .where(Instance.sop_instance_uid.in_({i.sop_instance_uid for i in instances}))
-    ):
-        by_uid.setdefault(uid, set()).add(study_id)
-    for instance in instances:
-        study_id = catalog.studies[instance.study_uid].id
-        _flag_collisions(connection, UidKind.INSTANCE, instance.sop_instance_uid, instance.study_uid, study_id,
-                         by_uid.get(instance.sop_instance_uid, ()), instance.received_at)
-        by_uid.setdefault(instance.sop_instance_uid, set()).add(study_id)
 
 
 def _insert_unless_present(connection: Connection, model, *unique_columns):
@@ -319,7 +273,7 @@ def _apply_instances(connection: Connection, catalog: _Catalog, instances: list[
         return
     catalog.load_studies(connection, fresh)
     catalog.load_series(connection, fresh)
-    _flag_instance_collisions(connection, catalog, fresh)
+    flag_instance_collisions(connection, fresh, {uid: known.id for uid, known in catalog.studies.items()})
     _touch_studies(connection, catalog, fresh)
     connection.execute(
         _insert_instances(connection.dialect.name),

@@ -52,7 +52,8 @@ class DatabaseCollector:
             failed.add_metric([stage], n)
         yield failed
 
-        depth = GaugeMetricFamily("m3edge_stage_backlog", "Stages of live runs waiting to run", labels=["stage", "state"])
+        depth = GaugeMetricFamily("m3edge_stage_backlog", "Stages of live runs waiting to run",
+                                  labels=["stage", "state"])
         for stage, status, n in session.execute(
             select(StageRun.stage, StageRun.status, func.count())
             .join(PipelineRun, PipelineRun.id == StageRun.run_id)

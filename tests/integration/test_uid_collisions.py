@@ -30,6 +30,7 @@ from service.pipeline.intake import PipelineIntake
 from service.pipeline.ledger import PipelineLedger
 from service.security import add_user
 from tests.conftest import require_tool
+from tests.integration.api.conftest import RecordingDispatcher
 from tests.support.api_server import running_app
 from tests.support.dcmtk import dcmtk_env, storescu
 from tests.support.pipeline_study import ct_study, run_inline, small_demo_models
@@ -39,18 +40,6 @@ from tests.support.synthetic_series import write_datasets
 pytestmark = pytest.mark.slow
 
 PATIENTS = {"a": ("COLLIDE-A", "Alpha^Anna"), "b": ("COLLIDE-B", "Bravo^Bert")}
-
-
-class _NoBroker:
-    def __init__(self, ledger):
-        self.ledger = ledger
-
-    def dispatch(self, ticket, countdown=0):
-        self.ledger.mark_queued(ticket)
-        return True
-
-    def deliver(self, run_id):
-        return True
 
 
 def _two_patients_one_series_uid() -> dict[str, list[pydicom.Dataset]]:
@@ -202,7 +191,7 @@ def test_two_patients_sharing_a_series_uid_are_kept_apart_everywhere(two_studies
     assert not any(text in log for patient in PATIENTS.values() for text in (*patient, patient[1].split("^")[0]))
 
     ledger = PipelineLedger(session_factory)
-    app = create_app(settings, session_factory, PipelineIntake(ledger, _NoBroker(ledger)))
+    app = create_app(settings, session_factory, PipelineIntake(ledger, RecordingDispatcher(ledger)))
     with session_scope(session_factory) as session:
         _, token = add_user(session, "rex", "reviewer", display_name="Dr Rex Reviewer", password="a long secret here")
     with running_app(app) as base:

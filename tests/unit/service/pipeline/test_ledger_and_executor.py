@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import pytest
 
-from service.db.models import PipelineRun, StageRun, StageStatus, Study, StudyStatus, utcnow
+from service.db.models import MetricCounter, PipelineRun, StageRun, StageStatus, Study, StudyStatus, utcnow
 from service.db.session import session_scope
 from service.pipeline.executor import StageExecutor, StageOutcome
 from service.pipeline.intake import PipelineIntake, PipelineSweeper
@@ -197,6 +197,11 @@ def test_permanent_error_fails_the_study_and_reprocess_resumes_from_the_failed_s
     intake.on_study_complete("1.2.3")
     drain(executor, dispatcher)
     assert study_state(session_factory) == (StudyStatus.FAILED, "report: the SEG writer refused the label volume")
+    with session_scope(session_factory) as session:  # counted as it happened, for /metrics
+        counters = {(c.name, c.label): c.value for c in session.query(MetricCounter)}
+    assert {label for name, label in counters if name == "stages_done"} == {"plan", "prepare", "expert", "vlm"}
+    assert counters[("runs_failed", "report")] == 1 and counters[("stages_done", "plan")] == 1
+    assert all(counters[("stage_seconds", s)] >= 0 for s in ("plan", "prepare", "expert", "vlm"))
 
     broken["on"] = False
     calls.clear()
@@ -431,21 +436,3 @@ def test_the_stages_of_a_run_that_ended_are_not_run_not_pending(session_factory,
     assert ledger.stalled(ledger.clock() + timedelta(days=1)) == []  # nothing for the sweeper to push
     assert ledger.stage_counts().get(("expert", "pending")) is None
 
-
-def test_stage_times_and_failures_are_counted_as_they_happen(session_factory, pipeline):
-    from service.db.models import MetricCounter
-
-    ledger, dispatcher, intake = pipeline
-    add_study(session_factory)
-
-    def report(claim):
-        raise PermanentStageError("the SEG writer refused the label volume")
-
-    executor = StageExecutor(ledger, handlers([], {Stage.REPORT: report}), dispatcher)
-    intake.on_study_complete("1.2.3")
-    drain(executor, dispatcher)
-    with session_scope(session_factory) as session:
-        counters = {(c.name, c.label): c.value for c in session.query(MetricCounter)}
-    assert {label for name, label in counters if name == "stages_done"} == {"plan", "prepare", "expert", "vlm"}
-    assert counters[("runs_failed", "report")] == 1 and counters[("stages_done", "plan")] == 1
-    assert all(counters[("stage_seconds", s)] >= 0 for s in ("plan", "prepare", "expert", "vlm"))
