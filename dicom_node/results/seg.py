@@ -244,7 +244,7 @@ def build_segmentation(
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
         device_serial_number=algorithm.weights_digest[:64],
-        content_label="AI_DRAFT",
+        content_label="AI_DRAFT_DEMO" if demo else "AI_DRAFT",
         content_description=f"AI draft for a qualified reader{demo}"[:64],
         content_creator_name=None,
         series_description=f"AI DRAFT {algorithm.name} segmentation{demo}"[:64],

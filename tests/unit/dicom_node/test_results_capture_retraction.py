@@ -91,11 +91,11 @@ def test_every_object_of_a_demo_run_says_demo_even_when_its_own_expert_had_real_
     overlay = np.zeros((24, 20, 3), dtype=np.uint8)
     real = [build_segmentation(findings, case.uids, now=FIXED_TIME),
             build_overlay_capture(overlay, source, findings.algorithm, case.uids, now=FIXED_TIME)]
-    assert not any("DEMO" in str(d.SeriesDescription) for d in real)
+    assert not any("DEMO" in str(d.SeriesDescription) for d in real) and real[0].ContentLabel == "AI_DRAFT"
     seg = _roundtrip(build_segmentation(findings, case.uids, now=FIXED_TIME, demo_run=True))
     capture = _roundtrip(build_overlay_capture(overlay, source, findings.algorithm, case.uids, now=FIXED_TIME,
                                                demo_run=True))
-    assert "DEMO" in seg.SeriesDescription and "DEMO" in seg.ContentDescription
+    assert "DEMO" in seg.SeriesDescription and "DEMO" in seg.ContentDescription and seg.ContentLabel == "AI_DRAFT_DEMO"
     assert "DEMO" in capture.SeriesDescription and capture.ImageComments.startswith("DEMO")
     draft = build_draft_report(ct_case(demo=True).content, case.uids, segmentation=seg, now=FIXED_TIME)
     note = _roundtrip(build_retraction([draft, seg], READER, case.uids, explanation="Random weights", demo=True,
