@@ -33,7 +33,7 @@ from tests.conftest import require_tool
 from tests.integration.api.conftest import RecordingDispatcher
 from tests.support.api_server import running_app
 from tests.support.dcmtk import dcmtk_env, storescu
-from tests.support.pipeline_study import ct_study, run_inline, small_demo_models
+from tests.support.pipeline_study import ct_study, run_inline
 from tests.support.scp_node import node_settings
 from tests.support.synthetic_series import write_datasets
 
@@ -72,10 +72,11 @@ def _patient(dataset) -> tuple[str, str]:
 
 
 @pytest.fixture
-def two_studies(tmp_path, database_url, session_factory, caplog):
+def two_studies(tmp_path, database_url, session_factory, caplog, small_demo_models_dir):
     settings = node_settings(tmp_path / "home", database_url=database_url, study_idle_seconds=3600,
                              dicom_allowed_aes="STORESCU,FINDSCU,GETSCU", vlm_max_new_tokens=12)
-    small_demo_models(settings.models_dir)
+    settings.models_dir.parent.mkdir(parents=True, exist_ok=True)
+    settings.models_dir.symlink_to(small_demo_models_dir, target_is_directory=True)
     studies = _two_patients_one_series_uid()
     recorder = DatabaseRecorder(session_factory).start()
     node = DicomNode(settings, recorder, query_retrieve=build_query_retrieve(settings, session_factory))

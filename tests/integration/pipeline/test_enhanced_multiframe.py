@@ -19,8 +19,8 @@ from sqlalchemy import select
 from service.config import Settings
 from service.db.models import Report, StageRun, StageStatus, Study, StudyStatus
 from service.db.session import session_scope
-from tests.conftest import require_tool
-from tests.support.pipeline_study import ct_study, run_inline, small_demo_models, store_in_spool
+from tests.conftest import require_tool, sqlite_only_database
+from tests.support.pipeline_study import ct_study, run_inline, store_in_spool
 from tests.support.synthetic_series import enhanced_series
 
 
@@ -37,10 +37,15 @@ def _errors(path) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
 
 
+@pytest.fixture(scope="module")
+def migrated_database_url(tmp_path_factory) -> str:
+    return sqlite_only_database(tmp_path_factory)
+
+
 @pytest.mark.slow
 def test_an_enhanced_ct_gets_a_draft_whose_seg_and_overlay_lie_on_its_frames(tmp_path, database_url,
-                                                                             session_factory):
-    small_demo_models(tmp_path / "models")
+                                                                             session_factory, small_demo_models_dir):
+    (tmp_path / "models").symlink_to(small_demo_models_dir, target_is_directory=True)
     settings = Settings(home=tmp_path, database_url=database_url, vlm_max_new_tokens=12)
     enhanced = _enhanced_chest_ct()
     uid = store_in_spool(settings, session_factory, [enhanced])

@@ -22,7 +22,8 @@ from sqlalchemy import select
 from service.config import Settings
 from service.db.models import Report, Study, StudyStatus
 from service.db.session import session_scope
-from tests.support.pipeline_study import brain_study, ct_study, run_inline, small_demo_models, store_in_spool
+from tests.conftest import sqlite_only_database
+from tests.support.pipeline_study import brain_study, ct_study, run_inline, store_in_spool
 from tests.support.synthetic_series import SyntheticStudy, cxr_dataset, mr_series, sagittal_geometry
 
 
@@ -110,16 +111,16 @@ POSITIVES = {
 
 
 @pytest.fixture(scope="module")
-def demo_models(tmp_path_factory):
-    return small_demo_models(tmp_path_factory.mktemp("models") / "models")
+def migrated_database_url(tmp_path_factory) -> str:
+    return sqlite_only_database(tmp_path_factory)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", POSITIVES)
 def test_a_study_of_the_experts_anatomy_gets_a_draft_from_those_series_only(name, tmp_path, database_url,
-                                                                          session_factory, demo_models):
+                                                                          session_factory, small_demo_models_dir):
     make, expert = POSITIVES[name]
-    (tmp_path / "models").symlink_to(demo_models, target_is_directory=True)
+    (tmp_path / "models").symlink_to(small_demo_models_dir, target_is_directory=True)
     settings = Settings(home=tmp_path, database_url=database_url, vlm_max_new_tokens=12)
     datasets = make()
     uid = store_in_spool(settings, session_factory, datasets)
