@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.scp.recording import ReceivedInstance, RecorderError
+from dicom_node.intake.recording import ReceivedInstance, RecorderError
 from service.db.models import Instance, Series, Study, StudyStatus
 
 __all__ = ["DatabaseRecorder"]

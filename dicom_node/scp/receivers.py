@@ -27,7 +27,7 @@ from typing import Any
 
 from dicom_node.network import AllowedCaller
 from dicom_node.scp.listener import SharedListener
-from dicom_node.scp.recording import InstanceRecorder, ReceivedInstance, RecorderError
+from dicom_node.intake.recording import InstanceRecorder, ReceivedInstance, RecorderError
 
 __all__ = ["NodeConfig", "TlsConfig", "ReceiverPool", "ReceiverFailed"]
 
@@ -57,8 +57,13 @@ class NodeConfig:
     dicom_port: int
     spool_dir: Path
     dicom_allowed_aes: tuple[AllowedCaller, ...] = ()
+    dicom_require_called_ae: bool = True
     dicom_max_associations: int = 16
     dicom_max_pdu_size: int = 1_048_576
+    dicom_associate_timeout_seconds: float = 5.0
+    dicom_max_instance_bytes: int = 1 << 30
+    dicom_max_inflated_bytes: int = 512 << 20
+    dicom_fastpath: bool = True
     dicom_tls: TlsConfig | None = None
     spool_high_water_percent: float = 95.0
     spool_reserve_bytes: int = 1 << 30
@@ -72,7 +77,11 @@ class NodeConfig:
         return cls(
             dicom_ae_title=settings.dicom_ae_title, dicom_host=settings.dicom_host, dicom_port=settings.dicom_port,
             spool_dir=Path(settings.spool_dir), dicom_allowed_aes=tuple(settings.dicom_allowed_aes),
+            dicom_require_called_ae=settings.dicom_require_called_ae,
             dicom_max_associations=settings.dicom_max_associations, dicom_max_pdu_size=settings.dicom_max_pdu_size,
+            dicom_associate_timeout_seconds=settings.dicom_associate_timeout_seconds,
+            dicom_max_instance_bytes=settings.dicom_max_instance_bytes,
+            dicom_max_inflated_bytes=settings.dicom_max_inflated_bytes, dicom_fastpath=settings.dicom_fastpath,
             dicom_tls=None if tls is None else TlsConfig(
                 Path(tls.certificate), Path(tls.private_key),
                 Path(tls.ca_certificates) if tls.ca_certificates else None, bool(tls.require_client_certificate),
@@ -161,7 +170,7 @@ def _receiver_main(config: NodeConfig, connection, log_queue, log_level: int, li
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, log_level))
 
     from dicom_node.scp.node import DicomNode
-    from dicom_node.scp.spool import SpoolWriter
+    from dicom_node.intake.spool import SpoolWriter
 
     stop = threading.Event()
     remote = _RemoteRecorder(connection, stop)  # also how this process learns that it must stop

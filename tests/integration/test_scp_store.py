@@ -11,9 +11,11 @@ from pydicom import dcmread
 from pydicom.data import get_testdata_file
 from pydicom.uid import JPEGBaseline8Bit
 from pynetdicom import AE, _config
+from pynetdicom.status import code_to_category
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage, SecondaryCaptureImageStorage, Verification
 from sqlalchemy import text
 
+from dicom_node.intake.statuses import SUCCESS, WARNING_CONFLICTING_DUPLICATE
 from dicom_node.scp.handlers import handle_store  # noqa: F401 - imported so a rename breaks this test module loudly
 from tests.support.dcmtk import dcmtk_env, echoscu, storescu, storescu_command
 from tests.support.dicom_corpus import (
@@ -90,12 +92,12 @@ def test_streamed_data_sets_are_stored_byte_for_byte(tmp_path, session_factory, 
         assoc.release()
         rows = instances_in_db(session_factory)
         stored = {dataset_bytes(_received(node, instance.path)) for instance, _, _ in rows}
-    # The CT copies share one SOP Instance UID: the first is stored, the others kept as flagged conflicts (0001H).
+    # The CT copies share one SOP Instance UID: the first is stored, the others kept as flagged conflicts (B000H).
     seen: set[str] = set()
     expected = []
     for source in sources:
         uid = dcmread(source, stop_before_pixels=True).SOPInstanceUID
-        expected.append(0x0001 if uid in seen else 0x0000)
+        expected.append(WARNING_CONFLICTING_DUPLICATE if uid in seen else SUCCESS)
         seen.add(uid)
     assert statuses == expected
     assert len(rows) == len(sources)
@@ -159,7 +161,8 @@ def test_every_valid_pydicom_test_file_arrives_byte_for_byte(tmp_path, session_f
         stored: dict[str, set[bytes]] = {}
         for instance, _, _ in rows:
             stored.setdefault(instance.sop_instance_uid, set()).add(dataset_bytes(_received(node, instance.path)))
-    assert set(statuses.values()) <= {0x0000, 0x0001}, {s.name: hex(v) for s, v in statuses.items() if v > 1}
+    assert set(statuses.values()) <= {SUCCESS, WARNING_CONFLICTING_DUPLICATE}, {
+        s.name: hex(v) for s, v in statuses.items() if v not in (SUCCESS, WARNING_CONFLICTING_DUPLICATE)}
     for source, header in headers.items():
         assert dataset_bytes(source) in stored[str(header.SOPInstanceUID)], source.name
     # Files that share an SOP Instance UID with different content were all kept; identical ones stored once.
@@ -167,26 +170,41 @@ def test_every_valid_pydicom_test_file_arrives_byte_for_byte(tmp_path, session_f
 
 
 def test_an_identical_resend_is_one_instance_and_different_content_is_kept_and_flagged(tmp_path, session_factory):
+    """A conflicting duplicate answers PS3.4's B000 warning with an Error Comment, to dcmtk and to pynetdicom alike:
+    both know it as a warning (a status an SCU does not know may make it resend forever), and both copies are kept."""
     series = write_ct_series(tmp_path / "ct", 3, rows=64, columns=64, seed=3)
-    changed = tmp_path / "changed.dcm"
+    changed, changed_again = tmp_path / "changed.dcm", tmp_path / "changed-again.dcm"
     ds = dcmread(series.paths[0])
     ds.SeriesDescription = "EDITED AFTER SENDING"
     ds.save_as(changed, enforce_file_format=True)
+    ds.SeriesDescription = "EDITED TWICE"
+    ds.save_as(changed_again, enforce_file_format=True)
     with running_node(tmp_path / "home", session_factory) as node:
         first = storescu(node.port, series.paths)
         again = storescu(node.port, series.paths)
-        conflict = storescu(node.port, [changed])
+        conflict = storescu(node.port, [changed], extra=["-d"])
+        ae = AE(ae_title="SECONDCOPY")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", node.port, ae_title="M3EDGE")
+        assert assoc.is_established
+        answer = assoc.send_c_store(dcmread(changed_again))
+        assoc.release()
         rows = instances_in_db(session_factory)
         original_path = _received(node, next(i.path for i, _, _ in rows if not i.conflict and i.sop_instance_uid == ds.SOPInstanceUID))
         original_bytes_kept = dataset_bytes(original_path) == dataset_bytes(series.paths[0])
-        conflicting = [i for i, _, _ in rows if i.conflict]
-        conflict_bytes = dataset_bytes(_received(node, conflicting[0].path)) if conflicting else b""
+        conflicting = sorted((i for i, _, _ in rows if i.conflict), key=lambda i: i.id)
+        conflict_bytes = [dataset_bytes(_received(node, i.path)) for i in conflicting]
     assert set(first.responses().values()) == {"Success"} and set(again.responses().values()) == {"Success"}
-    assert conflict.responses() == {changed: "Unknown Status: 0x1"}  # dcmtk does not name the generic warning 0001H
-    assert len(rows) == 4
-    assert [i.sop_instance_uid for i in conflicting] == [ds.SOPInstanceUID]
+    assert conflict.returncode == 0
+    assert "DIMSE Status                  : 0xb000: Warning: Coercion of Data Elements" in conflict.output  # (-d)
+    assert "[SOP Instance UID held with other content: kept both]" in conflict.output  # its Error Comment
+    assert answer.Status == WARNING_CONFLICTING_DUPLICATE == 0xB000
+    assert code_to_category(answer.Status) == "Warning"
+    assert answer.ErrorComment == "SOP Instance UID held with other content: kept both"
+    assert len(rows) == 5
+    assert [i.sop_instance_uid for i in conflicting] == [ds.SOPInstanceUID] * 2
     assert original_bytes_kept
-    assert conflict_bytes == dataset_bytes(changed)
+    assert conflict_bytes == [dataset_bytes(changed), dataset_bytes(changed_again)]
 
 
 def test_release_is_recorded_per_study_and_no_patient_data_reaches_the_database(tmp_path, session_factory, db_engine):

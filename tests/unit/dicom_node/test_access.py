@@ -2,7 +2,7 @@ import pytest
 
 from dicom_node.network import AllowedCaller
 from dicom_node.scp.access import CALLING_AE_NOT_RECOGNISED, AccessPolicy
-from dicom_node.scp.admission import DiskAdmission, DiskUsage
+from dicom_node.intake.admission import DiskAdmission, DiskUsage
 
 
 def test_without_a_list_only_loopback_callers_are_accepted():

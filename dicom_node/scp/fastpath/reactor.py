@@ -17,8 +17,11 @@ as usual, then turns it into an ``_EventDrivenAssociation`` whose two threads, w
 Both waits end after ``MAX_WAIT`` at the latest, so pynetdicom's loops still check their timers and flags. The loops
 themselves, the state machine and the handlers are pynetdicom's, unchanged: only ``time.sleep`` as seen by the
 ``association`` and ``dul`` modules is routed through ``_ReactorClock``, which changes nothing for any thread but
-these two (requestor associations, such as C-MOVE sub-associations and test clients, sleep as before). The socket
-also reads whole PDUs with ``recv_into`` instead of 4 KiB ``recv`` calls.
+these two (requestor associations, such as C-MOVE sub-associations and test clients, sleep as before).
+
+Every byte still comes through the guarded socket of ``dicom_node.scp.guarded_server`` (the P-DATA short way peeks
+at a PDU's header with ``MSG_PEEK``, which the guard lets through unaccounted, then reads the PDU with pynetdicom's
+own 4 KiB reads), so the PDU limits hold on the fast path exactly as on stock pynetdicom.
 """
 
 from __future__ import annotations
@@ -36,31 +39,21 @@ from typing import Any
 
 import pynetdicom.association as _association_module
 import pynetdicom.dul as _dul_module
-from pynetdicom import _handlers, evt
+from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import AssociationSocket, RequestHandler
+from pynetdicom.transport import RequestHandler
 
-from dicom_node.scp.dimse_shortcuts import ShortcutDimse
-
-__all__ = ["EventDrivenRequestHandler", "SharedContexts", "MAX_WAIT"]
+__all__ = ["EventDrivenRequestHandler", "MAX_WAIT"]
 
 LOGGER = logging.getLogger(__name__)
 
 MAX_WAIT = 0.02  # seconds: the longest a reactor waits without news before pynetdicom's loop looks around again
 _LOOP_NAP = 0.001  # the sleep pynetdicom's reactor loops take between passes (the only one replaced)
-_RECV_CHUNK = 1 << 20
 _P_DATA_TF = 0x04
 _PDU_HEADER = struct.Struct(">BBL")
 _PDV_HEADER = struct.Struct(">LB")
-# pynetdicom's default handlers that only format DEBUG log lines (each C-STORE built them, logged or not).
-_DEBUG_LOG_HANDLERS = (
-    (evt.EVT_DIMSE_RECV, _handlers.standard_dimse_recv_handler),
-    (evt.EVT_DIMSE_SENT, _handlers.standard_dimse_sent_handler),
-    (evt.EVT_PDU_RECV, _handlers.standard_pdu_recv_handler),
-    (evt.EVT_PDU_SENT, _handlers.standard_pdu_sent_handler),
-)
 # Events a P-DATA-TF PDU would trigger on its way through pynetdicom's state machine; the short way below is taken
 # only while nobody listens to them.
 _P_DATA_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
@@ -150,23 +143,6 @@ class _WakeUp:
     def close(self) -> None:
         self._reader.close()
         self._writer.close()
-
-
-class _LargeReadSocket(AssociationSocket):
-    """``recv`` of a whole PDU with ``recv_into`` (pynetdicom reads 4 KiB at a time: 128 calls per 0.5 MB slice)."""
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        buffer = bytearray(nr_bytes)
-        nr_read = 0
-        with memoryview(buffer) as view:
-            while nr_read < nr_bytes:
-                count = self.socket.recv_into(view[nr_read:], min(nr_bytes - nr_read, _RECV_CHUNK))
-                if not count:
-                    break  # the connection broke: return what arrived, as pynetdicom does
-                nr_read += count
-        if nr_read < nr_bytes:
-            del buffer[nr_read:]
-        return buffer
 
 
 class _EventDrivenDul(DULServiceProvider):
@@ -291,28 +267,9 @@ def _convert(assoc: Association) -> Association:
     dul._wake = wake
     dul.__class__ = _EventDrivenDul
     assoc.dimse.msg_queue = _signalling_copy(assoc.dimse.msg_queue, news.set)
-    assoc.dimse.__class__ = ShortcutDimse
     assoc._news = news
     assoc.__class__ = _EventDrivenAssociation
-    if not logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
-        for event, handler in _DEBUG_LOG_HANDLERS:
-            assoc.unbind(event, handler)
-    if type(dul.socket) is AssociationSocket:
-        dul.socket.__class__ = _LargeReadSocket
     return assoc
-
-
-class SharedContexts(list):
-    """The server's supported presentation contexts, handed to each association without a deep copy.
-
-    pynetdicom deep-copies the server's contexts for every association it accepts: with ~170 storage SOP classes
-    and 18 transfer syntaxes that is ~10 000 re-validated UIDs, tens of milliseconds of CPU (holding the GIL) before
-    the first C-STORE of each association. The acceptor only reads them (negotiation builds new result contexts),
-    so each association gets a new list of the same, never modified, context objects.
-    """
-
-    def __deepcopy__(self, memo: dict) -> SharedContexts:
-        return SharedContexts(self)
 
 
 class EventDrivenRequestHandler(RequestHandler):
