@@ -257,6 +257,11 @@ class Settings(BaseSettings):
         return self.home / "spool"
 
     @property
+    def dicom_status_file(self) -> Path:
+        """Where the DICOM node publishes whether it accepts (read by /readyz, doctor and the metrics)."""
+        return self.home / "run" / "dicom-node.json"
+
+    @property
     def models_dir(self) -> Path:
         return self.home / "models"
 

@@ -57,9 +57,7 @@ def check_inflated_size(deflated: Iterable[bytes | memoryview], max_inflated_byt
             while data:
                 total += len(inflater.decompress(data, INFLATE_CHUNK))
                 if total > max_inflated_bytes:
-                    raise InstanceTooLarge(
-                        f"the deflated data set inflates to more than {max_inflated_bytes} bytes "
-                        "(DICOM_MAX_INFLATED_BYTES)")
+                    raise InstanceTooLarge(f"inflates beyond DICOM_MAX_INFLATED_BYTES={max_inflated_bytes}")
                 data = inflater.unconsumed_tail
             if inflater.eof:
                 break

@@ -8,7 +8,8 @@ __all__ = ["IntakeLimits", "InstanceTooLarge"]
 
 
 class InstanceTooLarge(ValueError):
-    """An instance is larger than a configured limit (C-STORE: Out of Resources; STOW-RS: 413)."""
+    """An instance is larger than a configured limit (C-STORE: Out of Resources; STOW-RS: 413). The message is short
+    enough for a C-STORE Error Comment (64 characters) and names the setting."""
 
 
 @dataclass(frozen=True)
@@ -26,5 +27,4 @@ class IntakeLimits:
 
     def check_size(self, size: int) -> None:
         if size > self.max_instance_bytes:
-            raise InstanceTooLarge(
-                f"the data set is {size} bytes, more than {self.max_instance_bytes} (DICOM_MAX_INSTANCE_BYTES)")
+            raise InstanceTooLarge(f"{size} bytes, beyond DICOM_MAX_INSTANCE_BYTES={self.max_instance_bytes}")

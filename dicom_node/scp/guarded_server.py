@@ -12,9 +12,11 @@ what the peer sends (``dicom_node.scp.pdu_limits``) and keeps three promises:
   ``DICOM_ASSOCIATE_TIMEOUT_SECONDS`` to complete its TLS handshake (with TLS) and its A-ASSOCIATE-RQ; a caller that
   stalls is disconnected then. Afterwards a PDU that stops arriving midway ends the association after
   ``network_timeout``. (pynetdicom would block on such a read forever, holding the association's threads.)
-- **Unfinished requests are bounded apart from associations.** At most ``max_pending`` connections per process may
-  be between accept and a complete A-ASSOCIATE-RQ (more are closed at once); they never count against
-  ``DICOM_MAX_ASSOCIATIONS``, which the node counts over established associations only (``AssociationSlots``).
+- **Unfinished requests are bounded apart from associations, and cannot crowd a real caller out.** At most
+  ``max_pending`` connections per process may be between accept and a complete A-ASSOCIATE-RQ; a new connection
+  beyond that closes the *oldest* unfinished one (so holding sockets open never keeps a newcomer out: the holder
+  would have to open connections faster than real callers complete their requests). They never count against
+  ``DICOM_MAX_ASSOCIATIONS``, which the node counts over admitted associations only (``AssociationSlots``).
 
 The TLS handshake runs in the connection's own thread under the deadline (pynetdicom's server does it in its
 accepting thread, where one silent client would stop every other from connecting).
@@ -58,27 +60,30 @@ class ConnectionLimits:
 
 
 class _PendingConnections:
-    """How many connections of one server are still asking for an association."""
+    """The connections of one server that are still asking for an association, oldest first."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._count = 0
+        self._guards: dict[int, ConnectionGuard] = {}  # insertion order: oldest first
         self._lock = threading.Lock()
 
-    def try_add(self) -> bool:
+    def add(self, guard: ConnectionGuard) -> ConnectionGuard | None:
+        """Count ``guard``; return the oldest pending connection it displaces (to be closed), if the limit is hit."""
         with self._lock:
-            if self._count >= self.limit:
-                return False
-            self._count += 1
-            return True
+            evicted = None
+            if len(self._guards) >= self.limit:
+                evicted = self._guards.pop(next(iter(self._guards)))
+            self._guards[id(guard)] = guard
+            return evicted
 
-    def remove(self) -> None:
+    def remove(self, guard: ConnectionGuard) -> None:
         with self._lock:
-            self._count -= 1
+            self._guards.pop(id(guard), None)
 
     @property
     def count(self) -> int:
-        return self._count
+        with self._lock:
+            return len(self._guards)
 
 
 class ConnectionGuard:
@@ -90,20 +95,26 @@ class ConnectionGuard:
         self._deadline = time.monotonic() + limits.associate_timeout
         self._peer = peer
         self._pending = pending
-        self._holds_pending = False
         self._requested = False
         self._handshake_needed = tls
+        self._socket: socket.socket | None = None
         self.refused = False
 
-    def hold_pending_slot(self) -> bool:
-        """Count this connection among the pending ones; False when there is no room (the server closes it)."""
-        self._holds_pending = self._pending.try_add()
-        return self._holds_pending
+    def attach(self, sock: socket.socket) -> None:
+        """The socket this guard checks; the connection now counts among the pending ones."""
+        self._socket = sock
+        evicted = self._pending.add(self)
+        if evicted is not None:
+            evicted.evict(self._pending.limit)
+
+    def evict(self, limit: int) -> None:
+        """Close this unfinished connection: a newer one needs its place among the ``limit`` pending ones."""
+        sock = self._socket
+        if sock is not None and not self.refused:
+            self._refuse(sock, None, f"still no A-ASSOCIATE-RQ when {limit} newer connections were waiting to ask")
 
     def _release_pending_slot(self) -> None:
-        if self._holds_pending:
-            self._holds_pending = False
-            self._pending.remove()
+        self._pending.remove(self)
 
     def receive(self, sock: socket.socket, read: Callable[[int, int], bytes], bufsize: int, flags: int) -> bytes:
         if self.refused:
@@ -223,10 +234,8 @@ class GuardedAssociationServer(ThreadedAssociationServer):
 
     def verify_request(self, request, client_address) -> bool:
         guard = getattr(request, "_guard", None)
-        if guard is not None and not guard.hold_pending_slot():
-            LOGGER.warning("connection from %s closed: %d connections are already asking for an association",
-                           client_address[0], self._pending.limit)
-            return False
+        if guard is not None:
+            guard.attach(request)
         return True
 
     def shutdown(self) -> None:

@@ -9,8 +9,10 @@ handler replaces pynetdicom's; every other case runs stock pynetdicom.
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -31,6 +33,7 @@ from dicom_node.scp.handlers import OpenSessions, handle_association_end, handle
 from dicom_node.scp.listener import SharedListener, shared_listener_server
 from dicom_node.scp.pdu_limits import PduLimits
 from dicom_node.scp.slots import AssociationSlots
+from dicom_node.scp.status import NodeStatus, NodeStatusFile, StatusPublisher
 from dicom_node.scp.storage_classes import register_retired_storage_classes, storage_sop_classes
 
 __all__ = ["DicomNode", "NodeSettings", "NodeNotRunning", "ACCEPTED_TRANSFER_SYNTAXES", "LOCAL_LIMIT_EXCEEDED"]
@@ -42,7 +45,7 @@ LOGGER = logging.getLogger(__name__)
 LOCAL_LIMIT_EXCEEDED = (0x02, 0x03, 0x02)
 NETWORK_TIMEOUT = 60.0  # seconds an association may sit idle, or a PDU stall midway
 DIMSE_TIMEOUT = 60.0
-MAX_PENDING_PER_ASSOCIATION = 4  # connections still asking, per association slot (see guarded_server)
+MIN_PENDING_CONNECTIONS = 64  # connections still asking, per process (see guarded_server): at least this many
 
 # What the node accepts by C-STORE, stored exactly as received. Video (MPEG, HEVC), JPIP references and SMPTE 2110
 # are left out: nothing downstream reads them, and every syntax offered costs each association a copy of ~180
@@ -88,6 +91,10 @@ class NodeSettings(Protocol):
     @property
     def spool_dir(self) -> Path: ...
 
+    @property
+    def dicom_status_file(self) -> Path | None:
+        """Where the node publishes whether it accepts (``dicom_node.scp.status``); None: nowhere."""
+
 
 def server_tls_context(tls: _TlsSettings) -> ssl.SSLContext:
     """TLS 1.2+ server context from the node's certificate and key; client certificates checked against the CA file."""
@@ -110,7 +117,7 @@ def connection_limits(settings: NodeSettings) -> ConnectionLimits:
     return ConnectionLimits(
         pdu=PduLimits(max_pdu_length=settings.dicom_max_pdu_size, max_data_set_bytes=settings.dicom_max_instance_bytes),
         associate_timeout=settings.dicom_associate_timeout_seconds, network_timeout=NETWORK_TIMEOUT,
-        max_pending=MAX_PENDING_PER_ASSOCIATION * settings.dicom_max_associations,
+        max_pending=max(MIN_PENDING_CONNECTIONS, 4 * settings.dicom_max_associations),
     )
 
 
@@ -164,9 +171,12 @@ class DicomNode:
         self._sessions = OpenSessions(self._intake)
         self._slots = AssociationSlots(settings.dicom_max_associations)
         self._server: Any = None
+        self._server_thread: threading.Thread | None = None
         self._pool: Any = None
         self._listener = listener
         self._prepare_spool = prepare_spool
+        status_file = getattr(settings, "dicom_status_file", None)
+        self._status = None if status_file is None else StatusPublisher(NodeStatusFile(status_file), self.status)
 
     @property
     def access_policy(self) -> AccessPolicy:
@@ -196,6 +206,16 @@ class DicomNode:
     def receivers(self):
         """The receiving processes (``DICOM_RECEIVERS`` > 1), or None when this process receives itself."""
         return self._pool
+
+    def status(self) -> NodeStatus:
+        """Whether the node accepts now (published every heartbeat when ``dicom_status_file`` is set)."""
+        pool = self._pool
+        if pool is not None:
+            return NodeStatus(os.getpid(), time.time(), pool.count, pool.ready, pool.deaths, pool.restarts,
+                              tuple(pool.pids()))
+        thread = self._server_thread
+        return NodeStatus(os.getpid(), time.time(), 1, int(thread is not None and thread.is_alive()),
+                          receiver_pids=(os.getpid(),))
 
     def _application_entity(self) -> AE:
         settings = self._settings
@@ -233,12 +253,16 @@ class DicomNode:
         settings = self._settings
         receivers = getattr(settings, "dicom_receivers", 1)
         if receivers > 1:
-            from dicom_node.scp.receivers import NodeConfig, ReceiverPool
+            from dicom_node.scp.receiver_pool import ReceiverPool
+            from dicom_node.scp.receivers import NodeConfig
 
             config = replace(NodeConfig.from_settings(settings), query_retrieve_factory=self._query_retrieve_factory,
                              recorder_factory=self._recorder_factory)
-            self._pool = ReceiverPool(config, self._recorder, receivers)
-            self._pool.start()
+            on_change = self._status.changed if self._status is not None else None
+            pool = ReceiverPool(config, self._recorder, receivers, on_change=on_change)
+            pool.start()
+            self._pool = pool
+            self._publish_status()
             self._log_started(tls=settings.dicom_tls is not None, receivers=receivers)
             return
         if self._query_retrieve is None and self._query_retrieve_factory is not None:
@@ -260,10 +284,16 @@ class DicomNode:
             (settings.dicom_host, settings.dicom_port), evt_handlers=handlers, ssl_context=tls,
             server_class=server_class, limits=connection_limits(settings), request_handler=accelerated,
         )
-        threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True).start()
+        self._server_thread = threading.Thread(target=server.serve_forever, name="dicom-acceptor", daemon=True)
+        self._server_thread.start()
         self._server = server
+        self._publish_status()
         if self._listener is None:  # else a receiving process: its parent has said all this
             self._log_started(tls=tls is not None, receivers=1)
+
+    def _publish_status(self) -> None:
+        if self._status is not None:
+            self._status.start()
 
     def _log_started(self, *, tls: bool, receivers: int) -> None:
         settings = self._settings
@@ -280,6 +310,8 @@ class DicomNode:
 
     def stop(self) -> None:
         """Stop accepting, end open associations and close the port."""
+        if self._status is not None and self.is_running:
+            self._status.stop()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.stop()

@@ -110,6 +110,11 @@ class PduStreamMonitor:
         """Account for ``data``, the next bytes read from the peer; return the refusal (also kept) once refused."""
         if self.refusal is not None:
             return self.refusal
+        size = len(data)
+        if self._pdv_left > size:  # the whole read lies inside a PDV item's value: the common case, kept cheap
+            self._pdv_left -= size
+            self._pdu_left -= size
+            return None
         view = memoryview(data)
         while view and self.refusal is None:
             view = self._pdu_header(view) if self._pdu_type is None else self._pdu_body(view)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
@@ -68,7 +69,11 @@ class DatabaseCollector:
         yield deliveries
 
 
-def make_registry(session_factory: sessionmaker[Session]) -> CollectorRegistry:
+def make_registry(session_factory: sessionmaker[Session], dicom_status_file: Path | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(session_factory))
+    if dicom_status_file is not None:
+        from service.api.dicom_node_metrics import DicomNodeCollector
+
+        registry.register(DicomNodeCollector(dicom_status_file))
     return registry
