@@ -119,8 +119,6 @@ class ConnectionGuard:
     def receive(self, sock: socket.socket, read: Callable[[int, int], bytes], bufsize: int, flags: int) -> bytes:
         if self.refused:
             return b""
-        if flags & socket.MSG_PEEK:  # a look ahead (the fast path's): the bytes are accounted when they are read
-            return read(bufsize, flags)
         if not self._requested:
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:

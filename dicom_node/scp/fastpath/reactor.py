@@ -19,9 +19,8 @@ themselves, the state machine and the handlers are pynetdicom's, unchanged: only
 ``association`` and ``dul`` modules is routed through ``_ReactorClock``, which changes nothing for any thread but
 these two (requestor associations, such as C-MOVE sub-associations and test clients, sleep as before).
 
-Every byte still comes through the guarded socket of ``dicom_node.scp.guarded_server`` (the P-DATA short way peeks
-at a PDU's header with ``MSG_PEEK``, which the guard lets through unaccounted, then reads the PDU with pynetdicom's
-own 4 KiB reads), so the PDU limits hold on the fast path exactly as on stock pynetdicom.
+Reading is pynetdicom's own, through the guarded socket of ``dicom_node.scp.guarded_server``, so the PDU limits hold
+on the fast path exactly as on stock pynetdicom.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import queue
 import select
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -39,10 +37,8 @@ from typing import Any
 
 import pynetdicom.association as _association_module
 import pynetdicom.dul as _dul_module
-from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
-from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import RequestHandler
 
 __all__ = ["EventDrivenRequestHandler", "MAX_WAIT"]
@@ -51,12 +47,6 @@ LOGGER = logging.getLogger(__name__)
 
 MAX_WAIT = 0.02  # seconds: the longest a reactor waits without news before pynetdicom's loop looks around again
 _LOOP_NAP = 0.001  # the sleep pynetdicom's reactor loops take between passes (the only one replaced)
-_P_DATA_TF = 0x04
-_PDU_HEADER = struct.Struct(">BBL")
-_PDV_HEADER = struct.Struct(">LB")
-# Events a P-DATA-TF PDU would trigger on its way through pynetdicom's state machine; the short way below is taken
-# only while nobody listens to them.
-_P_DATA_EVENTS = (evt.EVT_DATA_RECV, evt.EVT_PDU_RECV, evt.EVT_FSM_TRANSITION)
 
 
 class _ReactorClock:
@@ -167,65 +157,11 @@ class _EventDrivenDul(DULServiceProvider):
         super().kill_dul()
         self._wake.set()
 
-    def _read_pdu_data(self) -> None:
-        """A P-DATA-TF PDU in data transfer goes straight to DIMSE; anything else takes pynetdicom's way.
-
-        In state Sta6, event Evt10 (P-DATA-TF received) leads to action DT-2 (hand the P-DATA to DIMSE) and back to
-        Sta6: this does exactly that without building the PDU object, queueing the event and running the state
-        machine for each of the five or so PDUs of a CT slice. The PDU type is peeked, not read, so every other PDU
-        (and any PDU over TLS, which cannot be peeked) is read by pynetdicom as before.
-        """
-        if self.state_machine.current_state != "Sta6" or self._p_data_observed():
-            return super()._read_pdu_data()
-        sock = self.socket.socket
-        try:
-            header = sock.recv(_PDU_HEADER.size, socket.MSG_PEEK)
-        except (OSError, ValueError):  # ValueError: an SSL socket refuses flags
-            return super()._read_pdu_data()
-        if len(header) < _PDU_HEADER.size or header[0] != _P_DATA_TF:
-            return super()._read_pdu_data()
-        _, _, length = _PDU_HEADER.unpack(header)
-        pdu = self.socket.recv(_PDU_HEADER.size + length)
-        if len(pdu) != _PDU_HEADER.size + length:
-            LOGGER.error(
-                "The received PDU is shorter than expected (%d of %d bytes)", len(pdu), _PDU_HEADER.size + length
-            )
-            self.event_queue.put("Evt17")  # what pynetdicom does: transport connection closed
-            return None
-        values = _presentation_data_values(memoryview(pdu)[_PDU_HEADER.size:])
-        if values is None:
-            LOGGER.error("Unable to decode the received P-DATA-TF PDU")
-            self.event_queue.put("Evt19")  # what pynetdicom does: invalid PDU
-            return None
-        primitive = P_DATA()
-        primitive.presentation_data_value_list = values
-        self.assoc.dimse.receive_primitive(primitive)
-        return None
-
-    def _p_data_observed(self) -> bool:
-        assoc = self.assoc
-        return any(assoc.get_handlers(event) for event in _P_DATA_EVENTS)
-
     def stop_dul(self) -> bool:
         if self.state_machine.current_state == "Sta1":
             self._kill_thread = True
             self._wake.set()
         return super().stop_dul()
-
-
-def _presentation_data_values(body: memoryview) -> list[list] | None:
-    """The (context ID, message control header + fragment) items of a P-DATA-TF PDU body, or None if malformed."""
-    values = []
-    offset, end = 0, len(body)
-    while offset < end:
-        if end - offset < _PDV_HEADER.size + 1:
-            return None
-        item_length, context_id = _PDV_HEADER.unpack_from(body, offset)
-        if item_length < 2 or offset + 4 + item_length > end:
-            return None
-        values.append([context_id, bytes(body[offset + 5:offset + 4 + item_length])])
-        offset += 4 + item_length
-    return values
 
 
 class _EventDrivenAssociation(Association):
