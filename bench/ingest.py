@@ -10,8 +10,6 @@ m3edge/storescp.
   node's own: one per CPU core, at most 4), durability on: each file written to a temporary file and fdatasync'ed, linked under its final name,
   its directory fsynced and its database row committed (SQLite WAL, synchronous=FULL) before each success status;
   the count of recorded instances is checked afterwards.
-- m3edge-stock: the same, with ``DICOM_FASTPATH=false`` (stock pynetdicom, without ``dicom_node.scp.fastpath``):
-  the on/off comparison that decides whether a piece of the fast path stays (``--targets m3edge,m3edge-stock``).
 - storescp: ``storescp --fork`` writing plain files (no fsync): the ceiling to report.
 - Orthanc: SQLite index, ``SyncStorageArea`` true, no compression. Traced with strace (Orthanc 1.10.1), that means one
   fdatasync of each stored file, written in place under its final name; no fsync of its directories; and index
@@ -45,8 +43,8 @@ from service.config import default_receivers
 
 SLICE_BYTES = 512 * 512 * 2
 SLICES_PER_SERIES = 250
-TARGETS = ("m3edge", "m3edge-stock", "storescp", "orthanc")
-DEFAULT_TARGETS = ("m3edge", "storescp", "orthanc")
+TARGETS = ("m3edge", "storescp", "orthanc")
+DEFAULT_TARGETS = TARGETS
 
 
 def _free_port() -> int:
@@ -168,21 +166,19 @@ def describe_targets(senders: int, receivers: int) -> dict[str, str]:
         "m3edge": f"m3edge scp, DICOM_RECEIVERS={receivers}, DICOM_MAX_ASSOCIATIONS={max(16, senders * 2)}, "
                   f"DICOM_MAX_PDU_SIZE=default, SQLite (WAL, synchronous=FULL); per instance before its status: "
                   f"file fdatasync, link, directory fsync, row commit",
-        "m3edge-stock": "the same with DICOM_FASTPATH=false (stock pynetdicom)",
         "storescp": "storescp --fork, plain files, no fsync (the ceiling)",
         "orthanc": f"Orthanc, SyncStorageArea=true (fdatasync of each file; no directory fsync; SQLite index "
                    f"synchronous=NORMAL), StorageCompression=false, DicomThreadsCount={max(4, senders)}",
     }
 
 
-def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int, *, fastpath: bool = True) -> Transfer:
+def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int) -> Transfer:
     home = work / "m3edge"
     port = _free_port()
     env = {
         **os.environ, "M3EDGE_HOME": str(home), "M3EDGE_DICOM_PORT": str(port), "M3EDGE_DICOM_HOST": "127.0.0.1",
         "M3EDGE_SPOOL_RESERVE_BYTES": "0", "M3EDGE_LOG_LEVEL": "INFO", "M3EDGE_DICOM_RECEIVERS": str(receivers),
         "M3EDGE_DICOM_MAX_ASSOCIATIONS": str(max(16, senders * 2)), "M3EDGE_STUDY_IDLE_SECONDS": "3600",
-        "M3EDGE_DICOM_FASTPATH": "true" if fastpath else "false",
     }
     env.pop("M3EDGE_DATABASE_URL", None)  # the embedded default: SQLite in HOME
     home.mkdir(parents=True)
@@ -265,8 +261,8 @@ def run_orthanc(files: list[Path], work: Path, senders: int) -> Transfer:
 
 
 def _run_target(target: str, files: list[Path], work: Path, senders: int, receivers: int) -> Transfer:
-    if target in ("m3edge", "m3edge-stock"):
-        return run_m3edge(files, work, senders, receivers, fastpath=target == "m3edge")
+    if target == "m3edge":
+        return run_m3edge(files, work, senders, receivers)
     if target == "storescp":
         return run_storescp(files, work, senders)
     return run_orthanc(files, work, senders)
@@ -324,7 +320,7 @@ def main(argv: list[str] | None = None) -> list[Measurement]:
         print(f"{result.target:>12}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} instances/s")
     by_name = {r.target: r for r in results}
     if "m3edge" in by_name:
-        for peer in ("m3edge-stock", "orthanc", "storescp"):
+        for peer in ("orthanc", "storescp"):
             if peer in by_name:
                 print(f"m3edge/{peer}: {by_name['m3edge'].mb_per_s / by_name[peer].mb_per_s:.2f}")
     return results

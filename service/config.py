@@ -113,9 +113,6 @@ class Settings(BaseSettings):
         512 << 20, ge=1 << 20,
         description="Largest size a deflated data set may inflate to (C-STORE: Out of Resources; STOW-RS: 413).",
     )
-    dicom_fastpath: bool = Field(
-        True, description="Use the measured pynetdicom fast path where the installed pynetdicom is a tested version.",
-    )
     dicom_tls: TlsSettings | None = None
     dicom_receivers: int = Field(
         default_factory=default_receivers, ge=1, le=64,

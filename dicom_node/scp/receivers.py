@@ -66,7 +66,6 @@ class NodeConfig:
     dicom_associate_timeout_seconds: float = 5.0
     dicom_max_instance_bytes: int = 1 << 30
     dicom_max_inflated_bytes: int = 512 << 20
-    dicom_fastpath: bool = True
     dicom_status_file: Path | None = None  # where the parent publishes the node's status (children never write it)
     dicom_tls: TlsConfig | None = None
     spool_high_water_percent: float = 95.0
@@ -85,7 +84,7 @@ class NodeConfig:
             dicom_max_associations=settings.dicom_max_associations, dicom_max_pdu_size=settings.dicom_max_pdu_size,
             dicom_associate_timeout_seconds=settings.dicom_associate_timeout_seconds,
             dicom_max_instance_bytes=settings.dicom_max_instance_bytes,
-            dicom_max_inflated_bytes=settings.dicom_max_inflated_bytes, dicom_fastpath=settings.dicom_fastpath,
+            dicom_max_inflated_bytes=settings.dicom_max_inflated_bytes,
             dicom_status_file=getattr(settings, "dicom_status_file", None),
             dicom_tls=None if tls is None else TlsConfig(
                 Path(tls.certificate), Path(tls.private_key),

@@ -55,8 +55,6 @@ class RunningNode:
 
 def _environment(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("M3EDGE_")}
-    if "M3EDGE_DICOM_FASTPATH" in os.environ:  # CI runs the suite with the fast path on and off
-        env["M3EDGE_DICOM_FASTPATH"] = os.environ["M3EDGE_DICOM_FASTPATH"]
     env.update(M3EDGE_HOME=str(home), M3EDGE_DICOM_HOST="127.0.0.1", M3EDGE_SPOOL_RESERVE_BYTES="0",
                M3EDGE_DICOM_ALLOWED_AES=f"{ALLOWED_AE}@127.0.0.1", TCP_NODELAY="1", **LIMITS)
     env.update(extra)
