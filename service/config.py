@@ -154,7 +154,15 @@ class Settings(BaseSettings):
     vlm_max_new_tokens: int = Field(1024, ge=1, le=8192)
     vlm_min_new_tokens: int = Field(2, ge=0)
     vlm_timeout_seconds: float = Field(300.0, gt=0)
+    vlm_placeholder_form: str = Field(
+        "training", pattern=r"^(training|raw)$",
+        description="User turns with <image> as VILA-M3 was trained (training) or as the JSON/eval scripts wrote them (raw).",
+    )
     agent_slice_policy: str = Field("most_structure", pattern=r"^(middle|most_structure)$")
+    agent_brats_images: str = Field(
+        "as_trained", pattern=r"^(as_trained|sequences)$",
+        description="BraTS first turn: the T1c slice four times as trained, or the slice of each of the four sequences.",
+    )
     expert_timeout_seconds: float = Field(900.0, gt=0)
     predictor_backend: PredictorBackend = PredictorBackend.AUTO
     demo_models_when_empty: bool = Field(
