@@ -267,3 +267,20 @@ def test_receiving_processes_with_recorders_of_their_own_take_one_study_over_fou
     assert sorted(instance.sop_instance_uid for instance, _, _ in rows) == sorted(
         dcmread(path).SOPInstanceUID for s in series for path in s.paths)
     assert {row[2].study_uid for row in rows} == {study.study_uid} and len({row[1].id for row in rows}) == 4
+
+
+@pytest.mark.parametrize("retired", ["1.2.840.10008.5.1.4.1.1.6", "1.2.840.10008.5.1.4.1.1.3",
+                                     "1.2.840.10008.5.1.4.1.1.5"], ids=["US", "US-multiframe", "NM"])
+def test_retired_storage_classes_real_equipment_still_sends_are_accepted_and_stored(tmp_path, session_factory, retired):
+    """The old Ultrasound (Multi-frame) and Nuclear Medicine Image Storage classes: PS3.4 retired them, carts still
+    send them; the node stores them (routing decides what an expert reads)."""
+    ds = dcmread(get_testdata_file("CT_small.dcm"))
+    ds.SOPClassUID = retired
+    ds.file_meta.MediaStorageSOPClassUID = retired
+    path = tmp_path / "retired.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with running_node(tmp_path / "home", session_factory) as node:
+        result = storescu(node.port, [path], proposal="1.2.840.10008.1.2.1", extra=["-R"])
+        rows = instances_in_db(session_factory)
+    assert result.responses() == {path: "Success"}, result.output[-2000:]
+    assert [(i.sop_class_uid, i.sop_instance_uid) for i, _, _ in rows] == [(retired, ds.SOPInstanceUID)]
