@@ -22,6 +22,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, Association, build_context, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
@@ -196,6 +197,7 @@ class _Attempt:
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_ACSE_RECV, self._on_acse),
+            (evt.EVT_PDU_RECV, self._on_pdu),
         ]
 
     def _on_open(self, event) -> None:
@@ -209,6 +211,12 @@ class _Attempt:
         primitive = event.primitive
         if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
             self.rejection = primitive
+
+    def _on_pdu(self, event) -> None:
+        """An A-ASSOCIATE-RJ as it arrives: a peer that closes the connection right after rejecting can make
+        pynetdicom see the close first and report an abort, never handing the rejection to the ACSE."""
+        if self.rejection is None and isinstance(event.pdu, A_ASSOCIATE_RJ):
+            self.rejection = event.pdu.to_primitive()
 
 
 class StorageSCU:
@@ -369,7 +377,7 @@ class StorageSCU:
                              evt_handlers=attempt.handlers)
         if assoc.is_established:
             return assoc
-        rejection = attempt.rejection or _unread_rejection(assoc)
+        rejection = attempt.rejection
         if rejection is not None:
             raise _rejection_error(destination, self.calling_ae, rejection)
         if attempt.accepted:
@@ -380,15 +388,6 @@ class StorageSCU:
         if not attempt.connected:
             raise DestinationUnreachable(f"cannot connect to {destination} (is it running, and is the port open?)")
         raise DestinationUnreachable(f"{destination} aborted the association request")
-
-
-def _unread_rejection(assoc: Association) -> A_ASSOCIATE | None:
-    """An A-ASSOCIATE-RJ the peer sent but pynetdicom did not hand to us: a peer that closes the connection right after
-    rejecting can make pynetdicom see the close first and report an abort, leaving the rejection in its queue."""
-    for primitive in list(assoc.dul.to_user_queue.queue):
-        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
-            return primitive
-    return None
 
 
 def _describe(contexts: list) -> str:

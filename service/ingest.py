@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.scp.recording import ReceivedInstance, RecorderError
+from dicom_node.intake.recording import ReceivedInstance, RecorderError
 from service.db.models import Instance, Series, Study, StudyStatus
 from service.uid_collisions import flag_instance_collisions, flag_series_collision
 

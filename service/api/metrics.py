@@ -8,6 +8,7 @@ on the runs' status finds them), and what sums history (stage durations, failed 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
@@ -84,7 +85,11 @@ class DatabaseCollector:
         yield collisions
 
 
-def make_registry(session_factory: sessionmaker[Session]) -> CollectorRegistry:
+def make_registry(session_factory: sessionmaker[Session], dicom_status_file: Path | None = None) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(DatabaseCollector(session_factory))
+    if dicom_status_file is not None:
+        from service.api.dicom_node_metrics import DicomNodeCollector
+
+        registry.register(DicomNodeCollector(dicom_status_file))
     return registry
