@@ -1,6 +1,6 @@
 """The database side of the DICOM node: records what the node stored, with group commit.
 
-``DatabaseRecorder`` implements ``dicom_node.scp.recording.InstanceRecorder``. Every C-STORE handler thread hands its
+``DatabaseRecorder`` implements ``dicom_node.intake.recording.InstanceRecorder``. Every C-STORE handler thread hands its
 instance to one writer thread and waits; the writer takes everything that queued up meanwhile, applies it in one
 transaction and commits once, then wakes each waiter. So many concurrent C-STOREs share one commit (and one fsync),
 yet each C-STORE answers success only after its own row is committed. A batch that fails is retried item by item,

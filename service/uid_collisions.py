@@ -16,7 +16,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 
-from dicom_node.scp.recording import ReceivedInstance
+from dicom_node.intake.recording import ReceivedInstance
 from service.db.models import Instance, Series, Study, UidCollision, UidKind
 
 __all__ = ["flag_series_collision", "flag_instance_collisions"]
