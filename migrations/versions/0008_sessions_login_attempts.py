@@ -1,7 +1,7 @@
 """dashboard_sessions (server-side, revocable dashboard sessions) and login_attempts (the log-in limit's counter)
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-02
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0008'
-down_revision = '0006'
+down_revision = '0007'
 branch_labels = None
 depends_on = None
 

@@ -17,7 +17,7 @@ from dicom_node.private_files import (
     make_private_dirs,
     restrict_umask,
 )
-from dicom_node.scp.spool import InstanceLocation, SpoolWriter
+from dicom_node.intake.spool import InstanceLocation, SpoolWriter
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""What the node tells its recorder (the service's database) about each instance, and the protocol it expects.
+"""What the intake tells its recorder (the service's database) about each instance, and the protocol it expects.
 
-``dicom_node`` never imports the service: the service passes an object with these methods to ``DicomNode``.
+``dicom_node`` never imports the service: the service passes an object with these methods to the intake.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""``handle_store``: the success status comes only after the file, its name and its database row are all durable."""
+"""``handle_store`` through the intake: the success status comes only after the file, its name and its database row
+are all durable, in that order, and a failure of either is never answered with success."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import io
 from datetime import datetime, timezone
 from types import SimpleNamespace
 
@@ -14,11 +14,12 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
-import dicom_node.scp.spool as spool_module
-from dicom_node.scp.handlers import AssociationStudies, handle_store
-from dicom_node.scp.recording import RecorderError
-from dicom_node.scp.spool import SpoolWriter
-from dicom_node.scp.statuses import SUCCESS
+import dicom_node.intake.spool as spool_module
+from dicom_node.intake import DiskAdmission, Intake, IntakeLimits
+from dicom_node.intake.recording import RecorderError
+from dicom_node.intake.spool import SpoolWriter
+from dicom_node.intake.statuses import PROCESSING_FAILURE, SUCCESS
+from dicom_node.scp.handlers import OpenSessions, handle_store
 
 SOP_UID = "1.2.3.4.5"
 
@@ -33,13 +34,13 @@ def _store_event() -> SimpleNamespace:
     buffer = DicomBytesIO()
     buffer.is_little_endian, buffer.is_implicit_VR = True, False
     write_dataset(buffer, ds)
-    request = SimpleNamespace(
-        DataSet=io.BytesIO(buffer.getvalue()), AffectedSOPClassUID=CTImageStorage, AffectedSOPInstanceUID=SOP_UID
-    )
+    request = SimpleNamespace(AffectedSOPClassUID=CTImageStorage, AffectedSOPInstanceUID=SOP_UID)
+    data_set = buffer.getvalue()
     return SimpleNamespace(
         request=request,
         assoc=SimpleNamespace(requestor=SimpleNamespace(ae_title="CT01")),
         context=SimpleNamespace(transfer_syntax=ExplicitVRLittleEndian),
+        encoded_dataset=lambda include_meta=True: data_set,  # pynetdicom's Event.encoded_dataset, as received
     )
 
 
@@ -86,9 +87,14 @@ def _clock() -> datetime:
     return datetime(2026, 3, 1, tzinfo=timezone.utc)
 
 
+def _sessions(writer: SpoolWriter, recorder) -> OpenSessions:
+    admission = DiskAdmission(writer.root, 100, 0)
+    return OpenSessions(Intake(writer, recorder, admission=admission, limits=IntakeLimits(), clock=_clock))
+
+
 def test_success_is_answered_after_the_directory_fsync_and_the_commit(spool):
     writer, events = spool
-    status = handle_store(_store_event(), writer, _OrderedRecorder(events), AssociationStudies(), _clock)
+    status = handle_store(_store_event(), _sessions(writer, _OrderedRecorder(events)))
     events.append("answered")
     assert status == SUCCESS
     path = f"1.2.3/1.2.3.4/{SOP_UID}.dcm"
@@ -99,8 +105,8 @@ def test_success_is_answered_after_the_directory_fsync_and_the_commit(spool):
 
 def test_a_failed_commit_is_not_answered_with_success(spool):
     writer, events = spool
-    status = handle_store(_store_event(), writer, _OrderedRecorder(events, fail=True), AssociationStudies(), _clock)
-    assert status != SUCCESS and status.Status == 0x0110  # processing failure: the sender retries
+    status = handle_store(_store_event(), _sessions(writer, _OrderedRecorder(events, fail=True)))
+    assert status != SUCCESS and status.Status == PROCESSING_FAILURE  # the sender retries
 
 
 def test_a_failed_directory_fsync_still_waits_for_the_started_commit_and_fails(spool, monkeypatch):
@@ -113,6 +119,6 @@ def test_a_failed_directory_fsync_still_waits_for_the_started_commit_and_fails(s
         real(path)
 
     monkeypatch.setattr(spool_module, "_fsync_dir", broken_fsync)
-    status = handle_store(_store_event(), writer, _OrderedRecorder(events), AssociationStudies(), _clock)
+    status = handle_store(_store_event(), _sessions(writer, _OrderedRecorder(events)))
     assert status != SUCCESS
     assert events[-1] == "commit done"  # no commit left running behind the answer

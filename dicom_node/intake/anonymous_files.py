@@ -34,8 +34,8 @@ AnonymousLinker = Callable[[int, str], None]  # (open descriptor, final path): r
 
 
 def open_anonymous(directory: str | Path) -> int:
-    """A new unnamed file in ``directory``, open for writing."""
-    return os.open(directory, _O_TMPFILE | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
+    """A new unnamed file in ``directory``, open for reading and writing."""
+    return os.open(directory, _O_TMPFILE | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
 
 
 def _libc_linkat():

@@ -1,10 +1,12 @@
 """The spool: received instances as files, ``spool/<study>/<series>/<sop>.dcm``, written so a crash never leaves half a file.
 
-Each instance is written to a file without a name in its series directory (Linux ``O_TMPFILE``, see
-``dicom_node.scp.anonymous_files``), fdatasync'ed, then linked under its final name (``linkat`` fails instead of
-overwriting) and the directory is fsynced. Where unnamed files are not available, the file is first a named temporary
-file in ``spool/.incoming`` (same file system), linked the same way and then removed; a leftover temporary file is
-never visible as an instance and is removed by :meth:`SpoolWriter.prepare` at start-up.
+Each instance is first a :class:`PendingFile`: a file without a name in ``spool/.incoming`` (Linux ``O_TMPFILE``, see
+``dicom_node.intake.anonymous_files``) that the intake fills as the data arrives (all at once for a C-STORE, part by
+part as a STOW-RS request streams in). :meth:`SpoolWriter.publish` then makes it an instance: fdatasync, a link under
+its final name (``linkat`` fails instead of overwriting), and an fsync of the directory. Where unnamed files are not
+available, the pending file is a named temporary file in ``spool/.incoming`` (same file system), linked the same way
+and then removed; a leftover temporary file is never visible as an instance and :meth:`SpoolWriter.prepare` removes it
+at start-up.
 """
 
 from __future__ import annotations
@@ -16,16 +18,17 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from dicom_node.intake.anonymous_files import AnonymousLinker, open_anonymous, probe
 from dicom_node.private_files import DIR_MODE, FILE_MODE, make_private_dirs
-from dicom_node.scp.anonymous_files import AnonymousLinker, open_anonymous, probe
 from dicom_node.uids import validate_uid
 
-__all__ = ["SpoolWriter", "SpooledFile", "StoreOutcome", "InstanceLocation", "SpoolError", "SpoolFull"]
+__all__ = ["SpoolWriter", "SpooledFile", "PendingFile", "StoreOutcome", "InstanceLocation", "SpoolError", "SpoolFull"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -126,6 +129,75 @@ def _ignore(_spooled: SpooledFile) -> None:
     return None
 
 
+class PendingFile:
+    """A new instance file being filled: unnamed (``temp_path`` None) or a named temporary file, until published.
+
+    Its size and SHA-256 digest follow every :meth:`write`; :meth:`read` and :meth:`chunks` read back what was written
+    (the intake reads a STOW-RS part's header from it). :meth:`discard` (or publishing) closes it; an unnamed file
+    that is never linked vanishes with its descriptor.
+    """
+
+    def __init__(self, fd: int, temp_path: str | None) -> None:
+        self.fd = fd
+        self.temp_path = temp_path
+        self.size = 0
+        self._digest = _new_digest()
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        self._digest.update(view)
+        self.size += len(view)
+        with _spool_errors(self.temp_path or "the spool"):
+            while view:
+                written = os.write(self.fd, view)
+                view = view[written:]
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes written at ``offset``."""
+        with _spool_errors(self.temp_path or "the spool"):
+            return os.pread(self.fd, max(0, min(size, self.size - offset)), offset)
+
+    def chunks(self, offset: int, chunk_size: int = _READ_CHUNK) -> Iterator[bytes]:
+        """What was written from ``offset`` on, ``chunk_size`` bytes at a time."""
+        while offset < self.size:
+            block = self.read(offset, chunk_size)
+            if not block:
+                return
+            offset += len(block)
+            yield block
+
+    @property
+    def digest(self) -> str:
+        return self._digest.hexdigest()
+
+    def discard(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+        if self.temp_path is not None:
+            _remove(self.temp_path)
+            self.temp_path = None
+
+    def __enter__(self) -> PendingFile:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.discard()
+
+
+@contextmanager
+def _spool_errors(where: object) -> Iterator[None]:
+    """OSError -> SpoolFull (ENOSPC, EDQUOT) or SpoolError, naming the spool."""
+    try:
+        yield
+    except SpoolError:
+        raise
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise SpoolFull(exc.errno, f"the spool's disk is full ({where})") from exc
+        raise SpoolError(exc.errno, f"cannot write to the spool ({where}): {exc.strerror}") from exc
+
+
 class _DirectorySync:
     """fsync of directories shared by concurrent writers: one fsync covers every link made before it started.
 
@@ -203,6 +275,14 @@ class SpoolWriter:
 
     # -- writing --------------------------------------------------------------------------------------------------
 
+    def new_file(self) -> PendingFile:
+        """An empty pending file to fill (raises ``SpoolFull`` or ``SpoolError``)."""
+        with _spool_errors(self.root):
+            temp = None
+            if self._unnamed_linker() is None:
+                temp = f"{self._root}/{INCOMING_DIR}/{os.getpid()}-{uuid.uuid4().hex}{_TEMP_SUFFIX}"
+            return PendingFile(self._open_new(temp), temp)
+
     def write(
         self,
         location: InstanceLocation,
@@ -210,45 +290,45 @@ class SpoolWriter:
         *,
         on_linked: Callable[[SpooledFile], None] | None = None,
     ) -> SpooledFile:
-        """Store the concatenation of ``chunks`` for ``location``; never overwrite another file.
+        """Store the concatenation of ``chunks`` for ``location`` (:meth:`new_file`, write, :meth:`publish`)."""
+        with self.new_file() as pending:
+            for chunk in chunks:
+                pending.write(chunk)
+            return self.publish(pending, location, on_linked=on_linked)
+
+    def publish(
+        self, pending: PendingFile, location: InstanceLocation, *,
+        on_linked: Callable[[SpooledFile], None] | None = None,
+    ) -> SpooledFile:
+        """Make ``pending`` the instance at ``location``, durably; never overwrite another file. Closes ``pending``.
 
         ``on_linked`` is called once the file's data is durable and its final name is decided and linked (or found
         to hold these bytes already), before the directory fsync that makes the name durable: the node starts the
-        database commit there, so the two syncs overlap. ``write`` returns only after that directory fsync.
+        database commit there, so the two syncs overlap. ``publish`` returns only after that directory fsync.
         Raises ``SpoolFull`` when the disk is full and ``SpoolError`` for other I/O failures; nothing is left behind.
         """
-        temp: str | None = None
-        fd = -1
         try:
-            linker = self._unnamed_linker()
-            series_dir = self._ensure_dir(location)
-            if linker is None:
-                temp = f"{self._root}/{INCOMING_DIR}/{os.getpid()}-{uuid.uuid4().hex}{_TEMP_SUFFIX}"
-            fd = self._open_new(series_dir, temp)
-            size, digest = self._fill(fd, chunks)
-            if temp is None:
-                def link(target: str, fd: int = fd) -> None:
-                    linker(fd, target)
-            else:
-                def link(target: str, temp: str = temp) -> None:
-                    os.link(temp, target)
-            return self._publish(location, series_dir, link, size, digest, on_linked or _ignore)
-        except OSError as exc:
-            if exc.errno in _NO_SPACE:
-                raise SpoolFull(exc.errno, f"the spool's disk is full ({self.root})") from exc
-            if isinstance(exc, SpoolError):
-                raise
-            raise SpoolError(exc.errno, f"cannot write to the spool ({self.root}): {exc.strerror}") from exc
+            with _spool_errors(self.root):
+                if self.durable:
+                    os.fdatasync(pending.fd)  # data and size; the name is made durable by the directory fsync
+                series_dir = self._ensure_dir(location)
+                fd, temp = pending.fd, pending.temp_path
+                if temp is None:
+                    linker = self._unnamed_linker()
+
+                    def link(target: str) -> None:
+                        linker(fd, target)
+                else:
+                    def link(target: str) -> None:
+                        os.link(temp, target)
+                return self._publish(location, series_dir, link, pending.size, pending.digest, on_linked or _ignore)
         finally:
-            if fd >= 0:
-                os.close(fd)
-            if temp is not None:
-                _remove(temp)
+            pending.discard()
 
     def _unnamed_linker(self) -> AnonymousLinker | None:
         """How to name an unnamed file in this spool (probed once), or None for named temporary files."""
-        if not self._linker_probed and self._unnamed_wanted is not False and self.root.is_dir():
-            found = probe(self.root)
+        if not self._linker_probed and self._unnamed_wanted is not False and self._incoming.is_dir():
+            found = probe(self._incoming)
             if found is None and self._unnamed_wanted:
                 raise SpoolError(errno.EOPNOTSUPP, f"unnamed files (O_TMPFILE) are not available in {self.root}")
             self._linker = None if found is None else found[1]
@@ -262,25 +342,11 @@ class SpoolWriter:
         """Whether instances are written as unnamed files (else as named temporary files in ``.incoming``)."""
         return self._unnamed_linker() is not None
 
-    def _open_new(self, directory: str, temp: str | None) -> int:
-        """A new file to fill: unnamed in ``directory``, or the temporary file ``temp``."""
+    def _open_new(self, temp: str | None) -> int:
+        """A new file to fill, open for reading and writing: unnamed in ``.incoming``, or the temporary file ``temp``."""
         if temp is None:
-            return open_anonymous(directory)
-        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
-
-    def _fill(self, fd: int, chunks: Sequence[bytes]) -> tuple[int, str]:
-        digest = _new_digest()
-        size = 0
-        for chunk in chunks:
-            view = memoryview(chunk)
-            digest.update(view)
-            size += len(view)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        if self.durable:
-            os.fdatasync(fd)  # data and the size of a new file; its name is made durable by the directory fsync
-        return size, digest.hexdigest()
+            return open_anonymous(self._incoming)
+        return os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), FILE_MODE)
 
     def _publish(
         self, location: InstanceLocation, series_dir: str, link: Callable[[str], None], size: int, digest: str,
