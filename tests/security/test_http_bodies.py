@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from tests.support.api_process import running_api
-from tests.support.http_attacks import MIB, json_prefix, process_memory, reset_peak_memory, send_body
+from tests.support.http_attacks import MIB, json_prefix, send_body
+from tests.support.process_memory import peak_rss_bytes, reset_peak_rss, rss_bytes
 
 ATTACK_BYTES = 500 * MIB
 MEMORY_BOUND = 24 * MIB  # before: +1000 MiB for each of these
@@ -23,11 +24,11 @@ def api(tmp_path_factory):
 
 def attack(api, path: str, *, chunked: bool, headers: dict[str, str], prefix: bytes = b"", method: str = "POST"):
     """The answer, and how much the server's resident memory grew at its peak during the attack."""
-    before = process_memory(api.pid)
-    reset_peak_memory(api.pid)
+    before = rss_bytes(api.pid)
+    reset_peak_rss(api.pid)
     result = send_body(api.port, path, total_bytes=ATTACK_BYTES, chunked=chunked, headers=headers, prefix=prefix,
                        method=method, timeout=60)
-    return result, process_memory(api.pid).peak - before.rss
+    return result, peak_rss_bytes(api.pid) - before
 
 
 @pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])

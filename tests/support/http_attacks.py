@@ -1,4 +1,4 @@
-"""Hostile HTTP requests on loopback, and the memory of the process that receives them, read from /proc.
+"""Hostile HTTP requests on loopback (the memory of the process that receives them: ``tests.support.process_memory``).
 
 Each attack is bounded: it sends at most ``total_bytes`` and gives up after ``timeout`` seconds. It stops sending as
 soon as the server answers (or closes the connection), so against a server that refuses early it costs a few
@@ -12,20 +12,11 @@ import select
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-__all__ = ["AttackResult", "ProcessMemory", "send_body", "process_memory", "reset_peak_memory", "MIB"]
+__all__ = ["AttackResult", "send_body", "json_prefix", "MIB"]
 
 MIB = 1 << 20
 _CHUNK = b"a" * MIB
-
-
-@dataclass(frozen=True)
-class ProcessMemory:
-    """Resident memory now and its peak since the last :func:`reset_peak_memory`, in bytes."""
-
-    rss: int
-    peak: int
 
 
 @dataclass(frozen=True)
@@ -94,20 +85,6 @@ def send_body(port: int, path: str, *, total_bytes: int, chunked: bool, headers:
             pass
     head = answer.partition(b"\r\n\r\n")[0]
     return AttackResult(_status_of(head), sent, time.monotonic() - started, head.decode("latin-1"))
-
-
-def process_memory(pid: int) -> ProcessMemory:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            fields[key] = int(value.split()[0]) * 1024
-    return ProcessMemory(fields["VmRSS"], fields["VmHWM"])
-
-
-def reset_peak_memory(pid: int) -> None:
-    """Start the peak (VmHWM) afresh from the current resident size (Linux: ``clear_refs`` value 5)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def json_prefix(field: str) -> bytes:

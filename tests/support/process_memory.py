@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["rss_bytes", "children", "total_rss"]
+__all__ = ["rss_bytes", "peak_rss_bytes", "reset_peak_rss", "children", "total_rss"]
 
 
 def rss_bytes(pid: int) -> int:
@@ -16,6 +16,20 @@ def rss_bytes(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError):
         return 0
     return 0
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """The peak resident set size of ``pid`` (VmHWM) since it started or since :func:`reset_peak_rss`, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise LookupError(f"/proc/{pid}/status has no VmHWM")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Start the peak (VmHWM) afresh from the current resident size (Linux: ``clear_refs`` value 5), so that a peak
+    read afterwards is what happened since, even a spike that is already gone."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def children(pid: int, *, command_contains: str = "") -> list[int]:
