@@ -1,0 +1,190 @@
+"""``PowerLossSimulator``: arm it on a folder, run processes with its ``env()``, kill them, ``cut()``.
+
+    simulator = PowerLossSimulator(home, tmp_path / "powerloss", shim).arm()
+    process = subprocess.Popen(command, env=simulator.env(), start_new_session=True)
+    ...                                     # acknowledge things
+    os.killpg(process.pid, signal.SIGKILL)  # every process that wrote under `home` must be dead
+    report = simulator.cut("strict")        # `home` now holds what a disk could hold after a power cut
+    # the simulator is armed again on the cut tree: restart the processes with env() for the next cycle
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.support.powerloss.durability import CutModel, Selection, select
+from tests.support.powerloss.history import (
+    Baseline, History, RecordingMismatch, UnsupportedOperation, replay, take_baseline,
+)
+from tests.support.powerloss.journal import Journal, JournalError, read_journal
+from tests.support.powerloss.tree import ModelTree, build_tree, check_live_tree, write_tree
+
+__all__ = ["PowerLossSimulator", "CutReport", "StillRecording"]
+
+
+class StillRecording(RuntimeError):
+    """A process started with the simulator's environment is still alive: kill it (all of them) before the cut."""
+
+
+@dataclass(frozen=True)
+class CutReport:
+    """What one cut did to the watched tree (paths relative to it)."""
+
+    model: CutModel
+    seed: int | None
+    name_ops: int  # recorded name changes (create, link, rename, unlink, mkdir, rmdir)
+    data_ops: int  # recorded data changes (writes, truncations, fallocate)
+    kept_name_ops: int
+    kept_data_ops: int  # whole or in part
+    lost: tuple[str, ...]  # names the processes saw that the cut removed
+    added: tuple[str, ...]  # names the cut brings back (a removal or rename that was not durable)
+    changed: tuple[str, ...]  # files whose bytes differ from what the processes saw
+    unmodelled: tuple[str, ...]  # files written through shared mappings (SQLite's -shm): their bytes are not modelled
+    in_flight: int  # changes under way when the processes died
+    torn_records: int
+
+    def describe(self) -> str:
+        return (f"{self.model.value} cut (seed {self.seed}): kept {self.kept_name_ops}/{self.name_ops} name changes, "
+                f"{self.kept_data_ops}/{self.data_ops} data changes; lost {len(self.lost)}, brought back "
+                f"{len(self.added)}, changed {len(self.changed)} files; {self.in_flight} in flight")
+
+
+class PowerLossSimulator:
+    """Records every durable change under ``root`` by processes run with :meth:`env`, and replaces ``root`` with a
+    state a disk could hold after a power cut (:meth:`cut`). ``workdir`` (outside ``root``) holds the logs and the
+    baseline copy; ``shim`` is the library :func:`tests.support.powerloss.build_shim` built."""
+
+    def __init__(self, root: Path, workdir: Path, shim: Path) -> None:
+        self.root = Path(root).resolve()
+        self.workdir = Path(workdir).resolve()
+        self.shim = Path(shim).resolve()
+        if self.workdir == self.root or self.root in self.workdir.parents or self.workdir in self.root.parents:
+            raise ValueError(f"workdir {self.workdir} must lie outside the watched root {self.root} (and not hold it)")
+        if not self.shim.is_file():
+            raise FileNotFoundError(f"{self.shim}: build the recorder with build_shim() first")
+        self.log_dir = self.workdir / "log"
+        self._baseline: Baseline | None = None
+        self.cuts = 0
+
+    # -- recording ------------------------------------------------------------------------------------------------
+
+    def arm(self) -> PowerLossSimulator:
+        """Take the tree as it is now as durable (as after ``sync``) and start a fresh recording."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self._baseline is not None:
+            self._check_nobody_records()
+        return self._arm()
+
+    def _arm(self) -> PowerLossSimulator:
+        copies = self.workdir / "baseline"
+        for folder in (copies, self.log_dir):
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+        (self.log_dir / "seq").write_bytes(bytes(8))
+        self._baseline = take_baseline(self.root, copies)
+        return self
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """``base`` (default: this process's environment) with the recorder preloaded and pointed at the root."""
+        if self._baseline is None:
+            raise RuntimeError("arm() the simulator before starting processes under it")
+        env = dict(os.environ if base is None else base)
+        preload = env.get("LD_PRELOAD", "")
+        env["LD_PRELOAD"] = f"{self.shim} {preload}".strip()
+        env["POWERLOSS_ROOT"] = str(self.root)
+        env["POWERLOSS_LOG_DIR"] = str(self.log_dir)
+        return env
+
+    def journal(self) -> Journal:
+        return read_journal(self.log_dir)
+
+    def _check_nobody_records(self) -> None:
+        """No live process maps this simulator's sequence counter (every process under the recorder does)."""
+        counter = str(self.log_dir / "seq")
+        alive = []
+        for maps in Path("/proc").glob("[0-9]*/maps"):
+            try:
+                if counter in maps.read_text():
+                    alive.append(maps.parent.name)
+            except OSError:
+                continue  # gone meanwhile, or not ours to read
+        if alive:
+            raise StillRecording(f"processes {', '.join(sorted(alive))} still run under the recorder of {self.root}")
+
+    # -- the cut --------------------------------------------------------------------------------------------------
+
+    def history(self) -> History:
+        """The live history: every recorded change, checked to explain the tree as it is now."""
+        if self._baseline is None:
+            raise RuntimeError("arm() the simulator first")
+        journal = self.journal()
+        if journal.broken:
+            raise RecordingMismatch("the recorder could not write its log: " + " | ".join(journal.broken))
+        try:
+            history = replay(self._baseline, journal, self.root)
+        except JournalError as exc:
+            raise RecordingMismatch(str(exc)) from exc
+        if history.unsupported:
+            raise UnsupportedOperation("the model does not cover: " + "; ".join(history.unsupported[:10]),
+                                       tuple(history.unsupported))
+        return history
+
+    def preview(self, model: CutModel | str = CutModel.STRICT, *, seeds: Iterable[int | None] = (None,),
+                keep_probability: float = 0.5) -> list[dict[str, bytes | None]]:
+        """The trees ``model`` would leave, one per seed (relative path -> bytes, None for a directory), without
+        touching the disk. Checks once that the recording explains the tree, as :meth:`cut` does."""
+        self._check_nobody_records()
+        history = self.history()
+        check_live_tree(history, build_tree(history, select(history, CutModel.LIVE)), self.root)
+        trees = []
+        for seed in seeds:
+            tree = build_tree(history, select(history, model, seed=seed, keep_probability=keep_probability))
+            trees.append({path: None if tree.is_dir(path) else tree.content(inode)
+                          for path, inode in sorted(tree.paths.items())})
+        return trees
+
+    def cut(self, model: CutModel | str = CutModel.STRICT, *, seed: int | None = None,
+            keep_probability: float = 0.5, rearm: bool = True) -> CutReport:
+        """Replace the watched tree with the state ``model`` leaves after a power cut at the moment the processes
+        died, and (``rearm``) start recording afresh from it. Raises :class:`StillRecording` while a recorded process
+        lives, :class:`RecordingMismatch` if the recording does not explain the tree."""
+        model = CutModel(model)
+        self._check_nobody_records()
+        history = self.history()
+        live_tree = build_tree(history, select(history, CutModel.LIVE))
+        live = check_live_tree(history, live_tree, self.root)
+        selection = select(history, model, seed=seed, keep_probability=keep_probability)
+        tree = build_tree(history, selection)
+        report = self._report(model, seed, history, selection, live_tree, tree)
+        write_tree(tree, self.root, live)
+        self.cuts += 1
+        if rearm:
+            self._arm()
+        return report
+
+    @staticmethod
+    def _report(model: CutModel, seed: int | None, history: History, selection: Selection, live_tree: ModelTree,
+                tree: ModelTree) -> CutReport:
+        lost = tuple(sorted(set(live_tree.paths) - set(tree.paths)))
+        added = tuple(sorted(set(tree.paths) - set(live_tree.paths)))
+        changed = []
+        for path in sorted(set(tree.paths) & set(live_tree.paths)):
+            before, after = live_tree.paths[path], tree.paths[path]
+            if live_tree.is_dir(path) or tree.is_dir(path):
+                continue
+            if before != after or _digest(live_tree.content(before)) != _digest(tree.content(after)):
+                changed.append(path)
+        unmodelled = tuple(sorted(path for path, inode in tree.paths.items()
+                                  if history.inodes[inode].mapped_for_writing))
+        return CutReport(model, seed, len(history.name_ops), len(history.data_ops), len(selection.name_ops),
+                         len(selection.data_ops), lost, added, tuple(changed), unmodelled, history.in_flight,
+                         history.torn_records)
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
