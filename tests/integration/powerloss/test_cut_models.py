@@ -18,9 +18,12 @@ from tests.support.powerloss.programs import PRELUDE, read_tree, run_program, wr
 PAGE = 4096
 
 
-def test_strict_cut_keeps_a_name_only_if_its_directory_was_synced_after_it(power_loss, tmp_path):
+@pytest.mark.parametrize("slow_directory_sync_ms", [0, 5])
+def test_strict_cut_keeps_a_name_only_if_its_directory_was_synced_after_it(slow_directory_sync_ms, power_loss,
+                                                                           tmp_path):
+    """(A slow disk changes when directory syncs finish, not what they cover.)"""
     simulator = power_loss(tmp_path / "root")
-    run_program(simulator, """
+    run_program(simulator, slow_directory_sync_ms=slow_directory_sync_ms, code="""
 def make(name, data, sync_data):
     fd = create(name)
     os.write(fd, data)
@@ -259,7 +262,7 @@ def test_the_cut_waits_for_every_recorded_process(power_loss, tmp_path):
                                cwd=simulator.root, env=simulator.env(), stdin=subprocess.PIPE)
     try:
         with pytest.raises(StillRecording, match=str(sleeper.pid)):
-            simulator.cut("strict")
+            simulator.cut("strict", wait=0.2)
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -282,3 +285,18 @@ def test_a_change_in_flight_at_the_kill_is_dropped_not_refused(power_loss, tmp_p
     report = simulator.cut("strict")
     assert read_tree(simulator.root) == {"f": b"synced"}
     assert (report.in_flight, report.torn_records) == (1, 1)
+
+
+def test_crash_points_walk_the_strict_states_in_order(power_loss, tmp_path):
+    simulator = power_loss(tmp_path / "root")
+    run_program(simulator, """
+for name in ("a", "b"):
+    fd = create(name)
+    os.write(fd, name.upper().encode())
+    os.fsync(fd)     # its bytes: durable, its name not yet
+    fsync_dir()      # its name
+""")
+    points = simulator.crash_points()
+    assert len(points) == 4
+    assert simulator.preview("strict", at=points) == [{}, {"a": b"A"}, {"a": b"A"}, {"a": b"A", "b": b"B"}]
+    assert simulator.preview("live", at=[points[0]]) == [{"a": b"A"}]

@@ -78,6 +78,15 @@ rest that a journaling file system (ext4 ``data=ordered``, XFS) can leave:
   does that), so this allows some states ext4 ``data=ordered`` would not (it flushes a file's new blocks before
   committing the transaction that made them part of the file): it errs towards harsher states.
 
+Crash points and a slow disk
+----------------------------
+A kill lands at one moment; :meth:`PowerLossSimulator.crash_points` lists every moment at which a strict cut can
+differ (just after each sync a recorded process completed: each sync also logs a number when it returns), and
+``preview("strict", at=points)`` gives the tree for a power cut at each, from one recording, without touching the
+disk. ``env(slow_directory_sync_ms=n)`` (``PowerLossNode(..., slow_directory_sync_ms=n)``) injects a fault: every
+fsync/fdatasync of a watched directory waits ``n`` ms before it starts, as a disk slow to commit its journal would, so
+that what a program wrongly lets run beside a directory sync shows on every run, not once in a while.
+
 What it does not model
 ----------------------
 - Torn sectors or pages *inside* what the model treats as one unit: a write within one page is all or nothing, and

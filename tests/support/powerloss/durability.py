@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tests.support.powerloss.history import DataKind, DataOp, History
 
-__all__ = ["CutModel", "Selection", "select", "PAGE_SIZE"]
+__all__ = ["CutModel", "Selection", "select", "crash_points", "PAGE_SIZE"]
 
 PAGE_SIZE = 4096  # the unit in which the page cache writes a file back
 
@@ -35,12 +35,15 @@ class Selection:
 
 
 class _Barriers:
-    """The last successful barrier on each inode, and the last on the whole file system."""
+    """The last successful barrier on each inode, and the last on the whole file system, among those done before
+    ``at``."""
 
-    def __init__(self, history: History) -> None:
+    def __init__(self, history: History, at: int | None) -> None:
         self.last: dict[int, int] = {}
         self.last_everything = 0
         for sync in history.syncs:
+            if at is not None and sync.done >= at:
+                continue
             if sync.inode is None:
                 self.last_everything = max(self.last_everything, sync.seq)
             else:
@@ -50,11 +53,21 @@ class _Barriers:
         return seq < self.last_everything or any(seq < self.last.get(inode, 0) for inode in inodes)
 
 
-def _durable(history: History) -> tuple[set[int], set[int]]:
-    barriers = _Barriers(history)
+def _before(seq: int, at: int | None) -> bool:
+    return at is None or seq < at
+
+
+def _durable(history: History, at: int | None) -> tuple[set[int], set[int]]:
+    barriers = _Barriers(history, at)
     names = {i for i, op in enumerate(history.name_ops) if barriers.cover(op.seq, op.directories)}
-    data = {i for i, op in enumerate(history.data_ops) if op.synchronous or barriers.cover(op.seq, (op.inode,))}
+    data = {i for i, op in enumerate(history.data_ops)
+            if (op.synchronous and _before(op.seq, at)) or barriers.cover(op.seq, (op.inode,))}
     return names, data
+
+
+def crash_points(history: History) -> list[int]:
+    """The moments at which a strict cut can differ: just after each successful barrier returned."""
+    return sorted({sync.done + 1 for sync in history.syncs})
 
 
 def _pages(op: DataOp) -> list[tuple[int, int]]:
@@ -68,13 +81,16 @@ def _pages(op: DataOp) -> list[tuple[int, int]]:
     return ranges
 
 
-def select(history: History, model: CutModel | str, *, seed: int | None = None,
-           keep_probability: float = 0.5) -> Selection:
-    """The ops ``model`` keeps; ``seed`` and ``keep_probability`` only matter to the random model."""
+def select(history: History, model: CutModel | str, *, seed: int | None = None, keep_probability: float = 0.5,
+           at: int | None = None) -> Selection:
+    """The ops ``model`` keeps after a power cut at sequence number ``at`` (None: when the processes died); ``seed``
+    and ``keep_probability`` only matter to the random model."""
     model = CutModel(model)
+    names_before = [i for i, op in enumerate(history.name_ops) if _before(op.seq, at)]
+    data_before = [i for i, op in enumerate(history.data_ops) if _before(op.seq, at)]
     if model is CutModel.LIVE:
-        return Selection(frozenset(range(len(history.name_ops))), dict.fromkeys(range(len(history.data_ops))))
-    durable_names, durable_data = _durable(history)
+        return Selection(frozenset(names_before), dict.fromkeys(data_before))
+    durable_names, durable_data = _durable(history, at)
     if model is CutModel.STRICT:
         return Selection(frozenset(durable_names), dict.fromkeys(sorted(durable_data)))
     if not 0.0 <= keep_probability <= 1.0:
@@ -82,9 +98,10 @@ def select(history: History, model: CutModel | str, *, seed: int | None = None,
     rng = random.Random(seed)
     # Name ops: the journal commits them in order, so a prefix survives, at least up to the last a sync covers.
     shortest = max(durable_names) + 1 if durable_names else 0
-    kept_names = frozenset(range(rng.randint(shortest, len(history.name_ops))))
+    kept_names = frozenset(range(rng.randint(shortest, len(names_before))))
     kept_data: dict[int, tuple[tuple[int, int], ...] | None] = {}
-    for index, op in enumerate(history.data_ops):
+    for index in data_before:
+        op = history.data_ops[index]
         if index in durable_data:
             kept_data[index] = None
         elif op.kind is DataKind.WRITE:

@@ -140,6 +140,7 @@ class Sync:
     seq: int  # taken before the call: it covers every change with a smaller number
     inode: int | None  # None: sync() or syncfs() of the watched file system
     kind: SyncKind
+    done: int  # taken when it returned: a power cut after this number finds it done
 
 
 @dataclass
@@ -300,7 +301,7 @@ class _Replay:
 
     def sync(self, record: Record) -> None:
         inode = None if record.type is RecordType.SYNC_ALL else self.inode_of(record, "a sync")
-        barrier = Sync(record.seq, inode, SyncKind(record.a))
+        barrier = Sync(record.seq, inode, SyncKind(record.a), record.b)
         if record.ok and barrier.kind is not SyncKind.SYNC_FILE_RANGE:
             self.history.syncs.append(barrier)
         else:

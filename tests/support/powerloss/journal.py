@@ -10,12 +10,13 @@ intent before it tells the reader that a change may have been in flight.
 from __future__ import annotations
 
 import enum
+import mmap
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["RecordType", "SyncKind", "Record", "DataRef", "Journal", "read_journal", "JournalError"]
+__all__ = ["RecordType", "SyncKind", "Record", "DataRef", "Journal", "read_journal", "JournalError", "forget_logs"]
 
 _HEADER = struct.Struct("<IHHQQQQQqqIIQ")
 _MAGIC = 0x31524C50
@@ -53,9 +54,25 @@ class SyncKind(enum.IntEnum):
     SYNC = 5
 
 
+_MAPPED: dict[Path, mmap.mmap] = {}  # logs read so far, mapped once
+
+
+def _mapped(log: Path) -> mmap.mmap:
+    if log not in _MAPPED:
+        with log.open("rb") as handle:
+            _MAPPED[log] = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    return _MAPPED[log]
+
+
+def forget_logs() -> None:
+    """Unmap every log read so far (before the logs are removed or rewritten)."""
+    while _MAPPED:
+        _MAPPED.popitem()[1].close()
+
+
 @dataclass(frozen=True)
 class DataRef:
-    """Bytes a write carried, left in its log until needed."""
+    """Bytes a write carried, left in its log (mapped on first use) until needed."""
 
     log: Path
     offset: int
@@ -63,9 +80,7 @@ class DataRef:
 
     def read(self, start: int = 0, end: int | None = None) -> bytes:
         end = self.length if end is None else end
-        with self.log.open("rb") as handle:
-            handle.seek(self.offset + start)
-            return handle.read(end - start)
+        return _mapped(self.log)[self.offset + start:self.offset + end]
 
 
 @dataclass(frozen=True)
@@ -124,6 +139,7 @@ def _read_log(path: Path) -> tuple[list[Record], int]:
 
 def read_journal(log_dir: Path) -> Journal:
     """Every process's records, merged by sequence number."""
+    forget_logs()  # a log mapped before may have grown since
     log_dir = Path(log_dir)
     records: list[Record] = []
     torn = 0

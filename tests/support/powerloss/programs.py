@@ -66,9 +66,11 @@ libc.fclose.argtypes = [ctypes.c_void_p]
 '''
 
 
-def run_program(simulator: PowerLossSimulator, code: str, *, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_program(simulator: PowerLossSimulator, code: str, *, timeout: float = 60,
+                slow_directory_sync_ms: int = 0) -> subprocess.CompletedProcess:
     """Run ``code`` (after :data:`PRELUDE`) under the recorder, in the watched root; raise if it fails."""
-    completed = subprocess.run([sys.executable, "-c", PRELUDE + code], cwd=simulator.root, env=simulator.env(),
+    env = simulator.env(slow_directory_sync_ms=slow_directory_sync_ms)
+    completed = subprocess.run([sys.executable, "-c", PRELUDE + code], cwd=simulator.root, env=env,
                                capture_output=True, text=True, timeout=timeout)
     if completed.returncode not in (0, -9):  # -9: the program killed itself, as a power cut would
         raise AssertionError(f"the program failed ({completed.returncode}):\n{completed.stderr[-3000:]}")

@@ -6,9 +6,11 @@
  *
  * Environment: POWERLOSS_ROOT (the watched directory), POWERLOSS_LOG_DIR (outside the root: holds "seq", an 8-byte
  * counter every process maps shared, and one "<pid>-<ns>.log" per process).  Without both, every call passes through.
+ * POWERLOSS_SLOW_DIRECTORY_SYNC_MS (fault injection): each fsync/fdatasync of a watched directory first waits that
+ * long, as a disk slow to commit its journal would, so tests can show what depends on a directory sync being quick.
  *
  * Ordering: a call that changes state takes its sequence number after the kernel has done it; a sync takes its number
- * before calling the kernel and is logged when it returns, with whether it succeeded.  So "sync number > change
+ * before calling the kernel and another when it returns, and is logged then, with whether it succeeded.  So "sync number > change
  * number" means the change completed before the sync started: the sync covers it.  Each record is one writev() to a
  * per-process O_APPEND file; a record cut short by SIGKILL can only be the file's last, and the reader drops it.
  *
@@ -47,8 +49,9 @@ enum record_type {
     R_UNLINK = 7,      /* path1 */
     R_RMDIR = 8,       /* path1 */
     R_MKDIR = 9,       /* path1, ino */
-    R_SYNC = 10,       /* ino, a = kind (SYNC_*), flags & F_OK: the call succeeded; seq taken before the call */
-    R_SYNC_ALL = 11,   /* a = kind (sync, syncfs), flags & F_OK */
+    R_SYNC = 10,       /* ino, a = kind (SYNC_*), b = number taken when it returned, flags & F_OK: it succeeded;
+                          seq taken before the call */
+    R_SYNC_ALL = 11,   /* a = kind (sync, syncfs), b = number taken when it returned, flags & F_OK */
     R_MMAP_WRITE = 12, /* ino: a shared writable mapping (its writes are not recorded) */
     R_UNSUPPORTED = 13, /* path1, path2 = what was done: the cut refuses to run */
     R_INTENT = 14,      /* logged before a change is attempted: a = the change's type, ino or path1/path2 */
@@ -77,6 +80,7 @@ struct __attribute__((packed)) record_header {
 /* -- state ------------------------------------------------------------------------------------------------------- */
 
 static int active;
+static struct timespec slow_directory_sync;
 static char root[PATH_MAX];
 static size_t root_len;
 static dev_t root_dev;
@@ -184,6 +188,11 @@ __attribute__((constructor)) static void powerloss_init(void) {
     seq_counter = shared;
     root_len = strlen(root);
     root_dev = st.st_dev;
+    const char *slow = getenv("POWERLOSS_SLOW_DIRECTORY_SYNC_MS");
+    if (slow) {
+        long ms = strtol(slow, NULL, 10);
+        if (ms > 0) slow_directory_sync = (struct timespec){ms / 1000, (ms % 1000) * 1000000L};
+    }
     pthread_atfork(NULL, NULL, after_fork_in_child);
     active = 1;
 }
@@ -533,11 +542,13 @@ static int synced(int fd, int kind, int (*call)(int)) {
         errno = saved;
         return call(fd);
     }
+    if (S_ISDIR(st.st_mode) && (slow_directory_sync.tv_sec || slow_directory_sync.tv_nsec))
+        nanosleep(&slow_directory_sync, NULL); /* before its number: the sync covers what completed meanwhile */
     uint64_t seq = next_seq();
     errno = saved;
     int result = call(fd);
     saved = errno;
-    record(R_SYNC, result == 0 ? F_OK_ : 0, seq, 0, &st, 0, kind, 0, NULL, NULL);
+    record(R_SYNC, result == 0 ? F_OK_ : 0, seq, 0, &st, 0, kind, (int64_t)next_seq(), NULL, NULL);
     errno = saved;
     return result;
 }
@@ -1007,7 +1018,8 @@ int sync_file_range(int fd, off64_t offset, off64_t count, unsigned int flags) {
     errno = saved;
     int r = CALL(sync_file_range)(fd, offset, count, flags);
     saved = errno;
-    if (state) record(R_SYNC, r == 0 ? F_OK_ : 0, seq, 0, &st, 0, SYNC_FILE_RANGE, offset, NULL, NULL);
+    if (state)
+        record(R_SYNC, r == 0 ? F_OK_ : 0, seq, 0, &st, 0, SYNC_FILE_RANGE, (int64_t)next_seq(), NULL, NULL);
     errno = saved;
     return r;
 }
@@ -1020,7 +1032,7 @@ int syncfs(int fd) {
     errno = saved;
     int r = CALL(syncfs)(fd);
     saved = errno;
-    if (ours) record(R_SYNC_ALL, r == 0 ? F_OK_ : 0, seq, 0, NULL, 0, SYNC_SYNCFS, 0, NULL, NULL);
+    if (ours) record(R_SYNC_ALL, r == 0 ? F_OK_ : 0, seq, 0, NULL, 0, SYNC_SYNCFS, (int64_t)next_seq(), NULL, NULL);
     errno = saved;
     return r;
 }
@@ -1028,5 +1040,5 @@ int syncfs(int fd) {
 void sync(void) {
     uint64_t seq = active ? next_seq() : 0;
     CALL(sync)();
-    if (active) record(R_SYNC_ALL, F_OK_, seq, 0, NULL, 0, SYNC_SYNC, 0, NULL, NULL);
+    if (active) record(R_SYNC_ALL, F_OK_, seq, 0, NULL, 0, SYNC_SYNC, (int64_t)next_seq(), NULL, NULL);
 }

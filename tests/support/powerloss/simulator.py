@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.powerloss.durability import CutModel, Selection, select
+from tests.support.powerloss.durability import CutModel, Selection, crash_points, select
 from tests.support.powerloss.history import (
     Baseline, History, RecordingMismatch, UnsupportedOperation, replay, take_baseline,
 )
-from tests.support.powerloss.journal import Journal, JournalError, read_journal
+from tests.support.powerloss.journal import Journal, JournalError, forget_logs, read_journal
 from tests.support.powerloss.tree import ModelTree, build_tree, check_live_tree, write_tree
 
 __all__ = ["PowerLossSimulator", "CutReport", "StillRecording"]
@@ -70,6 +71,8 @@ class PowerLossSimulator:
         self.log_dir = self.workdir / "log"
         self._baseline: Baseline | None = None
         self.cuts = 0
+        self.last_history: History | None = None  # the last cut's, to explain a failure (its data is gone)
+        self.last_selection: Selection | None = None
 
     # -- recording ------------------------------------------------------------------------------------------------
 
@@ -81,6 +84,7 @@ class PowerLossSimulator:
         return self._arm()
 
     def _arm(self) -> PowerLossSimulator:
+        forget_logs()
         copies = self.workdir / "baseline"
         for folder in (copies, self.log_dir):
             shutil.rmtree(folder, ignore_errors=True)
@@ -89,8 +93,11 @@ class PowerLossSimulator:
         self._baseline = take_baseline(self.root, copies)
         return self
 
-    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
-        """``base`` (default: this process's environment) with the recorder preloaded and pointed at the root."""
+    def env(self, base: Mapping[str, str] | None = None, *, slow_directory_sync_ms: int = 0) -> dict[str, str]:
+        """``base`` (default: this process's environment) with the recorder preloaded and pointed at the root.
+
+        ``slow_directory_sync_ms`` injects a fault: every fsync/fdatasync of a directory under the root waits that
+        long first, as a disk slow to commit its journal would (what completes meanwhile is not covered by it)."""
         if self._baseline is None:
             raise RuntimeError("arm() the simulator before starting processes under it")
         env = dict(os.environ if base is None else base)
@@ -98,13 +105,16 @@ class PowerLossSimulator:
         env["LD_PRELOAD"] = f"{self.shim} {preload}".strip()
         env["POWERLOSS_ROOT"] = str(self.root)
         env["POWERLOSS_LOG_DIR"] = str(self.log_dir)
+        env.pop("POWERLOSS_SLOW_DIRECTORY_SYNC_MS", None)
+        if slow_directory_sync_ms:
+            env["POWERLOSS_SLOW_DIRECTORY_SYNC_MS"] = str(int(slow_directory_sync_ms))
         return env
 
     def journal(self) -> Journal:
         return read_journal(self.log_dir)
 
-    def _check_nobody_records(self) -> None:
-        """No live process maps this simulator's sequence counter (every process under the recorder does)."""
+    def _recording_processes(self) -> list[str]:
+        """The live processes that map this simulator's sequence counter (every process under the recorder does)."""
         counter = str(self.log_dir / "seq")
         alive = []
         for maps in Path("/proc").glob("[0-9]*/maps"):
@@ -113,8 +123,14 @@ class PowerLossSimulator:
                     alive.append(maps.parent.name)
             except OSError:
                 continue  # gone meanwhile, or not ours to read
-        if alive:
-            raise StillRecording(f"processes {', '.join(sorted(alive))} still run under the recorder of {self.root}")
+        return sorted(alive)
+
+    def _check_nobody_records(self, wait: float = 0.0) -> None:
+        deadline = time.monotonic() + wait
+        while alive := self._recording_processes():
+            if time.monotonic() >= deadline:
+                raise StillRecording(f"processes {', '.join(alive)} still run under the recorder of {self.root}")
+            time.sleep(0.02)  # a killed process takes a moment to release its memory
 
     # -- the cut --------------------------------------------------------------------------------------------------
 
@@ -135,32 +151,43 @@ class PowerLossSimulator:
         return history
 
     def preview(self, model: CutModel | str = CutModel.STRICT, *, seeds: Iterable[int | None] = (None,),
-                keep_probability: float = 0.5) -> list[dict[str, bytes | None]]:
-        """The trees ``model`` would leave, one per seed (relative path -> bytes, None for a directory), without
-        touching the disk. Checks once that the recording explains the tree, as :meth:`cut` does."""
+                keep_probability: float = 0.5, at: Iterable[int | None] = (None,),
+                only: Callable[[str], bool] = lambda _path: True) -> list[dict[str, bytes | None]]:
+        """The trees ``model`` would leave (relative path -> bytes, None for a directory), one per seed and power-cut
+        moment in ``at`` (sequence numbers, e.g. :meth:`crash_points`; None: when the processes died), without
+        touching the disk; ``only`` picks the files whose bytes are built (others map to ``b""``). Checks once that
+        the recording explains the tree, as :meth:`cut` does."""
         self._check_nobody_records()
         history = self.history()
         check_live_tree(history, build_tree(history, select(history, CutModel.LIVE)), self.root)
         trees = []
-        for seed in seeds:
-            tree = build_tree(history, select(history, model, seed=seed, keep_probability=keep_probability))
-            trees.append({path: None if tree.is_dir(path) else tree.content(inode)
-                          for path, inode in sorted(tree.paths.items())})
+        for moment in at:
+            for seed in seeds:
+                selection = select(history, model, seed=seed, keep_probability=keep_probability, at=moment)
+                tree = build_tree(history, selection)
+                trees.append({path: None if tree.is_dir(path) else tree.content(inode) if only(path) else b""
+                              for path, inode in sorted(tree.paths.items())})
         return trees
 
+    def crash_points(self) -> list[int]:
+        """The moments (sequence numbers) at which a strict cut can leave a different tree: just after each sync the
+        recorded processes completed. ``preview(at=simulator.crash_points())`` is a power cut at every one."""
+        return crash_points(self.history())
+
     def cut(self, model: CutModel | str = CutModel.STRICT, *, seed: int | None = None,
-            keep_probability: float = 0.5, rearm: bool = True) -> CutReport:
+            keep_probability: float = 0.5, rearm: bool = True, wait: float = 10.0) -> CutReport:
         """Replace the watched tree with the state ``model`` leaves after a power cut at the moment the processes
-        died, and (``rearm``) start recording afresh from it. Raises :class:`StillRecording` while a recorded process
-        lives, :class:`RecordingMismatch` if the recording does not explain the tree."""
+        died, and (``rearm``) start recording afresh from it. Raises :class:`StillRecording` if a recorded process
+        still lives after ``wait`` seconds, :class:`RecordingMismatch` if the recording does not explain the tree."""
         model = CutModel(model)
-        self._check_nobody_records()
+        self._check_nobody_records(wait)
         history = self.history()
         live_tree = build_tree(history, select(history, CutModel.LIVE))
         live = check_live_tree(history, live_tree, self.root)
         selection = select(history, model, seed=seed, keep_probability=keep_probability)
         tree = build_tree(history, selection)
         report = self._report(model, seed, history, selection, live_tree, tree)
+        self.last_history, self.last_selection = history, selection
         write_tree(tree, self.root, live)
         self.cuts += 1
         if rearm:
