@@ -75,7 +75,8 @@ check(libc.linkat(AT_FDCWD, proc_link, AT_FDCWD, b"series/c.dcm", AT_SYMLINK_FOL
 """)
     simulator.cut("strict")
     assert read_tree(simulator.root) == {
-        ".incoming": None, "series": None, "series/a.dcm": b"A" * 5000, "series/b.dcm": b"", "series/d.dcm": b"D" * 5000,
+        ".incoming": None, "series": None, "series/a.dcm": b"A" * 5000, "series/b.dcm": b"",
+        "series/d.dcm": b"D" * 5000,
     }
 
 

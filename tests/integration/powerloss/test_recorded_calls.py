@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.powerloss import PowerLossSimulator, RecordingMismatch, UnsupportedOperation, build_shim
 from tests.support.powerloss.build import interposed_functions
-from tests.support.powerloss.programs import read_tree, run_program, write_tree_at
+from tests.support.powerloss.programs import run_program, write_tree_at
 
 REFUSED = "refused"  # the cut raises UnsupportedOperation
 MISMATCH = "mismatch"  # the cut raises RecordingMismatch

@@ -15,7 +15,8 @@ killed, rebuilds the folder as a disk could hold it after a power cut at that in
 
 How it records
 --------------
-``shim.c`` is an LD_PRELOAD library (compiled by :func:`build_shim` with the machine's gcc into a temporary folder).
+The recorder is an LD_PRELOAD library (``recorder.c``, ``data.c``, ``names.c``, ``syncs.c``; compiled by
+:func:`build_shim` with the machine's gcc into a temporary folder).
 It interposes libc's ``open``/``open64``/``openat``/``openat64`` (and ``__open_2``-style fortified variants,
 ``creat``) when they create, truncate or open ``O_TMPFILE``; ``write``, ``pwrite``, ``pwrite64``, ``writev``,
 ``pwritev``, ``pwritev64``, ``pwritev2``, ``pwritev64v2`` (with ``RWF_DSYNC``/``RWF_SYNC``/``RWF_APPEND``);
@@ -91,9 +92,9 @@ What it does not model
 ----------------------
 - Torn sectors or pages *inside* what the model treats as one unit: a write within one page is all or nothing, and
   the disk never returns garbage for a sector it was writing when the power failed; a strict cut never tears writes.
-- Reordering by the disk within one fsync, lying disk caches, ``data=writeback``/``nobarrier`` mounts, ``sync_file_range``
-  as a barrier (it is not one: no metadata, no cache flush; recorded, never counted), and failures of fsync after a
-  failed write-back (the model counts only syncs that returned success).
+- Reordering by the disk within one fsync, lying disk caches, ``data=writeback``/``nobarrier`` mounts,
+  ``sync_file_range`` as a barrier (it is not one: no metadata, no cache flush; recorded, never counted), and failures
+  of fsync after a failed write-back (the model counts only syncs that returned success).
 - Writes through ``mmap`` (noted per file; the cut rebuilds such a file from its ``write``/``ftruncate`` history only
   and skips its bytes in the check). SQLite's ``-shm`` is the case here: it is rebuilt from the WAL when the first
   connection opens after a crash (SQLite truncates a ``-shm`` no other process holds), so its bytes never matter to

@@ -1,9 +1,10 @@
-"""Compile the recorder (``shim.c`` beside this file) with the machine's C compiler into a folder the caller owns.
+"""Compile the recorder (``recorder.c``, ``data.c``, ``names.c``, ``syncs.c`` and ``recorder.h`` beside this file) with
+the machine's C compiler into a folder the caller owns.
 
 The library is built per test session into a temporary folder and never committed. ``unrecorded`` names interposed
-libc functions to leave out: the object is compiled once, and each such *mutant* only hides those symbols
-(``objcopy --localize-symbol``) before linking, so calls to them reach libc unrecorded. The simulator's own tests build
-one mutant per function to show that they fail when any interposition is missing.
+libc functions to leave out: the sources are compiled once into one relocatable object, and each such *mutant* only
+hides those symbols (``objcopy --localize-symbol``) before linking, so calls to them reach libc unrecorded. The
+simulator's own tests build one mutant per function to show that they fail when any interposition is missing.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["SHIM_SOURCE", "ShimBuildError", "build_shim", "interposed_functions"]
+__all__ = ["SHIM_SOURCES", "ShimBuildError", "build_shim", "interposed_functions"]
 
-SHIM_SOURCE = Path(__file__).with_name("shim.c")
+_HERE = Path(__file__).parent
+SHIM_SOURCES = tuple(_HERE / name for name in ("recorder.c", "data.c", "names.c", "syncs.c"))
+_HEADER = _HERE / "recorder.h"
 _FLAGS = ("-fPIC", "-O2", "-Wall", "-Wextra", "-Werror")
 
 
@@ -44,21 +47,31 @@ def _publish(partial: Path, final: Path) -> Path:
 
 
 def _object(directory: Path, cc: str) -> Path:
-    source = SHIM_SOURCE.read_bytes()
-    key = hashlib.sha256(source + repr((cc, _FLAGS)).encode()).hexdigest()[:16]
-    obj = directory / f"powerloss-{key}.o"
-    if not obj.exists():
+    """The sources compiled and combined into one relocatable object (``ld -r``), cached by their hash."""
+    digest = hashlib.sha256(repr((cc, _FLAGS)).encode())
+    for path in (*SHIM_SOURCES, _HEADER):
+        digest.update(path.read_bytes())
+    obj = directory / f"powerloss-{digest.hexdigest()[:16]}.o"
+    if obj.exists():
+        return obj
+    parts = []
+    try:
+        for source in SHIM_SOURCES:
+            parts.append(directory / f".{obj.stem}-{source.stem}.{os.getpid()}.o")
+            _run([cc, "-c", *_FLAGS, "-o", str(parts[-1]), str(source)])
         partial = directory / f".{obj.name}.{os.getpid()}"
-        _run([cc, "-c", *_FLAGS, "-o", str(partial), str(SHIM_SOURCE)])
-        _publish(partial, obj)
-    return obj
+        _run([_tool("ld"), "-r", "-o", str(partial), *map(str, parts)])
+    finally:
+        for part in parts:
+            part.unlink(missing_ok=True)
+    return _publish(partial, obj)
 
 
 def interposed_functions(directory: Path) -> list[str]:
-    """The libc functions the recorder interposes (the library's exported functions)."""
-    obj = _object(Path(directory), _tool(os.environ.get("CC", "gcc"), "cc"))
-    listing = subprocess.run([_tool("nm"), "--defined-only", "--extern-only", str(obj)], capture_output=True,
-                             text=True, check=True).stdout
+    """The libc functions the recorder interposes: what the library exports."""
+    library = build_shim(directory)
+    listing = subprocess.run([_tool("nm"), "-D", "--defined-only", str(library)], capture_output=True, text=True,
+                             check=True).stdout
     return sorted(line.split()[-1] for line in listing.splitlines() if line.split()[1:2] == ["T"])
 
 

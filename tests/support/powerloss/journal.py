@@ -1,7 +1,7 @@
 """The recorder's logs read back: one typed :class:`Record` per change, sync or intent, in the order they happened.
 
 Each process writes ``<pid>-<ns>.log`` in the log folder; a record is an 80-byte little-endian header (see
-``record_header`` in ``shim.c``), its two paths and its data. Records are merged across processes by their sequence
+``record_header`` in ``recorder.h``), its two paths and its data. Records are merged across processes by their sequence
 number, taken from a counter every process maps shared (a change takes its number once done, a sync before it
 starts). SIGKILL can cut a process's last record short: such a record is dropped and counted (``torn``), and the
 intent before it tells the reader that a change may have been in flight.
