@@ -6,7 +6,8 @@ once, every recorded instance and every file under an instance's name must be a 
 torn file, nothing half-received recorded), and after the last restart every study that got an acknowledgement
 completes.
 
-``M3EDGE_POWERLOSS_CYCLES`` sets the number of power cuts per test (CI runs a few; run 50 by hand).
+``M3EDGE_POWERLOSS_CYCLES`` sets the number of power cuts per test (CI runs a few; run 50 by hand);
+``M3EDGE_POWERLOSS_MODEL=random`` cuts with the randomised model instead (each cycle its own seed).
 
 A second test cuts one recorded transfer at every crash point (after each sync the node completed) instead of one
 random kill; it shows a gap of today's receive path deterministically (``RECORD_BEFORE_NAME``).
@@ -27,6 +28,7 @@ from pydicom import dcmread
 from tests.support.dcmtk import StorescuResult, dcmtk_env, storescu, storescu_command
 from tests.support.dicom_corpus import dataset_bytes, write_ct_series
 from tests.support.polling import wait_for
+from tests.support.powerloss import CutModel
 from tests.support.powerloss.node import PowerLossNode
 
 pytestmark = pytest.mark.slow
@@ -44,6 +46,10 @@ NODE_ENV = {"M3EDGE_STUDY_IDLE_SECONDS": "2", "M3EDGE_STUDY_RELEASE_GRACE_SECOND
 
 def _cycles(default: int) -> int:
     return int(os.environ.get("M3EDGE_POWERLOSS_CYCLES", default))
+
+
+def _model() -> CutModel:
+    return CutModel(os.environ.get("M3EDGE_POWERLOSS_MODEL", "strict"))
 
 
 @dataclass
@@ -126,7 +132,7 @@ def _run_cycles(tmp_path: Path, shim: Path, *, associations: int, receivers: int
             kill_after = rng.randint(1, total - 2)
             wait_for(lambda: len(_acknowledged(outputs)) >= kill_after or all(s.poll() is not None for s in senders),
                      timeout=120, interval=0.01, message="storescu stopped getting responses")
-            report = node.power_cut("strict")
+            report = node.power_cut(_model(), seed=rng.randrange(1 << 30))
             for sender in senders:
                 sender.wait(timeout=60)
             acknowledged = _acknowledged(outputs)

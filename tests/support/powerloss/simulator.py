@@ -23,7 +23,7 @@ from tests.support.powerloss.history import (
     Baseline, History, RecordingMismatch, UnsupportedOperation, replay, take_baseline,
 )
 from tests.support.powerloss.journal import Journal, JournalError, forget_logs, read_journal
-from tests.support.powerloss.tree import ModelTree, build_tree, check_live_tree, write_tree
+from tests.support.powerloss.tree import LiveFile, ModelTree, build_tree, check_live_tree, write_tree
 
 __all__ = ["PowerLossSimulator", "CutReport", "StillRecording"]
 
@@ -48,6 +48,7 @@ class CutReport:
     unmodelled: tuple[str, ...]  # files written through shared mappings (SQLite's -shm): their bytes are not modelled
     in_flight: int  # changes under way when the processes died
     torn_records: int
+    anomalies: tuple[str, ...] = ()  # what the cut left out because no disk could hold it (a directory's second name)
 
     def describe(self) -> str:
         return (f"{self.model.value} cut (seed {self.seed}): kept {self.kept_name_ops}/{self.name_ops} name changes, "
@@ -135,7 +136,7 @@ class PowerLossSimulator:
     # -- the cut --------------------------------------------------------------------------------------------------
 
     def history(self) -> History:
-        """The live history: every recorded change, checked to explain the tree as it is now."""
+        """Every recorded change replayed from the baseline (not yet checked against the tree: see :meth:`cut`)."""
         if self._baseline is None:
             raise RuntimeError("arm() the simulator first")
         journal = self.journal()
@@ -150,6 +151,14 @@ class PowerLossSimulator:
                                        tuple(history.unsupported))
         return history
 
+    def _checked_history(self, wait: float) -> tuple[History, ModelTree, dict[str, LiveFile]]:
+        """The history once every recorded process is gone, checked to explain the tree as it is now: with the tree
+        it leads to (no power cut) and the real tree's names."""
+        self._check_nobody_records(wait)
+        history = self.history()
+        live_tree = build_tree(history, select(history, CutModel.LIVE))
+        return history, live_tree, check_live_tree(history, live_tree, self.root)
+
     def preview(self, model: CutModel | str = CutModel.STRICT, *, seeds: Iterable[int | None] = (None,),
                 keep_probability: float = 0.5, at: Iterable[int | None] = (None,),
                 only: Callable[[str], bool] = lambda _path: True) -> list[dict[str, bytes | None]]:
@@ -157,9 +166,7 @@ class PowerLossSimulator:
         moment in ``at`` (sequence numbers, e.g. :meth:`crash_points`; None: when the processes died), without
         touching the disk; ``only`` picks the files whose bytes are built (others map to ``b""``). Checks once that
         the recording explains the tree, as :meth:`cut` does."""
-        self._check_nobody_records()
-        history = self.history()
-        check_live_tree(history, build_tree(history, select(history, CutModel.LIVE)), self.root)
+        history, _, _ = self._checked_history(wait=0.0)
         trees = []
         for moment in at:
             for seed in seeds:
@@ -180,10 +187,7 @@ class PowerLossSimulator:
         died, and (``rearm``) start recording afresh from it. Raises :class:`StillRecording` if a recorded process
         still lives after ``wait`` seconds, :class:`RecordingMismatch` if the recording does not explain the tree."""
         model = CutModel(model)
-        self._check_nobody_records(wait)
-        history = self.history()
-        live_tree = build_tree(history, select(history, CutModel.LIVE))
-        live = check_live_tree(history, live_tree, self.root)
+        history, live_tree, live = self._checked_history(wait)
         selection = select(history, model, seed=seed, keep_probability=keep_probability)
         tree = build_tree(history, selection)
         report = self._report(model, seed, history, selection, live_tree, tree)
@@ -204,13 +208,15 @@ class PowerLossSimulator:
             before, after = live_tree.paths[path], tree.paths[path]
             if live_tree.is_dir(path) or tree.is_dir(path):
                 continue
+            if before == after and live_tree.ops.get(before) == tree.ops.get(after):
+                continue  # the same inode with the same kept changes
             if before != after or _digest(live_tree.content(before)) != _digest(tree.content(after)):
                 changed.append(path)
         unmodelled = tuple(sorted(path for path, inode in tree.paths.items()
                                   if history.inodes[inode].mapped_for_writing))
         return CutReport(model, seed, len(history.name_ops), len(history.data_ops), len(selection.name_ops),
                          len(selection.data_ops), lost, added, tuple(changed), unmodelled, history.in_flight,
-                         history.torn_records)
+                         history.torn_records, tuple(tree.anomalies))
 
 
 def _digest(data: bytes) -> str:
