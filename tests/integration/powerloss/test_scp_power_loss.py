@@ -157,11 +157,18 @@ def _run_cycles(tmp_path: Path, shim: Path, *, associations: int, receivers: int
     return node
 
 
+def _time_limit(cycles: int) -> pytest.MarkDecorator:
+    """pytest-timeout's limit for a run of ``cycles`` power cuts (a cycle takes 5 to 20 s here)."""
+    return pytest.mark.timeout(max(300, 60 * cycles))
+
+
+@_time_limit(_cycles(3))
 def test_acknowledged_instances_survive_power_cuts_over_one_association(powerloss_shim, tmp_path):
     """One receiving process (the node receives in its own process)."""
     _run_cycles(tmp_path, powerloss_shim, associations=1, receivers=1, cycles=_cycles(3), seed=17)
 
 
+@_time_limit(_cycles(2))
 def test_acknowledged_instances_survive_power_cuts_over_several_associations(powerloss_shim, tmp_path):
     """Three associations at once into two receiving processes, each writing the spool and SQLite itself."""
     _run_cycles(tmp_path, powerloss_shim, associations=3, receivers=2, cycles=_cycles(2), seed=29)

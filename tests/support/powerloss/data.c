@@ -49,8 +49,8 @@ DECLARE_REAL(FILE *, freopen64, const char *, const char *, FILE *)
 
 /* -- recording changes ------------------------------------------------------------------------------------------- */
 
-/* A change through a descriptor: `before_fd_change` logs the intent when `fd` is a watched regular file (returns 0
- * otherwise), the after_* functions log the change itself, or that it failed. */
+/* A change through a descriptor: `before_fd_change` logs the intent when `fd` is a watched regular file (else the
+ * intent stays 0), the after_* functions log the change itself, or that it failed. */
 struct fd_change {
     uint64_t intent;
     unsigned char state;
