@@ -10,7 +10,9 @@ completes.
 ``M3EDGE_POWERLOSS_MODEL=random`` cuts with the randomised model instead (each cycle its own seed).
 
 A second test cuts one recorded transfer at every crash point (after each sync the node completed) instead of one
-random kill; it shows a gap of today's receive path deterministically (``RECORD_BEFORE_NAME``).
+random kill; it shows a gap of today's receive path deterministically (``RECORD_BEFORE_NAME``: a recorded instance,
+never acknowledged, without its file). When a random kill happens to land in that gap, the first tests finish every
+other check and then end as an expected failure naming it; a lost acknowledged instance always fails them.
 """
 
 from __future__ import annotations
