@@ -9,7 +9,10 @@
 #   3. expert speed per window: eager, CUDA graph replay, torch.compile (compile time apart)
 #   4. the VILA-M3-8B-shaped model (Llama-3-8B + SigLIP so400m-patch14-384 dims, random weights, bf16, batch 1):
 #      weights and peak memory, time to first token, tokens/s, eager and torch.compile
-#   5. where TensorRT is importable (a real deployment): `m3edge engines build`, then each expert with tensorrt vs
+#   5. `m3edge vlm check`: with M3EDGE_VLM_BACKEND=openai and M3EDGE_VLM_URL set (a trtllm-serve deployment, real
+#      weights), the command itself; otherwise the same comparison on a tiny VILA checkpoint, in-process on this device
+#      against the trtllm-serve test double on the CPU (greedy tokens, first-token log-probabilities, verdict)
+#   6. where TensorRT is importable (a real deployment): `m3edge engines build`, then each expert with tensorrt vs
 #      torch: inference time, Dice per label (VISTA3D, BraTS), classification agreement (CXR)
 # A time budget (default 390 s) skips the costly optional steps (compiles) that would not fit, and says so; the
 # run is also cut at 440 s (plus about 30 s to install a wheelhouse), and the summary written after every part
@@ -22,12 +25,13 @@
 # Output: $OUT (the device runner's folder) when set, else bench/out/gpu_check/.
 #
 # Wheels a CUDA PyTorch machine typically lacks (it has torch, numpy, jinja2, sympy, networkx, filelock, fsspec,
-# typing-extensions): monai, transformers, tokenizers, safetensors, huggingface-hub (+ hf-xet, httpx2, httpcore2,
-# anyio, h11, idna, click, typer, rich, pydantic, ...), regex, pyyaml, tqdm, packaging, pytest (+ pluggy, iniconfig,
-# pygments, pytest-timeout) and what the suite's conftest imports (pydicom, sqlalchemy, alembic, mako).
-# `python -m bench.gpu.wheels list` prints the exact pinned set (the versions this checkout runs with); pack them,
-# for CPython 3.11 and 3.12 (about 46 MiB; a lent machine takes 64 MiB; 3.10 is out, m3edge needs 3.11+), with:
-#   bench/gpu_check.sh --pack-wheels bench/out/wheelhouse 3.11 3.12
+# typing-extensions): monai, transformers, tokenizers, safetensors, sentencepiece, huggingface-hub (+ hf-xet, httpx2,
+# httpcore2, anyio, h11, idna, click, typer, rich, pydantic, ...), httpx, pillow, regex, pyyaml, tqdm, packaging, pytest
+# (+ pluggy, iniconfig, pygments, pytest-timeout) and what the suite's conftest imports (pydicom, sqlalchemy, alembic,
+# mako). `python -m bench.gpu.wheels list` prints the exact pinned set (the versions this checkout runs with); pack
+# them for the machine's CPython version (about 49 MiB; 3.11 and 3.12 together, 68 MiB, are over the 64 MiB a lent
+# machine takes; 3.10 is out, m3edge needs 3.11+), e.g. for 3.12:
+#   bench/gpu_check.sh --pack-wheels bench/out/wheelhouse 3.12
 # and install them there (no index, into bench/out/site, put on PYTHONPATH) with --wheelhouse bench/out/wheelhouse.
 #
 # On a lent GPU machine (the `run` tool: the working tree is copied, bench/out/ is git-ignored so carry it):

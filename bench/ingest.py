@@ -44,6 +44,7 @@ from service.config import default_receivers
 SLICE_BYTES = 512 * 512 * 2
 SLICES_PER_SERIES = 250
 TARGETS = ("m3edge", "storescp", "orthanc")
+DEFAULT_TARGETS = TARGETS
 
 
 def _free_port() -> int:
@@ -164,7 +165,7 @@ def describe_targets(senders: int, receivers: int) -> dict[str, str]:
     return {
         "m3edge": f"m3edge scp, DICOM_RECEIVERS={receivers}, DICOM_MAX_ASSOCIATIONS={max(16, senders * 2)}, "
                   f"DICOM_MAX_PDU_SIZE=default, SQLite (WAL, synchronous=FULL); per instance before its status: "
-                  f"temp file fdatasync, link, directory fsync, row commit",
+                  f"file fdatasync, link, directory fsync, row commit",
         "storescp": "storescp --fork, plain files, no fsync (the ceiling)",
         "orthanc": f"Orthanc, SyncStorageArea=true (fdatasync of each file; no directory fsync; SQLite index "
                    f"synchronous=NORMAL), StorageCompression=false, DicomThreadsCount={max(4, senders)}",
@@ -282,7 +283,8 @@ def main(argv: list[str] | None = None) -> list[Measurement]:
     parser.add_argument("--receivers", type=int, default=default_receivers(),
                         help="m3edge receiving processes (DICOM_RECEIVERS; default: the node's, one per core, at most 4)")
     parser.add_argument("--runs", type=int, default=3, help="how many times to run the whole comparison")
-    parser.add_argument("--targets", default=",".join(TARGETS), help="comma-separated subset of " + ",".join(TARGETS))
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                        help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "m3edge-bench-corpus")
     parser.add_argument("--workdir", type=Path, default=None, help="where targets store (a temporary folder by default)")
     args = parser.parse_args(argv)
@@ -310,12 +312,12 @@ def main(argv: list[str] | None = None) -> list[Measurement]:
                 result = Measurement(target, transfer.seconds, len(files), total)
                 idle = transfer.idle
                 idle_text = "" if idle is None else f"  (machine CPU idle during the transfer: {idle:.0%})"
-                print(f"run {run + 1} {target:>9}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} "
+                print(f"run {run + 1} {target:>12}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} "
                       f"instances/s  ({transfer.seconds:.2f} s){idle_text}", flush=True)
     results = [Measurement(target, _median(seconds[target]), len(files), total) for target in targets]
     print(f"median of {args.runs} run(s):")
     for result in results:
-        print(f"{result.target:>9}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} instances/s")
+        print(f"{result.target:>12}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} instances/s")
     by_name = {r.target: r for r in results}
     if "m3edge" in by_name:
         for peer in ("orthanc", "storescp"):

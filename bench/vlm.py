@@ -54,7 +54,7 @@ def _median_s(function, repeats: int) -> float:
 def _uncached_tokens_per_s(model, conversation, tokens: int) -> float:
     import torch
 
-    inputs_embeds, _, _, _ = model._prepare(conversation)
+    inputs_embeds = model.prompt_embeddings(conversation)
     table = model.llm.get_input_embeddings()
     generated: list[int] = []
     started = time.perf_counter()

@@ -3,8 +3,8 @@
 One association carries a whole file set (several only past the 128 presentation contexts a DICOM association allows),
 with one presentation context per (SOP class, transfer syntax) pair found in the files, so every instance goes out in
 the transfer syntax it is stored in (an uncompressed little-endian file may also go in the other uncompressed syntax
-when that is all the peer takes). ``send()`` returns a :class:`DeliveryReport` with one :class:`InstanceOutcome` per
-file. Connection failures, transient association rejections, aborts and transient statuses (Out of Resources) are
+when that is all the peer takes; with ``decompress_when_refused``, a compressed file may go decompressed). ``send()``
+returns a :class:`DeliveryReport` with one :class:`InstanceOutcome` per file. Connection failures, transient association rejections, aborts and transient statuses (Out of Resources) are
 retried with exponential back-off; a permanent rejection (e.g. our AE title is unknown to the destination) raises at
 once.
 """
@@ -22,10 +22,12 @@ from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, Association, build_context, evt
+from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.status import code_to_category
 
+from dicom_node.compression import decompressed
 from dicom_node.network import DicomAddress, send_without_delay, validate_ae_title
 
 __all__ = [
@@ -141,6 +143,7 @@ class _File:
     attempts: int = 0
     error: str = ""
     final: bool = False
+    may_decompress: bool = False  # a compressed file may go decompressed to a peer that takes no compressed syntax
 
     @property
     def context_key(self) -> tuple[str, str]:
@@ -148,8 +151,9 @@ class _File:
 
     @property
     def context_keys(self) -> list[tuple[str, str]]:
-        """The exact (SOP class, transfer syntax) first; an uncompressed syntax may also go as the other one."""
-        if self.transfer_syntax_uid in UNCOMPRESSED_LITTLE_ENDIAN:
+        """The exact (SOP class, transfer syntax) first; an uncompressed syntax may also go as the other one, and a
+        compressed file that ``may_decompress`` as either uncompressed one."""
+        if self.transfer_syntax_uid in UNCOMPRESSED_LITTLE_ENDIAN or self.may_decompress:
             syntaxes = dict.fromkeys([self.transfer_syntax_uid, *UNCOMPRESSED_LITTLE_ENDIAN])
             return [(self.sop_class_uid, ts) for ts in syntaxes]
         return [self.context_key]
@@ -193,6 +197,7 @@ class _Attempt:
             (evt.EVT_CONN_OPEN, self._on_open),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_ACSE_RECV, self._on_acse),
+            (evt.EVT_PDU_RECV, self._on_pdu),
         ]
 
     def _on_open(self, event) -> None:
@@ -207,6 +212,12 @@ class _Attempt:
         if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
             self.rejection = primitive
 
+    def _on_pdu(self, event) -> None:
+        """An A-ASSOCIATE-RJ as it arrives: a peer that closes the connection right after rejecting can make
+        pynetdicom see the close first and report an abort, never handing the rejection to the ACSE."""
+        if self.rejection is None and isinstance(event.pdu, A_ASSOCIATE_RJ):
+            self.rejection = event.pdu.to_primitive()
+
 
 class StorageSCU:
     """Sends to destinations as ``calling_ae``; ``sleep`` is injectable so tests can act during a back-off."""
@@ -220,8 +231,13 @@ class StorageSCU:
         acse_timeout: float = 30.0,
         dimse_timeout: float = 120.0,
         sleep: Callable[[float], None] = time.sleep,
+        decompress_when_refused: bool = False,
     ) -> None:
+        """``decompress_when_refused``: a compressed file whose syntax the destination refuses goes decompressed
+        (``dicom_node.compression.decompressed``) when it takes an uncompressed one (m3edge's JPEG 2000 SEGs to an
+        old PACS); without it, every file goes only as stored."""
         self.calling_ae = validate_ae_title(calling_ae)
+        self.decompress_when_refused = decompress_when_refused
         self.retry = retry or RetryPolicy()
         self.connection_timeout = connection_timeout
         self.acse_timeout = acse_timeout
@@ -250,6 +266,9 @@ class StorageSCU:
     def send(self, destination: DicomAddress, paths: Iterable[str | Path]) -> DeliveryReport:
         """Send every file to ``destination``; retry what failed transiently; report per instance."""
         files = [_inspect(Path(p)) for p in paths]
+        for item in files:
+            item.may_decompress = self.decompress_when_refused and item.transfer_syntax_uid not in (
+                "", *UNCOMPRESSED_LITTLE_ENDIAN)
         established: list[Association] = []
         last_error: DeliveryError | None = None
         for attempt_number in range(1, self.retry.attempts + 1):
@@ -321,8 +340,15 @@ class StorageSCU:
             return
         try:
             dataset = dcmread(item.path)
+            if item.may_decompress and item.context_key not in accepted:
+                dataset = decompressed(dataset)  # the destination took the SOP class only uncompressed
         except (OSError, InvalidDicomError) as exc:
             item.final, item.error = True, f"cannot read {item.path}: {exc}"
+            return
+        except (ValueError, RuntimeError, NotImplementedError) as exc:  # no decoder for its pixel data
+            item.attempts += 1
+            item.final = True
+            item.error = f"cannot decompress it for a destination that takes it only uncompressed: {exc}"
             return
         try:
             response = assoc.send_c_store(dataset)
@@ -351,7 +377,7 @@ class StorageSCU:
                              evt_handlers=attempt.handlers)
         if assoc.is_established:
             return assoc
-        rejection = attempt.rejection or _unread_rejection(assoc)
+        rejection = attempt.rejection
         if rejection is not None:
             raise _rejection_error(destination, self.calling_ae, rejection)
         if attempt.accepted:
@@ -362,15 +388,6 @@ class StorageSCU:
         if not attempt.connected:
             raise DestinationUnreachable(f"cannot connect to {destination} (is it running, and is the port open?)")
         raise DestinationUnreachable(f"{destination} aborted the association request")
-
-
-def _unread_rejection(assoc: Association) -> A_ASSOCIATE | None:
-    """An A-ASSOCIATE-RJ the peer sent but pynetdicom did not hand to us: a peer that closes the connection right after
-    rejecting can make pynetdicom see the close first and report an abort, leaving the rejection in its queue."""
-    for primitive in list(assoc.dul.to_user_queue.queue):
-        if isinstance(primitive, A_ASSOCIATE) and primitive.result in (0x01, 0x02):
-            return primitive
-    return None
 
 
 def _describe(contexts: list) -> str:

@@ -270,11 +270,15 @@ def best_slice_index(
     label_volume: np.ndarray,
     affine: np.ndarray,
     labels: Iterable[int] | None = None,
+    *,
+    require_all: Iterable[int] | None = None,
 ) -> int | None:
     """The axial slice (index on the RAS-reoriented grid, as ``slice_image`` takes) with the most voxels of ``labels``.
 
-    ``labels=None`` counts every non-zero label. Ties go to the lowest index. Returns None when no voxel has one of
-    the labels (the caller then keeps the default middle slice).
+    ``labels=None`` counts every non-zero label. ``require_all`` (e.g. BraTS 1, 2 and 4): only slices holding every
+    one of those labels compete, when at least one such slice exists (the BraTS training slices all held the three
+    tumour labels, the only slices its fixed legend describes truly); otherwise every slice does. Ties go to the lowest
+    index. Returns None when no voxel has one of the labels (the caller then keeps the default middle slice).
     """
     oriented = reorient_to_ras(np.asarray(label_volume), affine).array
     if oriented.ndim != 3:
@@ -287,4 +291,10 @@ def best_slice_index(
     counts = mask.sum(axis=(0, 1))
     if not counts.any():
         return None
+    if require_all is not None:
+        holding = np.ones(oriented.shape[2], dtype=bool)
+        for label in {int(label) for label in require_all}:
+            holding &= (oriented == label).any(axis=(0, 1))
+        if holding.any():
+            counts = np.where(holding, counts, -1)
     return int(np.argmax(counts))

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
-from service.db.models import Instance, Series, Study, StudyStatus
+from service.db.models import Instance, Series, Study, StudyStatus, UidCollision
 
 __all__ = [
     "StudySummary",
@@ -18,6 +18,7 @@ __all__ = [
     "count_studies",
     "get_study",
     "StudyNotFound",
+    "UidCollisionNote",
 ]
 
 
@@ -25,6 +26,11 @@ class StudyNotFound(LookupError):
     def __init__(self, study_uid: str) -> None:
         super().__init__(f"no study with Study Instance UID {study_uid!r} has been received")
         self.study_uid = study_uid
+
+
+def _json_with_times(record) -> dict:
+    """A dataclass as JSON data, its datetimes as ISO 8601 text."""
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in asdict(record).items()}
 
 
 @dataclass(frozen=True)
@@ -41,10 +47,7 @@ class StudySummary:
     last_received_at: datetime
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        data["first_received_at"] = self.first_received_at.isoformat()
-        data["last_received_at"] = self.last_received_at.isoformat()
-        return data
+        return _json_with_times(self)
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,41 @@ class SeriesSummary:
 
 
 @dataclass(frozen=True)
+class UidCollisionNote:
+    """A Series or SOP Instance UID of this study that is also stored under another study (kept apart, flagged).
+
+    ``arrived_here_later``: this study received it after ``other_study_uid`` had (else the other way round)."""
+
+    kind: str  # series | instance
+    uid: str
+    other_study_uid: str
+    arrived_here_later: bool
+    detected_at: datetime
+
+    def to_json(self) -> dict:
+        return _json_with_times(self)
+
+    def describe(self) -> str:
+        what = "Series Instance UID" if self.kind == "series" else "SOP Instance UID"
+        order = "after" if self.arrived_here_later else "before"
+        return (f"{what} {self.uid} also arrived in study {self.other_study_uid} ({order} this one): each copy is "
+                "kept under its own study, never merged; check the sender's UIDs")
+
+
+def uid_collisions(session: Session, study_id: int) -> list[UidCollisionNote]:
+    other = aliased(Study)
+    rows = session.execute(
+        select(UidCollision, other.study_uid)
+        .join(other, other.id == case((UidCollision.study_id == study_id, UidCollision.other_study_id),
+                                      else_=UidCollision.study_id))
+        .where(or_(UidCollision.study_id == study_id, UidCollision.other_study_id == study_id))
+        .order_by(UidCollision.id)
+    ).all()
+    return [UidCollisionNote(c.kind.value, c.uid, other_uid, c.study_id == study_id, c.detected_at)
+            for c, other_uid in rows]
+
+
+@dataclass(frozen=True)
 class StudyDetail:
     summary: StudySummary
     calling_ae: str
@@ -69,6 +107,7 @@ class StudyDetail:
     reprocess_requested: bool
     error: str
     series: list[SeriesSummary] = field(default_factory=list)
+    uid_collisions: list[UidCollisionNote] = field(default_factory=list)
 
     def to_json(self) -> dict:
         data = self.summary.to_json()
@@ -80,6 +119,7 @@ class StudyDetail:
             reprocess_requested=self.reprocess_requested,
             error=self.error,
             series=[asdict(s) for s in self.series],
+            uid_collisions=[c.to_json() for c in self.uid_collisions],
         )
         return data
 
@@ -196,6 +236,7 @@ def get_study(session: Session, study_uid: str) -> StudyDetail:
             )
             for s, n, c, b in series_rows
         ],
+        uid_collisions=uid_collisions(session, study.id),
     )
 
 

@@ -22,6 +22,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from dicom_node.compression import SegCompression
 from dicom_node.network import AllowedCaller, DicomAddress
 
 __all__ = ["Settings", "VlmBackend", "PredictorBackend", "ConfigurationError", "default_receivers"]
@@ -93,8 +94,26 @@ class Settings(BaseSettings):
         description="Calling AE titles allowed to associate, each optionally bound to an address (AE@host). "
         "Empty: only loopback callers are accepted.",
     )
-    dicom_max_associations: int = Field(16, ge=1)
-    dicom_max_pdu_size: int = Field(1_048_576, ge=0, description="Largest P-DATA PDU we accept (0 = unlimited).")
+    dicom_require_called_ae: bool = Field(
+        True, description="Refuse an association whose called AE title is not DICOM_AE_TITLE (false: accept any)."
+    )
+    dicom_max_associations: int = Field(16, ge=1, description="Established associations per receiving process.")
+    dicom_max_pdu_size: int = Field(
+        1_048_576, ge=4096, le=64 << 20,
+        description="Largest P-DATA PDU we accept (what we tell peers); a longer one is answered with an A-ABORT.",
+    )
+    dicom_associate_timeout_seconds: float = Field(
+        5.0, gt=0, le=300,
+        description="A connection must complete its A-ASSOCIATE-RQ (and TLS handshake) this soon after it opens.",
+    )
+    dicom_max_instance_bytes: int = Field(
+        1 << 30, ge=1 << 20,
+        description="Largest data set received (C-STORE: the association is aborted; STOW-RS: 413).",
+    )
+    dicom_max_inflated_bytes: int = Field(
+        512 << 20, ge=1 << 20,
+        description="Largest size a deflated data set may inflate to (C-STORE: Out of Resources; STOW-RS: 413).",
+    )
     dicom_tls: TlsSettings | None = None
     dicom_receivers: int = Field(
         default_factory=default_receivers, ge=1, le=64,
@@ -111,6 +130,11 @@ class Settings(BaseSettings):
     study_idle_seconds: float = Field(30.0, gt=0)
     study_release_grace_seconds: float = Field(5.0, ge=0)
     study_max_open_seconds: float = Field(3600.0, gt=0, description="Force completion of a study that keeps trickling.")
+
+    stow_max_request_bytes: int = Field(2 << 30, ge=1 << 20, description="Largest STOW-RS request body (413 beyond).")
+    stow_max_concurrent_requests: int = Field(
+        4, ge=1, le=256, description="STOW-RS requests stored at once per API process (503 beyond, with Retry-After).",
+    )
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
@@ -131,7 +155,15 @@ class Settings(BaseSettings):
     vlm_max_new_tokens: int = Field(1024, ge=1, le=8192)
     vlm_min_new_tokens: int = Field(2, ge=0)
     vlm_timeout_seconds: float = Field(300.0, gt=0)
+    vlm_placeholder_form: str = Field(
+        "training", pattern=r"^(training|raw)$",
+        description="User turns with <image> as VILA-M3 was trained (training) or as the JSON/eval scripts wrote them (raw).",
+    )
     agent_slice_policy: str = Field("most_structure", pattern=r"^(middle|most_structure)$")
+    agent_brats_images: str = Field(
+        "as_trained", pattern=r"^(as_trained|sequences)$",
+        description="BraTS first turn: the T1c slice four times as trained, or the slice of each of the four sequences.",
+    )
     expert_timeout_seconds: float = Field(900.0, gt=0)
     predictor_backend: PredictorBackend = PredictorBackend.AUTO
     demo_models_when_empty: bool = Field(
@@ -145,6 +177,10 @@ class Settings(BaseSettings):
         description="Organisation root of every UID m3edge makes (set your own; the default is pydicom's).",
     )
     overlay_secondary_capture: bool = Field(True, description="Also send the overlay image as a Secondary Capture.")
+    seg_compression: SegCompression = Field(
+        SegCompression.JPEG2000_LOSSLESS,
+        description="SEG frames: jpeg2000-lossless (JPEG 2000 Lossless, the default), or none (uncompressed, for "
+                    "old viewers that cannot decode JPEG 2000).")
     reject_action: str = Field("none", pattern=r"^(none|quality|patient_safety)$",
                                description="What a rejected draft sends: nothing, or an IOCM rejection note.")
 
@@ -229,6 +265,11 @@ class Settings(BaseSettings):
     @property
     def spool_dir(self) -> Path:
         return self.home / "spool"
+
+    @property
+    def dicom_status_file(self) -> Path:
+        """Where the DICOM node publishes whether it accepts (read by /readyz, doctor and the metrics)."""
+        return self.home / "run" / "dicom-node.json"
 
     @property
     def models_dir(self) -> Path:

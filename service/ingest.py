@@ -1,6 +1,6 @@
 """The database side of the DICOM node: records what the node stored, with group commit.
 
-``DatabaseRecorder`` implements ``dicom_node.scp.recording.InstanceRecorder``. Every C-STORE handler thread hands its
+``DatabaseRecorder`` implements ``dicom_node.intake.recording.InstanceRecorder``. Every C-STORE handler thread hands its
 instance to one writer thread and waits; the writer takes everything that queued up meanwhile, applies it in one
 transaction and commits once, then wakes each waiter. So many concurrent C-STOREs share one commit (and one fsync),
 yet each C-STORE answers success only after its own row is committed. A batch that fails is retried item by item,
@@ -10,6 +10,10 @@ Study state written here (the assembler reads it): a new study starts 'receiving
 now; every new instance sets last_received_at; an instance for a study in any other state re-opens it (status
 'receiving', opened_at = now, reprocess_requested). A re-send of bytes already recorded changes nothing.
 Patient names, IDs, birth dates and accession numbers never reach these tables: ``ReceivedInstance`` does not carry them.
+
+Identity: a series is (study, Series Instance UID) and an instance lives in its study's series. A Series or SOP
+Instance UID that arrives in a second study is stored under that study like any other and flagged
+(``service.uid_collisions``): two patients' images are never filed together.
 """
 
 from __future__ import annotations
@@ -26,8 +30,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.scp.recording import ReceivedInstance, RecorderError
+from dicom_node.intake.recording import ReceivedInstance, RecorderError
 from service.db.models import Instance, Series, Study, StudyStatus
+from service.uid_collisions import flag_instance_collisions, flag_series_collision
 
 __all__ = ["DatabaseRecorder"]
 
@@ -69,7 +74,7 @@ class _Catalog:
 
     def __init__(self) -> None:
         self.studies: dict[str, _KnownStudy] = {}
-        self.series: dict[str, int] = {}
+        self.series: dict[tuple[str, str], int] = {}  # (study UID, series UID) -> id
 
     def clear(self) -> None:
         self.studies.clear()
@@ -111,37 +116,50 @@ class _Catalog:
                 )
 
     def load_series(self, connection: Connection, instances: list[ReceivedInstance]) -> None:
-        missing = {i.series_uid for i in instances} - self.series.keys()
+        """Series ids by (study, series UID): a series belongs to its study. A series UID already stored under
+        another study gets a row of its own here, and a ``UidCollision`` flag (``flag_series_collision``)."""
+        missing = {(i.study_uid, i.series_uid) for i in instances} - self.series.keys()
         if missing:
-            rows = connection.execute(select(Series.series_uid, Series.id).where(Series.series_uid.in_(missing)))
-            self.series.update({uid: id_ for uid, id_ in rows})
+            study_uids = {self.studies[study_uid].id: study_uid for study_uid, _ in missing}
+            rows = connection.execute(
+                select(Series.study_id, Series.series_uid, Series.id).where(
+                    Series.series_uid.in_({series_uid for _, series_uid in missing}),
+                    Series.study_id.in_(study_uids),
+                )
+            )
+            self.series.update({(study_uids[study_id], uid): id_ for study_id, uid, id_ in rows})
         for instance in instances:
-            if instance.series_uid not in self.series:
+            key = (instance.study_uid, instance.series_uid)
+            if key in self.series:
+                continue
+            study_id = self.studies[instance.study_uid].id
+            id_ = connection.execute(
+                _insert_unless_present(connection, Series, Series.study_id, Series.series_uid)
+                .values(
+                    study_id=study_id, series_uid=instance.series_uid,
+                    modality=instance.modality, series_description=instance.series_description,
+                    series_number=instance.series_number, body_part_examined=instance.body_part_examined,
+                    created_at=instance.received_at,
+                )
+                .returning(Series.id)
+            ).scalar_one_or_none()
+            if id_ is None:  # created by another writer meanwhile
                 id_ = connection.execute(
-                    _insert_unless_present(connection, Series, Series.series_uid)
-                    .values(
-                        study_id=self.studies[instance.study_uid].id, series_uid=instance.series_uid,
-                        modality=instance.modality, series_description=instance.series_description,
-                        series_number=instance.series_number, body_part_examined=instance.body_part_examined,
-                        created_at=instance.received_at,
-                    )
-                    .returning(Series.id)
-                ).scalar_one_or_none()
-                if id_ is None:  # created by another writer meanwhile
-                    id_ = connection.execute(
-                        select(Series.id).where(Series.series_uid == instance.series_uid)
-                    ).scalar_one()
-                self.series[instance.series_uid] = id_
+                    select(Series.id).where(Series.study_id == study_id, Series.series_uid == instance.series_uid)
+                ).scalar_one()
+            else:
+                flag_series_collision(connection, instance, study_id)
+            self.series[key] = id_
 
 
-def _insert_unless_present(connection: Connection, model, unique_column):
-    """INSERT that does nothing (and returns no row) when ``unique_column`` already holds the value: several writers
+def _insert_unless_present(connection: Connection, model, *unique_columns):
+    """INSERT that does nothing (and returns no row) when ``unique_columns`` already hold the values: several writers
     (receiving processes, STOW-RS) may create the same study or series at once, and none of them may fail for it."""
     if connection.dialect.name == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as dialect_insert
     else:
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
-    return dialect_insert(model).on_conflict_do_nothing(index_elements=[unique_column])
+    return dialect_insert(model).on_conflict_do_nothing(index_elements=list(unique_columns))
 
 
 def _fresh_instances(connection: Connection, instances: list[ReceivedInstance]) -> list[ReceivedInstance]:
@@ -255,12 +273,13 @@ def _apply_instances(connection: Connection, catalog: _Catalog, instances: list[
         return
     catalog.load_studies(connection, fresh)
     catalog.load_series(connection, fresh)
+    flag_instance_collisions(connection, fresh, {uid: known.id for uid, known in catalog.studies.items()})
     _touch_studies(connection, catalog, fresh)
     connection.execute(
         _insert_instances(connection.dialect.name),
         [
             {
-                "series_id": catalog.series[i.series_uid], "sop_instance_uid": i.sop_instance_uid,
+                "series_id": catalog.series[(i.study_uid, i.series_uid)], "sop_instance_uid": i.sop_instance_uid,
                 "sop_class_uid": i.sop_class_uid, "transfer_syntax_uid": i.transfer_syntax_uid,
                 "path": i.relative_path, "size_bytes": i.size_bytes, "digest": i.digest, "calling_ae": i.calling_ae,
                 "received_at": i.received_at, "conflict": i.conflict,

@@ -28,7 +28,8 @@ from dicom_node.results import (
     VerifyingObserver,
     build_retraction,
     build_verified_report,
-    write_result,
+    clean_line,
+    clean_text,
 )
 from service.config import Settings
 from service.db.models import PipelineRun, Report, ReportStatus, Study, utcnow
@@ -36,7 +37,8 @@ from service.destinations import DestinationsStore
 from service.pipeline.delivery import DeliveryQueue, ResultObject
 from service.security import Principal, record_audit
 
-__all__ = ["ReviewAction", "ReviewRequest", "ReviewConflict", "ReviewError", "ReviewService", "latest_report"]
+__all__ = ["ReviewAction", "ReviewRequest", "ReviewConflict", "ReviewError", "ReviewService", "latest_report",
+           "DemoReportNotVerifiable", "DEMO_NOT_VERIFIABLE"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -55,6 +57,20 @@ class ReviewError(ValueError):
     """The review cannot be done as asked (no report yet, a reject without reason, ...)."""
 
 
+DEMO_NOT_VERIFIABLE = (
+    "this draft was made with DEMO models (random weights): its findings are meaningless, so it can never be "
+    "approved or amended into a verified report. Install real weights (m3edge models import) and reprocess the "
+    "study, or reject this draft"
+)
+
+
+class DemoReportNotVerifiable(ReviewConflict):
+    """Approve or amend asked of a draft made with DEMO (random-weight) models: refused, whatever the version."""
+
+    def __init__(self) -> None:
+        super().__init__(DEMO_NOT_VERIFIABLE)
+
+
 @dataclass(frozen=True)
 class ReviewRequest:
     action: ReviewAction
@@ -64,6 +80,10 @@ class ReviewRequest:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "action", ReviewAction(self.action))
+        for name in ("narrative", "comment"):  # a person's text as DICOM text may hold it (no TAB, no NUL, ...)
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, clean_text(value))
         if self.action is ReviewAction.AMEND and not (self.narrative or self.comment):
             raise ReviewError("amend needs a corrected narrative or a comment on the findings")
         if self.action is ReviewAction.REJECT and not (self.comment and self.comment.strip()):
@@ -83,7 +103,7 @@ def _write_atomically(dataset, path: Path) -> None:
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
     try:
         with os.fdopen(fd, "wb") as handle:
-            write_result(dataset, handle)
+            dataset.save_as(handle, enforce_file_format=True)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, path)
@@ -105,6 +125,8 @@ class ReviewService:
             raise ReviewError(f"study {study_uid} has no report to review yet")
         if report.status is ReportStatus.REJECTED:
             raise ReviewConflict("this draft was rejected; reprocess the study for a new one")
+        if report.demo and request.action is not ReviewAction.REJECT:
+            raise DemoReportNotVerifiable()
         # Take the report: the conditional bump serialises concurrent reviews (row lock / SQLite write lock).
         taken = session.execute(
             update(Report).where(Report.id == report.id, Report.version == request.version)
@@ -113,15 +135,15 @@ class ReviewService:
         if taken != 1:
             raise ReviewConflict(f"the report changed since version {request.version}; reload it and review again")
         session.refresh(report)
-        observer = VerifyingObserver(name=reviewer.display_name or reviewer.name,
-                                     organisation=reviewer.organisation or "unknown organisation")
+        observer = VerifyingObserver(name=clean_line(reviewer.display_name or reviewer.name)[:64],
+                                     organisation=clean_line(reviewer.organisation or "unknown organisation")[:64])
         run = session.get(PipelineRun, report.run_id)
         uids = ResultUids(self.settings.uid_root, study_uid, f"run-{run.run_number}")
         objects = dict(report.objects or {})
         revision = int(objects.get("revisions", 0)) + 1
         folder = self.settings.results_dir / study_uid / f"run-{run.run_number}"
         if request.action is ReviewAction.REJECT:
-            new = self._reject(objects, observer, uids, request, revision, folder)
+            new = self._reject(objects, observer, uids, request, revision, folder, demo=report.demo)
             report.status = ReportStatus.REJECTED
         else:
             current = objects.get("verified") or objects["sr"]
@@ -156,12 +178,13 @@ class ReviewService:
         return report
 
     def _reject(self, objects: dict, observer: VerifyingObserver, uids: ResultUids, request: ReviewRequest,
-                revision: int, folder: Path) -> dict | None:
+                revision: int, folder: Path, *, demo: bool) -> dict | None:
         if self.settings.reject_action == "none":
             return None
         rejected = [dcmread(objects[k]["path"]) for k in ("sr", "seg", "overlay") if k in objects]
         reason = RejectionReason.QUALITY if self.settings.reject_action == "quality" else RejectionReason.PATIENT_SAFETY
-        note = build_retraction(rejected, observer, uids, reason=reason, explanation=request.comment, revision=revision)
+        note = build_retraction(rejected, observer, uids, reason=reason, explanation=request.comment, revision=revision,
+                                demo=demo)
         path = folder / f"rejection-{revision}.dcm"
         _write_atomically(note, path)
         objects["rejection"] = {"path": str(path), "sop_instance_uid": note.SOPInstanceUID,

@@ -47,6 +47,24 @@ def migrated_database_url(request, tmp_path_factory) -> Iterator[str]:
         drop_postgres_database(name)
 
 
+def sqlite_only_database(tmp_path_factory) -> str:
+    """A migrated SQLite database, for a module that overrides ``migrated_database_url`` with it: tests of routing,
+    prepare and the result objects, which the database engine does not change (the ledger, the recorder and the API
+    run on both engines in their own tests), and which are too slow to run twice."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'm3edge.db'}"
+    upgrade_database(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+def small_demo_models_dir(tmp_path_factory):
+    """The small demo models (``tests.support.pipeline_study.small_demo_models``), written once per session: link
+    them into a test's HOME as ``models``."""
+    from tests.support.pipeline_study import small_demo_models
+
+    return small_demo_models(tmp_path_factory.mktemp("demo-models") / "models")
+
+
 @pytest.fixture
 def database_url(migrated_database_url: str) -> Iterator[str]:
     """The migrated database, emptied after each test."""

@@ -2,7 +2,8 @@
 
 Parts, in order (each one's failure is recorded and the run goes on): the suite's ``gpu`` marker tests; CUDA-vs-CPU
 parity of each expert network; expert speed (eager, CUDA graph, ``torch.compile``); the VILA-M3-8B-shaped model;
-TensorRT vs torch through the experts where TensorRT is importable. Steps that would overrun the budget are skipped
+``m3edge vlm check`` (against the configured trtllm-serve where one is, else on a tiny checkpoint against the
+trtllm-serve double); TensorRT vs torch through the experts where TensorRT is importable. Steps that would overrun the budget are skipped
 and say so. ``--dry-run``: CPU, tiny shapes, autocast bf16, the ``eager`` compile backend, ONNX Runtime standing in
 for TensorRT (no engine build): every line of the run in a few tens of seconds.
 """
@@ -116,6 +117,7 @@ def run_check(out_dir: Path, dry_run: bool, budget_s: float, run_tests: bool = T
     from bench.gpu.parity import network_parity
     from bench.gpu.report import write_summary
     from bench.gpu.speed import network_speed
+    from bench.gpu.vlm_backends import vlm_backend_check
     from bench.gpu.vlm_shaped import vlm_check
     from bench.gpu.wheels import missing_distributions
 
@@ -145,6 +147,7 @@ def run_check(out_dir: Path, dry_run: bool, budget_s: float, run_tests: bool = T
                               for spec in networks])
     section("vlm", lambda: vlm_check(dry_run, device, 8 if dry_run else 64, 1 if dry_run else 3, compile_backend,
                                      budget.allow))
+    section("vlm_backends", lambda: vlm_backend_check(device, timeout_s=max(60.0, min(420.0, budget.left()))))
     # The dry run compiles one small network: the code path is the same for all of them.
     to_compile = networks[1:2] if dry_run else networks
     section("compiled_speed", lambda: [network_speed(spec, device, amp, repeats, compile_backend, budget.allow,
@@ -202,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     missing = missing_distributions()
     if missing:
         raise SystemExit(f"missing Python packages: {', '.join(missing)}. Pack them where there is a package index with "
-                         "`bench/gpu_check.sh --pack-wheels bench/out/wheelhouse 3.11 3.12` and run "
+                         "`bench/gpu_check.sh --pack-wheels bench/out/wheelhouse <this python version>` and run "
                          "`bench/gpu_check.sh --wheelhouse bench/out/wheelhouse` here")
     summary = run_check(args.out, args.dry_run, args.budget_s, run_tests=not args.skip_tests)
     print(f"[gpu-check] wrote {args.out / 'gpu_check.json'} and gpu_check.md in {summary['elapsed_s']:.0f} s"

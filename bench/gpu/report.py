@@ -57,6 +57,15 @@ def _markdown(summary: dict) -> str:
         if isinstance(vlm.get("compiled"), str):
             lines.append(f"\ncompiled: {vlm['compiled']}")
         lines.append("")
+    check = summary.get("vlm_backends")
+    if isinstance(check, dict):
+        report = check.get("report") or {}
+        lines += ["## `m3edge vlm check`", "", f"{check.get('mode', '')}", "",
+                  f"verdict: **{report.get('verdict', check.get('error', '-'))}** "
+                  f"(configured: {report.get('candidate', '-')}, tolerance {report.get('tolerance', '-')} nats)", ""]
+        lines += _table(report.get("cases", []), ["name", "tokens_equal", "first_difference", "reference_first_logprob",
+                                                  "candidate_first_logprob", "error"])
+        lines.append("")
     backends = summary.get("backends")
     if isinstance(backends, dict):
         lines += [f"## {backends.get('candidate', 'tensorrt')} vs torch (experts end to end)", ""]

@@ -1,6 +1,6 @@
 """What the GPU check needs beyond a CUDA PyTorch machine, whether it is there, and how to carry it there offline.
 
-The check needs ``monai`` and ``transformers`` (and what they require), and for the ``gpu`` marker tests ``pytest``
+The check needs ``monai``, ``transformers``, ``sentencepiece``, ``httpx`` and ``pillow`` (and what they require), and for the ``gpu`` marker tests ``pytest``
 and what the suite's conftest imports (``pydicom``, ``sqlalchemy``, ``alembic``).
 A CUDA PyTorch machine has torch and what torch requires (filelock, typing-extensions, sympy, networkx, jinja2,
 fsspec, triton, the nvidia-* libraries) and numpy; everything else is packed: the closure of the roots' requirements
@@ -9,8 +9,9 @@ fsspec, triton, the nvidia-* libraries) and numpy; everything else is packed: th
     python -m bench.gpu.wheels list [PYTHON_VERSION]           the pinned distributions, one a line
     python -m bench.gpu.wheels pack DIR [PYTHON_VERSION ...]   pip download of their wheels (manylinux x86_64)
 
-For CPython 3.11 and 3.12 together the wheels come to about 46 MiB, under the 64 MiB a lent machine accepts
-(3.10 is out: m3edge and these pins need 3.11 or later).
+For one CPython version the wheels come to about 49 MiB, under the 64 MiB a lent machine accepts; 3.11 and 3.12
+together are about 68 MiB (Pillow and sentencepiece, for ``m3edge vlm check``, made it grow past 64), so pack for the
+machine's version (``python3 --version`` there). 3.10 is out: m3edge and these pins need 3.11 or later.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 
 __all__ = ["ROOTS", "BASELINE_ROOTS", "needed_distributions", "missing_distributions", "pack_command", "pack"]
 
-ROOTS = ("monai", "transformers", "pytest", "pytest-timeout", "pydicom", "sqlalchemy", "alembic")
+ROOTS = ("monai", "transformers", "sentencepiece", "httpx", "pillow", "pytest", "pytest-timeout", "pydicom", "sqlalchemy",
+         "alembic")
 BASELINE_ROOTS = ("torch", "numpy", "pip", "setuptools", "wheel")
 ALWAYS_PACK = ("typing-extensions",)  # in torch's closure, but pydantic needs a recent one: 45 kB of insurance
 _IMPORT_NAMES = {"monai": "monai", "transformers": "transformers", "pytest": "pytest", "tokenizers": "tokenizers",

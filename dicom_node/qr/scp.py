@@ -3,8 +3,10 @@
 It has no port of its own: ``DicomNode(query_retrieve=...)`` adds its presentation contexts and handlers, so callers
 pass the node's access policy (``DICOM_ALLOWED_AES``) before any query. C-MOVE sends only to destinations it was given
 (the service's ``DESTINATIONS``), matched by AE title: a Move Destination it does not know is refused (A801), never
-resolved to an arbitrary host. An ``observer`` hears of every request (the service writes audit events from it);
-its failures are logged and never break the DICOM path.
+resolved to an arbitrary host. Objects go as stored; a compressed one (a JPEG 2000 SEG) goes decompressed when the
+association carrying the C-STOREs (the C-GET's own, or the C-MOVE's to its destination) took its SOP class only in an
+uncompressed syntax. An ``observer`` hears of every request (the service writes audit events from it); its failures
+are logged and never break the DICOM path.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.filereader import read_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import build_context, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -24,6 +27,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Verification,
 )
 
+from dicom_node.compression import UNCOMPRESSED, decompressed
 from dicom_node.network import DicomAddress
 from dicom_node.qr.holdings import HeldObject, IndexedObject, ObjectCatalog, ObjectHeaders
 from dicom_node.qr.query import IdentifierError, find_matches, objects_to_retrieve, requested_study_uids
@@ -61,6 +65,10 @@ class RetrievalEvent:
     outcome: str = "success"  # success | refused | failed
     reason: str = ""
     extra: dict = field(default_factory=dict)
+
+
+def _accepted(assoc) -> set[tuple[str, str]]:
+    return {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
 
 
 def _status(code: int, comment: str = "") -> Dataset:
@@ -173,12 +181,20 @@ class QueryRetrieveScp:
         ))
 
     @staticmethod
-    def _datasets(event, chosen: list[IndexedObject]) -> Iterator[tuple[int, Dataset | None]]:
+    def _datasets(event, chosen: list[IndexedObject],
+                  accepted: Callable[[], set[tuple[str, str]]]) -> Iterator[tuple[int, Dataset | None]]:
+        """Each object as stored or, when the association carrying the C-STOREs took its SOP class only in an
+        uncompressed syntax (a peer without JPEG 2000 and a compressed SEG), ``decompressed``."""
         for obj in chosen:
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
-            yield PENDING, dcmread(obj.held.path)
+            dataset = dcmread(obj.held.path)
+            sop_class, syntax = obj.held.sop_class_uid, str(dataset.file_meta.TransferSyntaxUID)
+            taken = accepted()
+            if (sop_class, syntax) not in taken and any((sop_class, ts) in taken for ts in UNCOMPRESSED):
+                dataset = decompressed(dataset)
+            yield PENDING, dataset
 
     def handle_get(self, event) -> Iterator:
         chosen = self._select(event, "get")
@@ -188,7 +204,7 @@ class QueryRetrieveScp:
             return
         self._sent(event, "get", chosen)
         yield len(chosen)
-        yield from self._datasets(event, chosen)
+        yield from self._datasets(event, chosen, lambda: _accepted(event.assoc))
 
     def handle_move(self, event) -> Iterator:
         calling_ae, address = self._caller(event)
@@ -210,8 +226,17 @@ class QueryRetrieveScp:
         contexts = {}
         for obj in chosen:
             sop_class = obj.held.sop_class_uid
-            contexts.setdefault(sop_class, build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+            contexts.setdefault((sop_class, ""),
+                                build_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+            syntax = str(read_file_meta_info(obj.held.path).TransferSyntaxUID)
+            if syntax not in UNCOMPRESSED:  # offered as stored too: a destination that takes it gets it compressed
+                contexts.setdefault((sop_class, syntax), build_context(sop_class, [syntax]))
         self._sent(event, "move", chosen, str(destination))
-        yield destination.host, destination.port, {"contexts": list(contexts.values())}
+        established: list = []  # the sub-association, once pynetdicom has made it (before the first C-STORE)
+        yield destination.host, destination.port, {
+            "contexts": list(contexts.values()),
+            "evt_handlers": [(evt.EVT_ESTABLISHED, lambda established_event: established.append(
+                established_event.assoc))],
+        }
         yield len(chosen)
-        yield from self._datasets(event, chosen)
+        yield from self._datasets(event, chosen, lambda: _accepted(established[0]) if established else set())

@@ -1,5 +1,6 @@
-"""Result writers: the draft SR (TID 1500), SEG, overlay Secondary Capture, verified SR and IOCM retraction, and
-``write_result``, which writes any of them to a file encoded once."""
+"""Result objects: the draft SR (TID 1500), SEG, overlay Secondary Capture, verified SR and IOCM retraction, each
+built by highdicom's constructors (with their validation); write them with pydicom's public writer
+(``dataset.save_as(path, enforce_file_format=True)``)."""
 
 from dicom_node.results.codes import LOCAL_SCHEME, StructureCoding, pathology_code, procedure_code, structure_coding
 from dicom_node.results.content import (
@@ -15,11 +16,12 @@ from dicom_node.results.content import (
     VerifyingObserver,
 )
 from dicom_node.results.equipment import PROCESSING_EQUIPMENT, WRITER_MANUFACTURER, algorithm_equipment
-from dicom_node.results.files import write_result
 from dicom_node.results.retraction import RejectionReason, build_retraction
 from dicom_node.results.secondary_capture import AXIAL_DISPLAY_ORIENTATION, build_overlay_capture
+from dicom_node.compression import SegCompression
 from dicom_node.results.seg import build_segmentation, frames_on_source_grid
 from dicom_node.results.sr import COMPREHENSIVE_3D_SR, build_draft_report, build_verified_report
+from dicom_node.results.text import clean_line, clean_text
 from dicom_node.results.uids import OrganisationRoot, ResultKind, ResultUids, SeriesNumber
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "RejectionReason",
     "ResultKind",
     "ResultUids",
+    "SegCompression",
     "SeriesNumber",
     "StructureCoding",
     "StructureSegment",
@@ -50,9 +53,10 @@ __all__ = [
     "build_retraction",
     "build_segmentation",
     "build_verified_report",
+    "clean_line",
+    "clean_text",
     "frames_on_source_grid",
     "pathology_code",
     "procedure_code",
     "structure_coding",
-    "write_result",
 ]

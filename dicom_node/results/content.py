@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 
+from dicom_node.results.text import check_line, check_text
+
 __all__ = [
     "AlgorithmIdentity",
     "StructureSegment",
@@ -31,15 +33,15 @@ POSITIVE_SCORE_THRESHOLD = 0.5  # the protocol's "yes" for a CXR pathology score
 
 
 def _check_text(name: str, value: object, *, max_length: int = 64, allow_empty: bool = False) -> str:
+    """A short string (SH, LO, PN: up to 64 characters, no control character, no backslash) or, with a larger
+    ``max_length``, a text (ST, LT, UT: line breaks and form feeds only)."""
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
     if not value.strip() and not allow_empty:
         raise ValueError(f"{name} must not be empty")
     if len(value) > max_length:
         raise ValueError(f"{name} has {len(value)} characters; at most {max_length} fit the DICOM attribute")
-    if max_length <= 64 and "\\" in value:
-        raise ValueError(f"{name} must not contain a backslash (it separates DICOM values)")
-    return value
+    return check_line(name, value) if max_length <= 64 else check_text(name, value)
 
 
 @dataclass(frozen=True)

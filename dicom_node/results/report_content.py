@@ -39,6 +39,8 @@ from dicom_node.results.uids import ResultUids
 
 __all__ = [
     "draft_statement",
+    "demo_marked",
+    "DEMO_NARRATIVE_PREFIX",
     "nothing_found_statement",
     "measurement_report",
     "text_item",
@@ -68,6 +70,16 @@ def draft_statement(content: DraftReportContent) -> str:
         "Research and evaluation use only; the models are not approved for diagnostic use. "
         f"Models: {models}."
     )
+
+
+DEMO_NARRATIVE_PREFIX = "DEMO (random weights, meaningless): "
+
+
+def demo_marked(narrative: str, demo: bool) -> str:
+    """The narrative as the report carries it: a DEMO run's says so at its start, whatever the model wrote."""
+    if not demo:
+        return narrative
+    return DEMO_NARRATIVE_PREFIX + (narrative.strip() or _EMPTY_ANSWER)
 
 
 def nothing_found_statement(findings: ExpertFindings) -> str:
@@ -230,7 +242,7 @@ def measurement_report(
         evaluations.append(text_item(EXPERT_FINDING, nothing_found_statement(findings)))
     evaluations += [
         text_item(QUESTION, content.narrative.question, when_empty="(no question was asked)"),
-        text_item(NARRATIVE, content.narrative.answer),
+        text_item(NARRATIVE, demo_marked(content.narrative.answer, content.demo)),
     ]
     root.ContentSequence.append(qualitative_evaluations_container(evaluations))
     return root

@@ -19,6 +19,7 @@ from pydicom.sr.codedict import codes
 
 from dicom_node.results.content import VerifyingObserver
 from dicom_node.results.equipment import WRITER_MANUFACTURER
+from dicom_node.results.text import check_text
 from dicom_node.results.uids import ResultKind, ResultUids, SeriesNumber
 
 __all__ = ["RejectionReason", "build_retraction"]
@@ -46,8 +47,10 @@ def build_retraction(
     explanation: str | None = None,
     revision: int = 1,
     now: datetime.datetime | None = None,
+    demo: bool = False,
 ) -> hd.ko.KeyObjectSelectionDocument:
-    """The rejection note withdrawing ``rejected`` (the draft SR first, then its SEG and overlay)."""
+    """The rejection note withdrawing ``rejected`` (the draft SR first, then its SEG and overlay); ``demo``: they came
+    from a run with DEMO models, and the note says DEMO too (series description and its description text)."""
     reason = RejectionReason(reason)
     rejected = list(rejected)
     if not rejected or any(not isinstance(d, Dataset) for d in rejected):
@@ -60,6 +63,8 @@ def build_retraction(
         raise ValueError("uids must be a ResultUids made for the rejected instances' study")
     if explanation is not None and (not isinstance(explanation, str) or not explanation.strip()):
         raise ValueError("explanation must be a non-empty str or None")
+    if explanation is not None:
+        check_text("explanation", explanation)
     now = now or datetime.datetime.now()
     content = hd.ko.KeyObjectSelection(
         document_title=reason.title,
@@ -70,7 +75,7 @@ def build_retraction(
                 name=reviewer.name, organization_name=reviewer.organisation
             ),
         ),
-        description=(explanation or "AI draft rejected by the reader")[:1024],
+        description=(("DEMO draft: " if demo else "") + (explanation or "AI draft rejected by the reader"))[:1024],
     )
     note = hd.ko.KeyObjectSelectionDocument(
         evidence=rejected,
@@ -81,7 +86,7 @@ def build_retraction(
         instance_number=revision,
         manufacturer=WRITER_MANUFACTURER,
         institution_name=rejected[0].get("InstitutionName") or None,
-        series_description="Rejection note: AI draft withdrawn",
+        series_description="Rejection note: AI draft withdrawn" + (" DEMO" if demo else ""),
         specific_character_set="ISO_IR 192",  # the reader's name and explanation may hold any character
         content_date=now.date(),
         content_time=now.time(),

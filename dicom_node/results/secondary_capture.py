@@ -31,8 +31,14 @@ def build_overlay_capture(
     patient_orientation: tuple[str, str] = AXIAL_DISPLAY_ORIENTATION,
     index: int = 0,
     now: datetime.datetime | None = None,
+    demo_run: bool = False,
+    frame_number: int | None = None,
 ) -> hd.sc.SCImage:
-    """The overlay (rows, columns, 3) RGB uint8 as an SC image in the source study, referencing the source slice."""
+    """The overlay (rows, columns, 3) RGB uint8 as an SC image in the source study, referencing the source slice
+    (``frame_number``: the frame of an enhanced multi-frame source instance).
+
+    It says DEMO (series description, image comments) when the expert ran DEMO weights or ``demo_run`` (another
+    model of the run did)."""
     if not isinstance(overlay, np.ndarray) or overlay.ndim != 3 or overlay.shape[2] != 3:
         raise ValueError("overlay must be a numpy array of shape (rows, columns, 3): the RGB image the model saw")
     if overlay.dtype != np.uint8:
@@ -43,8 +49,12 @@ def build_overlay_capture(
         raise TypeError("algorithm must be the AlgorithmIdentity of the expert whose labels are drawn")
     if not isinstance(uids, ResultUids) or uids.study_instance_uid != source_image.StudyInstanceUID:
         raise ValueError("uids must be a ResultUids made for the source image's study")
+    frames = int(source_image.get("NumberOfFrames", 1) or 1)
+    if frame_number is not None and (isinstance(frame_number, bool) or not isinstance(frame_number, int)
+                                     or not 1 <= frame_number <= frames):
+        raise ValueError(f"frame_number must be a frame of the source image (1..{frames}), got {frame_number!r}")
     now = now or datetime.datetime.now()
-    demo = " DEMO" if algorithm.demo else ""
+    demo = " DEMO" if algorithm.demo or demo_run else ""
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source_image,
         pixel_array=np.ascontiguousarray(overlay),
@@ -66,11 +76,14 @@ def build_overlay_capture(
     image.Laterality = source_image.get("Laterality", "")  # General Series: Type 2C, empty when unknown
     image.BurnedInAnnotation = "NO"
     image.ImageComments = (
-        f"AI-generated DRAFT overlay for a qualified reader, not a diagnosis: {describe_algorithm(algorithm)}"
+        ("DEMO (random weights, meaningless). " if demo else "")
+        + f"AI-generated DRAFT overlay for a qualified reader, not a diagnosis: {describe_algorithm(algorithm)}"
     )[:10240]
     reference = Dataset()
     reference.ReferencedSOPClassUID = source_image.SOPClassUID
     reference.ReferencedSOPInstanceUID = source_image.SOPInstanceUID
+    if frame_number is not None:
+        reference.ReferencedFrameNumber = frame_number
     image.SourceImageSequence = [reference]
     image.DerivationDescription = "Expert labels drawn over the windowed source slice"
     return image

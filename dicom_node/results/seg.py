@@ -1,7 +1,8 @@
 """DICOM SEG of one expert's label volume, on the frames of the source series.
 
 The engines give a label volume in (X, Y, Z) = (column, row, slice) order with an affine from voxel index to RAS mm,
-on the grid of the source series. For every source instance (in the order given), the frame is read out of that
+on the grid of the source series. For every source frame (each single-frame source instance in the order given, or
+each frame of one enhanced multi-frame instance, placed by its functional groups), the frame is read out of that
 volume: its Image Position (Patient) and Image Orientation (Patient) are turned from LPS into RAS
 (x -> -x, y -> -y), mapped into voxel indices with the inverse affine, and must land on whole voxels with the
 in-plane steps along volume axes (any permutation or flip). Anything else means the labels are not on the source grid
@@ -18,14 +19,18 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from dicom_node.arrays import c_order_copy
+from dicom_node.compression import SegCompression
 from dicom_node.results.codes import local_coding_scheme, structure_coding
 from dicom_node.results.content import AlgorithmIdentity, ExpertFindings, LabelSegmentation, StructureSegment
 from dicom_node.results.equipment import algorithm_equipment
 from dicom_node.results.uids import ResultKind, ResultUids, SeriesNumber
+from dicom_node.volumes import FrameGeometry, VolumeGeometryError, frame_geometries
 
 __all__ = [
+    "SegCompression",
     "build_segmentation",
     "frames_on_source_grid",
+    "source_frames",
     "segment_descriptions",
     "segment_pixels",
     "GRID_TOLERANCE_VOXELS",
@@ -48,12 +53,12 @@ def _axis_step(step: np.ndarray, what: str) -> tuple[int, int]:
     return axis, int(rounded[axis])
 
 
-def _frame_window(shape: tuple[int, ...], to_voxel: np.ndarray, image: Dataset) -> tuple[tuple, int, int]:
-    """Where ``image``'s frame lies in the label volume: the index (slices along the row and column axes, an int along
+def _frame_window(shape: tuple[int, ...], to_voxel: np.ndarray, frame: FrameGeometry) -> tuple[tuple, int, int]:
+    """Where a source frame lies in the label volume: the index (slices along the row and column axes, an int along
     the third) and the row and column axes."""
-    orientation = np.asarray(image.ImageOrientationPatient, dtype=float)
-    row_spacing, column_spacing = (float(v) for v in image.PixelSpacing)
-    origin_ras = _LPS_TO_RAS @ np.asarray(image.ImagePositionPatient, dtype=float)
+    orientation = np.asarray(frame.orientation, dtype=float)
+    row_spacing, column_spacing = frame.pixel_spacing
+    origin_ras = _LPS_TO_RAS @ np.asarray(frame.position, dtype=float)
     origin = to_voxel[:3, :3] @ origin_ras + to_voxel[:3, 3]
     column_axis, column_sign = _axis_step(
         to_voxel[:3, :3] @ _LPS_TO_RAS @ (orientation[:3] * column_spacing), "column step"
@@ -64,23 +69,43 @@ def _frame_window(shape: tuple[int, ...], to_voxel: np.ndarray, image: Dataset) 
     start = np.round(origin)
     if np.max(np.abs(origin - start)) > GRID_TOLERANCE_VOXELS:
         raise ValueError(
-            f"labels are not on the source grid: instance {image.SOPInstanceUID} starts at voxel "
-            f"{np.round(origin, 3).tolist()}, between voxels"
+            f"labels are not on the source grid: {frame.source} starts at voxel {np.round(origin, 3).tolist()}, "
+            "between voxels"
         )
-    rows, columns = int(image.Rows), int(image.Columns)
     first = [int(start[axis]) for axis in range(3)]
     last = list(first)
-    last[column_axis] += column_sign * (columns - 1)
-    last[row_axis] += row_sign * (rows - 1)
+    last[column_axis] += column_sign * (frame.columns - 1)
+    last[row_axis] += row_sign * (frame.rows - 1)
     if min(first + last) < 0 or any(max(a, b) >= n for a, b, n in zip(first, last, shape)):
         raise ValueError(
-            f"labels of shape {tuple(shape)} do not cover instance {image.SOPInstanceUID}: "
+            f"labels of shape {tuple(shape)} do not cover {frame.source}: "
             "give the label volume on the source series' own grid"
         )
     window: list[slice | int] = list(first)
     for axis, sign in ((column_axis, column_sign), (row_axis, row_sign)):
         window[axis] = _steps(first[axis], last[axis], sign)
     return tuple(window), row_axis, column_axis
+
+
+def source_frames(source_images: tuple[Dataset, ...]) -> list[FrameGeometry]:
+    """The frames a SEG lies on, in the order its frames follow: one per single-frame source instance, or every frame
+    of one multi-frame (enhanced) source instance, placed by its functional groups."""
+    if not source_images:
+        raise ValueError("no source instances: a SEG's frames lie on the instances of a source series")
+    multi_frame = [image for image in source_images if int(image.get("NumberOfFrames", 1) or 1) > 1]
+    if multi_frame and len(source_images) > 1:
+        raise ValueError(f"{len(source_images)} source instances of which {len(multi_frame)} are multi-frame: a SEG "
+                         "lies on one multi-frame instance or on single-frame instances")
+    frames = []
+    for image in source_images:
+        for keyword in ("Rows", "Columns"):
+            if keyword not in image:
+                raise ValueError(f"source instance {image.SOPInstanceUID} lacks {keyword}, needed to place its frame")
+        try:
+            frames += frame_geometries(image)
+        except VolumeGeometryError as exc:
+            raise ValueError(f"cannot place the SEG's frames: {exc}") from None
+    return frames
 
 
 def _steps(first: int, last: int, step: int) -> slice:
@@ -108,18 +133,11 @@ def _stack_window(windows: list[tuple[tuple, int, int]]) -> tuple[tuple, tuple[i
 
 
 def frames_on_source_grid(segmentation: LabelSegmentation, source_images: tuple[Dataset, ...]) -> np.ndarray:
-    """The label volume as (frames, rows, columns), one frame per source instance in the order given."""
-    for image in source_images:
-        if int(image.get("NumberOfFrames", 1) or 1) != 1:
-            raise ValueError("multi-frame source images are not supported: give single-frame source instances")
-        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows", "Columns"):
-            if keyword not in image:
-                raise ValueError(f"source instance {image.SOPInstanceUID} lacks {keyword}, needed to place its frame")
-    if not source_images:
-        raise ValueError("no source instances: a SEG's frames lie on the instances of a source series")
+    """The label volume as (frames, rows, columns), one frame per source frame (``source_frames``), in their order."""
+    frames_geometry = source_frames(source_images)
     labels = segmentation.labels
     to_voxel = np.linalg.inv(segmentation.affine)
-    windows = [_frame_window(labels.shape, to_voxel, image) for image in source_images]
+    windows = [_frame_window(labels.shape, to_voxel, frame) for frame in frames_geometry]
     stack = _stack_window(windows)
     if stack is not None:
         window, axes = stack
@@ -189,8 +207,15 @@ def build_segmentation(
     *,
     now: datetime.datetime | None = None,
     index: int = 0,
+    demo_run: bool = False,
+    compression: SegCompression | str = SegCompression.JPEG2000_LOSSLESS,
 ) -> hd.seg.Segmentation:
-    """The SEG of ``findings.segmentation``: binary, one (possibly overlapping) segment per StructureSegment."""
+    """The SEG of ``findings.segmentation``: binary, one (possibly overlapping) segment per StructureSegment, its
+    frames compressed as ``compression`` says (JPEG 2000 Lossless by default).
+
+    It says DEMO (series and content description) when its expert ran DEMO weights or ``demo_run`` (another model of
+    the run did)."""
+    compression = SegCompression(compression)
     if not isinstance(findings, ExpertFindings):
         raise TypeError("findings must be ExpertFindings")
     if findings.segmentation is None:
@@ -204,7 +229,8 @@ def build_segmentation(
     algorithm = findings.algorithm
     frames = frames_on_source_grid(segmentation, findings.source_images)
     masks = segment_pixels(frames, segmentation.segments)
-    demo = " DEMO" if algorithm.demo else ""
+    transfer_syntax = compression.transfer_syntax(frames.shape[1], frames.shape[2])
+    demo = " DEMO" if algorithm.demo or demo_run else ""
     return hd.seg.Segmentation(
         source_images=list(findings.source_images),
         pixel_array=masks,
@@ -218,7 +244,7 @@ def build_segmentation(
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
         device_serial_number=algorithm.weights_digest[:64],
-        content_label="AI_DRAFT",
+        content_label="AI_DRAFT_DEMO" if demo else "AI_DRAFT",
         content_description=f"AI draft for a qualified reader{demo}"[:64],
         content_creator_name=None,
         series_description=f"AI DRAFT {algorithm.name} segmentation{demo}"[:64],
@@ -226,4 +252,5 @@ def build_segmentation(
         contributing_equipment=[algorithm_equipment(algorithm, uids, now)],
         content_date=now.date(),
         content_time=now.time(),
+        transfer_syntax_uid=transfer_syntax,
     )

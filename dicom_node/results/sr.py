@@ -85,46 +85,10 @@ def build_draft_report(
     )
 
 
-_IMAGING_MEASUREMENTS = (codes.DCM.ImagingMeasurements.value, codes.DCM.ImagingMeasurements.scheme_designator)
-_REFERENCE_TYPES = ("IMAGE", "COMPOSITE", "WAVEFORM")
-
-
-def _referenced_instances(item: Dataset) -> set[str]:
-    found = set()
-    for child in item.get("ContentSequence", []):
-        if child.ValueType in _REFERENCE_TYPES:
-            found.add(str(child.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
-        found |= _referenced_instances(child)
-    return found
-
-
 def _sr_document(root: Dataset, *, evidence: list[Dataset], **attributes) -> hd.sr.Comprehensive3DSR:
-    """highdicom's Comprehensive 3D SR of the content tree ``root``, the Imaging Measurements container attached after
-    construction.
-
-    The constructor deep-copies the whole tree, rebuilds it as typed content items (its ``content`` view) and
-    searches it twice for references; with a group per segmented structure (VISTA3D: ~100) that is most of the time
-    the report takes. The container goes in after, at its place, unchanged: the document is the same, only the
-    in-memory ``content`` view lacks the groups (nothing here uses it; what is written is the dataset). The check the
-    search made, that every instance the groups reference is among the evidence, is made here.
-    """
-    items = root.ContentSequence
-    position = next((n for n, item in enumerate(items) if item.ValueType == "CONTAINER"
-                     and _concept(item) == _IMAGING_MEASUREMENTS), None)
-    if position is None:
-        return hd.sr.Comprehensive3DSR(evidence=evidence, content=root, **attributes)
-    measurements = items[position]
-    missing = _referenced_instances(measurements) - {str(d.SOPInstanceUID) for d in evidence}
-    if missing:
-        raise ValueError(f"the measurements reference instances that are not in the evidence: {sorted(missing)}")
-    del items[position]
-    try:
-        report = hd.sr.Comprehensive3DSR(evidence=evidence, content=root, **attributes)
-    finally:
-        items.insert(position, measurements)
-    if report.ContentSequence is not items:
-        report.ContentSequence.insert(position, measurements)
-    return report
+    """highdicom's Comprehensive 3D SR of the content tree ``root``, with its validation (among it: every instance the
+    content references is in the evidence)."""
+    return hd.sr.Comprehensive3DSR(evidence=evidence, content=root, **attributes)
 
 
 def _evidence_of(draft: Dataset) -> list[Dataset]:
@@ -201,11 +165,12 @@ def _verified_content(
     statement = texts.get(_key(DRAFT_STATEMENT)) or texts.get(_key(VERIFICATION_STATEMENT))
     if statement is None:
         raise ValueError("draft has no draft statement: it was not written by build_draft_report")
-    demo = "DEMO" in str(statement.TextValue)
+    if "DEMO" in str(statement.TextValue):
+        raise ValueError("the draft was made with DEMO (random-weight) models: it can never be verified; reprocess "
+                         "the study with real weights")
     replacement = text_item(
         VERIFICATION_STATEMENT,
-        ("DEMO: produced with random demo weights. " if demo else "")
-        + f"AI-assisted report verified by {observer.name} ({observer.organisation}) on "
+        f"AI-assisted report verified by {observer.name} ({observer.organisation}) on "
         f"{verified_at.isoformat(timespec='seconds')}; it replaces the AI draft "
         f"{draft.SOPInstanceUID}.",
     )
@@ -239,7 +204,10 @@ def build_verified_report(
     revision: int = 1,
     now: datetime.datetime | None = None,
 ) -> hd.sr.Comprehensive3DSR:
-    """A new SR replacing ``draft`` (the draft or an earlier verified report): VERIFIED, COMPLETE, FINAL."""
+    """A new SR replacing ``draft`` (the draft or an earlier verified report): VERIFIED, COMPLETE, FINAL.
+
+    A draft made with DEMO models (its draft statement says DEMO) is refused with ValueError: random weights are
+    never verified."""
     if not isinstance(draft, Dataset) or draft.get("SOPClassUID") != COMPREHENSIVE_3D_SR:
         raise TypeError("draft must be the Comprehensive 3D SR dataset of the report being verified")
     if not isinstance(observer, VerifyingObserver):

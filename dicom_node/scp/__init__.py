@@ -1,26 +1,8 @@
-"""The receiving side of the DICOM node: Verification and Storage SCP, the durable spool, access and admission."""
+"""The network side of the DICOM node: Verification, Storage and Query/Retrieve SCP on pynetdicom's public API, the
+guarded connections, who may associate, and the receiving processes. What happens to a received instance is the
+intake's (``dicom_node.intake``)."""
 
 from dicom_node.scp.access import AccessPolicy, AccessRefusal
-from dicom_node.scp.admission import DiskAdmission, DiskUsage
 from dicom_node.scp.node import DicomNode, NodeNotRunning, NodeSettings
-from dicom_node.scp.recording import InstanceRecorder, ReceivedInstance, RecorderError
-from dicom_node.scp.spool import InstanceLocation, SpooledFile, SpoolError, SpoolFull, SpoolWriter, StoreOutcome
 
-__all__ = [
-    "AccessPolicy",
-    "AccessRefusal",
-    "DicomNode",
-    "DiskAdmission",
-    "DiskUsage",
-    "InstanceLocation",
-    "InstanceRecorder",
-    "NodeNotRunning",
-    "NodeSettings",
-    "ReceivedInstance",
-    "RecorderError",
-    "SpoolError",
-    "SpoolFull",
-    "SpoolWriter",
-    "SpooledFile",
-    "StoreOutcome",
-]
+__all__ = ["AccessPolicy", "AccessRefusal", "DicomNode", "NodeNotRunning", "NodeSettings"]

@@ -1,21 +1,33 @@
-"""Who may associate: calling AE titles from ``DICOM_ALLOWED_AES`` (each optionally bound to a host), else loopback only."""
+"""Who may associate: calling AE titles from ``DICOM_ALLOWED_AES`` (each optionally bound to a host), else loopback only;
+and under which called AE title (ours, unless ``DICOM_REQUIRE_CALLED_AE`` is off).
+
+The node's own health check (the admin page, ``m3edge doctor``) C-ECHOes the node from this machine with our own AE
+title as calling AE. It must pass whatever ``DICOM_ALLOWED_AES`` says, without becoming a way in: a caller on a
+loopback address, calling with our AE title and proposing nothing but the Verification SOP Class, is let in; it can
+C-ECHO and nothing else (every other presentation context would be refused, and it proposes none). Anyone on this
+machine can already see that the port answers, so a C-ECHO tells them nothing more; a caller that proposes anything
+beside Verification is judged by the list like everyone else.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from dicom_node.network import AllowedCaller
 
-__all__ = ["AccessPolicy", "AccessRefusal", "CALLING_AE_NOT_RECOGNISED"]
+__all__ = ["AccessPolicy", "AccessRefusal", "CALLING_AE_NOT_RECOGNISED", "CALLED_AE_NOT_RECOGNISED", "VERIFICATION"]
 
 LOGGER = logging.getLogger(__name__)
 
 # A-ASSOCIATE-RJ (result, source, reason): rejected-permanent, DICOM UL service-user, calling-AE-title-not-recognized.
 CALLING_AE_NOT_RECOGNISED = (0x01, 0x01, 0x03)
+# rejected-permanent, DICOM UL service-user, called-AE-title-not-recognized.
+CALLED_AE_NOT_RECOGNISED = (0x01, 0x01, 0x07)
+VERIFICATION = "1.2.840.10008.1.1"
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,11 @@ class AccessRefusal:
 
     reason: str
     rejection: tuple[int, int, int] = CALLING_AE_NOT_RECOGNISED
+
+    @property
+    def kind(self) -> str:
+        """The A-ASSOCIATE-RJ reason in words."""
+        return "called AE not recognised" if self.rejection == CALLED_AE_NOT_RECOGNISED else "calling AE not recognised"
 
 
 def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -49,11 +66,18 @@ def _resolve(host: str) -> frozenset:
 
 
 class AccessPolicy:
-    """Decides whether a calling AE title at an address may associate. Host names resolve once, at construction."""
+    """Decides whether a calling AE title at an address may associate, and whether it called us by our AE title.
 
-    def __init__(self, allowed: Sequence[AllowedCaller]) -> None:
+    Host names resolve once, at construction. ``own_ae_title`` is ours (None: the called AE title is not checked and
+    there is no health-check identity, for callers of ``check`` that have no AE title of their own).
+    """
+
+    def __init__(self, allowed: Sequence[AllowedCaller], *, own_ae_title: str | None = None,
+                 require_called_ae: bool = True) -> None:
         self._allowed = tuple(allowed)
         self._addresses = {caller: _resolve(caller.host) for caller in self._allowed if caller.host is not None}
+        self._own = own_ae_title.strip() if own_ae_title else None
+        self._require_called_ae = require_called_ae and self._own is not None
 
     @property
     def loopback_only(self) -> bool:
@@ -64,9 +88,27 @@ class AccessPolicy:
             return "loopback callers only (DICOM_ALLOWED_AES is empty)"
         return "calling AE titles " + ", ".join(str(caller) for caller in self._allowed)
 
-    def check(self, calling_ae: str, address: str) -> AccessRefusal | None:
-        """``None`` when the caller may associate, else why not."""
-        calling_ae = calling_ae.strip()
+    def check(self, calling_ae: str, address: str, *, called_ae: str | None = None,
+              proposed: Collection[str] = ()) -> AccessRefusal | None:
+        """``None`` when the caller may associate, else why not. ``proposed``: the abstract syntaxes it proposes."""
+        refusal = self._check_caller(calling_ae.strip(), address, proposed)
+        if refusal is not None:
+            return refusal
+        if self._require_called_ae and called_ae is not None and called_ae.strip() != self._own:
+            return AccessRefusal(f"{calling_ae.strip()!r} from {address} called AE title {called_ae.strip()!r}, "
+                                 f"not ours ({self._own}); DICOM_REQUIRE_CALLED_AE=false accepts any",
+                                 CALLED_AE_NOT_RECOGNISED)
+        return None
+
+    def is_own_health_check(self, calling_ae: str, address: str, proposed: Collection[str]) -> bool:
+        """Our own AE title, from a loopback address, proposing only Verification (see the module's docstring)."""
+        ip = _ip(address)
+        return (self._own is not None and calling_ae == self._own and ip is not None and ip.is_loopback
+                and bool(proposed) and all(str(syntax) == VERIFICATION for syntax in proposed))
+
+    def _check_caller(self, calling_ae: str, address: str, proposed: Collection[str]) -> AccessRefusal | None:
+        if self.is_own_health_check(calling_ae, address, proposed):
+            return None
         ip = _ip(address)
         if self.loopback_only:
             if ip is not None and ip.is_loopback:

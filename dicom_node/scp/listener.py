@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pynetdicom.transport import ThreadedAssociationServer
+from dicom_node.scp.guarded_server import GuardedAssociationServer
 
 __all__ = ["SharedListener", "shared_listener_server", "TURN_WAIT"]
 
@@ -33,7 +33,7 @@ class SharedListener:
     count: int
 
 
-class _SharedListenerServer(ThreadedAssociationServer):
+class _SharedListenerServer(GuardedAssociationServer):
     """An association server accepting, in turn with the other receiving processes, on ``shared.socket``."""
 
     shared: SharedListener
@@ -47,7 +47,7 @@ class _SharedListenerServer(ThreadedAssociationServer):
     def server_activate(self) -> None:
         pass  # the parent listens already
 
-    def get_request(self):
+    def accept_connection(self):
         shared = self.shared
         with shared.turn.get_lock():
             mine = shared.turn.value % shared.count == shared.index
@@ -58,13 +58,13 @@ class _SharedListenerServer(ThreadedAssociationServer):
             if now - self._waiting_since < TURN_WAIT:
                 time.sleep(_NAP)  # the socket stays readable: without a nap this would spin
                 raise BlockingIOError("another receiving process's turn")  # socketserver skips this round
-        request = super().get_request()  # BlockingIOError when another process took the connection first
+        request = super().accept_connection()  # BlockingIOError when another process took the connection first
         self._waiting_since = None
         with shared.turn.get_lock():
             shared.turn.value += 1
         return request
 
 
-def shared_listener_server(shared: SharedListener) -> type[ThreadedAssociationServer]:
+def shared_listener_server(shared: SharedListener) -> type[GuardedAssociationServer]:
     """A server class for ``AE.make_server(server_class=...)`` bound to ``shared``."""
     return type("SharedListenerServer", (_SharedListenerServer,), {"shared": shared})

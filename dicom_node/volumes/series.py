@@ -59,7 +59,8 @@ def _number_of_frames(dataset: Dataset) -> int:
     return int(dataset.get("NumberOfFrames", 1) or 1)
 
 
-def _frame_from_attributes(source: str, position, orientation, spacing, rows: int, columns: int) -> FrameGeometry:
+def _frame_from_attributes(source: str, position, orientation, spacing, rows: int, columns: int,
+                           functional_groups: bool = False) -> FrameGeometry:
     if position is None or orientation is None or spacing is None:
         missing = [
             name
@@ -70,8 +71,10 @@ def _frame_from_attributes(source: str, position, orientation, spacing, rows: in
             )
             if value is None
         ]
+        where = " in its per-frame or shared functional groups" if functional_groups else ""
         raise VolumeGeometryError(
-            f"{source} has no {', '.join(missing)}: it is not a cross-sectional image and cannot be part of a volume"
+            f"{source} has no {', '.join(missing)}{where}: it is not a cross-sectional image and cannot be part of a "
+            "volume"
         )
     return FrameGeometry(
         position=tuple(float(value) for value in position),
@@ -119,6 +122,7 @@ def frame_geometries(dataset: Dataset) -> list[FrameGeometry]:
             _functional_group_value(dataset, frame, "PixelMeasuresSequence", "PixelSpacing"),
             rows,
             columns,
+            functional_groups=True,
         )
         for frame in range(frames)
     ]

@@ -1,9 +1,11 @@
 """The expert-consultation loop of VILA-M3 (VILA_M3_PROTOCOL.md sections 3-6).
 
-Turn 1: model cards + image placeholder(s) + the modality sentence + the question. The first answer is parsed once for a
-trigger; at most one expert result is obtained (a ready-made one when it matches, else the expert runs under a timeout);
-the overlay is drawn on the slice the model saw; turn 2 feeds the result back exactly as trained and its answer is final
-(never parsed again). Whatever the model or the expert does, :meth:`ConsultationAgent.consult` ends in a recorded
+Turn 1: model cards + image placeholder(s) + the modality sentence + the question; every user turn holding an image
+reaches the model in the form the settings choose (``placeholder_form``: as trained, the default, or raw). The first
+answer is parsed once for a trigger; at most one expert result is obtained (a ready-made one when it matches, else the
+expert runs under a timeout); the overlay is drawn on the slice the model saw (or, when that slice shows none of the
+result, where the result is); turn 2 feeds the result back in the training sentence and its answer is final (never
+parsed again). Whatever the model or the expert does, :meth:`ConsultationAgent.consult` ends in a recorded
 :class:`~engines.agent.transcript.Outcome`; it raises only for a request that cannot be shown to the model at all.
 """
 
@@ -105,7 +107,7 @@ class ConsultationAgent:
         self._experts = self._check_experts(experts)
         self._template = template
         self._settings = settings or AgentSettings()
-        self._renderer = renderer or ProtocolImageRenderer()
+        self._renderer = renderer or ProtocolImageRenderer(self._settings.brats_images)
         self._prompt_renderer = prompt_renderer
         if prompt_renderer is not None:
             prompt_renderer(Conversation(template).add(Role.USER, "?"))  # an unknown template fails here, not mid-study
@@ -171,6 +173,7 @@ class ConsultationAgent:
             text = prompts.brats_first_turn_text(request.question, self._model_cards)
         else:
             text = prompts.first_turn_text(request.question, request.modality, self._model_cards)
+        text = prompts.text_as_sent(text, self._settings.placeholder_form)
         conversation = Conversation(self._template).add(Role.USER, text, first.images)
         records = [
             ImageRecord(role, list(image.shape), first.slice_index) for role, image in zip(first.roles, first.images)
@@ -219,8 +222,7 @@ class ConsultationAgent:
         if isinstance(feedback, _End):
             feedback.final_answer = answer.text
             return feedback
-        shown_slice = run.slice.index if run.slice else None
-        feedback_records = [ImageRecord("overlay", list(image.shape), shown_slice) for image in feedback.images]
+        feedback_records = [ImageRecord("overlay", list(image.shape), feedback.overlay_slice) for image in feedback.images]
         if not second_pass:
             return _End(
                 Outcome.SEGMENTED_NO_SECOND_PASS,
@@ -230,8 +232,9 @@ class ConsultationAgent:
                 answer.text,
             )
 
-        conversation.add(Role.ASSISTANT, answer.text).add(Role.USER, feedback.text, feedback.images)
-        final = self._generate(run, conversation, feedback.text, feedback_records, turn_2_tokens)
+        feedback_text = prompts.text_as_sent(feedback.text, self._settings.placeholder_form)
+        conversation.add(Role.ASSISTANT, answer.text).add(Role.USER, feedback_text, feedback.images)
+        final = self._generate(run, conversation, feedback_text, feedback_records, turn_2_tokens)
         if final is None:
             return _End(Outcome.MODEL_FAILED, OutcomeReason.TURN_2_MODEL_ERROR, run.model_error)
         if final.stopped_by == "max_new_tokens":
@@ -387,7 +390,9 @@ class ConsultationAgent:
         begun = self._clock()
         slice_index = run.slice.index if run.slice else None
         try:
-            turn = build_feedback_turn(trigger.expert, result, run.request, self._renderer, slice_index)
+            turn = build_feedback_turn(
+                trigger.expert, result, run.request, self._renderer, slice_index, self._label_groups
+            )
         except (ValueError, TypeError, IndexError, KeyError) as error:
             run.expert_call.error = f"the {trigger.expert.value} result cannot be shown to the model: {error}"
             return _End(Outcome.ANSWERED_WITHOUT_EXPERT, OutcomeReason.EXPERT_RESULT_UNUSABLE, run.expert_call.error)
@@ -395,5 +400,6 @@ class ConsultationAgent:
             run.timings["feedback"] = self._clock() - begun
         if turn.legend is not None:
             run.expert_call.overlay_legend = [[color, name] for color, name in turn.legend]
+            run.expert_call.overlay_slice, run.expert_call.overlay_note = turn.overlay_slice, turn.note
             run.overlay = turn.images[0]
         return turn

@@ -18,6 +18,9 @@ from engines.experts.labels import CXR_PATHOLOGIES
 
 __all__ = [
     "Modality",
+    "PlaceholderForm",
+    "as_trained",
+    "text_as_sent",
     "MODEL_CARDS_LENGTH",
     "BRATS_TRAINING_LEGEND",
     "CXR_TRAINING_PATHOLOGY_ORDER",
@@ -28,6 +31,8 @@ __all__ = [
     "vista3d_legend_text",
     "vista3d_feedback_text",
     "brats_feedback_text",
+    "brats_legend_text",
+    "nothing_found_feedback_text",
     "cxr_prediction_lines",
     "cxr_feedback_text",
 ]
@@ -57,6 +62,46 @@ class Modality(str, enum.Enum):
     CXR = "CXR"
     CT = "CT"
     MRI = "MRI"
+
+
+class PlaceholderForm(str, enum.Enum):
+    """Which form of a user turn with ``<image>`` placeholders reaches the tokenizer.
+
+    ``training`` (the default): the form VILA-M3 was trained on, after VILA's multimodal preprocessing (see
+    :func:`as_trained`). ``raw``: the strings as the training JSON files and the reference's evaluation scripts write
+    them (the CXR evaluation script sends these unchanged, since it does not run that preprocessing).
+    """
+
+    TRAINING = "training"
+    RAW = "raw"
+
+
+_IMAGE = "<image>"
+
+
+def as_trained(text: str) -> str:
+    """A user turn as VILA 355fda9's training data loader rewrote it before tokenisation.
+
+    Our own implementation of what NVlabs/VILA commit 355fda9 ``llava/data/dataset.py`` ``preprocess_multimodal``
+    does to every sentence holding ``<image>`` (VILA-M3 sets neither ``mm_use_im_start_end`` nor an ``mmtag``
+    template): the text is cut at each placeholder, every piece is stripped, a space is appended to each piece that
+    comes before a placeholder (a stripped piece never ends with a newline, so each one gets it), the pieces are joined
+    by ``"<image>\n"`` and the whole is stripped; every placeholder is then followed by exactly one newline. Text
+    without a placeholder is returned unchanged (the CXR feedback turn, follow-up turns).
+
+    So ``...expert model.\n<image> This is a CT image.\nQ`` becomes ``...expert model. <image>\nThis is a CT
+    image.\nQ`` and ``The results are <image>. The colors...`` becomes ``The results are <image>\n. The colors...``.
+    """
+    if _IMAGE not in text:
+        return text
+    pieces = [piece.strip() for piece in text.split(_IMAGE)]
+    joined = (_IMAGE + "\n").join([piece + " " for piece in pieces[:-1]] + [pieces[-1]]).strip()
+    return joined.replace(_IMAGE, _IMAGE + "\n").replace(_IMAGE + "\n\n", _IMAGE + "\n")
+
+
+def text_as_sent(text: str, form: PlaceholderForm | str) -> str:
+    """``text`` in the placeholder form the settings chose (``training`` or ``raw``)."""
+    return as_trained(text) if PlaceholderForm(form) is PlaceholderForm.TRAINING else text
 
 
 @cache
@@ -127,6 +172,55 @@ def brats_feedback_text(question: str, legend: str = BRATS_TRAINING_LEGEND) -> s
     return (
         f"The results are <image>. The colors in this image describe\n{legend}\n"
         f"Use this result to respond to this prompt:\n{_check_question(question)}."
+    )
+
+
+BRATS_NECROTIC_CORE, BRATS_EDEMA, BRATS_ENHANCING = 1, 2, 4
+
+
+def brats_legend_text(colour_of: Mapping[int, str]) -> str:
+    """The BraTS legend for the labels drawn on the shown slice (``colour_of``: label id -> overlay colour).
+
+    With labels 1, 2 and 4 all drawn (red, blue, yellow) this is exactly the training legend. With fewer, it is
+    written from the labels present as the reference demo does (Project-MONAI/VLM-Radiology-Agent-Framework
+    ``m3/demo/experts/expert_monai_brats.py``, ``segmentation_to_string``): "tumor core" only when labels 1 and 4 are
+    both drawn, "only <colour of 4>: enhancing tumor" when 4 is, "all colors: whole tumor" when any is; but with the
+    colours in the training sentence's order (enhancing first: "yellow and red"), where the demo writes them the other
+    way round. So the legend never names a colour the image does not show, nor gives a colour another label's meaning.
+    """
+    necrotic, edema, enhancing = (colour_of.get(label) for label in (BRATS_NECROTIC_CORE, BRATS_EDEMA, BRATS_ENHANCING))
+    if necrotic is None and edema is None and enhancing is None:
+        raise ValueError("no BraTS tumour label (1, 2 or 4) is drawn: there is no legend to write")
+    clauses = []
+    if necrotic is not None and enhancing is not None:
+        clauses.append(f"{enhancing} and {necrotic}: tumor core")
+    if enhancing is not None:
+        clauses.append(f"only {enhancing}: enhancing tumor")
+    clauses.append("all colors: whole tumor")
+    return ", ".join(clauses)
+
+
+def nothing_found_feedback_text(expert: str, question: str, structures: Sequence[str] = ()) -> str:
+    """The user turn after a segmentation expert that found nothing anywhere in the study (no legend to write).
+
+    Not a training string (training never had an empty result): the overlay image still fills ``<image>`` (the slice
+    the model saw, with no colours), and the sentence says in plain words that nothing was found, in the place and
+    punctuation of the VISTA3D (``structures`` named) or BraTS training sentence.
+    """
+    question = _check_question(question)
+    if expert == "BRATS":
+        return (
+            "The results are <image>. There are no colors in this image: no brain tumor was found in this scan.\n"
+            f"Use this result to respond to this prompt:\n{question}."
+        )
+    if structures and len(structures) <= 6:
+        named = structures[0] if len(structures) == 1 else ", ".join(structures[:-1]) + " or " + structures[-1]
+        found = f"{expert} found no {named} in this scan"
+    else:
+        found = f"{expert} found none of the structures it segments in this scan"
+    return (
+        f"The results are <image>. There are no colors in this image: {found}. "
+        f"Use this result to respond to this prompt:\n{question}."
     )
 
 

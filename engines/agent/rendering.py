@@ -19,6 +19,7 @@ from engines.experts.base import ExpertInput
 
 __all__ = [
     "ImageForm",
+    "BratsImages",
     "BRATS_SEQUENCE_NAMES",
     "FirstTurnImages",
     "RenderedOverlay",
@@ -38,6 +39,20 @@ class ImageForm(str, enum.Enum):
     BRATS = "BRATS"  # the same axial slice of four MRI sequences (4, X, Y, Z): T1c, T1, T2, FLAIR
 
 
+class BratsImages(str, enum.Enum):
+    """What the four placeholders of the BraTS first turn show.
+
+    ``as_trained`` (the default): the T1c slice for all four, as every BraTS training conversation of VILA-M3 did
+    (Project-MONAI/VLM-Radiology-Agent-Framework ``m3/data_prepare/experts/expert_extract_slices_brats.py`` saves
+    ``image_slices[0]``, the T1c slice, under each sequence's name). ``sequences``: the same slice of each of the four
+    sequences, what the prompt's words describe but the model never saw in training. The expert always gets the four
+    real sequences either way.
+    """
+
+    AS_TRAINED = "as_trained"
+    SEQUENCES = "sequences"
+
+
 @dataclass(frozen=True)
 class FirstTurnImages:
     images: tuple[np.ndarray, ...]  # (H, W, 3) uint8, in placeholder order
@@ -50,6 +65,8 @@ class FirstTurnImages:
 class RenderedOverlay:
     image: np.ndarray  # (H, W, 3) uint8
     legend: tuple[tuple[str, str], ...]  # (colour, label name) for the labels in the shown slice, in colour order
+    labels: tuple[int, ...] = ()  # the label ids of ``legend``, in the same order
+    slice_index: int | None = None  # the axial slice it was drawn on
 
 
 @runtime_checkable
@@ -69,13 +86,27 @@ class StudyImageRenderer(Protocol):
         """The labels of the shown slice drawn over it, as the model saw it in the first turn."""
         ...
 
-    def best_slice(self, label_volume: np.ndarray, affine: np.ndarray, labels: Iterable[int] | None) -> int | None:
-        """The axial slice with the most voxels of ``labels`` (None: any label); None when there are none."""
+    def best_slice(
+        self,
+        label_volume: np.ndarray,
+        affine: np.ndarray,
+        labels: Iterable[int] | None,
+        *,
+        require_all: Iterable[int] | None = None,
+    ) -> int | None:
+        """The axial slice with the most voxels of ``labels`` (None: any label), among the slices holding every label of
+        ``require_all`` when there is one; None when there are no such voxels."""
         ...
 
 
 class ProtocolImageRenderer:
-    """The protocol's images, drawn by ``engines.images`` (imported on first use: scikit-image is not light)."""
+    """The protocol's images, drawn by ``engines.images`` (imported on first use: scikit-image is not light).
+
+    ``brats_images`` chooses what the BraTS first turn shows (see :class:`BratsImages`).
+    """
+
+    def __init__(self, brats_images: BratsImages | str = BratsImages.AS_TRAINED) -> None:
+        self.brats_images = BratsImages(brats_images)
 
     def first_turn_images(self, form: ImageForm, inputs: ExpertInput, slice_index: int | None) -> FirstTurnImages:
         from engines import images
@@ -85,8 +116,12 @@ class ProtocolImageRenderer:
             return FirstTurnImages((images.cxr_image(inputs.volume),), ("slice",), None, None)
         affine = _require_affine(inputs)
         if form is ImageForm.BRATS:
-            shown = [images.slice_image(sequence, affine, "MRI", slice_index) for sequence in inputs.volume]
             count = _axial_count(inputs.volume[0], affine)
+            if self.brats_images is BratsImages.AS_TRAINED:
+                t1c = images.slice_image(inputs.volume[0], affine, "MRI", slice_index)
+                roles = ("T1c",) + tuple(f"T1c (as trained, in place of {name})" for name in BRATS_SEQUENCE_NAMES[1:])
+                return FirstTurnImages((t1c.rgb,) * 4, roles, t1c.slice_index, count)
+            shown = [images.slice_image(sequence, affine, "MRI", slice_index) for sequence in inputs.volume]
             return FirstTurnImages(tuple(s.rgb for s in shown), BRATS_SEQUENCE_NAMES, shown[0].slice_index, count)
         shown = images.slice_image(inputs.volume, affine, form.value, slice_index)
         return FirstTurnImages((shown.rgb,), ("slice",), shown.slice_index, _axial_count(inputs.volume, affine))
@@ -108,12 +143,20 @@ class ProtocolImageRenderer:
         # BraTS: drawn over the T1c slice, as the reference's training slices and demo do.
         base, modality = (inputs.volume[0], "MRI") if form is ImageForm.BRATS else (inputs.volume, form.value)
         drawn = images.render_overlay(base, label_volume, affine, modality, label_names, slice_index)
-        return RenderedOverlay(drawn.rgb, drawn.legend_pairs)
+        labels = tuple(entry.label for entry in drawn.entries)
+        return RenderedOverlay(drawn.rgb, drawn.legend_pairs, labels, drawn.slice_index)
 
-    def best_slice(self, label_volume: np.ndarray, affine: np.ndarray, labels: Iterable[int] | None) -> int | None:
+    def best_slice(
+        self,
+        label_volume: np.ndarray,
+        affine: np.ndarray,
+        labels: Iterable[int] | None,
+        *,
+        require_all: Iterable[int] | None = None,
+    ) -> int | None:
         from engines import images
 
-        return images.best_slice_index(label_volume, affine, labels)
+        return images.best_slice_index(label_volume, affine, labels, require_all=require_all)
 
 
 def _require_affine(inputs: ExpertInput) -> np.ndarray:

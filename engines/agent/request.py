@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from engines.agent.expert_call import PendingExpertResult, ReadyResult
-from engines.agent.prompts import Modality
-from engines.agent.rendering import ImageForm
+from engines.agent.prompts import Modality, PlaceholderForm
+from engines.agent.rendering import BratsImages, ImageForm
 from engines.agent.transcript import Transcript
 from engines.experts.base import ExpertInput, ExpertResult
 
@@ -36,9 +36,13 @@ class AgentSettings:
     max_total_new_tokens: int = 2048  # over all generations of one consultation
     expert_timeout_s: float = 900.0  # VISTA3D on a large CT takes minutes on a small GPU
     generation_timeout_s: float = 300.0  # handed to the backend with each generation
+    placeholder_form: PlaceholderForm = PlaceholderForm.TRAINING  # user turns with <image> as trained, or raw
+    brats_images: BratsImages = BratsImages.AS_TRAINED  # the BraTS first turn's images: T1c x 4 as trained, or 4 sequences
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "slice_policy", SlicePolicy(self.slice_policy))
+        object.__setattr__(self, "placeholder_form", PlaceholderForm(self.placeholder_form))
+        object.__setattr__(self, "brats_images", BratsImages(self.brats_images))
         self._check_turns()
         self._check_tokens()
         self._check_timeouts()
@@ -65,6 +69,8 @@ class AgentSettings:
     def as_record(self) -> dict[str, Any]:
         record = asdict(self)
         record["slice_policy"] = self.slice_policy.value
+        record["placeholder_form"] = self.placeholder_form.value
+        record["brats_images"] = self.brats_images.value
         return record
 
 

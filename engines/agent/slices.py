@@ -2,7 +2,8 @@
 
 ``most_structure`` needs a segmentation before turn 1, so it uses the first ready-made result of the form's expert
 (VISTA3D for CT, BraTS for the four MRI sequences) and counts the voxels of that result's label group (all labels for
-``everything`` and for BraTS). A result still running is waited for (up to expert_timeout_s): with this policy turn 1
+``everything`` and for BraTS); for BraTS only the slices holding all three tumour labels (1, 2, 4) compete when there
+is one, as in training. A result still running is waited for (up to expert_timeout_s): with this policy turn 1
 cannot overlap the route's expert. Without a usable result, or when it found nothing, the middle slice is used and the
 reason recorded.
 """
@@ -20,6 +21,7 @@ from engines.experts.base import ExpertError, ExpertName
 __all__ = ["choose_slice"]
 
 _FORM_EXPERT = {ImageForm.CT: ExpertName.VISTA3D, ImageForm.BRATS: ExpertName.BRATS}
+BRATS_TUMOUR_LABELS = (1, 2, 4)  # BraTS training kept only slices holding all three (its fixed legend describes them)
 
 
 def choose_slice(
@@ -50,8 +52,9 @@ def choose_slice(
         return None, f"most_structure: the ready-made {asked} result has no label volume, so the middle slice"
     group = label_groups.get(result.argument or "everything") if expert is ExpertName.VISTA3D else None
     labels = list(group.values()) if isinstance(group, dict) else None
+    require_all = BRATS_TUMOUR_LABELS if expert is ExpertName.BRATS else None
     try:
-        index = renderer.best_slice(result.label_volume, request.expert_input.affine, labels)
+        index = renderer.best_slice(result.label_volume, request.expert_input.affine, labels, require_all=require_all)
     except ValueError as error:
         return None, f"most_structure: the {asked} result could not be searched ({error}), so the middle slice"
     if index is None:

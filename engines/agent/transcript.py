@@ -124,6 +124,8 @@ class ExpertCallRecord:
     result: ExpertResultSummary | None = None
     overlay_legend: list[list[str]] | None = None  # [[color, name], ...] for segmentation experts
     error: str = ""
+    overlay_slice: int | None = None  # the axial slice the overlay was drawn on (the one the model saw, unless noted)
+    overlay_note: str = ""  # why the overlay is on another slice, or that the expert found nothing
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ExpertCallRecord:

@@ -1,9 +1,14 @@
 """CXR: the eight TorchXRayVision models as an ensemble, run from their ONNX (or torch.export) form.
 
-Preprocessing as TorchXRayVision does it: 8-bit 0..255 -> ``(2 * x / 255 - 1) * 1024``, first channel, centre crop
-to the short side (``XRayCenterCrop``), then resize to each model's resolution (224 for the DenseNets, 512 for the
-ResNet) with bilinear interpolation and antialiasing, which is what the models' own ``fix_resolution`` does with
-the cropped image the reference passes them. Scores: for each of the 18 pathologies, the mean over the models of
+Preprocessing as the training-era TorchXRayVision did it: 8-bit 0..255 -> ``(2 * x / 255 - 1) * 1024``, first channel,
+centre crop to the short side (``XRayCenterCrop``), then resize to each model's resolution (224 for the DenseNets, 512
+for the ResNet) by the models' own ``fix_resolution``, which the reference reaches by passing them the cropped image.
+In the torchxrayvision the VILA-M3 training scores were made with (1.2.4, named in Project-MONAI/VLM-Radiology-Agent-
+Framework ``m3/data_prepare/experts/torchxrayvision/README.md``) that is ``nn.Upsample(mode="bilinear",
+align_corners=False)``: plain bilinear, no antialiasing, also when it shrinks a 2,000-pixel radiograph to 224
+(mlmed/torchxrayvision ``torchxrayvision/models.py`` before 09bafae). Since 09bafae (January 2025) torchxrayvision
+interpolates with ``antialias=True``, which changes the scores (a yes/no near 0.5 can flip); we keep the training-era
+resize, and ``antialias=True`` only on request. Scores: for each of the 18 pathologies, the mean over the models of
 its subset (``pathology_groups`` in ensemble.json, else every model) that predict it (non-empty entry).
 No torchvision and no torchxrayvision are needed here.
 """
@@ -76,8 +81,12 @@ def cxr_artifacts(entry: CxrModelEntry) -> NetworkArtifacts:
     )
 
 
-def preprocess_cxr(image: np.ndarray, resolutions: set[int]) -> dict[int, torch.Tensor]:
-    """uint8 (H, W) or (H, W, C) -> per resolution a (1, 1, R, R) float32 tensor in [-1024, 1024]."""
+def preprocess_cxr(image: np.ndarray, resolutions: set[int], *, antialias: bool = False) -> dict[int, torch.Tensor]:
+    """uint8 (H, W) or (H, W, C) -> per resolution a (1, 1, R, R) float32 tensor in [-1024, 1024].
+
+    The resize is the training era's plain bilinear (``align_corners=False``, no antialiasing); ``antialias=True`` is
+    what torchxrayvision does since January 2025.
+    """
     image = np.asarray(image)
     if image.ndim == 3:
         image = image[:, :, 0]
@@ -96,7 +105,7 @@ def preprocess_cxr(image: np.ndarray, resolutions: set[int]) -> dict[int, torch.
             resized[resolution] = cropped
         else:
             resized[resolution] = torch.nn.functional.interpolate(
-                cropped, size=(resolution, resolution), mode="bilinear", antialias=True
+                cropped, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=antialias
             )
     return resized
 

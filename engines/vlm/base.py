@@ -59,6 +59,7 @@ class GenerationConfig:
     min_new_tokens: int = 2
     temperature: float = 0.0  # greedy, as evaluated
     timeout_s: float = 300.0
+    logprobs: int = 0  # > 0: each generated token's log-probability and the top ``logprobs`` alternatives
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class Generation:
     total_s: float
     backend: str  # "vila-torch-cpu", "vila-torch-cuda", "openai:<url>"
     model: str
+    # With GenerationConfig.logprobs > 0: each generated token as the tokenizer decodes it alone (the stop token
+    # included, as the OpenAI API lists it), its log-probability, and the most likely tokens at that step.
+    tokens: tuple[str, ...] = ()
+    token_logprobs: tuple[float, ...] = ()
+    top_logprobs: tuple[tuple[tuple[str, float], ...], ...] = ()
 
 
 @runtime_checkable

@@ -1,12 +1,13 @@
 """A tiny VILA-format checkpoint with random weights: the real layout and code path, on a CPU, in seconds.
 
-A tiny Llama (``llm/``) with a tokenizer trained here with the ``tokenizers`` library (it knows the template's special
-tokens), a tiny SigLIP tower (``vision_tower/``; 384 px, patch 14 by default, so the 27x27 -> 196-token path is the real
+A tiny Llama (``llm/``) with a tokenizer trained here (``llama_3``: a byte-level BPE with the ``tokenizers`` library,
+knowing the template's special tokens; ``vicuna_v1``: a Llama-2 style SentencePiece model with ``sentencepiece``), a tiny SigLIP tower (``vision_tower/``; 384 px, patch 14 by default, so the 27x27 -> 196-token path is the real
 one), and an ``mlp_downsample`` projector (``mm_projector/``). Its answers are noise: anything it produces is a DEMO.
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from engines.vlm.templates import TemplateName, get_template
@@ -46,29 +47,46 @@ def _corpus(template: TemplateName) -> list[str]:
     return lines * 4
 
 
-def _train_tokenizer(template: TemplateName, vocab_size: int):
+def train_sentencepiece_model(path: Path, lines: list[str], vocab_size: int) -> Path:
+    """A tiny Llama-2 style SentencePiece model (BPE, byte fallback, split digits, identity normalisation, dummy prefix,
+    <unk>/<s>/</s> = 0/1/2), trained here with the ``sentencepiece`` library, written to ``path``."""
+    import io
+
+    import sentencepiece
+
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=model, model_type="bpe", vocab_size=vocab_size,
+        hard_vocab_limit=False, byte_fallback=True, split_digits=True, allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, num_threads=1, minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def _train_tokenizer(template: TemplateName, vocab_size: int, workdir: Path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     specials = _SPECIAL_TOKENS[template]
     special_list = [t for t in (specials["unk"], specials["bos"], specials["eos"]) if t] + specials["extra"]
     if template is TemplateName.VICUNA_V1:
-        # Llama-2 style: SentencePiece-like metaspace pieces, <s> added in front.
-        tokenizer = Tokenizer(models.BPE(unk_token=specials["unk"]))
-        tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first")
-        tokenizer.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first")
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_list, show_progress=False)
-    else:
-        # Llama-3 style: byte-level BPE, <|begin_of_text|> added in front.
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        tokenizer.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=special_list,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        )
+        # Llama-2 style: a real SentencePiece model, loaded as VILA loads it (slow, legacy=False).
+        from engines.vlm.tokenizer import SentencePieceLlamaTokenizer
+
+        model_file = train_sentencepiece_model(workdir / "tokenizer.model", _corpus(template), vocab_size)
+        return SentencePieceLlamaTokenizer(model_file)
+    # Llama-3 style: byte-level BPE, <|begin_of_text|> added in front.
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_list,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(_corpus(template), trainer)
     bos = specials["bos"]
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -98,10 +116,21 @@ def write_demo_checkpoint(
 ) -> Path:
     """Write a tiny random VILA checkpoint to ``directory`` (created) and return it.
 
-    ``template`` picks the tokenizer's special tokens (``llama_3``: ``<|begin_of_text|>`` ... ``<|eot_id|>``;
-    ``vicuna_v1``: ``<s>``, ``</s>``). Load it with ``VilaM3(directory, template=template)``: the checkpoint does not
+    ``template`` picks the tokenizer (``llama_3``: byte-level BPE with ``<|begin_of_text|>`` ... ``<|eot_id|>``;
+    ``vicuna_v1``: a SentencePiece ``tokenizer.model`` with ``<s>``, ``</s>``, as Llama-2 ships it). Load it with ``VilaM3(directory, template=template)``: the checkpoint does not
     name its template, exactly like the published ones.
     """
+    template_name = get_template(template).name
+    if image_size < 2 * patch_size:
+        raise ValueError(f"image_size {image_size} must hold at least 2x2 patches of {patch_size} px")
+    directory = Path(directory)
+    with tempfile.TemporaryDirectory(prefix="m3edge-demo-tokenizer-") as workdir:
+        return _write(directory, template_name, image_size, patch_size, llm_hidden_size, vision_hidden_size,
+                      _train_tokenizer(template_name, vocab_size, Path(workdir)), seed)
+
+
+def _write(directory: Path, template_name: TemplateName, image_size: int, patch_size: int, llm_hidden_size: int,
+           vision_hidden_size: int, tokenizer, seed: int) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, SiglipVisionConfig, SiglipVisionModel
 
@@ -109,11 +138,6 @@ def write_demo_checkpoint(
     from engines.vlm.preprocessing import SiglipPreprocessor
     from engines.vlm.projector import MlpDownsampleProjector
 
-    template_name = get_template(template).name
-    if image_size < 2 * patch_size:
-        raise ValueError(f"image_size {image_size} must hold at least 2x2 patches of {patch_size} px")
-    directory = Path(directory)
-    tokenizer = _train_tokenizer(template_name, vocab_size)
     torch.manual_seed(seed)
     llm_config = LlamaConfig(
         vocab_size=len(tokenizer),

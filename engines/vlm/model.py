@@ -2,10 +2,12 @@
 
 Faithful to VILA 355fda9: the prompt is rendered by ``engines.vlm.templates``; it is tokenised chunk by chunk around each
 ``<image>`` (VILA's ``tokenizer_image_token``: the first chunk keeps the tokenizer's BOS, later chunks lose theirs, the
-sentinel -200 marks each image); each sentinel is replaced by that image's projector output (196 embeddings at 384 px);
+sentinel -200 marks each image) by the tokenizer VILA loads (``engines.vlm.tokenizer``: SentencePiece ``legacy=False``
+for the Llama-2 based 3B/13B); each sentinel is replaced by that image's projector output (196 embeddings at 384 px);
 SigLIP features come from layer ``mm_vision_select_layer`` (-2) with ``mm_vision_select_feature`` (``cls_patch`` keeps
-all patch tokens: SigLIP has no CLS). Decoding is greedy with a KV cache and stops on the template's stop string
-(``<|eot_id|>`` for llama_3, ``</s>`` for vicuna_v1) or the tokenizer's EOS; min/max new tokens are honoured.
+all patch tokens: SigLIP has no CLS). Decoding is greedy with a KV cache and stops on the template's stop strings
+(``<|eot_id|>`` and ``<|end_of_text|>`` for llama_3, ``</s>`` for vicuna_v1) or the tokenizer's EOS; min/max new
+tokens are honoured. Needs transformers 5 (``from_pretrained(dtype=...)``, ``cache=`` in the decoding loop).
 
 Create one per worker process and reuse it: loading the 8B takes tens of seconds.
 """
@@ -14,23 +16,23 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from engines.vlm.base import IMAGE_PLACEHOLDER, Conversation, Generation, GenerationConfig, VlmError
+from engines.vlm.base import Conversation, Generation, GenerationConfig, VlmError
 from engines.vlm.checkpoint import VilaCheckpoint, write_checkpoint
 from engines.vlm.preprocessing import SiglipPreprocessor
 from engines.vlm.projector import MlpDownsampleProjector, TokenOrder
 from engines.vlm.templates import get_template, render_prompt, stop_strings, template_for_checkpoint
+from engines.vlm.tokenizer import IMAGE_TOKEN_INDEX, tokenize_with_image_sentinels
 
 __all__ = ["VilaM3", "VilaRun", "IMAGE_TOKEN_INDEX", "resolve_dtype"]
 
 logger = logging.getLogger(__name__)
 
-IMAGE_TOKEN_INDEX = -200  # VILA's sentinel for "<image>" while tokenising
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -92,12 +94,14 @@ class VilaM3:
     # -- loading -------------------------------------------------------------------------------------------------
 
     def _load(self, order: TokenOrder) -> None:
-        from transformers import AutoTokenizer, LlamaForCausalLM, SiglipVisionModel
+        from transformers import LlamaForCausalLM, SiglipVisionModel
+
+        from engines.vlm.tokenizer import load_tokenizer
 
         started = time.perf_counter()
         llm_dir = self.checkpoint.component("llm")
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+            self.tokenizer = load_tokenizer(llm_dir)
             self.llm = LlamaForCausalLM.from_pretrained(llm_dir, dtype=self.dtype).to(self.device).eval()
             tower_dir = self.checkpoint.component("vision_tower")
             self.vision_tower = SiglipVisionModel.from_pretrained(tower_dir, dtype=self.dtype).to(self.device).eval()
@@ -138,21 +142,9 @@ class VilaM3:
     # -- the pieces ----------------------------------------------------------------------------------------------
 
     def tokenize_prompt(self, prompt: str) -> list[int]:
-        """VILA's ``tokenizer_image_token``: ids with ``IMAGE_TOKEN_INDEX`` at each ``<image>``.
-
-        Each text chunk is tokenised on its own with the tokenizer's special tokens. If the first chunk starts with BOS it
-        is kept once, and the leading BOS of every later chunk is dropped, so the ids on either side of an image are
-        exactly the tokenisation of the text there. (VILA drops the first id of later chunks unconditionally; it is
-        always BOS for the Llama tokenizers VILA-M3 ships, and only a BOS is dropped here.)
-        """
-        chunks = [self.tokenizer(chunk).input_ids for chunk in prompt.split(IMAGE_PLACEHOLDER)]
-        bos = self.tokenizer.bos_token_id
-        keep_bos = bool(chunks[0]) and bos is not None and chunks[0][0] == bos
-        ids: list[int] = list(chunks[0])
-        for chunk in chunks[1:]:
-            ids.append(IMAGE_TOKEN_INDEX)
-            ids.extend(chunk[1:] if keep_bos and chunk and chunk[0] == bos else chunk)
-        return ids
+        """VILA's ``tokenizer_image_token``: ids with ``IMAGE_TOKEN_INDEX`` at each ``<image>`` (see
+        ``engines.vlm.tokenizer.tokenize_with_image_sentinels``)."""
+        return tokenize_with_image_sentinels(self.tokenizer, prompt)
 
     @torch.inference_mode()
     def encode_images(self, images: list[np.ndarray]) -> torch.Tensor:
@@ -187,44 +179,67 @@ class VilaM3:
     def generate(self, conversation: Conversation, config: GenerationConfig = GenerationConfig()) -> Generation:
         return self.run(conversation, config).generation
 
+    def prompt_embeddings(self, conversation: Conversation) -> torch.Tensor:
+        """(1, L, hidden): the prompt's text embeddings with each image's 196 embeddings in place."""
+        self._check_template(conversation)
+        return self._embeddings(self.tokenize_prompt(render_prompt(conversation)), conversation.images)[0]
+
     def prompt_logits(self, conversation: Conversation) -> torch.Tensor:
         """Next-token logits after the prompt (float32, on CPU): what a save/load round trip must keep."""
-        inputs_embeds, _, _, _ = self._prepare(conversation)
+        inputs_embeds = self.prompt_embeddings(conversation)
         with torch.inference_mode():
             return self.llm(inputs_embeds=inputs_embeds, logits_to_keep=1).logits[0, -1].float().cpu()
 
-    def _prepare(self, conversation: Conversation) -> tuple[torch.Tensor, list[int], int, tuple[float, float, str]]:
+    def _check_template(self, conversation: Conversation) -> None:
         if conversation.template != self.template.value:
             raise VlmError(
                 f"the conversation uses template {conversation.template!r} but this checkpoint is loaded with "
                 f"{self.template.value!r}: build the conversation with the model's template"
             )
-        started = time.perf_counter()
-        prompt = render_prompt(conversation)
-        input_ids = self.tokenize_prompt(prompt)
-        prompt_built = time.perf_counter()
-        images = conversation.images
+
+    def _embeddings(self, input_ids: list[int], images: list[np.ndarray]) -> tuple[torch.Tensor, int]:
         if images:
             image_embeddings = self.encode_images(images)
         else:
             image_embeddings = torch.zeros(0, 0, self.checkpoint.hidden_size, device=self.device, dtype=self.dtype)
-        encoded = time.perf_counter()
         with torch.inference_mode():
             inputs_embeds = self.embed(input_ids, image_embeddings)
-        count = int(image_embeddings.shape[0] * image_embeddings.shape[1]) if images else 0
-        return inputs_embeds, input_ids, count, (prompt_built - started, encoded - prompt_built, prompt)
+        return inputs_embeds, int(image_embeddings.shape[0] * image_embeddings.shape[1]) if images else 0
 
     def run(self, conversation: Conversation, config: GenerationConfig = GenerationConfig()) -> VilaRun:
-        _check_config(config)
+        self._check_template(conversation)
         started = time.perf_counter()
-        inputs_embeds, input_ids, image_count, (build_s, encode_s, prompt) = self._prepare(conversation)
+        prompt = render_prompt(conversation)
+        return self.run_ids(self.tokenize_prompt(prompt), conversation.images, config, prompt=prompt, started=started)
+
+    def run_ids(
+        self,
+        input_ids: list[int],
+        images: list[np.ndarray],
+        config: GenerationConfig = GenerationConfig(),
+        *,
+        prompt: str = "",
+        stop_token_ids: set[int] | None = None,
+        started: float | None = None,
+    ) -> VilaRun:
+        """Answer the prompt ``input_ids`` (``IMAGE_TOKEN_INDEX`` where each of ``images`` goes), greedily.
+
+        ``stop_token_ids`` replaces the stop tokens (default: the template's stop strings and the tokenizer's EOS).
+        """
+        _check_config(config)
+        started = time.perf_counter() if started is None else started
+        built = time.perf_counter()
+        inputs_embeds, image_count = self._embeddings(input_ids, images)
+        encoded = time.perf_counter()
         prompt_tokens = int(inputs_embeds.shape[1])
         context = self.checkpoint.context_length
         if prompt_tokens >= context:
             raise VlmError(f"the prompt is {prompt_tokens} tokens, the model's context is {context}: shorten it")
         budget = min(config.max_new_tokens, context - prompt_tokens)
-        output_ids, stopped_by, first_token_at = self._decode(inputs_embeds, budget, config, started)
+        stops = (set(stop_token_ids), []) if stop_token_ids is not None else (self._stop_token_ids, self._stop_sequences)
+        decoded = self._decode(inputs_embeds, budget, config, started, stops)
         finished = time.perf_counter()
+        output_ids, stopped_by = decoded.output_ids, decoded.stopped_by
         answer_ids = output_ids[:-1] if stopped_by == "stop_token" else output_ids
         text = self.tokenizer.decode(answer_ids, skip_special_tokens=True)
         for stop in stop_strings(self.template):
@@ -236,36 +251,56 @@ class VilaM3:
             prompt_tokens=prompt_tokens,
             completion_tokens=len(output_ids),
             stopped_by=stopped_by,
-            time_to_first_token_s=first_token_at - started,
+            time_to_first_token_s=decoded.first_token_at - started,
             total_s=finished - started,
             backend=self.backend_name,
             model=self.model_name,
+            tokens=tuple(self.token_text(token) for token in output_ids) if config.logprobs else (),
+            token_logprobs=tuple(decoded.logprobs),
+            top_logprobs=tuple(tuple((self.token_text(t), p) for t, p in top) for top in decoded.top),
         )
-        return VilaRun(generation, input_ids, output_ids, image_count, build_s, encode_s)
+        return VilaRun(generation, input_ids, output_ids, image_count, built - started, encoded - built)
+
+    def token_text(self, token: int) -> str:
+        """One token as the tokenizer decodes it alone (how an OpenAI-compatible server names it in ``logprobs``)."""
+        return self.tokenizer.decode([int(token)])
 
     @torch.inference_mode()
     def _decode(
-        self, inputs_embeds: torch.Tensor, budget: int, config: GenerationConfig, started: float
-    ) -> tuple[list[int], str, float]:
-        output_ids: list[int] = []
-        suppress = torch.tensor(sorted(self._stop_token_ids), device=self.device, dtype=torch.long)
+        self,
+        inputs_embeds: torch.Tensor,
+        budget: int,
+        config: GenerationConfig,
+        started: float,
+        stops: tuple[set[int], list[list[int]]],
+    ) -> _Decoded:
+        stop_ids, stop_sequences = stops
+        decoded = _Decoded()
+        output_ids = decoded.output_ids
+        suppress = torch.tensor(sorted(stop_ids), device=self.device, dtype=torch.long)
         sampler = torch.Generator(device="cpu").manual_seed(0) if config.temperature > 0 else None
         out = self.llm(inputs_embeds=inputs_embeds, use_cache=True, logits_to_keep=1)
-        first_token_at = 0.0
         while True:
             logits = out.logits[0, -1].float()
+            if config.logprobs:
+                decoded.record(logits, config.logprobs)
             if len(output_ids) < config.min_new_tokens and suppress.numel():
                 logits[suppress] = float("-inf")
             token = _pick(logits, config.temperature, sampler)
             output_ids.append(token)
+            if config.logprobs:
+                decoded.chose(token)
             if len(output_ids) == 1:
-                first_token_at = time.perf_counter()
-            if token in self._stop_token_ids:
-                return output_ids, "stop_token", first_token_at
-            if any(output_ids[-len(seq):] == seq for seq in self._stop_sequences if len(output_ids) >= config.min_new_tokens):
-                return output_ids, "stop_token", first_token_at
+                decoded.first_token_at = time.perf_counter()
+            if token in stop_ids:
+                decoded.stopped_by = "stop_token"
+                return decoded
+            if any(output_ids[-len(seq):] == seq for seq in stop_sequences if len(output_ids) >= config.min_new_tokens):
+                decoded.stopped_by = "stop_token"
+                return decoded
             if len(output_ids) >= budget:
-                return output_ids, "max_new_tokens", first_token_at
+                decoded.stopped_by = "max_new_tokens"
+                return decoded
             if time.perf_counter() - started > config.timeout_s:
                 raise VlmError(f"generation passed its {config.timeout_s:g} s timeout after {len(output_ids)} tokens")
             step = torch.tensor([[token]], device=self.device)
@@ -287,6 +322,28 @@ class VilaM3:
             model_dtype=str(self.dtype).removeprefix("torch."),
             extra=extra,
         )
+
+
+@dataclass
+class _Decoded:
+    """What one decoding loop produced; the log-probabilities are of the raw logits (before min_new_tokens holds the
+    stop tokens back)."""
+
+    output_ids: list[int] = field(default_factory=list)
+    stopped_by: str = ""
+    first_token_at: float = 0.0
+    logprobs: list[float] = field(default_factory=list)
+    top: list[list[tuple[int, float]]] = field(default_factory=list)
+    _step: torch.Tensor | None = None
+
+    def record(self, logits: torch.Tensor, count: int) -> None:
+        self._step = torch.log_softmax(logits, dim=-1)
+        values, indices = torch.topk(self._step, min(count, self._step.numel()))
+        self.top.append([(int(i), float(v)) for i, v in zip(indices.tolist(), values.tolist())])
+
+    def chose(self, token: int) -> None:
+        assert self._step is not None
+        self.logprobs.append(float(self._step[token]))
 
 
 def _check_config(config: GenerationConfig) -> None:

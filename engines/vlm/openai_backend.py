@@ -9,7 +9,11 @@ Two prompt modes:
   the checkpoint path. Sending ``prompt[len(prefix):-len(suffix)]`` (``templates.single_turn_wrapping``) therefore makes the
   server's final prompt our prompt byte for byte, multi-turn history and ``<image>`` positions included. The server must
   apply the same template (see the README on directory naming) and count the ``<image>`` placeholders already in the
-  text (recent TensorRT-LLM does; an older one answers with an image/placeholder count error).
+  text (TensorRT-LLM from PR #12827 on, or patched by deploy/trtllm/patch_vila_355fda9.py; an older unpatched one
+  answers with an image/placeholder count error). For the Llama-2 based checkpoints (``vicuna_v1``: SentencePiece,
+  ``legacy=False``) one space goes after each ``<image>``: the server tokenises the whole prompt at once, where text
+  after a special token gets no leading space token, while VILA tokenised each chunk after an image on its own, which
+  gave it one; with the space the server's ids are VILA's (SentencePiece reads a space as ``\u2581``).
 - ``chat``: plain OpenAI chat messages (text and ``image_url`` parts in order); the server applies its own template.
   For servers other than trtllm-serve; the protocol is then only as exact as the server's template.
 
@@ -26,6 +30,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -113,6 +118,8 @@ class OpenAIVisionLanguageModel:
                     "the first or last turn starts or ends with whitespace, which trtllm-serve strips before templating: "
                     "strip the conversation's text (or use mode='chat') so the prompt can stay exact"
                 )
+            if get_template(self.template).sentencepiece:
+                inner = inner.replace(IMAGE_PLACEHOLDER, IMAGE_PLACEHOLDER + " ")
             return [{"role": "user", "content": [{"type": "text", "text": inner}, *images]}], prompt
         messages: list[dict[str, Any]] = []
         image_parts = iter(images)
@@ -139,6 +146,8 @@ class OpenAIVisionLanguageModel:
             "min_tokens": config.min_new_tokens,  # trtllm-serve / vLLM extension
             "stream": self.stream,
         }
+        if config.logprobs:
+            body["logprobs"], body["top_logprobs"] = True, config.logprobs
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         return body
@@ -149,25 +158,25 @@ class OpenAIVisionLanguageModel:
         messages, prompt = self.build_messages(conversation)
         body = self._body(messages, config)
         started = time.perf_counter()
-        if self.stream:
-            text, finish, usage, first_at = self._with_retries(lambda client: self._stream_chat(client, body), config)
-        else:
-            text, finish, usage, first_at = self._with_retries(lambda client: self._plain_chat(client, body), config)
+        chat = self._stream_chat if self.stream else self._plain_chat
+        answer: _Answer = self._with_retries(lambda client: chat(client, body), config)
         finished = time.perf_counter()
+        text = answer.text
         for stop in stop_strings(self.template):
             if text.endswith(stop):
                 text = text[: -len(stop)]
-        stopped_by = {"stop": "stop_token", "length": "max_new_tokens"}.get(finish or "", "server")
+        stopped_by = {"stop": "stop_token", "length": "max_new_tokens"}.get(answer.finish or "", "server")
         return Generation(
             text=text.strip(),
             prompt=prompt,
-            prompt_tokens=int(usage.get("prompt_tokens", 0)),
-            completion_tokens=int(usage.get("completion_tokens", 0)),
+            prompt_tokens=int(answer.usage.get("prompt_tokens", 0)),
+            completion_tokens=int(answer.usage.get("completion_tokens", 0)),
             stopped_by=stopped_by,
-            time_to_first_token_s=(first_at or finished) - started,
+            time_to_first_token_s=(answer.first_at or finished) - started,
             total_s=finished - started,
             backend=self.backend_name,
             model=body["model"],
+            **_logprob_fields(answer.logprobs),
         )
 
     def _served_model(self, config: GenerationConfig) -> str:
@@ -182,7 +191,7 @@ class OpenAIVisionLanguageModel:
         self.model = self._with_retries(ask, config)
         return self.model
 
-    def _plain_chat(self, client: Any, body: dict[str, Any]) -> tuple[str, str | None, dict, float | None]:
+    def _plain_chat(self, client: Any, body: dict[str, Any]) -> _Answer:
         response = client.post(f"{self.base_url}/v1/chat/completions", json=body, headers=self._headers)
         self._raise_for_status(response)
         payload = _json(response)
@@ -191,13 +200,12 @@ class OpenAIVisionLanguageModel:
             text = choice["message"]["content"] or ""
         except (KeyError, IndexError, TypeError) as error:
             raise VlmError(f"{self.base_url} answered without choices[0].message.content: {str(payload)[:200]}") from error
-        return text, choice.get("finish_reason"), payload.get("usage") or {}, None
+        logprobs = list((choice.get("logprobs") or {}).get("content") or [])
+        return _Answer(text, choice.get("finish_reason"), payload.get("usage") or {}, None, logprobs)
 
-    def _stream_chat(self, client: Any, body: dict[str, Any]) -> tuple[str, str | None, dict, float | None]:
+    def _stream_chat(self, client: Any, body: dict[str, Any]) -> _Answer:
+        answer = _Answer("", None, {}, None, [])
         pieces: list[str] = []
-        finish: str | None = None
-        usage: dict = {}
-        first_at: float | None = None
         with client.stream("POST", f"{self.base_url}/v1/chat/completions", json=body, headers=self._headers) as response:
             if response.status_code >= 400:
                 response.read()
@@ -205,15 +213,17 @@ class OpenAIVisionLanguageModel:
             for event in _server_sent_events(response.iter_lines()):
                 if "error" in event:
                     raise VlmError(f"{self.base_url} failed mid-answer: {event['error']}")
-                usage = event.get("usage") or usage
+                answer.usage = event.get("usage") or answer.usage
                 for choice in event.get("choices") or []:
                     content = (choice.get("delta") or {}).get("content")
                     if content:
-                        if first_at is None:
-                            first_at = time.perf_counter()
+                        if answer.first_at is None:
+                            answer.first_at = time.perf_counter()
                         pieces.append(content)
-                    finish = choice.get("finish_reason") or finish
-        return "".join(pieces), finish, usage, first_at
+                    answer.logprobs.extend((choice.get("logprobs") or {}).get("content") or [])
+                    answer.finish = choice.get("finish_reason") or answer.finish
+        answer.text = "".join(pieces)
+        return answer
 
     # -- transport -----------------------------------------------------------------------------------------------
 
@@ -258,6 +268,30 @@ class OpenAIVisionLanguageModel:
         if response.status_code in _RETRY_STATUSES:
             raise _RetryableStatus(response.status_code, detail, _retry_after(response))
         raise VlmError(f"VLM server {self.base_url} refused the request: HTTP {response.status_code}: {detail}")
+
+
+@dataclass
+class _Answer:
+    text: str
+    finish: str | None
+    usage: dict
+    first_at: float | None
+    logprobs: list[dict[str, Any]]  # OpenAI ``choices[0].logprobs.content``: token, logprob, top_logprobs
+
+
+def _logprob_fields(content: list[dict[str, Any]]) -> dict[str, tuple]:
+    """Generation's token fields from OpenAI ``logprobs.content`` entries (empty when the server sent none)."""
+    try:
+        return {
+            "tokens": tuple(str(entry["token"]) for entry in content),
+            "token_logprobs": tuple(float(entry["logprob"]) for entry in content),
+            "top_logprobs": tuple(
+                tuple((str(top["token"]), float(top["logprob"])) for top in entry.get("top_logprobs") or [])
+                for entry in content
+            ),
+        }
+    except (KeyError, TypeError, ValueError) as error:
+        raise VlmError(f"the VLM server sent logprobs without token/logprob: {str(content)[:200]}") from error
 
 
 class _RetryableStatus(Exception):

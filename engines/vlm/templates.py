@@ -50,6 +50,9 @@ class ChatTemplate:
     style: SeparatorStyle
     sep: str
     sep2: str | None
+    # The checkpoints trained with it tokenise with Llama-2's SentencePiece model (legacy=False): a text chunk after an
+    # <image> starts with a space token in VILA's chunk-by-chunk tokenisation (engines/vlm/tokenizer.py).
+    sentencepiece: bool = False
 
     @property
     def stop_string(self) -> str:
@@ -58,6 +61,14 @@ class ChatTemplate:
             assert self.sep2 is not None
             return self.sep2
         return self.sep
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        """Every string that ends an answer: the stop string, and for ``llama_3`` also ``sep2`` (``<|end_of_text|>``,
+        which the template writes after the last message), whatever the tokenizer's own EOS is."""
+        if self.style is SeparatorStyle.LLAMA_3 and self.sep2 and self.sep2 != self.stop_string:
+            return (self.stop_string, self.sep2)
+        return (self.stop_string,)
 
 
 _LLAMA_3 = ChatTemplate(
@@ -85,6 +96,7 @@ _VICUNA_V1 = ChatTemplate(
     style=SeparatorStyle.TWO,
     sep=" ",
     sep2="</s>",
+    sentencepiece=True,
 )
 
 _HERMES_2 = ChatTemplate(
@@ -178,8 +190,9 @@ def render_prompt(conversation: Conversation) -> str:
 
 
 def stop_strings(template: TemplateName | str) -> tuple[str, ...]:
-    """The strings that end an answer: VILA's stop string for the template (``<|eot_id|>``, ``</s>``, ``<|im_end|>``)."""
-    return (get_template(template).stop_string,)
+    """The strings that end an answer: VILA's stop string for the template (``<|eot_id|>``, ``</s>``, ``<|im_end|>``),
+    and for ``llama_3`` its ``sep2`` ``<|end_of_text|>`` too (both backends stop on each, and on the tokenizer's EOS)."""
+    return get_template(template).stop_strings
 
 
 def single_turn_wrapping(template: TemplateName | str) -> tuple[str, str]:

@@ -46,7 +46,7 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     app.state.review = ReviewService(settings, deliver=intake.dispatcher.deliver)
     app.state.routing_rules = RoutingRulesStore(settings)
     app.state.sessions = SessionCookies(load_signing_key(settings.home))
-    app.state.metrics_registry = make_registry(session_factory)
+    app.state.metrics_registry = make_registry(session_factory, settings.dicom_status_file)
     install_problem_handlers(app)
     app.include_router(health.router)
     app.include_router(studies.router)

@@ -69,6 +69,29 @@ def _spool(settings: Settings) -> Check:
     return Check("spool", Verdict.OK, detail)
 
 
+def _dicom_node(settings: Settings) -> Check:
+    """Whether the DICOM node beside this HOME accepts: its published status, then a C-ECHO to it from loopback with
+    our own AE title (the health check every allowlist lets through: ``dicom_node.scp.access``)."""
+    from dicom_node.network import DicomAddress
+    from dicom_node.scp.status import NodeStatusFile
+    from dicom_node.scu import DeliveryError, RetryPolicy, StorageSCU
+
+    status = NodeStatusFile(settings.dicom_status_file).read()
+    if status is None:
+        return Check("DICOM node", Verdict.WARN, "not running beside this HOME (start 'm3edge scp' or 'm3edge serve')")
+    problem = status.problem()
+    if problem is not None:
+        return Check("DICOM node", Verdict.FAIL, problem)
+    if settings.dicom_tls is not None or not settings.dicom_port:
+        return Check("DICOM node", Verdict.OK, status.describe())
+    own = DicomAddress(settings.dicom_ae_title, "127.0.0.1", settings.dicom_port)
+    try:
+        seconds = StorageSCU(settings.dicom_ae_title, retry=RetryPolicy(attempts=1), connection_timeout=5).echo(own)
+    except DeliveryError as exc:
+        return Check("DICOM node", Verdict.FAIL, f"{status.describe()}, but C-ECHO to it failed: {exc}"[:300])
+    return Check("DICOM node", Verdict.OK, f"{status.describe()}; C-ECHO answered in {seconds * 1000:.0f} ms")
+
+
 def _gpu() -> Check:
     try:
         import torch
@@ -134,7 +157,8 @@ def run_checks(settings: Settings, session_factory) -> list[Check]:
     checks = [Check("configuration", Verdict.OK,
                     f"AE {settings.dicom_ae_title} on {settings.dicom_host}:{settings.dicom_port}; access: {access}")]
     probes: list[Callable[[], Check | list[Check]]] = [
-        lambda: _database(settings, session_factory), lambda: _broker(settings), lambda: _spool(settings), _gpu,
+        lambda: _database(settings, session_factory), lambda: _broker(settings), lambda: _spool(settings),
+        lambda: _dicom_node(settings), _gpu,
         lambda: _models(settings), lambda: _rules(settings), lambda: _destinations(settings),
     ]
     for probe in probes:
@@ -144,7 +168,8 @@ def run_checks(settings: Settings, session_factory) -> list[Check]:
 
 
 def doctor_command(ctx: typer.Context) -> None:
-    """Check the configuration, database, broker, spool, GPU, models, routing rules and C-ECHO every destination.
+    """Check the configuration, database, broker, spool, DICOM node, GPU, models, routing rules and C-ECHO every
+    destination.
 
     Exit status 1 when any check fails."""
     context = cli_context(ctx)

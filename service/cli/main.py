@@ -17,6 +17,7 @@ from service.cli.serve import serve_commands
 from service.cli.routes import routes_app
 from service.cli.studies import studies_app
 from service.cli.users import users_app
+from service.cli.vlm import vlm_app
 from service.cli.worker import worker_command
 
 __all__ = ["app", "main"]
@@ -34,6 +35,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(engines_app, name="engines")
 app.add_typer(routes_app, name="routes")
 app.add_typer(users_app, name="users")
+app.add_typer(vlm_app, name="vlm")
 app.command("api")(api_command)
 app.command("doctor")(doctor_command)
 app.command("worker")(worker_command)

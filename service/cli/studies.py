@@ -59,8 +59,9 @@ def show_command(
     study_uid: str = typer.Argument(..., help="Study Instance UID."),
     as_json: bool = typer.Option(False, "--json", help="JSON instead of text."),
 ) -> None:
-    """One study: its state, assembly, and every series with instance counts."""
-    from service.catalog import StudyNotFound, get_study
+    """One study: its state, assembly, every series with instance counts, and every pipeline run with each stage's
+    start, end and duration."""
+    from service.catalog import StudyNotFound, get_study, study_runs
     from service.db.session import session_scope
 
     with session_scope(cli_context(ctx).session_factory) as session:
@@ -68,8 +69,9 @@ def show_command(
             detail = get_study(session, study_uid)
         except StudyNotFound as exc:
             raise CliError(str(exc)) from exc
+        runs = study_runs(session, study_uid)
     if as_json:
-        typer.echo(json.dumps(detail.to_json(), indent=2))
+        typer.echo(json.dumps({**detail.to_json(), "runs": [run.to_json() for run in runs]}, indent=2))
         return
     s = detail.summary
     typer.echo(f"Study {s.study_uid}")
@@ -89,6 +91,28 @@ def show_command(
             f"    #{series.series_number if series.series_number is not None else '-':>4} {series.modality:<4} "
             f"{series.instance_count:>5} inst  {series.description or '-'}  {series.series_uid}{flag}"
         )
+    for collision in detail.uid_collisions:
+        typer.echo(f"  UID COLLISION  {collision.describe()}")
+    for run in runs:
+        _echo_run(run)
+
+
+def _when(value) -> str:
+    return f"{value:%Y-%m-%d %H:%M:%S}" if value else "-"
+
+
+def _echo_run(run) -> None:
+    """One run and its stages: state, attempts, start, end, duration and error (stages of an ended run that never
+    ran say so)."""
+    typer.echo(f"  run {run.run_number} ({run.trigger}): {run.status}"
+               + (f", failed in {run.error_stage}: {run.error}" if run.error_stage else
+                  f": {run.error}" if run.error else ""))
+    typer.echo(f"    {'stage':<8} {'status':<8} {'tries':>5}  {'started':<19}  {'ended':<19}  {'took':>9}")
+    for stage in run.stages:
+        took = f"{stage.duration_s:.3f} s" if stage.duration_s is not None else "-"
+        status = stage.status.replace("_", " ")
+        typer.echo(f"    {stage.stage:<8} {status:<8} {stage.attempts:>5}  {_when(stage.started_at):<19}  "
+                   f"{_when(stage.finished_at):<19}  {took:>9}" + (f"  {stage.error}" if stage.error else ""))
 
 
 @studies_app.command("reprocess")

@@ -5,7 +5,20 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
@@ -16,6 +29,7 @@ __all__ = [
     "User",
     "Delivery",
     "Instance",
+    "MetricCounter",
     "PipelineRun",
     "Report",
     "ReportStatus",
@@ -25,6 +39,8 @@ __all__ = [
     "StageStatus",
     "Study",
     "StudyStatus",
+    "UidCollision",
+    "UidKind",
     "utcnow",
 ]
 
@@ -82,11 +98,18 @@ class Study(Base):
 
 
 class Series(Base):
+    """A series of one study: identity is (study, Series Instance UID), never the UID alone (PS3.3 says a series UID
+    is unique, real senders reuse them: a second study with the same UID gets its own row and a ``UidCollision``)."""
+
     __tablename__ = "series"
+    __table_args__ = (
+        UniqueConstraint("study_id", "series_uid", name="uq_series_study_series_uid"),
+        Index("ix_series_series_uid", "series_uid"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
-    series_uid: Mapped[str] = mapped_column(UID, unique=True)
+    series_uid: Mapped[str] = mapped_column(UID)
     modality: Mapped[str] = mapped_column(String(16), default="")
     series_description: Mapped[str] = mapped_column(String(64), default="")
     series_number: Mapped[int | None] = mapped_column(Integer, nullable=True)
@@ -117,6 +140,30 @@ class Instance(Base):
     series: Mapped[Series] = relationship(back_populates="instances")
 
 
+class UidKind(str, enum.Enum):
+    SERIES = "series"  # a Series Instance UID
+    INSTANCE = "instance"  # a SOP Instance UID
+
+
+class UidCollision(Base):
+    """A Series or SOP Instance UID that arrived in ``study`` after it had been stored in ``other_study``.
+
+    Each copy stays under its own study (its own series row, spool folder and runs); this row is the flag that the
+    study pages, the log and the ``m3edge_uid_collisions`` metric show. Never merged, never resolved automatically."""
+
+    __tablename__ = "uid_collisions"
+    __table_args__ = (UniqueConstraint("kind", "uid", "study_id", "other_study_id", name="uq_uid_collisions"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[UidKind] = mapped_column(
+        Enum(UidKind, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
+    )
+    uid: Mapped[str] = mapped_column(UID)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    other_study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="CASCADE"), index=True)
+    detected_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class RunStatus(str, enum.Enum):
     PENDING = "pending"  # created; its first stage waits to be (re-)enqueued: this row is the outbox
     RUNNING = "running"
@@ -131,6 +178,7 @@ class StageStatus(str, enum.Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    NOT_RUN = "not_run"  # its run ended (failed, skipped) before it: it never will run
 
 
 def _enum(cls: type[enum.Enum]) -> Enum:
@@ -180,6 +228,18 @@ class StageRun(Base):
     result: Mapped[dict] = mapped_column(JSON, default=dict)
 
     run: Mapped[PipelineRun] = relationship(back_populates="stages")
+
+
+class MetricCounter(Base):
+    """A cumulative figure for ``/metrics`` (a stage's seconds and count, runs failed by stage, deliveries failed by
+    destination), added to in the transaction that records what it counts: a scrape reads these few rows, never the
+    history they sum up."""
+
+    __tablename__ = "metric_counters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    label: Mapped[str] = mapped_column(String(128), primary_key=True)  # the one label's value ("" for none)
+    value: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class Delivery(Base):

@@ -1,7 +1,9 @@
-"""``multipart/related`` (RFC 2387) as DICOMweb uses it: parts written from files (WADO-RS), parts read (STOW-RS)."""
+"""``multipart/related`` (RFC 2387) as DICOMweb uses it: parts written from files (WADO-RS), parts read as the body
+streams in (STOW-RS: :class:`MultipartStream`)."""
 
 from __future__ import annotations
 
+import enum
 import re
 import uuid
 from collections.abc import Iterable, Iterator
@@ -9,9 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["MultipartError", "BodyPart", "FilePart", "new_boundary", "encode_parts", "parse_parts",
-           "media_type_parameters"]
+           "media_type_parameters", "MultipartStream", "PartStart", "PartData", "PartEnd", "PartEvent"]
 
 _CHUNK = 1 << 20
+MAX_HEADER_BYTES = 16 * 1024  # a part's headers, or a boundary line with its padding
+MAX_PREAMBLE_BYTES = 64 * 1024
 _TOKEN = re.compile(r'\s*([^=;\s]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)\s*')
 
 
@@ -78,34 +82,144 @@ def _headers(raw: bytes) -> dict[str, str]:
     return headers
 
 
-def parse_parts(body: bytes | bytearray, boundary: str) -> list[BodyPart]:
-    """Split ``body`` at ``boundary``; raise ``MultipartError`` when it is not a complete multipart message."""
-    if not boundary or len(boundary) > 70:
-        raise MultipartError("the Content-Type needs a boundary parameter of 1-70 characters")
-    delimiter = b"--" + boundary.encode("latin-1")
-    view = memoryview(body)
-    start = body.find(delimiter)
-    if start < 0 or (start > 0 and body[start - 2:start] != b"\r\n"):
-        raise MultipartError("the body does not start with the boundary named in Content-Type")
-    pos = start + len(delimiter)
-    parts: list[BodyPart] = []
-    while True:
-        if body[pos:pos + 2] == b"--":
-            break
-        line_end = body.find(b"\r\n", pos)
-        if line_end < 0:
-            raise MultipartError("the body ends inside a boundary line")
-        pos = line_end + 2
-        end = body.find(b"\r\n" + delimiter, pos)
-        if end < 0:
+@dataclass(frozen=True)
+class PartStart:
+    """A part begins; its headers (lower-case names)."""
+
+    headers: dict[str, str]
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+
+@dataclass(frozen=True)
+class PartData:
+    """The next bytes of the current part's content."""
+
+    data: bytes
+
+
+@dataclass(frozen=True)
+class PartEnd:
+    """The current part is complete."""
+
+
+PartEvent = PartStart | PartData | PartEnd
+
+
+class _State(enum.Enum):
+    PREAMBLE = "preamble"
+    BOUNDARY_LINE = "boundary line"
+    HEADERS = "headers"
+    CONTENT = "content"
+    DONE = "done"
+
+
+class MultipartStream:
+    """Splits a ``multipart/related`` body into parts as it arrives (``feed``), holding at most a part's headers and
+    one boundary's length of content at a time: a part's content is passed on as it streams, never collected."""
+
+    def __init__(self, boundary: str) -> None:
+        if not boundary or len(boundary) > 70:
+            raise MultipartError("the Content-Type needs a boundary parameter of 1-70 characters")
+        self._first = b"--" + boundary.encode("latin-1")
+        self._delimiter = b"\r\n" + self._first
+        self._buffer = bytearray()
+        self._state = _State.PREAMBLE
+
+    @property
+    def done(self) -> bool:
+        return self._state is _State.DONE
+
+    def feed(self, chunk: bytes) -> Iterator[PartEvent]:
+        """The events ``chunk`` completes (raises ``MultipartError`` for a malformed body)."""
+        if self._state is _State.DONE:
+            return  # an epilogue after the closing boundary is ignored (RFC 2046)
+        self._buffer += chunk
+        while self._state is not _State.DONE:
+            events = getattr(self, f"_{self._state.name.lower()}")()
+            if events is None:  # needs more of the body
+                return
+            yield from events
+
+    def finish(self) -> None:
+        """The body has ended: raise ``MultipartError`` unless the closing boundary was seen."""
+        if self._state is _State.PREAMBLE:
+            raise MultipartError("the body does not start with the boundary named in Content-Type")
+        if self._state is not _State.DONE:
             raise MultipartError("the body has no closing boundary: it was cut short")
-        if body[pos:pos + 2] == b"\r\n":
-            headers, content_start = {}, pos + 2
+
+    def _preamble(self):
+        start = self._buffer.find(self._first)
+        if start < 0:
+            if len(self._buffer) > MAX_PREAMBLE_BYTES:
+                raise MultipartError("the body does not start with the boundary named in Content-Type")
+            return None
+        if start > 0 and self._buffer[start - 2:start] != b"\r\n":
+            raise MultipartError("the body does not start with the boundary named in Content-Type")
+        del self._buffer[:start + len(self._first)]
+        self._state = _State.BOUNDARY_LINE
+        return []
+
+    def _boundary_line(self):
+        if len(self._buffer) < 2:
+            return None
+        if self._buffer[:2] == b"--":
+            self._state = _State.DONE
+            self._buffer.clear()
+            return []
+        end = self._buffer.find(b"\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_HEADER_BYTES:
+                raise MultipartError("a boundary line is too long")
+            return None
+        del self._buffer[:end + 2]  # transport padding after the boundary is ignored
+        self._state = _State.HEADERS
+        return []
+
+    def _headers(self):
+        if self._buffer[:2] == b"\r\n":
+            del self._buffer[:2]
+            self._state = _State.CONTENT
+            return [PartStart({})]
+        end = self._buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._buffer) > MAX_HEADER_BYTES:
+                raise MultipartError(f"a part's headers are longer than {MAX_HEADER_BYTES} bytes")
+            return None
+        headers = _headers(bytes(self._buffer[:end]))
+        del self._buffer[:end + 4]
+        self._state = _State.CONTENT
+        return [PartStart(headers)]
+
+    def _content(self):
+        end = self._buffer.find(self._delimiter)
+        if end >= 0:
+            data = bytes(self._buffer[:end])
+            del self._buffer[:end + len(self._delimiter)]
+            self._state = _State.BOUNDARY_LINE
+            return [PartData(data), PartEnd()] if data else [PartEnd()]
+        keep = len(self._delimiter) - 1  # a delimiter may be split between this chunk and the next
+        if len(self._buffer) <= keep:
+            return None
+        data = bytes(self._buffer[:-keep])
+        del self._buffer[:-keep]
+        return [PartData(data)]
+
+
+def parse_parts(body: bytes | bytearray, boundary: str) -> list[BodyPart]:
+    """Split a whole ``body`` at ``boundary``; raise ``MultipartError`` when it is not a complete multipart message."""
+    stream = MultipartStream(boundary)
+    parts: list[BodyPart] = []
+    content = bytearray()
+    headers: dict[str, str] = {}
+    for event in stream.feed(bytes(body)):
+        if isinstance(event, PartStart):
+            headers, content = event.headers, bytearray()
+        elif isinstance(event, PartData):
+            content += event.data
         else:
-            head_end = body.find(b"\r\n\r\n", pos, end)
-            if head_end < 0:
-                raise MultipartError("a part has no blank line between its headers and its content")
-            headers, content_start = _headers(body[pos:head_end]), head_end + 4
-        parts.append(BodyPart(headers, view[content_start:end]))
-        pos = end + 2 + len(delimiter)
+            parts.append(BodyPart(headers, memoryview(bytes(content))))
+    stream.finish()
     return parts

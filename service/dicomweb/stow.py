@@ -1,48 +1,59 @@
-"""STOW-RS: each received Part 10 file takes the C-STORE path: the header walk, the spool (temporary file, fsync, link,
-directory fsync), the database recorder (group commit) and, when the request ends, the assembler's 'released' signal,
-so a study sent over HTTP is completed and processed exactly like one sent by C-STORE.
+"""STOW-RS: each part of a request streams into the spool as it arrives and is taken in by the node's own intake.
 
-The file meta group is rewritten as the node writes it for C-STORE (our implementation UID, no source AE); the data
-set bytes are stored as received. Instances are recorded with the calling AE ``STOW-RS``.
+Nothing is held whole: the multipart body is split as it streams (``MultipartStream``), each part's File Meta is read
+from its first bytes, the File Meta the node writes (as for C-STORE: our implementation UID, no source AE) goes into a
+pending spool file, and the data set follows it there chunk by chunk, as received. At the end of the part the
+intake (``dicom_node.intake``) applies the same limits, header reading, durable step and record as a C-STORE;
+the request is one intake session (recorded with calling AE ``STOW-RS``), so its end counts as the end of an
+association for study assembly and the study is completed and processed like one sent by C-STORE.
+
+Whole-request refusals are typed (:class:`StowRefused`): a body over ``STOW_MAX_REQUEST_BYTES`` or an instance over
+``DICOM_MAX_INSTANCE_BYTES`` / ``DICOM_MAX_INFLATED_BYTES`` stops the reading at once (413; what was stored before
+stays stored), a part that is not ``application/dicom`` is 415, a malformed body 400. Any other failure fails its own
+instance, with the C-STORE status as Failure Reason, and the next part is read.
 """
 
 from __future__ import annotations
 
 import logging
-import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 
-from pydicom.uid import UID
-
-from dicom_node.scp.header import UnreadableDataset, encode_file_meta, read_instance_header
-from dicom_node.scp.recording import InstanceRecorder, ReceivedInstance
-from dicom_node.scp.spool import InstanceLocation, SpoolWriter, StoreOutcome
-from dicom_node.scp.statuses import KNOWN_ERRORS, status_for_error
-from dicom_node.uids import InvalidUid, validate_uid
+from dicom_node.intake import (
+    DataSetInSpool,
+    InstanceTooLarge,
+    Intake,
+    IntakeSession,
+    PendingFile,
+    read_file_meta,
+    transfer_syntax_of,
+)
+from dicom_node.intake.header import MAX_FILE_META_BYTES, encode_file_meta
+from dicom_node.intake.statuses import KNOWN_ERRORS, PROCESSING_FAILURE, status_for_error
 from service.dicomweb.dicom_json import attribute
+from service.dicomweb.multipart import MultipartError, MultipartStream, PartData, PartEnd, PartStart, media_type_parameters
 
-__all__ = ["StowReceiver", "StowResult", "StoredInstance", "FailedInstance", "STOW_CALLING_AE"]
+__all__ = ["StowReceiver", "StowResult", "StoredPart", "FailedInstance", "StowRefused", "STOW_CALLING_AE"]
 
 LOGGER = logging.getLogger(__name__)
 
 STOW_CALLING_AE = "STOW-RS"
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"}
-FAILURE_PROCESSING = 0x0110
-FAILURE_TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
-FAILURE_DOES_NOT_MATCH = 0xA900  # also: the instance belongs to another study than the request names
-WARNING_CONFLICTING_DUPLICATE = 0x0001  # as the C-STORE path answers: kept beside the first copy
+_META_WINDOW = 132 + MAX_FILE_META_BYTES + 12  # preamble, DICM, the largest File Meta group, one element header
 
 
-class _Rejected(ValueError):
-    def __init__(self, reason: int, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
+class StowRefused(Exception):
+    """The whole request is refused: ``http_status`` and a sentence saying what to do."""
+
+    def __init__(self, http_status: int, title: str, detail: str, stored: int = 0) -> None:
+        super().__init__(detail)
+        self.http_status = http_status
+        self.title = title
+        self.detail = detail
+        self.stored = stored
 
 
 @dataclass(frozen=True)
-class StoredInstance:
+class StoredPart:
     study_uid: str
     series_uid: str
     sop_class_uid: str
@@ -60,7 +71,7 @@ class FailedInstance:
 
 @dataclass
 class StowResult:
-    stored: list[StoredInstance] = field(default_factory=list)
+    stored: list[StoredPart] = field(default_factory=list)
     failed: list[FailedInstance] = field(default_factory=list)
 
     @property
@@ -87,7 +98,7 @@ class StowResult:
         return body
 
 
-def _referenced(stored: StoredInstance, base: str) -> dict:
+def _referenced(stored: StoredPart, base: str) -> dict:
     item = {
         "00081150": attribute("UI", stored.sop_class_uid),
         "00081155": attribute("UI", stored.sop_instance_uid),
@@ -99,100 +110,140 @@ def _referenced(stored: StoredInstance, base: str) -> dict:
     return item
 
 
-def _meta_text(value: bytes) -> str:
-    return value.decode("ascii", "replace").rstrip("\x00 ").strip()
+class _Part:
+    """One part on its way into the spool: its first bytes until the File Meta is read, then a pending file."""
 
+    def __init__(self, intake: Intake) -> None:
+        self._intake = intake
+        self._head = bytearray()
+        self._pending: PendingFile | None = None
+        self._data_set_offset = 0
+        self._data_set_bytes = 0
+        self.meta = None
+        self.failure: BaseException | None = None  # the part is skipped to its end, then reported
 
-def split_part10(data: memoryview) -> tuple[dict[int, str], memoryview]:
-    """The file meta elements (by element number) and the data set of a Part 10 file.
+    def feed(self, data: bytes) -> None:
+        if self.failure is not None:
+            return
+        try:
+            if self._pending is None:
+                self._head += data
+                if len(self._head) >= _META_WINDOW:
+                    self._open()
+                return
+            self._write(data)
+        except InstanceTooLarge:
+            self.discard()
+            raise
+        except KNOWN_ERRORS as exc:
+            self.discard()
+            self.failure = exc
 
-    The preamble and ``DICM`` may be missing (pydicom writes none for a data set made in memory); the file meta
-    group may not: without it the transfer syntax is unknown.
-    """
-    if len(data) >= 140 and bytes(data[128:132]) == b"DICM":
-        pos = 132
-    elif bytes(data[:2]) == b"\x02\x00":
-        pos = 0
-    else:
-        raise UnreadableDataset("not a DICOM file: no file meta group (with or without the 128-byte preamble)")
-    meta: dict[int, str] = {}
-    while pos + 8 <= len(data):
-        group, element = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
-            break
-        vr = bytes(data[pos + 4:pos + 6])
-        if vr in _LONG_VRS:
-            length, size = struct.unpack_from("<I", data, pos + 8)[0], 12
-        else:
-            length, size = struct.unpack_from("<H", data, pos + 6)[0], 8
-        if pos + size + length > len(data):
-            raise UnreadableDataset("the file meta group runs past the end of the part")
-        meta[element] = _meta_text(bytes(data[pos + size:pos + size + length])) if vr == b"UI" else ""
-        pos += size + length
-    return meta, data[pos:]
+    def _open(self) -> None:
+        head, self._head = bytes(self._head), bytearray()
+        self.meta = read_file_meta(head)
+        syntax = transfer_syntax_of(self.meta.transfer_syntax_uid)
+        self._pending = self._intake.spool.new_file()
+        file_meta = encode_file_meta(self.meta.sop_class_uid, self.meta.sop_instance_uid, syntax, "")
+        self._data_set_offset = len(file_meta)
+        self._pending.write(file_meta)
+        self._write(memoryview(head)[self.meta.data_set_offset:])
+
+    def _write(self, data: bytes | memoryview) -> None:
+        self._data_set_bytes += len(data)
+        self._intake.limits.check_size(self._data_set_bytes)
+        self._pending.write(data)
+
+    def finish(self) -> DataSetInSpool:
+        """The complete part, for ``IntakeSession.store`` (raises the failure met on the way, if any)."""
+        if self.failure is None and self._pending is None:
+            try:
+                self._open()
+            except KNOWN_ERRORS as exc:
+                self.discard()
+                self.failure = exc
+        if self.failure is not None:
+            raise self.failure
+        return DataSetInSpool(self._pending, self._data_set_offset, self.meta.transfer_syntax_uid,
+                              self.meta.sop_class_uid, self.meta.sop_instance_uid)
+
+    def discard(self) -> None:
+        if self._pending is not None:
+            self._pending.discard()
 
 
 class StowReceiver:
-    """Stores STOW-RS parts durably and records them; thread-safe like the C-STORE handler it mirrors."""
+    """Takes STOW-RS requests in through ``intake``; thread-safe (each request is its own intake session)."""
 
-    def __init__(self, spool: SpoolWriter, recorder: InstanceRecorder, clock: Callable[[], datetime]) -> None:
-        self.spool = spool
-        self.recorder = recorder
-        self.clock = clock
+    def __init__(self, intake: Intake, *, max_request_bytes: int) -> None:
+        self.intake = intake
+        self.max_request_bytes = max_request_bytes
 
-    def store(self, parts: Sequence[memoryview], study_uid: str | None = None) -> StowResult:
+    def store(self, chunks: Iterable[bytes], boundary: str, study_uid: str | None = None) -> StowResult:
+        """Read the request body from ``chunks`` as it arrives and store each part; raise ``StowRefused``."""
         result = StowResult()
-        opened: set[str] = set()  # studies this request has committed into (it counts as one sender each)
-        for part in parts:
-            sop_class, sop_uid = "", ""
-            try:
-                meta, data_set = split_part10(part)
-                sop_class, sop_uid = meta.get(0x0002, ""), meta.get(0x0003, "")
-                result.stored.append(self._store_one(meta, bytes(data_set), study_uid, opened))
-                opened.add(result.stored[-1].study_uid)
-            except _Rejected as exc:
-                result.failed.append(FailedInstance(sop_class, sop_uid, exc.reason, str(exc)))
-            except KNOWN_ERRORS as exc:
-                LOGGER.warning("STOW-RS instance %r refused: %s", sop_uid[:64], exc)
-                result.failed.append(FailedInstance(sop_class, sop_uid, status_for_error(exc), str(exc)))
-            except Exception as exc:  # noqa: BLE001 - one bad part fails itself, never its neighbours
-                LOGGER.exception("STOW-RS instance %r failed unexpectedly", sop_uid[:64])
-                result.failed.append(FailedInstance(sop_class, sop_uid, FAILURE_PROCESSING, exc.__class__.__name__))
-        studies = {s.study_uid for s in result.stored}
-        if studies:
-            try:  # the end of the request is the end of the transfer: the assembler's 'released' signal
-                self.recorder.associations_ended(studies, self.clock())
-            except Exception:  # noqa: BLE001 - bookkeeping; the idle timer still completes the study
-                LOGGER.exception("could not record the end of a STOW-RS request for %d study(ies)", len(studies))
+        session = self.intake.open_session(STOW_CALLING_AE)
+        part: _Part | None = None
+        try:
+            stream = MultipartStream(boundary)
+            received = 0
+            for chunk in chunks:
+                received += len(chunk)
+                if received > self.max_request_bytes:
+                    raise StowRefused(413, "request too large", f"send at most {self.max_request_bytes} bytes per "
+                                      "request (STOW_MAX_REQUEST_BYTES); larger studies go in several requests")
+                for event in stream.feed(chunk):
+                    if isinstance(event, PartStart):
+                        _check_part_type(event)
+                        part = _Part(self.intake)
+                    elif isinstance(event, PartData):
+                        part.feed(event.data)
+                    else:
+                        self._store_part(session, part, study_uid, result)
+                        part = None
+            stream.finish()
+        except MultipartError as exc:
+            raise StowRefused(400, "malformed multipart body", str(exc), len(result.stored)) from exc
+        except InstanceTooLarge as exc:
+            raise StowRefused(413, "instance too large", str(exc), len(result.stored)) from exc
+        except StowRefused as exc:
+            exc.stored = len(result.stored)
+            raise
+        finally:
+            if part is not None:
+                part.discard()
+            session.end()  # the end of the request is the end of the transfer: the assembler's 'released' signal
+        if not result.stored and not result.failed:
+            raise StowRefused(400, "no instances", "the multipart body holds no parts")
         return result
 
-    def _store_one(
-        self, meta: dict[int, str], data_set: bytes, study_uid: str | None, opened: set[str]
-    ) -> StoredInstance:
-        transfer_syntax = meta.get(0x0010, "")
+    @staticmethod
+    def _store_part(session: IntakeSession, part: _Part, study_uid: str | None, result: StowResult) -> None:
+        sop_class, sop_uid = "", ""
         try:
-            validate_uid(transfer_syntax, "TransferSyntaxUID")
-        except InvalidUid as exc:
-            raise _Rejected(FAILURE_TRANSFER_SYNTAX_NOT_SUPPORTED, str(exc)) from exc
-        if not UID(transfer_syntax).is_transfer_syntax:
-            raise _Rejected(FAILURE_TRANSFER_SYNTAX_NOT_SUPPORTED, f"unknown transfer syntax {transfer_syntax}")
-        provisional = encode_file_meta(meta.get(0x0002, ""), meta.get(0x0003, ""), transfer_syntax, "")
-        header = read_instance_header(provisional, data_set, transfer_syntax)
-        if study_uid is not None and header.study_uid != study_uid:
-            raise _Rejected(FAILURE_DOES_NOT_MATCH, f"the instance belongs to study {header.study_uid}, "
-                                                    f"not to the study {study_uid} this request stores into")
-        sop_class = header.sop_class_uid or meta.get(0x0002, "")
-        file_meta = encode_file_meta(sop_class, header.sop_instance_uid, transfer_syntax, "")
-        location = InstanceLocation(header.study_uid, header.series_uid, header.sop_instance_uid)
-        spooled = self.spool.write(location, (file_meta, data_set))
-        self.recorder.record(ReceivedInstance(
-            study_uid=header.study_uid, series_uid=header.series_uid, sop_instance_uid=header.sop_instance_uid,
-            sop_class_uid=sop_class, transfer_syntax_uid=transfer_syntax, relative_path=spooled.relative_path,
-            size_bytes=spooled.size_bytes, digest=spooled.digest, conflict=spooled.conflict,
-            duplicate=spooled.outcome is StoreOutcome.DUPLICATE, calling_ae=STOW_CALLING_AE, received_at=self.clock(),
-            modality=header.modality, study_description=header.study_description, study_date=header.study_date,
-            series_description=header.series_description, series_number=header.series_number,
-            body_part_examined=header.body_part_examined, opens_association=header.study_uid not in opened,
-        ))
-        warning = WARNING_CONFLICTING_DUPLICATE if spooled.outcome is StoreOutcome.CONFLICT else None
-        return StoredInstance(header.study_uid, header.series_uid, sop_class, header.sop_instance_uid, warning)
+            data_set = part.finish()
+            sop_class, sop_uid = data_set.sop_class_uid, data_set.sop_instance_uid
+            stored = session.store(data_set, expected_study_uid=study_uid)
+        except InstanceTooLarge:
+            raise
+        except KNOWN_ERRORS as exc:
+            meta = part.meta
+            if meta is not None:
+                sop_class, sop_uid = meta.sop_class_uid, meta.sop_instance_uid
+            LOGGER.warning("STOW-RS instance %r refused: %s", sop_uid[:64], exc)
+            result.failed.append(FailedInstance(sop_class, sop_uid, status_for_error(exc), str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 - one bad part fails itself, never its neighbours
+            LOGGER.exception("STOW-RS instance %r failed unexpectedly", sop_uid[:64])
+            result.failed.append(FailedInstance(sop_class, sop_uid, PROCESSING_FAILURE, exc.__class__.__name__))
+            return
+        header = stored.header
+        result.stored.append(StoredPart(header.study_uid, header.series_uid, header.sop_class_uid or sop_class,
+                                        header.sop_instance_uid, stored.warning))
+
+
+def _check_part_type(event: PartStart) -> None:
+    part_type, _ = media_type_parameters(event.content_type or "application/dicom")
+    if part_type != "application/dicom":
+        raise StowRefused(415, "unsupported media type", f"a part is {part_type!r}; every part must be application/dicom")
+

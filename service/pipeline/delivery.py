@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.network import DicomAddress
 from dicom_node.scu import DeliveryError, DeliveryReport
+from service.db.counters import DELIVERIES_FAILED, add_to_counter
 from service.db.models import Delivery, utcnow
 from service.db.session import session_scope
 
@@ -118,6 +119,8 @@ class DeliveryQueue:
                     row.status = "failed"
                     row.last_error = error[:2000]
                     errors[row.id] = error
+            if errors:
+                add_to_counter(session, DELIVERIES_FAILED, destination, len(errors))
         if errors:
             LOGGER.warning("run %s: %d object(s) not delivered to %s", run_id, len(errors), destination)
         return errors

@@ -3,7 +3,9 @@
 A run and all its stage rows are created in one transaction when a study is handed over (``start_run``); a stage row
 in ``pending`` is the outbox entry that the dispatcher (or, if the broker was down, the sweeper) turns into a message.
 Each stage is claimed before it runs (``claim``): a stage already done is never run again, a stage running elsewhere is
-not run twice, and an attempts counter ends redelivery loops. The claim is a compare-and-set on (status, attempts), so
+not run twice, and an attempts counter ends redelivery loops. When a run ends (failed, skipped), its stages still
+waiting become ``not_run``: nothing shows them as pending work. The figures ``/metrics`` sums (a stage's seconds and
+count, runs failed by stage) are added to ``metric_counters`` in the same transactions. The claim is a compare-and-set on (status, attempts), so
 two workers that read the same row at once cannot both take it, on SQLite as on PostgreSQL.
 
 **Back-off lives here.** A transient failure puts the stage back to ``pending`` with ``retry_at`` (``retry_later``);
@@ -25,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from service.db.counters import RUNS_FAILED, STAGE_SECONDS, STAGES_DONE, add_to_counter
 from service.db.models import PipelineRun, RunStatus, StageRun, StageStatus, Study, StudyStatus, utcnow
 from service.db.session import session_scope
 from service.pipeline.stages import STAGE_ORDER, Stage
@@ -79,6 +82,13 @@ def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _stages_never_to_run(run: PipelineRun) -> None:
+    """A run ended: its stages still waiting will never run (a stage running beside it finishes on its own)."""
+    for stage in run.stages:
+        if stage.status in (StageStatus.PENDING, StageStatus.QUEUED):
+            stage.status = StageStatus.NOT_RUN
 
 
 class PipelineLedger:
@@ -222,6 +232,10 @@ class PipelineLedger:
             row.result = result
             row.finished_at = self.clock()
             row.error = ""
+            if row.started_at is not None:
+                add_to_counter(session, STAGES_DONE, stage.value)
+                add_to_counter(session, STAGE_SECONDS, stage.value,
+                               max(0.0, (_utc(row.finished_at) - _utc(row.started_at)).total_seconds()))
             run = row.run
             if route is not None:
                 run.route = route
@@ -287,6 +301,7 @@ class PipelineLedger:
             run.error = reason
             run.study.status = StudyStatus.SKIPPED
             run.study.error = reason
+            _stages_never_to_run(run)
 
     # -- the sweeper's view ---------------------------------------------------------------------------------------
 
@@ -396,4 +411,6 @@ class PipelineLedger:
         run.finished_at = self.clock()
         run.study.status = StudyStatus.FAILED
         run.study.error = f"{row.stage}: {error}"
+        _stages_never_to_run(run)
+        add_to_counter(session, RUNS_FAILED, row.stage)
         LOGGER.error("run %s failed in stage %s: %s", run.id, row.stage, error)

@@ -68,7 +68,8 @@ class PipelineWorker:
         self.pool = pool
         self.ledger = PipelineLedger(session_factory, time_limits=StageTimeLimits.from_settings(settings))
         self.session_factory = session_factory
-        self._sender_factory = sender_factory or (lambda: StorageSCU(settings.dicom_ae_title))
+        self._sender_factory = sender_factory or (
+            lambda: StorageSCU(settings.dicom_ae_title, decompress_when_refused=True))
         self.app: Celery = create_celery(settings, components_factory=self._make_components)
         self.dispatcher = CeleryDispatcher(self.app, self.ledger)
         self.intake = PipelineIntake(self.ledger, self.dispatcher)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dicom_node.facts import SeriesFacts, StudyFacts
-from service.routing.rules import AttributeTest, RoutingRule, RuleSet
+from service.routing.rules import Anatomy, AttributeTest, RoutingRule, RuleSet
 
 __all__ = ["RuleVerdict", "RoutingDecision", "route_study"]
 
@@ -23,6 +23,8 @@ class RoutingDecision:
     rule: RoutingRule | None
     verdicts: tuple[RuleVerdict, ...]
     matched_series: dict[str, str] = field(default_factory=dict)  # required-series name -> Series Instance UID
+    # The series that passed the rule's any_series tests and showed its anatomy: the only ones prepare may use.
+    eligible_series: tuple[str, ...] = ()
 
     @property
     def skipped_reason(self) -> str:
@@ -55,12 +57,23 @@ def _series_passing(tests: dict[str, AttributeTest], series: tuple[SeriesFacts, 
     return [s for s in series if _first_failure(tests, s.attributes) is None]
 
 
-def _evaluate(rule: RoutingRule, facts: StudyFacts) -> tuple[RuleVerdict, dict[str, str]]:
+def _with_anatomy(anatomy: Anatomy | None, series: list[SeriesFacts]) -> tuple[list[SeriesFacts], list[str]]:
+    """The series that show ``anatomy`` (all of them without one), and why each of the others does not."""
+    if anatomy is None:
+        return series, []
+    shown, refused = [], []
+    for each in series:
+        ok, reason = anatomy.evidence(each.attributes)
+        (shown if ok else refused).append(each if ok else reason)
+    return shown, refused
+
+
+def _evaluate(rule: RoutingRule, facts: StudyFacts) -> tuple[RuleVerdict, dict[str, str], tuple[str, ...]]:
     match = rule.match
     reasons: list[str] = []
 
-    def fail(reason: str) -> tuple[RuleVerdict, dict[str, str]]:
-        return RuleVerdict(rule.name, False, (*reasons, reason)), {}
+    def fail(reason: str) -> tuple[RuleVerdict, dict[str, str], tuple[str, ...]]:
+        return RuleVerdict(rule.name, False, (*reasons, reason)), {}, ()
 
     failure = _first_failure(match.study, facts.attributes)
     if failure:
@@ -69,6 +82,7 @@ def _evaluate(rule: RoutingRule, facts: StudyFacts) -> tuple[RuleVerdict, dict[s
         reasons.append("study attributes pass")
     if match.series_count is not None and not match.series_count.contains(len(facts.series)):
         return fail(f"{len(facts.series)} series, outside {match.series_count.min}..{match.series_count.max}")
+    passing = list(facts.series)
     if match.any_series:
         passing = _series_passing(match.any_series, facts.series)
         if not passing:
@@ -76,15 +90,28 @@ def _evaluate(rule: RoutingRule, facts: StudyFacts) -> tuple[RuleVerdict, dict[s
             detail = "; ".join(sorted(set(filter(None, closest)))) or "the study has no series"
             return fail(f"no series passes any_series ({detail})")
         reasons.append(f"{len(passing)} series pass any_series")
+    if match.anatomy is not None:
+        passing, refused = _with_anatomy(match.anatomy, passing)
+        if not passing:
+            detail = "; ".join(sorted(set(refused))) or "the study has no series"
+            return fail(f"anatomy: no series shows {match.anatomy.name} ({detail})")
+        reasons.append(f"{len(passing)} series show {match.anatomy.name}: "
+                       + match.anatomy.evidence(passing[0].attributes)[1])
     chosen: dict[str, str] = {}
     for required in match.required_series:
         candidates = [s for s in _series_passing(required.where, facts.series) if s.series_uid not in chosen.values()]
         if not candidates:
             return fail(f"required series {required.name!r} not found")
+        candidates, refused = _with_anatomy(match.anatomy, candidates)
+        if not candidates:
+            return fail(f"required series {required.name!r} does not show {match.anatomy.name} "
+                        f"({'; '.join(sorted(set(refused)))})")
         best = max(candidates, key=lambda s: s.instance_count)
         chosen[required.name] = best.series_uid
         reasons.append(f"required series {required.name!r}: {best.series_uid}")
-    return RuleVerdict(rule.name, True, tuple(reasons)), chosen
+    eligible = [s.series_uid for s in passing]
+    eligible += [uid for uid in chosen.values() if uid not in eligible]
+    return RuleVerdict(rule.name, True, tuple(reasons)), chosen, tuple(eligible)
 
 
 def route_study(rules: RuleSet, facts: StudyFacts) -> RoutingDecision:
@@ -93,8 +120,8 @@ def route_study(rules: RuleSet, facts: StudyFacts) -> RoutingDecision:
     for rule in rules.rules:
         if not rule.enabled:
             continue
-        verdict, chosen = _evaluate(rule, facts)
+        verdict, chosen, eligible = _evaluate(rule, facts)
         verdicts.append(verdict)
         if verdict.matched:
-            return RoutingDecision(facts.study_uid, rule, tuple(verdicts), chosen)
+            return RoutingDecision(facts.study_uid, rule, tuple(verdicts), chosen, eligible)
     return RoutingDecision(facts.study_uid, None, tuple(verdicts))

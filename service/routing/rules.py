@@ -19,6 +19,7 @@ from dicom_node.network import DicomAddress
 from service.routing.document import load_located_yaml
 
 __all__ = [
+    "Anatomy",
     "AttributeTest",
     "MissingPolicy",
     "Priority",
@@ -137,6 +138,72 @@ class RequiredSeries(_Strict):
     _keywords = field_validator("where")(_check_keywords)
 
 
+def _body_part_key(value: str) -> str:
+    """BodyPartExamined compared as scanners vary it: upper case, without spaces, '_' or '-' ('ABDOMEN_PELVIS')."""
+    return re.sub(r"[\s_\-]+", "", value).upper()
+
+
+# Where a study says what it shows when BodyPartExamined is absent, in the order they are tried.
+DESCRIPTION_ATTRIBUTES = ("SeriesDescription", "ProtocolName", "StudyDescription")
+_OWN_DESCRIPTIONS = ("SeriesDescription", "ProtocolName")  # the series' own: naming another part excludes it
+
+
+class Anatomy(_Strict):
+    """Positive evidence that a series shows the body part the expert was trained on.
+
+    A series shows it when its BodyPartExamined is one of ``body_parts`` (compared without case, spaces, '_' or
+    '-'); only where BodyPartExamined is absent (or empty) may a description stand in: the series' SeriesDescription,
+    ProtocolName or the StudyDescription matching ``descriptions`` (a case-insensitive regular expression) and not
+    ``other_parts``. Evidence of another body part always wins: a BodyPartExamined not in the list, or a series'
+    own description matching ``other_parts``. No evidence at all is no match, never a guess.
+    """
+
+    name: str = Field(min_length=1, max_length=64)  # what the reasons call it: "chest", "brain", ...
+    body_parts: tuple[str, ...] = Field(min_length=1)
+    descriptions: str | None = None
+    other_parts: str | None = None
+
+    @field_validator("descriptions", "other_parts")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from None
+        return value
+
+    @field_validator("body_parts")
+    @classmethod
+    def _body_parts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not _body_part_key(v) for v in value):
+            raise ValueError("body_parts must not hold an empty value")
+        return value
+
+    def _names_other_part(self, text: str) -> bool:
+        return self.other_parts is not None and re.search(self.other_parts, text, flags=re.IGNORECASE) is not None
+
+    def evidence(self, attributes: dict[str, str]) -> tuple[bool, str]:
+        """(shows it, why): the reason names the attribute and value that decided, for dry runs and skip reasons."""
+        for keyword in _OWN_DESCRIPTIONS:
+            value = attributes.get(keyword)
+            if value is not None and self._names_other_part(value):
+                return False, f"{keyword} {value!r} names another body part than {self.name}"
+        body_part = attributes.get("BodyPartExamined")
+        if body_part is not None and _body_part_key(body_part):
+            if _body_part_key(body_part) in {_body_part_key(b) for b in self.body_parts}:
+                return True, f"BodyPartExamined {body_part!r} is {self.name}"
+            return False, f"BodyPartExamined {body_part!r} is not {self.name} ({', '.join(self.body_parts)})"
+        if self.descriptions is not None:
+            for keyword in DESCRIPTION_ATTRIBUTES:
+                value = attributes.get(keyword)
+                if value is not None and re.search(self.descriptions, value, flags=re.IGNORECASE) \
+                        and not self._names_other_part(value):
+                    return True, f"no BodyPartExamined; {keyword} {value!r} says {self.name}"
+        return False, f"no evidence of {self.name}: no BodyPartExamined" + (
+            " and no description says it" if self.descriptions is not None else "")
+
+
 class CountRange(_Strict):
     min: int | None = Field(None, ge=0)
     max: int | None = Field(None, ge=0)
@@ -156,14 +223,16 @@ class Match(_Strict):
     any_series: AttributeTests = Field(default_factory=dict)  # at least one series passes all these tests
     series_count: CountRange | None = None
     required_series: tuple[RequiredSeries, ...] = ()
+    anatomy: Anatomy | None = None  # the any_series and required series must show it
 
     _expand = field_validator("study", "any_series", mode="before")(_attribute_tests)
     _keywords = field_validator("study", "any_series")(_check_keywords)
 
     @model_validator(mode="after")
     def _not_empty(self) -> Match:
-        if not (self.study or self.any_series or self.series_count or self.required_series):
-            raise ValueError("a rule must test something (study, any_series, series_count or required_series)")
+        if not (self.study or self.any_series or self.series_count or self.required_series or self.anatomy):
+            raise ValueError("a rule must test something (study, any_series, series_count, required_series or "
+                             "anatomy)")
         return self
 
 

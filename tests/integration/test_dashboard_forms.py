@@ -317,3 +317,32 @@ def test_admin_page_shows_health_queues_throughput_failures_and_echoes_destinati
                                  .where(AuditEvent.action == "admin.destination.echo").order_by(AuditEvent.id)).all()
     assert [outcome for _, outcome in echoes] == ["success", "failure"]
     assert DicomAddress.parse(echoes[0][0]).port == dicom_peer
+
+
+def test_a_demo_draft_can_only_be_rejected_in_the_api_and_on_the_page(api, session_factory):  # noqa: F811
+    base, tokens, _, app = api
+    study_uid = seed_reviewable_study(session_factory, app.state.settings, demo=True)
+    reviewer = {"Authorization": f"Bearer {tokens['reviewer']}"}
+    review = f"{base}/api/v1/studies/{study_uid}/review"
+    for body in ({"action": "approve", "version": 1}, {"action": "amend", "version": 1, "narrative": "Fine."}):
+        refused = httpx.post(review, json=body, headers=reviewer)
+        assert refused.status_code == 409 and refused.headers["content-type"] == "application/problem+json"
+        problem = refused.json()
+        assert problem["title"] == "a DEMO draft cannot be verified"
+        assert "DEMO models (random weights)" in problem["detail"] and "reprocess" in problem["detail"]
+    report = httpx.get(f"{base}/api/v1/studies/{study_uid}/report", headers=reviewer).json()
+    assert (report["status"], report["version"], report["verifiable"]) == ("draft", 1, False)
+    assert "verified" not in report["objects"]
+    path = f"/ui/studies/{study_uid}"
+    with httpx.Client(base_url=base) as client:
+        log_in(client, "rex")
+        page = client.get(path)
+        assert 'id="demo-not-verifiable"' in page.text and "can never be approved or amended" in page.text
+        assert 'id="approve"' not in page.text and 'id="amend"' not in page.text and 'id="reject"' in page.text
+        token = page_token(client, path)
+        forged = client.post(path + "/review", data={"action": "approve", "version": "1", "csrf_token": token})
+        assert forged.status_code == 409 and "can never be approved or amended" in forged.text
+        rejected = client.post(path + "/review", data={"action": "reject", "version": "1", "comment": "Random weights.",
+                                                      "csrf_token": token})
+        assert rejected.status_code == 303
+    assert report_version(base, tokens, study_uid) == ("rejected", 2)

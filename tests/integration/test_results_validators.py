@@ -1,7 +1,11 @@
-"""The result objects, written to files, checked by the standard's own validators (dicom3tools, dcmtk).
+"""Every result object the pipeline and the review can write, checked by the standard's own validators.
 
-dciodvfy: no errors in any object we write (the warnings we accept are listed, with why, in EXPECTED_WARNINGS);
-dsrdump: parses every SR; dcentvfy: source instances, SEG, SC, SR and KO agree on patient and study.
+For CT (single-frame, and pydicom's real Enhanced CT), brain MR and CXR, with and without findings, made with DEMO and with real weights, with a model answer and a
+reader's text full of control characters (cleaned on the way, as the report stage and the review do): SEG, overlay
+SC, draft SR, approved and amended verified SR (real weights only: DEMO drafts are never verified), rejection note.
+dciodvfy: no error in any of them (the warnings we accept are listed, with why, in EXPECTED_WARNINGS); dsrdump: parses
+every SR and the rejection note without an error or warning; dcentvfy: source instances and results agree on patient
+and study.
 """
 
 from __future__ import annotations
@@ -12,20 +16,32 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.results import (
     Amendment,
+    DraftReportContent,
+    Narrative,
     VerifyingObserver,
     build_draft_report,
     build_overlay_capture,
     build_retraction,
     build_segmentation,
     build_verified_report,
+    clean_text,
 )
 from tests.conftest import require_tool
-from tests.support.result_cases import FIXED_TIME, ResultCase, brain_case, ct_case, cxr_case, nothing_found_case
+from tests.support.result_cases import (
+    FIXED_TIME,
+    ResultCase,
+    brain_case,
+    ct_case,
+    cxr_case,
+    enhanced_ct_case,
+    nothing_found_case,
+)
 from tests.support.source_study import write_datasets
 
 # Warnings dciodvfy (dicom3tools) gives on what we write, each accepted for a reason:
@@ -63,38 +79,63 @@ def _write(folder: Path, name: str, dataset: Dataset) -> Path:
     return path
 
 
+# What a model may answer (random demo weights produce any token): every control character, a lone surrogate aside.
+RAW_MODEL_TEXT = "Findings:\tliver\x00 normal\x07.\r\nSecond line\x1b[0m with\x0b a C1\x85 control and DEL\x7f.\f"
+RAW_READER_TEXT = "Checked\tthe volumes;\x08 spleen\x00 not seen."
+
+
+def _with_model_text(case: ResultCase) -> DraftReportContent:
+    """The case's content with the question and answer as the report stage passes them on: raw model text, cleaned."""
+    content = case.content
+    narrative = Narrative(clean_text("Describe\tthe image."), clean_text(RAW_MODEL_TEXT))
+    return DraftReportContent(content.findings, narrative, content.model, institution_name=content.institution_name,
+                              extra_algorithms=content.extra_algorithms)
+
+
 def _all_results(case: ResultCase, folder: Path) -> dict[str, Path]:
-    """Every object the writers make for a case: SEG (if any), overlay SC, draft SR, verified SR, retraction."""
-    findings = case.content.findings
+    """Every object the pipeline and the review write for a case: SEG (if any), overlay SC, draft SR, and then, for
+    real weights, the approved and the amended verified SR; the rejection note. A DEMO case's objects say DEMO."""
+    content = _with_model_text(case)
+    findings, demo = content.findings, content.demo
     written: dict[str, Path] = {}
     seg = None
     if findings.segmentation is not None:
-        seg = build_segmentation(findings, case.uids, now=FIXED_TIME)
+        seg = build_segmentation(findings, case.uids, now=FIXED_TIME, demo_run=demo)
         written["seg"] = _write(folder, "seg", seg)
         middle = findings.source_images[len(findings.source_images) // 2]
         overlay = np.zeros((int(middle.Rows), int(middle.Columns), 3), dtype=np.uint8)
         overlay[..., 0] = 200
-        sc = build_overlay_capture(overlay, middle, findings.algorithm, case.uids, now=FIXED_TIME)
+        frame = 1 if int(middle.get("NumberOfFrames", 1)) > 1 else None  # an enhanced source: its first frame
+        sc = build_overlay_capture(overlay, middle, findings.algorithm, case.uids, now=FIXED_TIME, demo_run=demo,
+                                   frame_number=frame)
         written["sc"] = _write(folder, "sc", sc)
-    draft = build_draft_report(case.content, case.uids, segmentation=seg, now=FIXED_TIME)
+    draft = build_draft_report(content, case.uids, segmentation=seg, now=FIXED_TIME)
     written["draft"] = _write(folder, "draft", draft)
-    verified = build_verified_report(
-        draft, REVIEWER, case.uids, amendment=Amendment("Amended narrative.", "Checked the volumes."), now=FIXED_TIME
-    )
-    written["verified"] = _write(folder, "verified", verified)
+    if not demo:
+        approved = build_verified_report(draft, REVIEWER, case.uids, now=FIXED_TIME)
+        written["verified"] = _write(folder, "verified", approved)
+        amended = build_verified_report(approved, REVIEWER, case.uids, revision=2, now=FIXED_TIME, amendment=Amendment(
+            clean_text(RAW_READER_TEXT), clean_text("Volumes\tchecked.")))
+        written["amended"] = _write(folder, "amended", amended)
     retraction = build_retraction([draft, *([seg] if seg is not None else [])], REVIEWER, case.uids,
-                                  explanation="Wrong series analysed", now=FIXED_TIME)
+                                  explanation=clean_text("Wrong\tseries analysed\x00"), now=FIXED_TIME, demo=demo)
     written["retraction"] = _write(folder, "retraction", retraction)
+    for name, path in written.items():
+        marked = "DEMO" in str(pydicom.dcmread(path, stop_before_pixels=True).SeriesDescription)
+        assert marked == demo, f"{name}: DEMO in its series description must say whether DEMO models ran"
     return written
 
 
-_CASES = {"ct": ct_case, "brain": brain_case, "cxr": cxr_case, "ct-nothing-found": lambda: nothing_found_case("ct"),
-          "brain-nothing-found": lambda: nothing_found_case("brain")}
+_KINDS = {"ct": ct_case, "brain": brain_case, "cxr": cxr_case, "enhanced-ct": enhanced_ct_case,
+          "ct-nothing-found": lambda demo: nothing_found_case("ct", demo=demo),
+          "brain-nothing-found": lambda demo: nothing_found_case("brain", demo=demo)}
+_CASES = {f"{kind}-{'demo' if demo else 'real'}": (make, demo) for kind, make in _KINDS.items() for demo in (True, False)}
 
 
 @pytest.fixture(scope="module", params=list(_CASES))
 def written_case(request, tmp_path_factory) -> tuple[list[Path], dict[str, Path]]:
-    case = _CASES[request.param]()
+    make, demo = _CASES[request.param]
+    case = make(demo=demo)
     folder = tmp_path_factory.mktemp(request.param)
     sources = write_datasets(folder / "source", case.study.all_instances)
     return sources, _all_results(case, folder)
@@ -109,21 +150,37 @@ def test_every_written_object_passes_dciodvfy_without_errors(written_case):
         assert unexpected == [], f"new dciodvfy warnings in {name}: {unexpected}"
 
 
-def test_dsrdump_parses_draft_and_verified_reports(written_case):
+# dsrdump's accepted warnings, both about dcmtk's own limits: its VR checker cannot check UTF-8 text (our objects are
+# UTF-8, ISO_IR 192), and it does not check the template constraints of a Key Object Selection (TID 2010).
+DSRDUMP_ACCEPTED = ("W: The VR checker does not support this Specific Character Set: ISO_IR 192",
+                    "W: Check for template constraints not yet supported")
+
+
+def _dsrdump(path: Path) -> str:
+    """dsrdump's rendering; any other error or warning it logs fails the test."""
+    dump = _run("dsrdump", path)
+    problems = [line for line in dump.stderr.splitlines()
+                if line.startswith(("E:", "W:", "F:")) and line not in DSRDUMP_ACCEPTED]
+    assert dump.returncode == 0 and problems == [], f"dsrdump on {path.name}: {dump.stderr}"
+    return dump.stdout
+
+
+def test_dsrdump_parses_every_sr_and_key_object_without_complaint(written_case):
     _, results = written_case
-    draft = _run("dsrdump", results["draft"])
-    assert draft.returncode == 0, draft.stderr
-    assert re.search(r"Completion Flag\s*: PARTIAL", draft.stdout)
-    assert re.search(r"Verification Flag\s*: UNVERIFIED", draft.stdout)
-    assert '"Imaging Measurement Report"' in draft.stdout and '"AI draft statement"' in draft.stdout
-    verified = _run("dsrdump", results["verified"])
-    assert verified.returncode == 0, verified.stderr
-    assert re.search(r"Completion Flag\s*: COMPLETE", verified.stdout)
-    assert re.search(r"Verification Flag\s*: VERIFIED", verified.stdout)
-    assert re.search(r"Verifying Observers\s*: .*Reader\^Rita, Test Hospital Radiology", verified.stdout)
-    assert re.search(r"Predecessor Docs\s*: 1", verified.stdout)
-    retraction = _run("dsrdump", results["retraction"])
-    assert retraction.returncode == 0 and '"Rejected for Quality Reasons"' in retraction.stdout
+    draft = _dsrdump(results["draft"])
+    assert re.search(r"Completion Flag\s*: PARTIAL", draft)
+    assert re.search(r"Verification Flag\s*: UNVERIFIED", draft)
+    assert '"Imaging Measurement Report"' in draft and '"AI draft statement"' in draft
+    for name in ("verified", "amended"):
+        if name not in results:  # a DEMO draft is never verified
+            continue
+        verified = _dsrdump(results[name])
+        assert re.search(r"Completion Flag\s*: COMPLETE", verified)
+        assert re.search(r"Verification Flag\s*: VERIFIED", verified)
+        assert re.search(r"Verifying Observers\s*: .*Reader\^Rita, Test Hospital Radiology", verified)
+        assert re.search(r"Predecessor Docs\s*: 1", verified)
+    retraction = _dsrdump(results["retraction"])
+    assert '"Rejected for Quality Reasons"' in retraction
 
 
 def test_dcentvfy_finds_source_and_results_consistent(written_case):

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event, func, select, update
 
-from dicom_node.scp.recording import InstanceRecorder, ReceivedInstance, RecorderError
+from dicom_node.intake.recording import InstanceRecorder, ReceivedInstance, RecorderError
 from service.db.models import Instance, Series, Study, StudyStatus
 from service.db.session import create_db_engine, make_session_factory
 from service.ingest import DatabaseRecorder

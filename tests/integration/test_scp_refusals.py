@@ -16,9 +16,9 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
 
 from dicom_node.network import AllowedCaller
-from dicom_node.scp.header import encode_file_meta
-from dicom_node.scp.spool import SpoolWriter
-from dicom_node.scp.statuses import (
+from dicom_node.intake.header import encode_file_meta
+from dicom_node.intake.spool import SpoolWriter
+from dicom_node.intake.statuses import (
     CANNOT_UNDERSTAND,
     DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     INVALID_UID,
@@ -128,7 +128,7 @@ def test_a_full_disk_answers_out_of_resources(tmp_path, session_factory):
     class DiskFullSpool(SpoolWriter):
         """Temporary files on /dev/full: every write fails with the kernel's real ENOSPC."""
 
-        def _open_new(self, directory: str, temp: str | None) -> int:
+        def _open_new(self, temp: str | None) -> int:
             return os.open("/dev/full", os.O_WRONLY)
 
     spool = DiskFullSpool(tmp_path / "home" / "spool")

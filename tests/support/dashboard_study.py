@@ -121,9 +121,10 @@ def _run(session, study: Study, status: RunStatus, failed_stage: str = "") -> Pi
     return run
 
 
-def seed_reviewable_study(session_factory, settings: Settings) -> str:
-    """A CT study, done, with a DRAFT report (version 1) to review; returns its Study Instance UID."""
-    case = ct_case()
+def seed_reviewable_study(session_factory, settings: Settings, *, demo: bool = False) -> str:
+    """A CT study, done, with a DRAFT report (version 1) to review; returns its Study Instance UID. ``demo``: made with
+    DEMO models (such a draft can only be rejected)."""
+    case = ct_case(demo=demo)
     study_uid = case.study.study_instance_uid
     folder = settings.results_dir / study_uid / "run-1"
     folder.mkdir(parents=True, exist_ok=True)
@@ -140,7 +141,7 @@ def seed_reviewable_study(session_factory, settings: Settings) -> str:
         study = _catalog(session, settings, case.study.series["ct"], "CT ABDOMEN", "CT", StudyStatus.DONE)
         run = _run(session, study, RunStatus.DONE)
         session.add(Report(
-            study_id=study.id, run_id=run.id, demo=True, question=narrative.question, narrative=narrative.answer,
+            study_id=study.id, run_id=run.id, demo=demo, question=narrative.question, narrative=narrative.answer,
             findings={"expert": "VISTA3D", "volumes_ml": {"liver": 0.48, "hepatic tumor": 0.016}},
             transcript=_transcript(narrative.question, narrative.answer),
             objects={"sr": {"path": str(sr_path), "sop_instance_uid": draft.SOPInstanceUID,

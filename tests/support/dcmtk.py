@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000,
@@ -30,6 +31,7 @@ __all__ = ["echoscu", "storescu", "storescu_command", "StorescuResult", "STORESC
 STORESCU_PROPOSAL = {
     ImplicitVRLittleEndian: "-xi",
     ExplicitVRLittleEndian: "-xe",
+    ExplicitVRBigEndian: "-xb",
     DeflatedExplicitVRLittleEndian: "-xd",
     JPEGBaseline8Bit: "-xy",
     JPEGExtended12Bit: "-xx",

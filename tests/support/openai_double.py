@@ -3,7 +3,9 @@
 trtllm-serve needs a GPU and TensorRT-LLM, which CI does not have. This double speaks the parts of its API the backend
 uses (``GET /v1/models``, ``GET /health``, ``POST /v1/chat/completions`` with and without ``stream``), records every request
 body, and can be scripted to fail (any status, with ``Retry-After``) or to hold a request until released (timeouts).
-It knows nothing about models: the answer text is whatever the test scripts.
+Without ``serving`` the answer text is whatever the test scripts; with ``serving`` (a
+:class:`tests.support.trtllm_emulation.TrtllmVilaEmulation`) unscripted requests are answered by a tiny VILA checkpoint
+processed as trtllm-serve processes VILA requests, token by token, with ``logprobs`` when asked.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class OpenAIServerDouble:
     model_id: str = "Llama3-VILA-M3-8B"
     default_text: str = "This looks like a CT image. Let me trigger <VISTA3D(everything)>."
     requests: list[dict[str, Any]] = field(default_factory=list)
+    serving: Any = None  # a TrtllmVilaEmulation: answers unscripted chat requests with a real tiny model
     _script: queue.Queue = field(default_factory=queue.Queue)
     _server: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -94,6 +97,9 @@ class OpenAIServerDouble:
                 try:
                     reply = double._script.get_nowait()
                 except queue.Empty:
+                    if double.serving is not None:
+                        self._served(body)
+                        return
                     reply = ScriptedReply(text=double.default_text)
                 if reply.hold is not None:
                     reply.hold.wait(timeout=30)
@@ -106,6 +112,35 @@ class OpenAIServerDouble:
                     self._stream(body, reply)
                 else:
                     self._json(200, _completion(double.model_id, body, reply))
+
+            def _served(self, body: dict) -> None:
+                from tests.support.trtllm_emulation import EmulationError
+
+                try:
+                    answer = double.serving.answer(body)
+                except EmulationError as error:
+                    self._json(error.status, {"error": {"message": str(error), "type": "BadRequestError"}})
+                    return
+                usage = {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                         "total_tokens": answer.prompt_tokens + answer.completion_tokens}
+                if not body.get("stream"):
+                    choice = {"index": 0, "message": {"role": "assistant", "content": answer.text},
+                              "finish_reason": answer.finish_reason}
+                    if answer.logprobs:
+                        choice["logprobs"] = {"content": answer.logprobs}
+                    self._json(200, {"id": "chatcmpl-emulated", "object": "chat.completion", "model": double.model_id,
+                                     "choices": [choice], "usage": usage})
+                    return
+                events = []
+                for index, piece in enumerate(answer.pieces):
+                    choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                    if answer.logprobs:
+                        choice["logprobs"] = {"content": [answer.logprobs[index]]}
+                    events.append({"choices": [choice]})
+                events.append({"choices": [{"index": 0, "delta": {}, "finish_reason": answer.finish_reason}]})
+                events.append({"choices": [], "usage": usage})
+                data = b"".join(f"data: {json.dumps(e)}\n\n".encode() for e in events) + b"data: [DONE]\n\n"
+                self._send(200, data, "text/event-stream")
 
             def _json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
                 self._send(status, json.dumps(payload).encode(), "application/json", headers)

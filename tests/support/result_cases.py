@@ -19,8 +19,8 @@ from dicom_node.results import (
 )
 from tests.support.source_study import SourceStudy, brain_mr_study, ct_study, cxr_study, engine_affine
 
-__all__ = ["ResultCase", "ct_case", "brain_case", "cxr_case", "nothing_found_case", "ORG_ROOT", "FIXED_TIME",
-           "CXR_PATHOLOGIES"]
+__all__ = ["ResultCase", "ct_case", "brain_case", "cxr_case", "enhanced_ct_case", "nothing_found_case", "ORG_ROOT",
+           "FIXED_TIME", "CXR_PATHOLOGIES"]
 
 ORG_ROOT = "1.2.826.0.1.3680043.10.1177"
 FIXED_TIME = datetime.datetime(2026, 1, 2, 3, 4, 5)
@@ -101,6 +101,31 @@ def cxr_case(demo: bool = True) -> ResultCase:
     narrative = Narrative("What do you see?", "Cardiomegaly with a right pleural effusion.")
     content = DraftReportContent(findings, narrative, _vlm(demo))
     return ResultCase(study, content, ResultUids(ORG_ROOT, study.study_instance_uid, "run-cxr-1"))
+
+
+def enhanced_ct_case(demo: bool = True) -> ResultCase:
+    """pydicom's real Enhanced CT (``eCT_Supplemental.dcm``: one instance, two 512 x 512 frames, 10 mm apart) with a
+    liver and a spleen label on its grid, as the volume reader places it."""
+    from pydicom import dcmread
+    from pydicom.data import get_testdata_file
+
+    from dicom_node.volumes import volume_from_series
+
+    image = dcmread(get_testdata_file("eCT_Supplemental.dcm"))
+    volume = volume_from_series([image])
+    labels = np.zeros(volume.array.shape, dtype=np.uint8)
+    labels[100:300, 150:350, :] = 1
+    labels[320:400, 200:260, 1] = 3
+    voxel_ml = float(np.prod(volume.voxel_spacing)) / 1000
+    segments = tuple(StructureSegment(name, (label,), round(float(np.count_nonzero(labels == label)) * voxel_ml, 3))
+                     for name, label in (("liver", 1), ("spleen", 3)))
+    header = dcmread(get_testdata_file("eCT_Supplemental.dcm"), stop_before_pixels=True)
+    expert = AlgorithmIdentity("VISTA3D", "0.5.4", "NVIDIA", "onnxruntime-cpu", "sha256:" + "cd" * 32, demo=demo)
+    findings = ExpertFindings(expert, (header,), LabelSegmentation(labels, volume.affine, segments))
+    content = DraftReportContent(findings, Narrative("Describe the image.", "Liver and spleen segmented."),
+                                 _vlm(demo))
+    study = SourceStudy(str(image.StudyInstanceUID), {"ct": [image]})
+    return ResultCase(study, content, ResultUids(ORG_ROOT, study.study_instance_uid, "run-enhanced-1"), labels)
 
 
 def nothing_found_case(kind: str = "ct", demo: bool = True) -> ResultCase:

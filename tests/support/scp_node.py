@@ -9,7 +9,8 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.scp import DicomNode, SpoolWriter
+from dicom_node.intake import SpoolWriter
+from dicom_node.scp import DicomNode
 from service.config import Settings
 from service.db.models import Instance, Series, Study
 from service.ingest import DatabaseRecorder

@@ -1,6 +1,6 @@
 """The deployment files: the Dockerfile (hadolint + the rules that matter, checked structurally), the compose file
 (compose-spec's strict parser after Compose-style interpolation), the container entry point and health check run for
-real, and the trtllm-serve patch for VILA 355fda9's projector order.
+real (the trtllm-serve patch and its start script: tests/unit/test_trtllm_patch.py).
 
 Docker cannot build here; these checks are what CI can do without an engine.
 """
@@ -23,7 +23,6 @@ DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
 ENTRYPOINT = ROOT / "deploy" / "container" / "entrypoint.sh"
 HEALTHCHECK = ROOT / "deploy" / "container" / "healthcheck.py"
-PATCH = ROOT / "deploy" / "trtllm" / "patch_vila_355fda9.py"
 COMPILERS = {"build-essential", "gcc", "g++", "clang", "cpp", "make", "cmake", "python3-dev", "libc6-dev", "ninja-build"}
 
 
@@ -252,8 +251,23 @@ def test_compose_takes_secrets_from_files_and_keeps_state_on_volumes(compose):
         assert compose["services"][name]["environment"]["M3EDGE_DATABASE_URL_FILE"].startswith("/run/secrets/")
 
 
-def test_compose_points_the_openai_backend_at_trtllm_serve(compose):
+def test_compose_runs_vila_in_process_by_default_and_trtllm_serve_only_in_its_profile(compose):
     services = compose["services"]
+    for name in ("worker-gpu0", "worker-gpu1"):
+        environment = services[name]["environment"]
+        assert environment["M3EDGE_VLM_BACKEND"] == "vila"
+        assert environment["M3EDGE_VLM_MODEL_DIR"] == "/models/vila1.5-8b-m3"
+        assert "/models/vila1.5-8b-m3:ro" in " ".join(services[name]["volumes"])
+        assert "trtllm" not in (services[name].get("depends_on") or {})
+    assert services["trtllm"]["profiles"] == ["trtllm"]
+    assert all("profiles" not in service for name, service in services.items() if name != "trtllm")
+
+
+def test_compose_switches_to_trtllm_serve_with_one_variable():
+    raw = yaml.safe_load(COMPOSE.read_text())
+    resolved = interpolate(raw, {"M3EDGE_VILA_DIR": "/srv/models/vila1.5-8b-m3", "M3EDGE_NODE": "gpu-host-1",
+                                 "M3EDGE_VLM_BACKEND": "openai"})
+    services = resolved["services"]
     command = services["trtllm"]["command"]
     assert command[0] == "/m3edge-trtllm/serve.sh" and "vila1.5-8b" in command[1]
     assert command[command.index("--max_seq_len") + 1] == "4096"
@@ -342,98 +356,6 @@ def test_healthcheck_follows_the_real_api_readiness(tmp_path, session_factory, d
     closed = subprocess.run([sys.executable, str(HEALTHCHECK), "tcp", str(free_port())], capture_output=True, text=True,
                             timeout=30)
     assert closed.returncode == 1 and "nothing accepts connections" in closed.stderr
-
-
-# -- the trtllm-serve patch for VILA 355fda9 ----------------------------------------------------------------------------
-
-# The shape of TensorRT-LLM 1.x's modeling_vila.py around the two places the patch changes (written for this test).
-_NVILA_FORM = '''
-class DownSampleBlock(nn.Module):
-
-    def forward(self, x):
-        return self.flat_square(x)
-
-    def flat_square(self, x):
-        n, w, h, c = x.size()
-        x = x.contiguous()
-        x = x.view(n, w, int(h / 2), int(c * 2))
-        x = x.permute(0, 2, 1, 3).contiguous()
-        x = x.view(n, int(h / 2), int(w / 2), int(c * 4))
-        x = x.permute(0, 2, 1, 3).contiguous()
-        return x
-
-
-class DownSample2x2Block(nn.Module):
-
-    def flat_square_2x2(self, x):
-        x = x.view(n, int(h / 2), int(w / 2), int(c * 4))
-        x = x.permute(0, 2, 1, 3).contiguous()
-        return x
-
-
-class VilaInputProcessor:
-
-    def _postprocess(self, input_ids, mm_features):
-        start_tokens, start_ids, start_len = None, None, 0
-        end_tokens, end_ids, end_len = "\\n", None, 0
-        return input_ids
-'''
-
-
-@pytest.fixture(scope="module")
-def patch_module():
-    sys.path.insert(0, str(PATCH.parent))
-    try:
-        import patch_vila_355fda9
-    finally:
-        sys.path.remove(str(PATCH.parent))
-    return patch_vila_355fda9
-
-
-def test_patch_removes_only_flat_squares_final_permute_and_the_newline_tokens(patch_module):
-    patched, changes = patch_module.patch_source(_NVILA_FORM)
-    assert len(changes) == 2
-    block = patched.split("class DownSample2x2Block")[0]
-    assert block.count("permute(0, 2, 1, 3)") == 1  # the first one stays
-    assert "int(c * 4))\n        return x" in block
-    assert patched.split("class DownSample2x2Block")[1].count("permute(0, 2, 1, 3)") == 1  # other projectors untouched
-    assert 'end_tokens, end_ids, end_len = None, None, 0' in patched and '"\\n", None, 0' not in patched
-    again, no_changes = patch_module.patch_source(patched)
-    assert again == patched and no_changes == []
-
-
-def test_patch_refuses_a_file_it_does_not_know_and_changes_nothing(patch_module, tmp_path):
-    unknown = _NVILA_FORM.replace("x = x.view(n, int(h / 2), int(w / 2), int(c * 4))\n        x = x.permute",
-                                  "x = x.reshape(n, -1, int(c * 4))\n        x = x.permute", 1)
-    with pytest.raises(patch_module.PatchError, match="patch it by hand"):
-        patch_module.patch_source(unknown)
-    target = tmp_path / "modeling_vila.py"
-    target.write_text(unknown)
-    result = subprocess.run([sys.executable, str(PATCH), "--file", str(target)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1 and target.read_text() == unknown
-
-
-def test_order_check_tells_the_355fda9_projector_from_the_permuted_one(patch_module):
-    import torch
-
-    from engines.vlm.projector import TokenOrder, merge_2x2_blocks
-
-    class Block(torch.nn.Module):
-        def __init__(self, order):
-            super().__init__()
-            self.order = order
-
-        def forward(self, x):
-            return merge_2x2_blocks(x, self.order)
-
-    assert patch_module.column_major_order_holds(Block(TokenOrder.VILA_355FDA9))
-    assert not patch_module.column_major_order_holds(Block(TokenOrder.ROW_MAJOR))
-
-
-def test_trtllm_start_script_refuses_a_folder_name_without_a_template_key(tmp_path):
-    result = subprocess.run(["bash", str(ROOT / "deploy" / "trtllm" / "serve.sh"), str(tmp_path / "vila-m3-8b")],
-                            capture_output=True, text=True, timeout=30)
-    assert result.returncode == 64 and "names no VILA template key" in result.stderr
 
 
 def test_readme_deployment_section_covers_scale_out_and_air_gapped_models():

@@ -42,6 +42,10 @@ def test_gpu_check_dry_run_measures_every_part_and_writes_the_summary(tmp_path):
     assert vlm["eager"]["image_embeddings"] == 196  # the real 384 px / patch 14 path
     assert vlm["compiled"]["new_tokens"] == 8
 
+    check = summary["vlm_backends"]["report"]
+    assert check["verdict"] == "agree" and len(check["cases"]) == 6, check
+    assert all(case["tokens_equal"] for case in check["cases"])
+
     rows = {row["expert"]: row for row in summary["backends"]["rows"]}
     assert set(rows) == {"VISTA3D", "BRATS", "CXR"}
     assert all(row["candidate_fell_back"] is None and row["candidate_backend"].startswith("onnxruntime")
@@ -49,7 +53,7 @@ def test_gpu_check_dry_run_measures_every_part_and_writes_the_summary(tmp_path):
     assert 0.0 <= rows["CXR"]["classification_agreement"] <= 1.0
 
     markdown = (out / "gpu_check.md").read_text()
-    for heading in ("DRY RUN", "parity", "speed", "VILA-M3-8B-shaped", "vs torch"):
+    for heading in ("DRY RUN", "parity", "speed", "VILA-M3-8B-shaped", "m3edge vlm check", "vs torch"):
         assert heading in markdown, heading
 
 

@@ -1,32 +1,35 @@
 """DICOMweb under ``/dicomweb``: QIDO-RS (search), WADO-RS (instances, metadata) and STOW-RS (store).
 
 Every route needs a token like the rest of the API; every search, retrieve, metadata read and store is an audit
-event. STOW-RS stores through the node's own durable path (``service.dicomweb.stow``).
+event. STOW-RS streams each request through the node's own intake (``service.dicomweb.stow``), at most
+``STOW_MAX_CONCURRENT_REQUESTS`` at a time per process.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
+import anyio.from_thread
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import CurrentUser, SessionDep, client_address
 from service.api.problems import Problem
 from service.dicomweb.dicom_json import attribute, header_json
-from service.dicomweb.multipart import FilePart, MultipartError, encode_parts, media_type_parameters, new_boundary
-from service.dicomweb.multipart import parse_parts
+from service.dicomweb.multipart import FilePart, encode_parts, media_type_parameters, new_boundary
 from service.dicomweb.qido import MAX_LIMIT, QidoError, QidoLevel, parse_qido, search
 from service.dicomweb.results import ResultInstances
-from service.dicomweb.stow import StowReceiver
+from service.dicomweb.stow import StowReceiver, StowRefused
 from service.dicomweb.wado import NotAcceptable, stored_files, wanted_transfer_syntax, wants_json
 from service.security import record_audit
 
-__all__ = ["router", "MAX_STOW_BYTES"]
+__all__ = ["router"]
 
 UID_PATTERN = r"^[0-9]+(\.[0-9]+)*$"
 StudyUid = Annotated[str, Path(pattern=UID_PATTERN, max_length=64, description="Study Instance UID")]
@@ -36,7 +39,7 @@ Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="At most this many 
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Skip this many results")]
 
 DICOM_JSON = "application/dicom+json"
-MAX_STOW_BYTES = 2 << 30  # one request; larger studies go in several requests (or by C-STORE)
+STOW_RETRY_AFTER_SECONDS = 5
 _STATE_LOCK = threading.Lock()
 LOGGER = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ async def _lifespan(app: FastAPI):
     yield
     receiver = getattr(app.state, "stow_receiver", None)
     if receiver is not None:
-        receiver.recorder.close()
+        receiver.intake.recorder.close()
 
 
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"], lifespan=_lifespan)
@@ -57,20 +60,29 @@ def _base(request: Request) -> str:
 
 
 def _receiver(app: FastAPI) -> StowReceiver:
-    """The app's STOW receiver: the spool writer and a database recorder, made on first use."""
+    """The app's STOW receiver: the node's intake (spool, disk admission, limits, a database recorder), made on first
+    use."""
     with _STATE_LOCK:
         receiver = getattr(app.state, "stow_receiver", None)
         if receiver is None:
+            from dicom_node.intake import DiskAdmission, Intake, IntakeLimits, SpoolWriter
+            from dicom_node.intake.spool import INCOMING_DIR
             from dicom_node.scp.handlers import utc_now
-            from dicom_node.scp.spool import INCOMING_DIR, SpoolWriter
             from service.ingest import DatabaseRecorder
 
             settings = app.state.settings
             # No SpoolWriter.prepare(): it clears temporary files, and the node's process may be writing some now.
             (settings.spool_dir / INCOMING_DIR).mkdir(parents=True, exist_ok=True)
-            receiver = StowReceiver(SpoolWriter(settings.spool_dir), DatabaseRecorder(app.state.session_factory),
-                                    utc_now)
+            intake = Intake(
+                SpoolWriter(settings.spool_dir), DatabaseRecorder(app.state.session_factory),
+                admission=DiskAdmission(settings.spool_dir, settings.spool_high_water_percent,
+                                        settings.spool_reserve_bytes),
+                limits=IntakeLimits(settings.dicom_max_instance_bytes, settings.dicom_max_inflated_bytes),
+                clock=utc_now,
+            )
+            receiver = StowReceiver(intake, max_request_bytes=settings.stow_max_request_bytes)
             app.state.stow_receiver = receiver
+            app.state.stow_requests = asyncio.Semaphore(settings.stow_max_concurrent_requests)
         return receiver
 
 
@@ -245,16 +257,13 @@ def instance_metadata(study_uid: StudyUid, series_uid: SeriesUid, sop_instance_u
 # -- STOW-RS ----------------------------------------------------------------------------------------------------------
 
 
-async def _read_body(request: Request) -> bytearray:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_STOW_BYTES:
-        raise Problem(413, "request too large", f"send at most {MAX_STOW_BYTES} bytes per request")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_STOW_BYTES:
-            raise Problem(413, "request too large", f"send at most {MAX_STOW_BYTES} bytes per request")
-    return body  # not copied: the parts are views into it
+def _pulled(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
+    """The request body's chunks, pulled from the event loop by the worker thread that stores them, one at a time."""
+    while True:
+        try:
+            yield anyio.from_thread.run(stream.__anext__)
+        except StopAsyncIteration:
+            return
 
 
 async def _stow(request: Request, session, user, study_uid: str | None) -> JSONResponse:
@@ -262,19 +271,31 @@ async def _stow(request: Request, session, user, study_uid: str | None) -> JSONR
     if media_type != "multipart/related" or parameters.get("type", "").lower() != "application/dicom":
         raise Problem(415, "unsupported media type",
                       'send DICOM Part 10 files as multipart/related; type="application/dicom"')
-    body = await _read_body(request)
-    try:
-        parts = parse_parts(body, parameters.get("boundary", ""))
-    except MultipartError as exc:
-        raise Problem(400, "malformed multipart body", str(exc)) from exc
-    if not parts:
-        raise Problem(400, "no instances", "the multipart body holds no parts")
-    for part in parts:
-        part_type, _ = media_type_parameters(part.content_type or "application/dicom")
-        if part_type != "application/dicom":
-            raise Problem(415, "unsupported media type",
-                          f"a part is {part_type!r}; every part must be application/dicom")
-    result = await run_in_threadpool(_receiver(request.app).store, [p.content for p in parts], study_uid)
+    receiver = _receiver(request.app)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > receiver.max_request_bytes:
+        raise Problem(413, "request too large", f"send at most {receiver.max_request_bytes} bytes per request "
+                                                "(STOW_MAX_REQUEST_BYTES); larger studies go in several requests")
+    full = receiver.intake.admission_refusal()
+    if full is not None:
+        LOGGER.warning("STOW-RS request refused: %s", full)
+        raise Problem(503, "spool full", "the node is not taking instances in now (its spool's disk is too full); "
+                      "retry later", headers={"Retry-After": str(STOW_RETRY_AFTER_SECONDS * 12)})
+    requests = request.app.state.stow_requests
+    if requests.locked():
+        raise Problem(503, "busy", "as many STOW-RS requests as STOW_MAX_CONCURRENT_REQUESTS are being stored; "
+                      "retry shortly", headers={"Retry-After": str(STOW_RETRY_AFTER_SECONDS)})
+    async with requests:
+        try:
+            result = await run_in_threadpool(receiver.store, _pulled(request.stream()),
+                                             parameters.get("boundary", ""), study_uid)
+        except StowRefused as exc:
+            record_audit(session, user.name, "dicomweb.store", study_uid=study_uid or "",
+                         remote_addr=client_address(request), outcome="failed",
+                         detail={"refused": exc.http_status, "stored_before": exc.stored})
+            session.commit()  # the request fails: its audit event must not be rolled back with it
+            raise Problem(exc.http_status, exc.title, exc.detail
+                          + (f" ({exc.stored} instance(s) before it were stored)" if exc.stored else "")) from exc
     by_study: dict[str, int] = {}
     for stored in result.stored:
         by_study[stored.study_uid] = by_study.get(stored.study_uid, 0) + 1

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from dicom_node.scp.status import NodeStatusFile
 from service.api.problems import Problem
 
 __all__ = ["router"]
@@ -18,7 +19,8 @@ def healthz() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="The database answers and the spool is writable")
+@router.get("/readyz", summary="The database answers, the spool is writable, and the DICOM node (if one runs beside "
+                               "this HOME) accepts associations")
 def readyz(request: Request) -> dict:
     settings = request.app.state.settings
     checks: dict[str, str] = {}
@@ -30,6 +32,9 @@ def readyz(request: Request) -> dict:
         checks["database"] = f"error: {exc.__class__.__name__}"
     spool = settings.spool_dir
     checks["spool"] = "ok" if spool.is_dir() and _writable(spool) else "missing or not writable"
+    node = NodeStatusFile(settings.dicom_status_file).read()
+    if node is not None:  # a node publishes beside this HOME: it must be accepting (no file: the API runs alone)
+        checks["dicom"] = node.problem() or "ok"
     if any(v != "ok" for v in checks.values()):
         raise Problem(503, "not ready", "; ".join(f"{k}: {v}" for k, v in checks.items()))
     return {"status": "ready", "checks": checks}

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 from service.api.deps import CurrentUser, SessionDep, client_address
 from service.api.problems import Problem
 from service.api.routes.studies import StudyUid
-from service.review import ReviewConflict, ReviewError, ReviewRequest, latest_report
+from service.review import DemoReportNotVerifiable, ReviewConflict, ReviewError, ReviewRequest, latest_report
 from service.security import record_audit
 
 __all__ = ["router", "report_json"]
@@ -34,6 +34,8 @@ def report_json(report) -> dict:
         "version": report.version,
         "demo": report.demo,
         "notice": ("DEMO models: " if report.demo else "") + DRAFT_NOTICE,
+        # What a reader may do with it: a DEMO draft can only be rejected (random weights are never verified).
+        "verifiable": not report.demo,
         "question": report.question,
         "narrative": report.narrative,
         "findings": report.findings,
@@ -73,12 +75,16 @@ class ReviewBody(BaseModel):
     comment: Annotated[str | None, Field(max_length=10_000, description="amend: on the findings; reject: the reason")] = None
 
 
-@router.post("/{study_uid}/review", summary="Approve, amend or reject the draft; writes and delivers a verified SR")
+@router.post("/{study_uid}/review", summary="Approve, amend or reject the draft; writes and delivers a verified SR",
+             description="A draft made with DEMO models can only be rejected: approve and amend answer 409.")
 def review(study_uid: StudyUid, body: ReviewBody, user: CurrentUser, session: SessionDep, request: Request) -> dict:
     service = request.app.state.review
     try:
         report = service.review(session, study_uid, user, ReviewRequest(body.action, body.version, body.narrative,
                                                                         body.comment), client_address(request))
+    except DemoReportNotVerifiable as exc:
+        session.rollback()
+        raise Problem(409, "a DEMO draft cannot be verified", str(exc)) from exc
     except ReviewConflict as exc:
         session.rollback()
         raise Problem(409, "review conflict", str(exc)) from exc

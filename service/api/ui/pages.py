@@ -14,7 +14,15 @@ from service.api.ui.access import FormFields, PageRefused, PageUser, require_csr
 from service.api.ui.worklist import PAGE_SIZE, WorklistFilters, worklist_rows
 from service.catalog import StudyNotFound, get_study, study_runs
 from service.db.models import StudyStatus
-from service.review import ReviewAction, ReviewConflict, ReviewError, ReviewRequest, latest_report
+from service.review import (
+    DEMO_NOT_VERIFIABLE,
+    DemoReportNotVerifiable,
+    ReviewAction,
+    ReviewConflict,
+    ReviewError,
+    ReviewRequest,
+    latest_report,
+)
 from service.security import record_audit
 
 __all__ = ["router"]
@@ -72,6 +80,7 @@ def _study_page(request: Request, session, user, study_uid: str, *, message: str
         "transcript": (report_data or {}).get("transcript") or {}, "message": message, "problem": problem,
         "draft_narrative": narrative if narrative is not None else (report_data or {}).get("narrative", ""),
         "draft_comment": comment, "study_path": "/ui/studies/" + quote(study_uid),
+        "demo_not_verifiable": DEMO_NOT_VERIFIABLE[0].upper() + DEMO_NOT_VERIFIABLE[1:],
     }
     return request.app.state.ui_pages.render(request, "study.html", context, user=user, status=status)
 
@@ -97,6 +106,10 @@ def review(study_uid: StudyUid, request: Request, user: PageUser, form: FormFiel
             session, study_uid, user,
             ReviewRequest(action, int(version), narrative if action == "amend" else None, comment or None),
             client_address(request))
+    except DemoReportNotVerifiable as exc:
+        session.rollback()
+        return _study_page(request, session, user, study_uid, status=409, narrative=narrative, comment=comment,
+                           problem=f"Not saved: {exc}.")
     except ReviewConflict as exc:
         session.rollback()
         return _study_page(request, session, user, study_uid, status=409, narrative=narrative, comment=comment,

@@ -26,11 +26,12 @@ __all__ = ["build_stage_handlers", "StageResources", "default_sender"]
 
 
 def default_sender(settings: Settings) -> Sender:
-    """C-STORE as our AE title; few quick tries per attempt, since the executor retries the stage with back-off."""
+    """C-STORE as our AE title; few quick tries per attempt, since the executor retries the stage with back-off. A
+    compressed result (a JPEG 2000 SEG) goes decompressed to a destination that takes it only uncompressed."""
     from dicom_node.scu import RetryPolicy, StorageSCU
 
     return StorageSCU(settings.dicom_ae_title, retry=RetryPolicy(attempts=2, first_delay=0.5, max_delay=2.0),
-                      connection_timeout=5.0)
+                      connection_timeout=5.0, decompress_when_refused=True)
 
 
 def build_stage_handlers(

@@ -1,7 +1,9 @@
 """Stage ``plan``: the routing rules decide which expert, argument, questions, destinations and priority a study gets.
 
 The route is small JSON kept on the run (``PipelineRun.route``); a study that no rule takes ends ``skipped`` with the
-reason the rules give.
+reason the rules give (which test of each rule failed, e.g. "anatomy: no series shows chest (BodyPartExamined
+'EXTREMITY' is not chest ...)"). The route names the series that passed the rule's series tests and anatomy
+(``eligible_series``): ``prepare`` takes its input from those only.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class PlanStage:
             "destinations": destinations,
             "priority": rule.priority.value,
             "matched_series": dict(decision.matched_series),
+            "eligible_series": list(decision.eligible_series),
             "modality": modality,
             "brats_sequences": brats,
         }

@@ -1,5 +1,8 @@
 """Stage ``prepare``: the route's series become the arrays its expert takes, saved as ``input.npz`` in the run's folder.
 
+Only the series the route found eligible (``eligible_series``: they passed the rule's series tests and showed its
+anatomy) are read.
+
 - VISTA3D (CT): the largest CT series that is one regular volume (localizer images dropped); (X, Y, Z) HU + affine.
 - BraTS (brain MRI): the four sequences the routing rule matched (or, failing that, found by ``BrainMriPatterns``),
   in one frame of reference, resampled onto one 1 mm RAS grid: (4, X, Y, Z) in the order T1c, T1, T2, FLAIR. The T1c's
@@ -7,6 +10,7 @@
 - CXR: the frontal (PA, then AP) radiograph as 8-bit MONOCHROME2.
 
 What the report needs later (the source instances analysed, the other sequences as evidence) is named in the result.
+Before an input is saved, the image checks (``image_checks``; by default a blank image is refused) may skip the study.
 A study that lacks what the expert needs (no frontal view, no FLAIR, sequences not co-registered) ends ``skipped``:
 like a study no rule matched, it is not something this expert can take. A series that should work but does not
 (not one regular volume, unreadable pixels) fails the run with the reason, for a person to look at.
@@ -33,6 +37,7 @@ from dicom_node.volumes import (
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import StageClaim
 from service.pipeline.stages import PermanentStageError, StudySkipped
+from service.pipeline.work.image_checks import DEFAULT_IMAGE_CHECKS, ImageCheck
 from service.pipeline.work.resources import StageResources, save_arrays
 
 __all__ = ["PrepareStage"]
@@ -55,15 +60,35 @@ def _paths_of(volume: SeriesVolume, datasets: Sequence[Dataset]) -> list[str]:
     return [ds.filename for ds in datasets if str(ds.SOPInstanceUID) not in dropped]
 
 
+def _eligible(files: dict[str, list[Path]], route: dict) -> dict[str, list[Path]]:
+    """The series the routing rule found eligible (its series tests and anatomy), when the route names them (runs
+    planned before routes did read every series)."""
+    eligible = route.get("eligible_series")
+    if eligible is None:
+        return files
+    kept = {uid: paths for uid, paths in files.items() if uid in set(eligible)}
+    if not kept:
+        raise NotRoutableError("not routable: none of the series the routing rule accepted is stored any more")
+    return kept
+
+
 class PrepareStage:
-    def __init__(self, resources: StageResources) -> None:
+    def __init__(self, resources: StageResources, image_checks: Sequence[ImageCheck] = DEFAULT_IMAGE_CHECKS) -> None:
         self.resources = resources
+        self.image_checks = tuple(image_checks)
+
+    def _check_image(self, expert: str, image: np.ndarray) -> None:
+        """Every image check on the expert's input, before it is saved; the first refusal skips the study."""
+        for check in self.image_checks:
+            reason = check(expert, image)
+            if reason is not None:
+                raise NotRoutableError(reason)
 
     def __call__(self, claim: StageClaim) -> StageOutcome:
         expert = claim.route.get("expert")
-        files = self.resources.series_files(claim.study_uid)
         target = self.resources.work_dir(claim.study_uid, claim.run_id) / "input.npz"
         try:
+            files = _eligible(self.resources.series_files(claim.study_uid), claim.route)
             if expert == "VISTA3D":
                 result = self._ct(files, target)
             elif expert == "BRATS":
@@ -94,6 +119,7 @@ class PrepareStage:
             except VolumeError as exc:
                 problems.append(str(exc))
                 continue
+            self._check_image("VISTA3D", volume.array)
             save_arrays(target, volume=volume.array.astype(np.float32, copy=False), affine=volume.affine)
             LOGGER.info("CT volume %s from series %s (%d of %d series tried)", volume.array.shape, series_uid,
                         len(problems) + 1, len(candidates))
@@ -129,6 +155,7 @@ class PrepareStage:
                       for uid in chosen.series_instance_uids}
         common = resample_to_common_grid([(v.array, v.affine) for v in volumes], reference=0, spacing_mm=1.0)
         t1c = volumes[0]
+        self._check_image("BRATS", common.array)
         save_arrays(target, volume=common.array, affine=common.affine, source_shape=np.asarray(t1c.array.shape),
                     source_affine=t1c.affine)
         sources = [_paths_of(v, by_uid[v.series_instance_uid]) for v in volumes]
@@ -151,6 +178,7 @@ class PrepareStage:
                 paths.extend(series_paths)
         datasets = _read(paths)
         radiograph = frontal_radiograph(datasets)
+        self._check_image("CXR", radiograph.image)
         save_arrays(target, volume=radiograph.image)
         source = next(ds.filename for ds in datasets if ds.SOPInstanceUID == radiograph.sop_instance_uid)
         return {"source_series": radiograph.series_instance_uid, "source_instances": [source], "other_evidence": [],

@@ -10,7 +10,6 @@ same row. A new report supersedes the study's earlier ones (except rejected ones
 from __future__ import annotations
 
 import logging
-import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,9 @@ from dicom_node.results import (
     build_draft_report,
     build_overlay_capture,
     build_segmentation,
-    write_result,
+    clean_text,
 )
+from dicom_node.results.seg import source_frames
 from service.db.models import PipelineRun, Report, ReportStatus
 from service.db.session import session_scope
 from service.pipeline.executor import StageOutcome
@@ -44,12 +44,9 @@ def _headers(paths: list[str]) -> list[Dataset]:
     return [pydicom.dcmread(path, stop_before_pixels=True) for path in paths]
 
 
-_KEPT_CONTROLS = {"\n", "\r", "\t", "\f"}
-
-
 def dicom_text(text: str) -> str:
-    """``text`` without the control characters a DICOM text value may not hold (a model's raw output can carry any)."""
-    return "".join(c for c in text if c in _KEPT_CONTROLS or unicodedata.category(c) not in ("Cc", "Cs"))
+    """``text`` as DICOM text may hold it (a model's raw output can carry any control character): ``clean_text``."""
+    return clean_text(text)
 
 
 def narrative_of(vlm: dict) -> Narrative:
@@ -63,12 +60,20 @@ def narrative_of(vlm: dict) -> Narrative:
     return Narrative(questions[0], text)
 
 
-def overlay_source_image(sources: list[Dataset], affine: np.ndarray, shape, axial_index: int | None) -> Dataset:
-    """The source instance nearest the axial slice (index on the RAS-reoriented grid) the overlay shows."""
+def overlay_source_image(sources: list[Dataset], affine: np.ndarray, shape,
+                         axial_index: int | None) -> tuple[Dataset, int | None]:
+    """The source frame nearest the axial slice (index on the RAS-reoriented grid) the overlay shows: its instance
+    and, for an enhanced multi-frame instance, its frame number (None for a single-frame instance)."""
     from engines.resample import ras_axis_order
 
+    frames = source_frames(tuple(sources))
+    multi_frame = len(frames) > len(sources)
+
+    def located(index: int) -> tuple[Dataset, int | None]:
+        return (sources[0], index + 1) if multi_frame else (sources[index], None)
+
     if axial_index is None:
-        return sources[len(sources) // 2]
+        return located(len(frames) // 2)
     permutation, flips = ras_axis_order(affine)
     centre = [(n - 1) / 2.0 for n in shape[-3:]]
     axis = permutation[2]
@@ -76,12 +81,12 @@ def overlay_source_image(sources: list[Dataset], affine: np.ndarray, shape, axia
     ras = np.asarray(affine, dtype=float) @ np.array([*centre, 1.0])
     point = np.array([-ras[0], -ras[1], ras[2]])  # LPS, as ImagePositionPatient
 
-    def distance(dataset: Dataset) -> float:
-        orientation = np.asarray(dataset.ImageOrientationPatient, dtype=float)
+    def distance(index: int) -> float:
+        orientation = np.asarray(frames[index].orientation, dtype=float)
         normal = np.cross(orientation[:3], orientation[3:])
-        return abs(float(normal @ (point - np.asarray(dataset.ImagePositionPatient, dtype=float))))
+        return abs(float(normal @ (point - np.asarray(frames[index].position, dtype=float))))
 
-    return min(sources, key=distance)
+    return located(min(range(len(frames)), key=distance))
 
 
 def _vlm_identity(model: dict) -> AlgorithmIdentity:
@@ -92,7 +97,7 @@ def _vlm_identity(model: dict) -> AlgorithmIdentity:
 
 def _write(dataset, path: Path) -> dict:
     with write_atomically(path, ".dcm") as handle:
-        write_result(dataset, handle)
+        dataset.save_as(handle, enforce_file_format=True)
     return {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID),
             "sop_class_uid": str(dataset.SOPClassUID)}
 
@@ -114,10 +119,11 @@ class ReportStage:
         objects: dict = {}
         segmentation = None
         if findings.segmentation is not None:
-            segmentation = build_segmentation(findings, uids)
+            segmentation = build_segmentation(findings, uids, demo_run=content.demo,
+                                              compression=settings.seg_compression)
             objects["seg"] = _write(segmentation, folder / "seg.dcm")
         if settings.overlay_secondary_capture and vlm.get("overlay_png"):
-            objects["overlay"] = self._overlay(vlm, prepared, sources, findings.algorithm, uids, folder)
+            objects["overlay"] = self._overlay(vlm, prepared, sources, findings.algorithm, uids, folder, content.demo)
         report = build_draft_report(content, uids, segmentation=segmentation)
         objects["sr"] = _write(report, folder / "sr.dcm")
         if vlm.get("overlay_png"):
@@ -146,14 +152,15 @@ class ReportStage:
             extra[result["expert"]] = expert_algorithm({**result, "weights_digest": digest})
         return tuple(extra.values())
 
-    def _overlay(self, vlm: dict, prepared: dict, sources: list[Dataset], algorithm, uids, folder: Path) -> dict:
+    def _overlay(self, vlm: dict, prepared: dict, sources: list[Dataset], algorithm, uids, folder: Path,
+                 demo: bool) -> dict:
         from PIL import Image
 
         with Image.open(vlm["overlay_png"]) as image:
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
         affine = load_arrays(prepared["input"], "affine")["affine"]
-        source = overlay_source_image(sources, affine, prepared["shape"], vlm.get("overlay_slice"))
-        capture = build_overlay_capture(rgb, source, algorithm, uids)
+        source, frame_number = overlay_source_image(sources, affine, prepared["shape"], vlm.get("overlay_slice"))
+        capture = build_overlay_capture(rgb, source, algorithm, uids, demo_run=demo, frame_number=frame_number)
         return _write(capture, folder / "overlay.dcm")
 
     def _record(self, claim: StageClaim, content: DraftReportContent, expert: dict, vlm: dict, objects: dict) -> None:

@@ -110,6 +110,9 @@ class RouteExpert:
             if status == StageStatus.FAILED:
                 self._settle(exception=PermanentStageError(f"the route's expert failed: {error}"))
                 return None
+            if status == StageStatus.NOT_RUN:
+                self._settle(exception=PermanentStageError("the run ended before the route's expert ran"))
+                return None
             if status in (StageStatus.PENDING, StageStatus.QUEUED):
                 try:
                     claim = self.ledger.claim(self.run_id, Stage.EXPERT, self.worker)

@@ -83,6 +83,8 @@ class VlmStage:
             max_total_new_tokens=2 * settings.vlm_max_new_tokens,
             expert_timeout_s=settings.expert_timeout_seconds,
             generation_timeout_s=settings.vlm_timeout_seconds,
+            placeholder_form=settings.vlm_placeholder_form,
+            brats_images=settings.agent_brats_images,
         )
         experts = [RegistryExpert(self.resources, name) for name in ExpertName]
         return ConsultationAgent(loaded.model, experts, template=loaded.template, settings=agent_settings)

@@ -1,6 +1,7 @@
 """An expert that found nothing (VISTA3D: no label; BraTS: all labels 0) still gives a draft report: the real plan,
 prepare, report and deliver stages run on a stored study, the expert's result is an all-zero label volume, and the
-run ends ``done`` with an SR that says so and no SEG; a reader approves and amends it like any other draft.
+run ends ``done`` with an SR that says so and no SEG; a reader approves and amends it (made with real weights) like any
+other draft.
 
 TEST DOUBLES: the expert and VILA-M3 stages (random demo weights cannot be told to find nothing); what they hand on is
 what the real stages write (``expert_result_record``, the VLM stage's result keys and transcripts file).
@@ -32,14 +33,14 @@ EXPERTS = {"ct": ("VISTA3D", "VISTA3D"), "mri": ("BRATS", "BraTS SegResNet")}
 class ExpertFindingNothing:
     """TEST DOUBLE of the expert stage: the route's expert, its label volume all 0 on the prepared grid."""
 
-    def __init__(self, resources) -> None:
-        self.resources = resources
+    def __init__(self, resources, demo: bool) -> None:
+        self.resources, self.demo = resources, demo
 
     def __call__(self, claim) -> StageOutcome:
         arrays = load_arrays(claim.results["prepare"]["input"])
         name = ExpertName(claim.route["expert"])
         result = ExpertResult(expert=name, argument=claim.route.get("argument"), backend="onnxruntime-cpu",
-                              model_version="0.5.4", demo=True,
+                              model_version="0.5.4", demo=self.demo,
                               label_volume=np.zeros(arrays["volume"].shape[-3:], dtype=np.uint8),
                               affine=arrays["affine"])
         path = self.resources.work_dir(claim.study_uid, claim.run_id) / "labels.npz"
@@ -49,8 +50,8 @@ class ExpertFindingNothing:
 class ModelAnswering:
     """TEST DOUBLE of the VLM stage: one consultation answered without an expert call, in the stage's result form."""
 
-    def __init__(self, resources) -> None:
-        self.resources = resources
+    def __init__(self, resources, demo: bool) -> None:
+        self.resources, self.demo = resources, demo
 
     def __call__(self, claim) -> StageOutcome:
         question = claim.route["questions"][0]
@@ -62,15 +63,15 @@ class ModelAnswering:
             "answers": ["Nothing abnormal."], "outcomes": ["answered"], "overlay_png": None, "overlay_source": "",
             "overlay_slice": None, "model_s": 0.1,
             "model": {"name": "VILA-M3 demo", "version": "demo", "backend": "torch-cpu",
-                      "weights_digest": "sha256:" + "ab" * 32, "demo": True},
+                      "weights_digest": "sha256:" + "ab" * 32, "demo": self.demo},
         })
 
 
-def _run_finding_nothing(settings: Settings, session_factory, datasets) -> tuple[str, list]:
+def _run_finding_nothing(settings: Settings, session_factory, datasets, demo: bool = True) -> tuple[str, list]:
     handlers = build_stage_handlers(settings, session_factory)
     resources = handlers[Stage.REPORT].resources
-    handlers[Stage.EXPERT] = ExpertFindingNothing(resources)
-    handlers[Stage.VLM] = ModelAnswering(resources)
+    handlers[Stage.EXPERT] = ExpertFindingNothing(resources, demo)
+    handlers[Stage.VLM] = ModelAnswering(resources, demo)
     uid = store_in_spool(settings, session_factory, datasets)
     return uid, run_inline(settings, session_factory, uid, handlers).outcomes
 
@@ -105,13 +106,14 @@ def test_a_study_where_the_expert_found_nothing_gets_a_draft_without_seg(kind, t
         == ["Qualitative Evaluations"]
     texts = _texts(sr)
     assert texts["Finding"].startswith(f"The expert model {expert_name} (version 0.5.4) found no structure")
-    assert texts["AI draft statement"].startswith("DEMO") and texts["Findings"] == "Nothing abnormal."
+    assert texts["AI draft statement"].startswith("DEMO")
+    assert texts["Findings"] == "DEMO (random weights, meaningless): Nothing abnormal."
 
 
 def test_a_reader_approves_then_amends_a_draft_where_the_expert_found_nothing(tmp_path, database_url,
                                                                               session_factory):
     settings = Settings(home=tmp_path, database_url=database_url)
-    uid, _ = _run_finding_nothing(settings, session_factory, ct_study())
+    uid, _ = _run_finding_nothing(settings, session_factory, ct_study(), demo=False)  # DEMO drafts are never verified
     delivered: list[int] = []
     review = ReviewService(settings, deliver=delivered.append)
     reader = Principal(1, "rita", Role.REVIEWER, "Reader^Rita", "Test Hospital Radiology")

@@ -2,7 +2,7 @@ import pytest
 
 from dicom_node.network import AllowedCaller
 from dicom_node.scp.access import CALLING_AE_NOT_RECOGNISED, AccessPolicy
-from dicom_node.scp.admission import DiskAdmission, DiskUsage
+from dicom_node.intake.admission import DiskAdmission, DiskUsage
 
 
 def test_without_a_list_only_loopback_callers_are_accepted():
@@ -57,3 +57,27 @@ def test_admission_refuses_below_the_reserve_and_above_the_high_water_mark(tmp_p
 def test_admission_refuses_nonsense_limits(tmp_path, percent, reserve, message):
     with pytest.raises(ValueError, match=message):
         DiskAdmission(tmp_path, percent, reserve)
+
+
+def test_a_wrong_called_ae_title_is_refused_unless_any_is_accepted():
+    from dicom_node.scp.access import CALLED_AE_NOT_RECOGNISED
+
+    strict = AccessPolicy([], own_ae_title="M3EDGE")
+    assert strict.check("ANY", "127.0.0.1", called_ae="M3EDGE ") is None
+    refusal = strict.check("ANY", "127.0.0.1", called_ae="WRONGCALLED")
+    assert refusal is not None and refusal.rejection == CALLED_AE_NOT_RECOGNISED
+    assert refusal.kind == "called AE not recognised" and "DICOM_REQUIRE_CALLED_AE" in refusal.reason
+    lenient = AccessPolicy([], own_ae_title="M3EDGE", require_called_ae=False)
+    assert lenient.check("ANY", "127.0.0.1", called_ae="WRONGCALLED") is None
+
+
+def test_the_own_health_check_passes_any_list_but_only_from_loopback_for_verification_only():
+    verification, ct = ["1.2.840.10008.1.1"], ["1.2.840.10008.1.1", "1.2.840.10008.5.1.4.1.1.2"]
+    policy = AccessPolicy([AllowedCaller.parse("PACS@10.0.0.5"), AllowedCaller.parse("M3EDGE@10.9.9.9")],
+                          own_ae_title="M3EDGE")
+    assert policy.check("M3EDGE", "127.0.0.1", called_ae="M3EDGE", proposed=verification) is None
+    assert policy.check("M3EDGE", "::1", called_ae="M3EDGE", proposed=verification) is None
+    assert policy.check("M3EDGE", "127.0.0.1", called_ae="M3EDGE", proposed=ct) is not None  # storage: judged by the list
+    assert policy.check("M3EDGE", "10.1.1.1", called_ae="M3EDGE", proposed=verification) is not None
+    assert policy.check("OTHER", "127.0.0.1", called_ae="M3EDGE", proposed=verification) is not None
+    assert policy.check("M3EDGE", "127.0.0.1", called_ae="M3EDGE", proposed=[]) is not None

@@ -83,3 +83,23 @@ def test_retraction_for_patient_safety_and_its_checks():
     with pytest.raises(TypeError, match="reviewer"):
         build_retraction([draft], "Reader^Rita", case.uids)
     assert RejectionReason("quality").title.meaning == "Rejected for Quality Reasons"
+
+
+def test_every_object_of_a_demo_run_says_demo_even_when_its_own_expert_had_real_weights():
+    case = ct_case(demo=False)  # real expert weights; the run's VLM was DEMO
+    findings, source = case.content.findings, case.study.series["ct"][3]
+    overlay = np.zeros((24, 20, 3), dtype=np.uint8)
+    real = [build_segmentation(findings, case.uids, now=FIXED_TIME),
+            build_overlay_capture(overlay, source, findings.algorithm, case.uids, now=FIXED_TIME)]
+    assert not any("DEMO" in str(d.SeriesDescription) for d in real) and real[0].ContentLabel == "AI_DRAFT"
+    seg = _roundtrip(build_segmentation(findings, case.uids, now=FIXED_TIME, demo_run=True))
+    capture = _roundtrip(build_overlay_capture(overlay, source, findings.algorithm, case.uids, now=FIXED_TIME,
+                                               demo_run=True))
+    assert "DEMO" in seg.SeriesDescription and "DEMO" in seg.ContentDescription and seg.ContentLabel == "AI_DRAFT_DEMO"
+    assert "DEMO" in capture.SeriesDescription and capture.ImageComments.startswith("DEMO")
+    draft = build_draft_report(ct_case(demo=True).content, case.uids, segmentation=seg, now=FIXED_TIME)
+    note = _roundtrip(build_retraction([draft, seg], READER, case.uids, explanation="Random weights", demo=True,
+                                       now=FIXED_TIME))
+    assert note.SeriesDescription.endswith("DEMO")
+    texts = [str(i.TextValue) for i in note.ContentSequence if i.ValueType == "TEXT"]
+    assert "DEMO draft: Random weights" in texts

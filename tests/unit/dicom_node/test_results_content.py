@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from dicom_node.results import ExpertFindings, Narrative, PathologyScore
+from dicom_node.results import (
+    Amendment,
+    ExpertFindings,
+    Narrative,
+    PathologyScore,
+    VerifyingObserver,
+    clean_line,
+    clean_text,
+)
 from tests.support.result_cases import brain_case, ct_case, cxr_case
 
 
@@ -42,3 +50,26 @@ def test_narrative_is_text_and_demo_follows_any_algorithm():
     with pytest.raises(TypeError, match="answer must be a str"):
         Narrative("question", None)
     assert cxr_case(demo=True).content.demo and not brain_case(demo=False).content.demo
+
+
+def test_text_keeps_only_the_control_characters_dicom_text_allows():
+    raw = "a\tb\x0bc\r\nd\fe\x00f\x07g\x1b[0mh\x7fi\x85j\ud800k ü 肝"
+    assert clean_text(raw) == "a b c\r\nd\fefg[0mhijk ü 肝"
+    assert clean_line("Dr\tRita\nReader\\MD\x00") == "Dr Rita Reader/MD "
+
+
+def test_result_content_refuses_text_with_control_characters_dicom_does_not_allow():
+    with pytest.raises(ValueError, match=r"answer holds the control character U\+0009.*clean_text"):
+        Narrative("What do you see?", "Lungs\tclear.")
+    with pytest.raises(ValueError, match=r"narrative holds the control character U\+0000"):
+        Amendment(narrative="Fine\x00")
+    with pytest.raises(ValueError, match=r"name holds the control character U\+000A.*clean_line"):
+        VerifyingObserver("Reader\nRita", "Hospital")
+    assert Narrative("Q?", "Line one.\r\nLine two.\f").answer == "Line one.\r\nLine two.\f"
+
+
+def test_a_readers_review_text_is_cleaned_before_it_reaches_dicom():
+    from service.review import ReviewAction, ReviewRequest
+
+    request = ReviewRequest(ReviewAction.AMEND, 1, narrative="Liver\tnormal.\x00", comment="Checked\x07.")
+    assert (request.narrative, request.comment) == ("Liver normal.", "Checked.")

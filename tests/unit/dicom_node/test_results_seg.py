@@ -193,3 +193,36 @@ def test_structure_segments_and_algorithms_refuse_bad_values():
         AlgorithmIdentity("VISTA3D", "1", "NVIDIA", " ", "sha256:00")
     with pytest.raises(TypeError, match="demo must be a bool"):
         AlgorithmIdentity("VISTA3D", "1", "NVIDIA", "torch", "sha256:00", demo="yes")
+
+
+def test_a_seg_on_an_enhanced_multi_frame_source_has_the_frames_of_the_single_frame_series():
+    from tests.support.synthetic_series import enhanced_series
+
+    case = ct_case()
+    findings = case.content.findings
+    enhanced = enhanced_series(case.study.series["ct"])  # one Legacy Converted Enhanced CT instance, 6 frames
+    single = frames_on_source_grid(findings.segmentation, findings.source_images)
+    positions = [tuple(float(v) for v in ds.ImagePositionPatient) for ds in findings.source_images]
+    order = [positions.index(tuple(float(v) for v in item.PlanePositionSequence[0].ImagePositionPatient))
+             for item in enhanced.PerFrameFunctionalGroupsSequence]  # its frames, in its own order
+    assert sorted(order) == list(range(6))
+    np.testing.assert_array_equal(frames_on_source_grid(findings.segmentation, (enhanced,)), single[order])
+    with pytest.raises(ValueError, match="a SEG lies on one multi-frame instance or on single-frame instances"):
+        frames_on_source_grid(findings.segmentation, (enhanced, *findings.source_images))
+
+
+def test_a_seg_of_a_real_enhanced_ct_references_its_frames():
+    from tests.support.result_cases import enhanced_ct_case
+
+    case = enhanced_ct_case()
+    source = case.study.series["ct"][0]
+    seg = hd.seg.Segmentation.from_dataset(_roundtrip(build_segmentation(case.content.findings, case.uids,
+                                                                          now=FIXED_TIME)))
+    referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    assert [r.ReferencedSOPInstanceUID for r in referenced] == [source.SOPInstanceUID]
+    frames = {int(item.DerivationImageSequence[0].SourceImageSequence[0].ReferencedFrameNumber)
+              for item in seg.PerFrameFunctionalGroupsSequence}
+    assert frames == {1, 2}
+    liver = seg.get_pixels_by_source_frame(source.SOPInstanceUID, [1, 2], segment_numbers=[1],
+                                           combine_segments=False, skip_overlap_checks=True)[..., 0]
+    np.testing.assert_array_equal(liver.astype(bool), np.transpose(case.labels == 1, (2, 1, 0)))

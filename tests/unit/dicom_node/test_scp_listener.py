@@ -10,7 +10,11 @@ from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
 import dicom_node.scp.listener as listener_module
+from dicom_node.scp.guarded_server import ConnectionLimits
 from dicom_node.scp.listener import SharedListener, shared_listener_server
+from dicom_node.scp.pdu_limits import PduLimits
+
+LIMITS = ConnectionLimits(PduLimits(1 << 20, 1 << 30), associate_timeout=5, network_timeout=60, max_pending=8)
 
 
 @pytest.fixture
@@ -23,7 +27,8 @@ def shared():
     ae = AE()
     ae.add_supported_context(Verification)
     servers = [
-        ae.make_server(("127.0.0.1", 0), server_class=shared_listener_server(SharedListener(listener, turn, i, 2)))
+        ae.make_server(("127.0.0.1", 0), server_class=shared_listener_server(SharedListener(listener, turn, i, 2)),
+                       limits=LIMITS)
         for i in range(2)
     ]
     callers: list[socket.socket] = []

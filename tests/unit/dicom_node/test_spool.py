@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.scp.spool import (
+from dicom_node.intake.spool import (
     INCOMING_DIR,
     InstanceLocation,
     SpoolError,
@@ -102,7 +102,7 @@ def test_prepare_removes_partial_files_a_crash_left_behind(tmp_path):
 class _DiskFullSpool(SpoolWriter):
     """Writes its new files to /dev/full, whose writes fail with ENOSPC (the kernel's real error path)."""
 
-    def _open_new(self, directory: str, temp: str | None) -> int:
+    def _open_new(self, temp: str | None) -> int:
         if temp is not None:
             os.symlink("/dev/full", temp)
         return os.open("/dev/full", os.O_WRONLY)
@@ -162,7 +162,7 @@ def test_many_series_written_concurrently_are_all_durable_and_distinct(spool):
 
 def _watch_syncs(monkeypatch, spool: SpoolWriter, events: list[str]) -> None:
     """Record each directory fsync in ``events`` (the real fsync still runs)."""
-    import dicom_node.scp.spool as spool_module
+    import dicom_node.intake.spool as spool_module
 
     real = spool_module._fsync_dir
 
@@ -199,7 +199,7 @@ def test_a_duplicate_waits_for_the_directory_fsync_too(spool, monkeypatch):
 def test_concurrent_writers_each_return_after_a_directory_fsync_that_began_after_their_link(spool, monkeypatch):
     """The shared directory fsync (one for the writes arriving together) never answers a writer with an fsync that
     started before that writer's link, nor before that fsync has finished."""
-    import dicom_node.scp.spool as spool_module
+    import dicom_node.intake.spool as spool_module
 
     real = spool_module._fsync_dir
     lock = threading.Lock()
@@ -244,7 +244,7 @@ def test_concurrent_writers_each_return_after_a_directory_fsync_that_began_after
 def test_the_probe_tries_each_way_of_naming_an_unnamed_file_in_the_spool_itself(tmp_path, monkeypatch):
     """Where AT_EMPTY_PATH is refused (no CAP_DAC_READ_SEARCH before Linux 6.10), /proc/self/fd is tried next, with a
     probe file directly in the spool folder; nothing is left behind either way."""
-    from dicom_node.scp import anonymous_files
+    from dicom_node.intake import anonymous_files
 
     tried: list[Path] = []
 

@@ -1,8 +1,11 @@
-"""Golden tests: for each expert and both templates, the exact texts (and full templated prompts) of turn 1 and turn 2.
+"""Golden tests: for each expert, both templates and both placeholder forms, the exact texts (and full templated prompts)
+of turn 1 and turn 2.
 
 Expected strings are literals copied from VILA_M3_PROTOCOL.md (sections 2, 3 and 5), not computed by the code under
-test. A ScriptedModel (test double for VILA-M3) answers; the experts are test doubles returning fixed results; the
-images are drawn by the real renderer (engines.images): the VISTA3D legend below is the real colour cycle.
+test: the raw form as the training JSON files write it, and the training form as VILA 355fda9's ``preprocess_multimodal``
+rewrote it (the model cards lose their final newline to the strip, a space goes before and a newline after each
+``<image>``). A ScriptedModel (test double for VILA-M3) answers; the experts are test doubles returning fixed results;
+the images are drawn by the real renderer (engines.images): the VISTA3D legend below is the real colour cycle.
 """
 
 from __future__ import annotations
@@ -66,6 +69,34 @@ CXR_TURN_2 = (
     "Describe the image in detail."
 )
 
+# The training form (protocol section 3, "Correction"): what reached VILA's tokenizer in training.
+CARDS_STRIPPED = MODEL_CARDS[: -len("\n")]  # the literal cards without their final newline
+CT_TURN_1_TRAINED = CARDS_STRIPPED + " <image>\nThis is a CT image.\nIs there a hepatic tumor in this image?"
+CT_TURN_2_TRAINED = (
+    "The results are <image>\n. The colors in this image describe red: liver, blue: hepatic tumor. "
+    "Use this result to respond to this prompt:\nIs there a hepatic tumor in this image?."
+)
+BRATS_TURN_1_TRAINED = (
+    MODEL_CARDS + "T1(contrast enhanced): <image>\n, T1: <image>\n, T2: <image>\n, FLAIR: <image>\nThese are different "
+    "MRI modalities.\nWhat abnormality is seen in these images?"
+)
+BRATS_TURN_2_TRAINED = (
+    "The results are <image>\n. The colors in this image describe\n"
+    "yellow and red: tumor core, only yellow: enhancing tumor, all colors: whole tumor\n"
+    "Use this result to respond to this prompt:\nWhat abnormality is seen in these images?."
+)
+CXR_TURN_1_TRAINED = CARDS_STRIPPED + " <image>\nThis is a CXR image.\nDescribe the image in detail."
+CXR_TURN_2_TRAINED = CXR_TURN_2  # no image in it: VILA's preprocessing leaves it alone
+
+TURN_TEXTS = {
+    ("VISTA3D", "raw"): (CT_TURN_1, CT_TURN_2),
+    ("VISTA3D", "training"): (CT_TURN_1_TRAINED, CT_TURN_2_TRAINED),
+    ("BRATS", "raw"): (BRATS_TURN_1, BRATS_TURN_2),
+    ("BRATS", "training"): (BRATS_TURN_1_TRAINED, BRATS_TURN_2_TRAINED),
+    ("CXR", "raw"): (CXR_TURN_1, CXR_TURN_2),
+    ("CXR", "training"): (CXR_TURN_1_TRAINED, CXR_TURN_2_TRAINED),
+}
+
 FINAL_ANSWER = "A final answer from the scripted test double."
 
 
@@ -77,8 +108,6 @@ def _cases():
             ConsultationRequest(CT_QUESTION, Modality.CT, ExpertInput(ct_volume, IDENTITY)),
             FixedLabelExpert(ExpertName.VISTA3D, ct_labels, {1: "liver", 26: "hepatic tumor", 20: "lung"}),
             CT_ANSWER_1,
-            CT_TURN_1,
-            CT_TURN_2,
             1,  # images in turn 1
             1,  # images in turn 2
         ),
@@ -88,8 +117,6 @@ def _cases():
             ),
             FixedLabelExpert(ExpertName.BRATS, brats_labels, {1: "TC", 2: "ED", 4: "ET"}),
             BRATS_ANSWER_1,
-            BRATS_TURN_1,
-            BRATS_TURN_2,
             4,
             1,
         ),
@@ -97,8 +124,6 @@ def _cases():
             ConsultationRequest(CXR_QUESTION, Modality.CXR, ExpertInput(cxr_image())),
             FixedScoresExpert(CXR_SCORES_SORTED),
             CXR_ANSWER_1,
-            CXR_TURN_1,
-            CXR_TURN_2,
             1,
             0,
         ),
@@ -121,12 +146,14 @@ def _templated(template: str, turn_1: str, answer_1: str, turn_2: str) -> tuple[
     return first, second
 
 
+@pytest.mark.parametrize("form", ["training", "raw"])
 @pytest.mark.parametrize("template", ["llama_3", "vicuna_v1"])
 @pytest.mark.parametrize("expert_name", ["VISTA3D", "BRATS", "CXR"])
-def test_turn_texts_and_templated_prompts_are_exactly_the_protocols(expert_name, template):
-    request, expert, answer_1, turn_1, turn_2, images_1, images_2 = _cases()[expert_name]
+def test_turn_texts_and_templated_prompts_are_exactly_the_protocols(expert_name, template, form):
+    request, expert, answer_1, images_1, images_2 = _cases()[expert_name]
+    turn_1, turn_2 = TURN_TEXTS[(expert_name, form)]
     model = ScriptedModel(answer_1, FINAL_ANSWER)
-    agent = ConsultationAgent(model, [expert], template=template)
+    agent = ConsultationAgent(model, [expert], template=template, settings=AgentSettings(placeholder_form=form))
 
     consultation = agent.consult(request)
 
@@ -144,8 +171,16 @@ def test_turn_texts_and_templated_prompts_are_exactly_the_protocols(expert_name,
     assert transcript.turns[0].templated_prompt == expected_first
     assert transcript.turns[1].templated_prompt == expected_second
     assert transcript.template == template
+    assert transcript.settings["placeholder_form"] == form
     assert transcript.expert_call.expert == expert_name
     assert expert.calls == [("hepatic tumor" if expert_name == "VISTA3D" else None)]
+
+
+def test_the_training_form_is_the_default():
+    request, expert, answer_1, *_ = _cases()["VISTA3D"]
+    model = ScriptedModel(answer_1, FINAL_ANSWER)
+    ConsultationAgent(model, [expert], template="llama_3").consult(request)
+    assert model.user_texts(1) == [CT_TURN_1_TRAINED, CT_TURN_2_TRAINED]
 
 
 def test_vista3d_overlay_is_on_the_slice_the_model_saw_with_the_legend_in_colour_order():

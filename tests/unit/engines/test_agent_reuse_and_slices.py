@@ -154,7 +154,7 @@ def test_most_structure_policy_shows_the_slice_where_the_ready_result_found_most
     assert transcript.slice.reason == "most_structure: the slice with the most voxels of VISTA3D(everything)"
     shown = model.conversations[0][0].images[0]
     np.testing.assert_array_equal(shown, images.slice_image(volume, IDENTITY, "CT", 5).rgb)
-    assert model.user_texts(1)[1].startswith("The results are <image>. The colors in this image describe red: lung. ")
+    assert model.user_texts(1)[1].startswith("The results are <image>\n. The colors in this image describe red: lung. ")
     expected_overlay = images.render_overlay(volume, labels, IDENTITY, "CT", NAMES, 5).rgb
     np.testing.assert_array_equal(model.conversations[1][2].images[0], expected_overlay)
 
@@ -183,14 +183,36 @@ def test_most_structure_falls_back_to_the_middle_slice_and_says_why(ready, reaso
     assert reason in transcript.slice.reason
 
 
-def test_brats_shows_the_same_slice_of_the_four_sequences_and_the_overlay_on_t1c():
-    volume, labels = brats_study()
+def _brats_request(volume, labels) -> ConsultationRequest:
     ready = _ready(ExpertName.BRATS, None, labels)
-    request = ConsultationRequest(
+    return ConsultationRequest(
         "Describe the lesion.", Modality.MRI, ExpertInput(volume, IDENTITY), brats_sequences=True, ready_results=[ready]
     )
+
+
+def test_brats_shows_the_t1c_slice_four_times_as_trained_and_the_overlay_on_t1c():
+    volume, labels = brats_study()
     model = ScriptedModel("Let me first trigger <BRATS()>.", FINAL)
-    transcript = _agent(model, [], slice_policy="most_structure").consult(request).transcript
+    transcript = _agent(model, [], slice_policy="most_structure").consult(_brats_request(volume, labels)).transcript
+    assert transcript.slice.index == 3
+    assert [image.role for image in transcript.turns[0].images] == [
+        "T1c", "T1c (as trained, in place of T1)", "T1c (as trained, in place of T2)", "T1c (as trained, in place of FLAIR)"
+    ]
+    t1c = images.slice_image(volume[0], IDENTITY, "MRI", 3).rgb
+    for shown in model.conversations[0][0].images:
+        np.testing.assert_array_equal(shown, t1c)
+    assert transcript.settings["brats_images"] == "as_trained"
+    expected_overlay = images.render_overlay(volume[0], labels, IDENTITY, "MRI", {1: "TC", 2: "ED", 4: "ET"}, 3)
+    np.testing.assert_array_equal(model.conversations[1][2].images[0], expected_overlay.rgb)
+    assert transcript.expert_call.overlay_legend == [["red", "TC"], ["blue", "ED"], ["yellow", "ET"]]
+
+
+def test_brats_images_setting_sequences_shows_the_same_slice_of_the_four_sequences():
+    volume, labels = brats_study()
+    model = ScriptedModel("Let me first trigger <BRATS()>.", FINAL)
+    expert = FixedLabelExpert(ExpertName.BRATS, labels)
+    agent = _agent(model, [expert], slice_policy="most_structure", brats_images="sequences")
+    transcript = agent.consult(_brats_request(volume, labels)).transcript
     assert transcript.slice.index == 3
     assert [image.role for image in transcript.turns[0].images] == ["T1c", "T1", "T2", "FLAIR"]
     for sequence, shown in zip(volume, model.conversations[0][0].images):

@@ -188,7 +188,7 @@ def test_a_model_error_in_turn_2_keeps_the_expert_result():
     assert transcript.outcome is Outcome.MODEL_FAILED
     assert transcript.reason is OutcomeReason.TURN_2_MODEL_ERROR
     assert [turn.stopped_by for turn in transcript.turns] == ["stop_token", "error"]
-    assert transcript.turns[1].user_text.startswith("The results are <image>.")
+    assert transcript.turns[1].user_text.startswith("The results are <image>\n.")
     assert consultation.expert_result is not None
     assert transcript.expert_call.source.value == "ran"
 

@@ -155,6 +155,24 @@ def test_eos_also_stops(llama3):
     assert run.output_ids == [eos]
 
 
+def test_a_second_turn_ends_on_end_of_text_whatever_the_tokenizer_eos(llama3_dir, tmp_path):
+    """llama_3 stops on its sep2 <|end_of_text|> as well as on <|eot_id|>, also when the tokenizer's EOS is neither."""
+    directory = tmp_path / "eos-elsewhere"
+    shutil.copytree(llama3_dir, directory)
+    config_file = directory / "llm" / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["eos_token"] = "<|start_header_id|>"  # an EOS that is not a stop string of the template
+    config_file.write_text(json.dumps(config))
+    model = VilaM3(directory, checkpoint_name="Llama3-VILA-M3-8B")
+    end_of_text = token(model, "<|end_of_text|>")
+    assert model.tokenizer.eos_token_id != end_of_text
+    with biased_head(model, {end_of_text: 10.0, 5: 5.0}):
+        run = model.run(two_images(), GenerationConfig(max_new_tokens=20, min_new_tokens=2))
+    assert run.output_ids == [5, 5, end_of_text]
+    assert run.generation.stopped_by == "stop_token"
+    assert "<|end_of_text|>" not in run.generation.text and run.generation.text == model.tokenizer.decode([5, 5]).strip()
+
+
 def test_max_new_tokens_is_respected(llama3):
     with biased_head(llama3, {7: 10.0}):
         run = llama3.run(first_turn(), GenerationConfig(max_new_tokens=5, min_new_tokens=0))
@@ -172,7 +190,7 @@ def test_vicuna_stops_on_end_of_sentence(vicuna):
 def test_kv_cache_decoding_matches_full_recomputation(llama3):
     conversation = first_turn()
     run = llama3.run(conversation, GenerationConfig(max_new_tokens=6, min_new_tokens=6))
-    inputs_embeds, _, _, _ = llama3._prepare(conversation)
+    inputs_embeds = llama3.prompt_embeddings(conversation)
     table = llama3.llm.get_input_embeddings()
     expected: list[int] = []
     with torch.inference_mode():

@@ -81,6 +81,11 @@ def test_request_carries_generation_settings_and_stop_string(server):
     assert request["stop"] == ["</s>"]
 
 
+def test_llama_3_requests_stop_on_end_of_text_as_well_as_end_of_turn(server):
+    backend(server.url).generate(conversation())
+    assert server.chat_requests[0]["stop"] == ["<|eot_id|>", "<|end_of_text|>"]
+
+
 def test_streamed_answer_is_assembled_with_usage(server):
     server.reply(ScriptedReply(text="This looks like a CT image. Let me trigger <VISTA3D(liver)>."))
     generation = backend(server.url).generate(conversation())

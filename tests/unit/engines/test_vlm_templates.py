@@ -61,10 +61,11 @@ def test_one_turn_vicuna_prompt_ends_with_assistant_colon():
 
 
 @pytest.mark.parametrize(
-    ("template", "stop"), [("llama_3", "<|eot_id|>"), ("vicuna_v1", "</s>"), ("hermes-2", "<|im_end|>")]
+    ("template", "stop"),
+    [("llama_3", ("<|eot_id|>", "<|end_of_text|>")), ("vicuna_v1", ("</s>",)), ("hermes-2", ("<|im_end|>",))],
 )
-def test_stop_string_is_vilas_per_template(template, stop):
-    assert stop_strings(template) == (stop,)
+def test_stop_strings_are_vilas_per_template_and_llama_3_adds_its_sep2(template, stop):
+    assert stop_strings(template) == stop
 
 
 @pytest.mark.parametrize("template", ["llama_3", "vicuna_v1", "hermes-2"])

@@ -15,17 +15,19 @@ def study(*series_attributes, study_attributes=None, uid="1.2.3"):
 
 
 BRAIN = [
-    {"Modality": "MR", "SeriesDescription": "AX T1 POST GD"},
-    {"Modality": "MR", "SeriesDescription": "AX T1 SE"},
-    {"Modality": "MR", "SeriesDescription": "AX T2 TSE"},
-    {"Modality": "MR", "SeriesDescription": "AX T2 FLAIR"},
+    {"Modality": "MR", "SeriesDescription": "AX T1 POST GD", "BodyPartExamined": "BRAIN"},
+    {"Modality": "MR", "SeriesDescription": "AX T1 SE", "BodyPartExamined": "BRAIN"},
+    {"Modality": "MR", "SeriesDescription": "AX T2 TSE", "BodyPartExamined": "BRAIN"},
+    {"Modality": "MR", "SeriesDescription": "AX T2 FLAIR", "BodyPartExamined": "BRAIN"},
 ]
 
 
 def test_default_rules_route_the_three_study_types():
     rules = default_rules()
-    assert route_study(rules, study({"Modality": "DX", "ViewPosition": "PA"})).rule.expert == "CXR"
-    ct = route_study(rules, study({"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL"}))
+    assert route_study(rules, study({"Modality": "DX", "ViewPosition": "PA", "BodyPartExamined": "CHEST"})).rule.expert \
+        == "CXR"
+    ct = route_study(rules, study({"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL",
+                                   "BodyPartExamined": "ABDOMEN"}))
     assert (ct.rule.expert, ct.rule.argument) == ("VISTA3D", "everything")
     brain = route_study(rules, study(*BRAIN))
     assert brain.rule.expert == "BRATS"
@@ -38,8 +40,102 @@ def test_brain_mri_without_flair_is_skipped_with_the_reason():
     assert "required series 'FLAIR' not found" in decision.skipped_reason
 
 
+# What real scanners and PACS send (values seen in pydicom's test data and vendor exports): none may get a draft.
+NEGATIVES = {
+    "tibia CR (pydicom's RG3_UNCR.dcm)": [{"Modality": "CR", "ViewPosition": "AP", "BodyPartExamined": "EXTREMITY",
+                                           "StudyDescription": "Non-ossifying fibroma of distal tibia"}],
+    "C-spine DX": [{"Modality": "DX", "ViewPosition": "AP", "BodyPartExamined": "CSPINE",
+                    "SeriesDescription": "C-SPINE AP"}],
+    "C-spine CR, no body part": [{"Modality": "CR", "ViewPosition": "AP", "SeriesDescription": "C-SPINE AP",
+                                  "StudyDescription": "XR CERVICAL SPINE 2 VIEWS"}],
+    "T-spine DX, no body part": [{"Modality": "DX", "ViewPosition": "AP", "SeriesDescription": "THORACIC SPINE AP",
+                                  "StudyDescription": "XR THORACIC SPINE"}],
+    "chest-labelled C-spine series": [{"Modality": "DX", "ViewPosition": "AP", "BodyPartExamined": "CHEST",
+                                       "SeriesDescription": "C-spine AP"}],
+    "head CT": [{"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL", "BodyPartExamined": "HEAD",
+                 "SeriesDescription": "Head 5.0 H30s", "StudyDescription": "CT HEAD WO CONTRAST"}],
+    "head CT, no body part": [{"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL",
+                               "SeriesDescription": "Axial 5mm", "StudyDescription": "CT BRAIN"}],
+    "CT without any anatomy": [{"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL"}],
+    "knee MR": [{"Modality": "MR", "SeriesDescription": d, "BodyPartExamined": "KNEE"}
+                for d in ("SAG T1", "SAG T1 POST GD", "COR T2 FS", "AX PD FLAIR")],
+    "brain-sequence names on a spine MR": [{"Modality": "MR", "SeriesDescription": f"{d} L-spine"}
+                                           for d in ("T1 post gd", "T1", "T2", "FLAIR")],
+}
+
+POSITIVES = {
+    "chest CR PA": ([{"Modality": "CR", "ViewPosition": "PA", "BodyPartExamined": "CHEST"}], "CXR"),
+    "chest DX AP, THORAX": ([{"Modality": "DX", "ViewPosition": "AP", "BodyPartExamined": "THORAX"}], "CXR"),
+    "chest DX, no body part": ([{"Modality": "DX", "ViewPosition": "PA", "SeriesDescription": "CHEST PA"}], "CXR"),
+    "chest/abdomen CT": ([{"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL",
+                           "BodyPartExamined": "CHESTABDPELVIS"}], "VISTA3D"),
+    "abdomen CT, vendor spelling": ([{"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL",
+                                      "BodyPartExamined": "ABDOMEN_PELVIS"}], "VISTA3D"),
+    "chest CT, no body part": ([{"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\AXIAL",
+                                 "SeriesDescription": "Lung 1.0 B70f", "StudyDescription": "CT CHEST W"}], "VISTA3D"),
+    "four-sequence brain MR, HEAD": ([{**a, "BodyPartExamined": "HEAD"} for a in BRAIN], "BRATS"),
+    "four-sequence brain MR, no body part": ([{k: v for k, v in a.items() if k != "BodyPartExamined"}
+                                              | {"StudyDescription": "MRI BRAIN W/WO"} for a in BRAIN], "BRATS"),
+}
+
+
+@pytest.mark.parametrize("name", NEGATIVES)
+def test_the_built_in_rules_take_no_study_without_evidence_of_their_anatomy(name):
+    decision = route_study(default_rules(), study(*NEGATIVES[name]))
+    assert decision.rule is None, decision.explain()
+    assert "no routing rule matched" in decision.skipped_reason
+
+
+@pytest.mark.parametrize("name", POSITIVES)
+def test_the_built_in_rules_take_studies_that_show_their_anatomy(name):
+    series, expert = POSITIVES[name]
+    decision = route_study(default_rules(), study(*series))
+    assert decision.rule is not None and decision.rule.expert == expert, decision.explain()
+
+
+def test_the_skip_reason_says_which_anatomy_test_failed():
+    tibia = route_study(default_rules(), study(*NEGATIVES["tibia CR (pydicom's RG3_UNCR.dcm)"]))
+    assert "chest-xray: anatomy: no series shows chest (BodyPartExamined 'EXTREMITY' is not chest" \
+        in tibia.skipped_reason
+    spine = route_study(default_rules(), study(*NEGATIVES["T-spine DX, no body part"]))
+    assert "SeriesDescription 'THORACIC SPINE AP' names another body part than chest" in spine.skipped_reason
+    head = route_study(default_rules(), study(*NEGATIVES["head CT, no body part"]))
+    assert "ct-vista3d: anatomy: no series shows torso (chest, abdomen or pelvis) (no evidence of torso" \
+        in head.skipped_reason
+
+
+def test_only_the_series_that_show_the_anatomy_are_eligible_for_prepare():
+    decision = route_study(default_rules(), study(
+        {"Modality": "CR", "ViewPosition": "AP", "BodyPartExamined": "EXTREMITY"},
+        {"Modality": "DX", "ViewPosition": "PA", "BodyPartExamined": "CHEST"},
+        {"Modality": "DX", "ViewPosition": "LL", "BodyPartExamined": "CHEST"},
+    ))
+    assert decision.rule.name == "chest-xray" and decision.eligible_series == ("1.2.3.2",)
+    brain = route_study(default_rules(), study(*BRAIN))
+    assert set(brain.eligible_series) == set(brain.matched_series.values())
+
+
+def test_anatomy_rules_are_validated_and_may_stand_alone():
+    text = """
+version: 1
+rules:
+  - name: my-chest
+    match:
+      anatomy: {name: chest, body_parts: [CHEST, "PORT CHEST"], descriptions: 'chest|tórax'}
+    expert: CXR
+"""
+    rules = parse_rules(text)
+    assert route_study(rules, study({"Modality": "DX", "BodyPartExamined": "port_chest"})).rule.name == "my-chest"
+    assert route_study(rules, study({"Modality": "DX", "StudyDescription": "RX TÓRAX"})).rule.name == "my-chest"
+    with pytest.raises(RoutingRulesError, match=r"line 6: rules.0.match.anatomy.descriptions: pattern '\(' is not"):
+        parse_rules(text.replace("'chest|tórax'", "'('"))
+    with pytest.raises(RoutingRulesError, match="rules.0.match.anatomy.body_parts"):
+        parse_rules(text.replace('[CHEST, "PORT CHEST"]', "[]"))
+
+
 def test_a_ct_made_only_of_localizers_is_not_routed_to_vista3d():
-    decision = route_study(default_rules(), study({"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\LOCALIZER"}))
+    decision = route_study(default_rules(), study({"Modality": "CT", "ImageType": "ORIGINAL\\PRIMARY\\LOCALIZER",
+                                                   "BodyPartExamined": "CHEST"}))
     assert decision.rule is None
     assert "LOCALIZER" in decision.skipped_reason
 

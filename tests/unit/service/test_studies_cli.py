@@ -76,6 +76,36 @@ def test_studies_show_lists_series_and_flags_conflicts(database_url, session_fac
     assert "CONFLICTING" in text and "6 instances" in text
 
 
+def test_studies_show_gives_each_stage_its_start_end_and_duration(database_url, session_factory):
+    from service.db.models import PipelineRun, RunStatus, StageRun, StageStatus
+
+    started = datetime(2026, 3, 4, 5, 6, 7, tzinfo=timezone.utc)
+    with session_scope(session_factory) as session:
+        _add_study(session, "1.2.3.5", status=StudyStatus.FAILED)
+        session.flush()
+        study = session.query(Study).filter_by(study_uid="1.2.3.5").one()
+        run = PipelineRun(study_id=study.id, run_number=1, trigger="complete", status=RunStatus.FAILED,
+                          error="no CT series is one regular volume", error_stage="prepare")
+        run.stages.append(StageRun(stage="plan", status=StageStatus.DONE, attempts=1, started_at=started,
+                                   finished_at=started + timedelta(seconds=1.25)))
+        run.stages.append(StageRun(stage="prepare", status=StageStatus.FAILED, attempts=1,
+                                   started_at=started + timedelta(seconds=2), finished_at=started + timedelta(seconds=5),
+                                   error="no CT series is one regular volume"))
+        for stage in ("expert", "vlm", "report", "deliver"):
+            run.stages.append(StageRun(stage=stage, status=StageStatus.NOT_RUN))
+        session.add(run)
+    text = run_cli(database_url, "studies", "show", "1.2.3.5").stdout
+    assert "run 1 (complete): failed, failed in prepare: no CT series is one regular volume" in text
+    lines = {line.split()[0]: line for line in text.splitlines() if line.startswith("    ") and line.split()}
+    assert "2026-03-04 05:06:07  2026-03-04 05:06:08" in lines["plan"] and "1.250 s" in lines["plan"]
+    assert "2026-03-04 05:06:09  2026-03-04 05:06:12" in lines["prepare"] and "3.000 s" in lines["prepare"]
+    assert "not run" in lines["deliver"] and "pending" not in text
+    detail = json.loads(run_cli(database_url, "studies", "show", "1.2.3.5", "--json").stdout)
+    stages = {s["stage"]: s for s in detail["runs"][0]["stages"]}
+    assert stages["plan"]["duration_s"] == 1.25 and stages["plan"]["finished_at"].startswith("2026-03-04T05:06:08")
+    assert stages["report"]["status"] == "not_run"
+
+
 @pytest.mark.parametrize("args", [("studies", "show", "9.9.9"), ("studies", "list", "--status", "bogus")])
 def test_studies_errors_are_messages_not_tracebacks(database_url, args):
     result = run_cli(database_url, *args)

@@ -5,7 +5,7 @@ from typing import NamedTuple
 
 import pytest
 
-from service.db.models import PipelineRun, StageRun, StageStatus, Study, StudyStatus, utcnow
+from service.db.models import MetricCounter, PipelineRun, StageRun, StageStatus, Study, StudyStatus, utcnow
 from service.db.session import session_scope
 from service.pipeline.executor import StageExecutor, StageOutcome
 from service.pipeline.intake import PipelineIntake, PipelineSweeper
@@ -197,6 +197,11 @@ def test_permanent_error_fails_the_study_and_reprocess_resumes_from_the_failed_s
     intake.on_study_complete("1.2.3")
     drain(executor, dispatcher)
     assert study_state(session_factory) == (StudyStatus.FAILED, "report: the SEG writer refused the label volume")
+    with session_scope(session_factory) as session:  # counted as it happened, for /metrics
+        counters = {(c.name, c.label): c.value for c in session.query(MetricCounter)}
+    assert {label for name, label in counters if name == "stages_done"} == {"plan", "prepare", "expert", "vlm"}
+    assert counters[("runs_failed", "report")] == 1 and counters[("stages_done", "plan")] == 1
+    assert all(counters[("stage_seconds", s)] >= 0 for s in ("plan", "prepare", "expert", "vlm"))
 
     broken["on"] = False
     calls.clear()
@@ -400,3 +405,34 @@ def test_a_claim_given_back_can_no_longer_record_anything_and_the_stage_runs_aga
     assert ledger.release(run_id, Stage.EXPERT, 2, "too late") is False
     with session_scope(session_factory) as session:
         assert session.query(StageRun).filter_by(run_id=run_id, stage="expert").one().attempts == 2
+
+
+def _stage_states(session_factory, run_id):
+    with session_scope(session_factory) as session:
+        return {s.stage: s.status for s in session.get(PipelineRun, run_id).stages}
+
+
+def test_the_stages_of_a_run_that_ended_are_not_run_not_pending(session_factory, pipeline):
+    ledger, dispatcher, intake = pipeline
+    add_study(session_factory, "1.2.3")
+    add_study(session_factory, "1.2.4")
+
+    def prepare(claim):
+        raise PermanentStageError("no CT series is one regular volume")
+
+    def plan(claim):
+        if claim.study_uid == "1.2.4":
+            raise StudySkipped("no routing rule matched")
+        return StageOutcome({"rule": "ct"}, route={"expert": "VISTA3D"}, priority="routine")
+
+    executor = StageExecutor(ledger, handlers([], {Stage.PLAN: plan, Stage.PREPARE: prepare}), dispatcher)
+    failed, skipped = intake.on_study_complete("1.2.3"), intake.on_study_complete("1.2.4")
+    drain(executor, dispatcher)
+    assert _stage_states(session_factory, failed) == {
+        "plan": StageStatus.DONE, "prepare": StageStatus.FAILED, **{s: StageStatus.NOT_RUN for s in
+                                                                  ("expert", "vlm", "report", "deliver")}}
+    assert _stage_states(session_factory, skipped) == {
+        "plan": StageStatus.DONE, **{s.value: StageStatus.NOT_RUN for s in EXPECTED_ORDER[1:]}}
+    assert ledger.stalled(ledger.clock() + timedelta(days=1)) == []  # nothing for the sweeper to push
+    assert ledger.stage_counts().get(("expert", "pending")) is None
+
