@@ -38,10 +38,10 @@ pytestmark = pytest.mark.slow
 SLICES = 24  # per series, 256 x 256: about 130 kB an instance
 RECORD_BEFORE_NAME = (
     "today's receive path commits an instance's row while the fsync of its series directory, which makes the "
-    "file's name durable, is still running (dicom_node/scp/handlers.py handle_store starts the commit from "
-    "SpoolWriter.write's on_linked): a power cut after the commit's WAL fsync and before that directory fsync leaves "
-    "a recorded instance whose file is not on disk (it was never acknowledged). The fix belongs to the receive path "
-    "being rebuilt (issue 17): make the row durable only after the name is (or journal both)"
+    "file's name durable, is still running (dicom_node/intake/intake.py SpoolAndRecorder.persist starts the commit "
+    "from SpoolWriter.publish's on_linked): a power cut after the commit's WAL fsync and before that directory fsync "
+    "leaves a recorded instance whose file is not on disk (it was never acknowledged). The fix belongs to the "
+    "durable step being rebuilt (issue 17): make the row durable only after the name is (or journal both)"
 )
 NODE_ENV = {"M3EDGE_STUDY_IDLE_SECONDS": "2", "M3EDGE_STUDY_RELEASE_GRACE_SECONDS": "1"}
 
