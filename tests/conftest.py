@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pydicom
 import pytest
@@ -13,6 +16,9 @@ from service.db.migrate import upgrade_database
 from service.db.models import Base
 from service.db.session import create_db_engine, make_session_factory
 from tests.support.databases import create_postgres_database, drop_postgres_database
+
+if TYPE_CHECKING:
+    from tests.support.powerloss import PowerLossSimulator
 
 
 
@@ -97,3 +103,24 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: run scripts/test, which installs dcmtk, orthanc and dicom3tools")
     return path
+
+
+@pytest.fixture(scope="session")
+def powerloss_shim(tmp_path_factory) -> Path:
+    """The power-loss recorder (tests/support/powerloss), compiled with the machine's gcc once per session."""
+    from tests.support.powerloss import build_shim
+
+    return build_shim(tmp_path_factory.mktemp("powerloss-shim"))
+
+
+@pytest.fixture
+def power_loss(powerloss_shim, tmp_path) -> Callable[[Path], PowerLossSimulator]:
+    """``power_loss(root)``: a :class:`PowerLossSimulator` armed on ``root`` (its logs in this test's tmp_path)."""
+    from tests.support.powerloss import PowerLossSimulator
+
+    made = itertools.count()
+
+    def arm(root: Path) -> PowerLossSimulator:
+        return PowerLossSimulator(root, tmp_path / f"powerloss-{next(made)}", powerloss_shim).arm()
+
+    return arm

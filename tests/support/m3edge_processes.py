@@ -6,6 +6,7 @@ server is the test's own (a free port, no persistence), never the machine's shar
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -25,11 +26,16 @@ CLI = [sys.executable, "-c", "from service.cli.main import main; main()"]
 
 
 class M3edgeProcess:
-    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], log_dir: Path) -> None:
+    """``new_session``: the process leads its own session, so :meth:`kill9` kills it and every process it started
+    (receiving processes) at once, as a power cut would."""
+
+    def __init__(self, name: str, args: Sequence[str], env: dict[str, str], log_dir: Path, *,
+                 new_session: bool = False) -> None:
         self.name = name
         self.args = list(args)
         self.env = env
         self.log = Path(log_dir) / f"{name}.log"
+        self.new_session = new_session
         self.process: subprocess.Popen | None = None
 
     def start(self, ready_text: str, timeout: float = 90) -> M3edgeProcess:
@@ -37,7 +43,7 @@ class M3edgeProcess:
         offset = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.process = subprocess.Popen([*CLI, *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, cwd=ROOT)
+                                            stdin=subprocess.DEVNULL, cwd=ROOT, start_new_session=self.new_session)
         wait_for(lambda: ready_text in self.text(offset) or self.process.poll() is not None, timeout=timeout,
                  interval=0.1, message=f"m3edge {self.name} did not log {ready_text!r}")
         assert self.process.poll() is None, f"m3edge {self.name} exited:\n{self.text()[-4000:]}"
@@ -51,7 +57,10 @@ class M3edgeProcess:
             return handle.read().decode(errors="replace")
 
     def kill9(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
+        if self.new_session:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=30)
 
     def stop(self, timeout: float = 60) -> int | None:
