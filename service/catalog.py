@@ -45,6 +45,11 @@ class StudySummary:
     study_date: str
     first_received_at: datetime
     last_received_at: datetime
+    # Patient context (None: not recorded, the study arrived before m3edge kept it). Never logged; reading it is audited
+    # by whoever shows it (``service.patient_access``).
+    patient_name: str | None = field(default=None, repr=False)
+    patient_id: str | None = field(default=None, repr=False)
+    accession_number: str | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
         return _json_with_times(self)
@@ -68,7 +73,7 @@ class UidCollisionNote:
 
     ``arrived_here_later``: this study received it after ``other_study_uid`` had (else the other way round)."""
 
-    kind: str  # series | instance
+    kind: str  # series | instance | study (two Patient IDs under one Study Instance UID)
     uid: str
     other_study_uid: str
     arrived_here_later: bool
@@ -78,6 +83,9 @@ class UidCollisionNote:
         return _json_with_times(self)
 
     def describe(self) -> str:
+        if self.kind == "study":
+            return (f"Study Instance UID {self.uid} arrived with a second Patient ID: two patients under one study "
+                    "UID. The study is not processed (no report may mix them); ask the sender to correct its UIDs")
         what = "Series Instance UID" if self.kind == "series" else "SOP Instance UID"
         order = "after" if self.arrived_here_later else "before"
         return (f"{what} {self.uid} also arrived in study {self.other_study_uid} ({order} this one): each copy is "
@@ -156,6 +164,9 @@ def _to_summary(study: Study, series_count: int, instance_count: int, size_bytes
         study_date=study.study_date,
         first_received_at=study.first_received_at,
         last_received_at=study.last_received_at,
+        patient_name=study.patient_name,
+        patient_id=study.patient_id,
+        accession_number=study.accession_number,
     )
 
 

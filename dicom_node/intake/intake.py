@@ -220,7 +220,8 @@ class IntakeSession:
                 received_at=received_at, modality=header.modality, study_description=header.study_description,
                 study_date=header.study_date, series_description=header.series_description,
                 series_number=header.series_number, body_part_examined=header.body_part_examined,
-                opens_association=opens,
+                patient_name=header.patient_name, patient_id=header.patient_id,
+                accession_number=header.accession_number, opens_association=opens,
             )
 
         def recorded(instance: ReceivedInstance) -> None:

@@ -78,10 +78,15 @@ class Study(Base):
         default=StudyStatus.RECEIVING,
         index=True,
     )
-    # Patient-free descriptive attributes only: names, birth dates and accession numbers never enter these tables.
+    # Descriptive attributes, from the first instance that carries each one.
     modalities: Mapped[str] = mapped_column(String(64), default="")
     study_description: Mapped[str] = mapped_column(String(64), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
+    # Patient context (migration 0009) for the people who review the study: shown to signed-in users only, every read
+    # audited, never logged. NULL: the study arrived before it was kept (nothing known); "" : the instances had none.
+    patient_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16), nullable=True)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
@@ -146,6 +151,7 @@ class Instance(Base):
 class UidKind(str, enum.Enum):
     SERIES = "series"  # a Series Instance UID
     INSTANCE = "instance"  # a SOP Instance UID
+    STUDY = "study"  # a Study Instance UID that arrived with a second Patient ID (study_id == other_study_id)
 
 
 class UidCollision(Base):

@@ -116,7 +116,9 @@ def _search(request: Request, session, user, level: QidoLevel, limit: int, offse
     results = search(session, query, _base(request), _results(request.app)) if answerable else []
     record_audit(session, user.name, "dicomweb.search", study_uid=study_uid or "", target=level.value,
                  remote_addr=client_address(request),
-                 detail={"keys": sorted(query.filters), "matches": len(results), "offset": offset})
+                 detail={"keys": sorted(query.filters), "matches": len(results), "offset": offset,
+                         # which studies (and so whose patient context) the answer showed: UIDs, never the values
+                         "studies": sorted({v for r in results for v in r.get("0020000D", {}).get("Value", [])})[:100]})
     headers = {"Warning": ", ".join(query.warnings)} if query.warnings else None
     return JSONResponse(results, media_type=DICOM_JSON, headers=headers)
 
