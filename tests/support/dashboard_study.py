@@ -85,7 +85,9 @@ def _catalog(session, settings: Settings, datasets: list, description: str, moda
     study_uid = first.StudyInstanceUID
     study = Study(study_uid=study_uid, status=status, modalities=modality, study_description=description,
                   study_date="20260102", calling_ae="MODALITY", first_received_at=now - timedelta(minutes=5),
-                  last_received_at=now - timedelta(minutes=4), completed_at=now - timedelta(minutes=3))
+                  last_received_at=now - timedelta(minutes=4), completed_at=now - timedelta(minutes=3),
+                  patient_name=str(first.get("PatientName", "")), patient_id=str(first.get("PatientID", "")),
+                  accession_number=str(first.get("AccessionNumber", "")))
     session.add(study)
     session.flush()
     series = Series(study_id=study.id, series_uid=first.SeriesInstanceUID, modality=modality,
