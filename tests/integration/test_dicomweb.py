@@ -116,8 +116,15 @@ def test_qido_searches_what_the_node_received(service, session_factory):
     (match,) = client.search_for_instances(search_filters={"SOPInstanceUID": one})
     assert _value(match, "00083002") == str(ct.all_instances[2].file_meta.TransferSyntaxUID)
 
+    # Patient context kept from the instances the node received (PS3.18 matching: PN any case, wildcards)
+    (by_name,) = client.search_for_studies(search_filters={"PatientName": "synthetic*", "ModalitiesInStudy": "CT"})
+    assert _value(by_name, "0020000D") == ct.study_instance_uid
+    assert _value(by_name, "00100010")["Alphabetic"] == str(ct.all_instances[0].PatientName)
+    assert _value(by_name, "00100020") == str(ct.all_instances[0].PatientID)
+    (by_id,) = client.search_for_studies(search_filters={"PatientID": str(ct.all_instances[0].PatientID)})
+    assert _value(by_id, "0020000D") == ct.study_instance_uid
     with pytest.raises(HTTPError, match="400"):
-        client.search_for_studies(search_filters={"PatientName": "Synthetic*"})  # no patient data in the catalogue
+        client.search_for_studies(search_filters={"PatientBirthDate": "19700101"})  # never kept
     assert "dicomweb.search" in _actions(session_factory)
 
 
