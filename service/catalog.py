@@ -19,6 +19,8 @@ __all__ = [
     "get_study",
     "StudyNotFound",
     "UidCollisionNote",
+    "summary_query",
+    "to_summary",
 ]
 
 
@@ -132,7 +134,7 @@ class StudyDetail:
         return data
 
 
-def _summary_query():
+def summary_query():
     per_study = (
         select(
             Series.study_id.label("study_id"),
@@ -152,7 +154,7 @@ def _summary_query():
     ).outerjoin(per_study, per_study.c.study_id == Study.id)
 
 
-def _to_summary(study: Study, series_count: int, instance_count: int, size_bytes: int) -> StudySummary:
+def to_summary(study: Study, series_count: int, instance_count: int, size_bytes: int) -> StudySummary:
     return StudySummary(
         study_uid=study.study_uid,
         description=study.study_description,
@@ -199,9 +201,9 @@ def list_studies(
     offset: int = 0,
 ) -> list[StudySummary]:
     """Studies, most recently received first. Dates are DICOM dates (YYYYMMDD), inclusive."""
-    query = _filtered(_summary_query(), status, modality, date_from, date_to)
+    query = _filtered(summary_query(), status, modality, date_from, date_to)
     query = query.order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit).offset(offset)
-    return [_to_summary(*row) for row in session.execute(query).all()]
+    return [to_summary(*row) for row in session.execute(query).all()]
 
 
 def count_studies(session: Session, *, status=None, modality=None, date_from=None, date_to=None) -> int:
@@ -210,7 +212,7 @@ def count_studies(session: Session, *, status=None, modality=None, date_from=Non
 
 
 def get_study(session: Session, study_uid: str) -> StudyDetail:
-    row = session.execute(_summary_query().where(Study.study_uid == study_uid)).first()
+    row = session.execute(summary_query().where(Study.study_uid == study_uid)).first()
     if row is None:
         raise StudyNotFound(study_uid)
     study = row[0]
@@ -227,7 +229,7 @@ def get_study(session: Session, study_uid: str) -> StudyDetail:
         .order_by(Series.series_number, Series.id)
     ).all()
     return StudyDetail(
-        summary=_to_summary(*row),
+        summary=to_summary(*row),
         calling_ae=study.calling_ae,
         completed_at=study.completed_at,
         completion_reason=study.completion_reason,

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session
 
-from service.catalog import StudySummary, _summary_query, _to_summary
+from service.catalog import StudySummary, summary_query, to_summary
 from service.db.models import PipelineRun, Report, ReportStatus, Study, StudyStatus
 
 __all__ = ["ReviewState", "WorklistQuery", "WorklistSort", "WorklistEntry", "query_worklist", "MAX_SEARCH_LENGTH",
@@ -205,7 +205,7 @@ def query_worklist(session: Session, request: WorklistQuery) -> tuple[list[Workl
     """One page of the worklist and how many studies match."""
     report, run = _current_reports(), _latest_runs()
     state = _state_expression(report)
-    base = (_summary_query().add_columns(state.label("state"), run.c.priority, report.c.status, report.c.demo,
+    base = (summary_query().add_columns(state.label("state"), run.c.priority, report.c.status, report.c.demo,
                                          run.c.run_number, run.c.status, run.c.error_stage, run.c.error)
             .outerjoin(report, report.c.study_id == Study.id).outerjoin(run, run.c.study_id == Study.id))
     rows = session.execute(_filtered(base, request, state).order_by(*_order(request, state, run))
@@ -217,7 +217,7 @@ def query_worklist(session: Session, request: WorklistQuery) -> tuple[list[Workl
     for study, series, instances, size, state_value, priority, report_status, demo, run_number, run_status, \
             error_stage, error in rows:
         entry = WorklistEntry(
-            study=_to_summary(study, series, instances, size), state=ReviewState(state_value),
+            study=to_summary(study, series, instances, size), state=ReviewState(state_value),
             priority=priority or "", report_status=_value(report_status), report_demo=bool(demo),
             run_number=run_number, run_status=_value(run_status), error_stage=error_stage or "", error=error or "",
             study_error=study.error or "",

@@ -13,13 +13,13 @@ from urllib.parse import quote
 import httpx
 import pydicom
 import pytest
-from sqlalchemy import literal, update
+from sqlalchemy import literal, select, update
 
 from dicom_node.results.summary import sr_content_lines
 from service.api.server import uvicorn_options
-from service.db.models import Instance, Study
+from service.db.models import Instance, PipelineRun, Study
 from service.db.session import session_scope
-from tests.integration.api.conftest import api  # noqa: F401  (the running API fixture)
+from tests.integration.api.conftest import api  # noqa: F401,F811  (the running API fixture)
 from tests.integration.test_dashboard_forms import audit, log_in, page_token
 from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study
 
@@ -43,7 +43,19 @@ def workstation(api, session_factory, caplog):  # noqa: F811
     reviewable = seed_reviewable_study(session_factory, app.state.settings)
     failed = seed_failed_run(session_factory, app.state.settings)
     yield {"base": base, "tokens": tokens, "app": app, "reviewable": reviewable, "failed": failed, "demo": demo,
-           "caplog": caplog}
+           "caplog": caplog, "session_factory": session_factory}
+
+
+def _no_patient_data_logged(workstation) -> int:
+    """Every log line the server wrote during the test: none names the patient, the ID or an accession number."""
+    # The server's lines: the test's own HTTP client (httpx) logs its URLs, and uvicorn's access log (URLs with their
+    # query strings) is off in m3edge (uvicorn_options: access_log=False); only pytest's capture re-attaches it.
+    assert uvicorn_options(workstation["app"].state.settings)["access_log"] is False
+    records = [r for r in workstation["caplog"].records if r.name not in {"httpx", "uvicorn.access"}]
+    logged = "\n".join(r.getMessage() for r in records)
+    for value in (PATIENT_NAME, "Synthetic", PATIENT_ID, "M3E-MR", "ACC-CT-1", "ACC-MR-1"):
+        assert value.lower() not in logged.lower(), value
+    return len(records)
 
 
 def test_the_worklist_a_reader_works_from(workstation):
@@ -76,10 +88,18 @@ def test_the_worklist_a_reader_works_from(workstation):
         # next study awaiting review: the oldest first (both arrived at the same minute: the first seeded)
         following = client.get("/ui/next", params={"after": w["reviewable"]})
         assert following.status_code == 303 and following.headers["location"] == "/ui/studies/" + quote(w["demo"])
+        assert page.index(w["demo"]) < page.index(w["reviewable"])
+        with session_scope(w["session_factory"]) as session:  # an urgent study goes first, however recent
+            session.execute(update(PipelineRun).where(PipelineRun.study_id == select(Study.id).where(
+                Study.study_uid == w["reviewable"]).scalar_subquery()).values(priority="urgent"))
+        urgent = client.get("/ui/").text
+        assert urgent.index(w["reviewable"]) < urgent.index(w["demo"]) and "urgent-mark" in urgent
+        assert client.get("/ui/next").headers["location"] == "/ui/studies/" + quote(w["reviewable"])
     reads = audit(w["base"], w["tokens"], action="worklist.read")
     assert reads and {e["actor"] for e in reads} == {"rex"}
     assert any(w["failed"] in e["detail"]["studies"] for e in reads)
     assert all("m3e-mr" not in str(e).lower() for e in reads)  # the audit says that a search ran, not what for
+    _no_patient_data_logged(workstation)
 
 
 def test_the_study_page_shows_patient_findings_and_conversation(workstation):
@@ -95,6 +115,7 @@ def test_the_study_page_shows_patient_findings_and_conversation(workstation):
         assert 'id="next-study"' in page and "/ui/static/review.js" in page
         demo = client.get(f"/ui/studies/{w['demo']}").text
         assert 'id="demo-not-verifiable"' in demo and 'id="approve"' not in demo and 'id="amend"' not in demo
+    _no_patient_data_logged(workstation)
 
 
 def test_amend_shows_the_sr_before_sending_and_the_verified_sr_carries_the_changes(workstation):
@@ -127,6 +148,7 @@ def test_amend_shows_the_sr_before_sending_and_the_verified_sr_carries_the_chang
     assert "Reader's assessment of hepatic tumor: absent. cyst, not a tumour" in texts
     assert not any("liver:" in t.lower() and "reader" in t.lower() for t in texts)  # "as drafted": nothing added
     assert [e["detail"]["corrected_findings"] for e in audit(w["base"], w["tokens"], action="review.amend")] == [1]
+    assert _no_patient_data_logged(workstation) > 0  # the flow did log: the scan read real lines
 
 
 def test_approve_and_reject_confirm_first_and_a_stale_confirmation_is_a_conflict(workstation):
@@ -146,6 +168,7 @@ def test_approve_and_reject_confirm_first_and_a_stale_confirmation_is_a_conflict
         stale = client.post(path + "/review", data={"action": "reject", "version": "1", "csrf_token": token,
                                                     "comment": "Wrong series.", "confirmed": "yes"})
         assert stale.status_code == 409
+    _no_patient_data_logged(workstation)
 
 
 def test_qido_matches_patient_name_and_id_as_ps3_18_says_and_audits_it(workstation):
@@ -176,18 +199,4 @@ def test_qido_matches_patient_name_and_id_as_ps3_18_says_and_audits_it(workstati
     assert too_long.status_code == 400
     searches = audit(w["base"], w["tokens"], action="dicomweb.search")
     assert any(e["detail"]["studies"] == [mr] and e["actor"] == "rex" for e in searches)
-
-
-def test_no_log_line_of_these_flows_carries_patient_data(workstation):
-    test_the_worklist_a_reader_works_from(workstation)
-    test_the_study_page_shows_patient_findings_and_conversation(workstation)
-    test_qido_matches_patient_name_and_id_as_ps3_18_says_and_audits_it(workstation)
-    test_amend_shows_the_sr_before_sending_and_the_verified_sr_carries_the_changes(workstation)
-    # The server's lines: the test's own HTTP client (httpx) logs its URLs, and uvicorn's access log (URLs with their
-    # query strings) is off in m3edge (uvicorn_options: access_log=False); only pytest's capture re-attaches it.
-    assert uvicorn_options(workstation["app"].state.settings)["access_log"] is False
-    records = [r for r in workstation["caplog"].records if r.name not in {"httpx", "uvicorn.access"}]
-    logged = "\n".join(r.getMessage() for r in records)
-    assert len(records) > 10  # the flows did log (requests, reviews): the check below reads real lines
-    for value in (PATIENT_NAME, "Synthetic", PATIENT_ID, "M3E-MR", "ACC-CT-1", "ACC-MR-1"):
-        assert value.lower() not in logged.lower(), value
+    _no_patient_data_logged(workstation)
