@@ -21,7 +21,7 @@ from service.db.models import Instance, PipelineRun, Study
 from service.db.session import session_scope
 from tests.integration.api.conftest import api  # noqa: F401,F811  (the running API fixture)
 from tests.integration.test_dashboard_forms import audit, log_in, page_token
-from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study
+from tests.support.dashboard_study import seed_failed_run, seed_radiograph_study, seed_reviewable_study
 
 PATIENT_NAME, PATIENT_ID = "Synthetic^Patient", "M3E-CT"
 DICOM_JSON = {"Accept": "application/dicom+json"}
@@ -115,6 +115,28 @@ def test_the_study_page_shows_patient_findings_and_conversation(workstation):
         assert 'id="next-study"' in page and "/ui/static/review.js" in page
         demo = client.get(f"/ui/studies/{w['demo']}").text
         assert 'id="demo-not-verifiable"' in demo and 'id="approve"' not in demo and 'id="amend"' not in demo
+    _no_patient_data_logged(workstation)
+
+
+def test_a_radiograph_study_shows_the_image_and_its_scores(workstation):
+    from PIL import Image
+
+    w = workstation
+    study_uid = seed_radiograph_study(w["session_factory"], w["app"].state.settings)
+    with httpx.Client(base_url=w["base"]) as client:
+        log_in(client, "rex")
+        page = client.get(f"/ui/studies/{study_uid}").text
+        assert 'id="radiograph-image"' in page and f'src="/ui/studies/{study_uid}/radiograph.png"' in page
+        table = page.split('id="findings"')[1].split("</table>")[0]
+        assert re.search(r"<td>Effusion</td>\s*<td class=\"number\">—</td>\s*<td class=\"present\">present</td>"
+                         r"\s*<td class=\"number\">0\.71</td>", table)
+        assert re.search(r"<td>Pneumothorax</td>.*?<td class=\"absent\">absent</td>", table, re.S)
+        picture = client.get(f"/ui/studies/{study_uid}/radiograph.png")
+        assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(picture.content)).size == (64, 64)
+        assert client.get(f"/ui/studies/{w['reviewable']}/radiograph.png").status_code == 404  # a CT: none
+    reads = audit(w["base"], w["tokens"], action="study.image.read")
+    assert [(e["actor"], e["study_uid"]) for e in reads] == [("rex", study_uid)]
     _no_patient_data_logged(workstation)
 
 
