@@ -110,6 +110,8 @@ class WorklistEntry:
         """The state in words, with where and why a failure happened ("failed in prepare: <reason>")."""
         if self.state is ReviewState.FAILED:
             reason = (self.error or self.study_error).strip()
+            if self.error_stage and reason.startswith(f"{self.error_stage}: "):
+                reason = reason[len(self.error_stage) + 2:]  # the run's error names its stage already
             where = f" in {self.error_stage}" if self.error_stage else ""
             return f"failed{where}: {reason}" if reason else f"failed{where}"
         if self.state is ReviewState.IN_PROGRESS:
