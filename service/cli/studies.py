@@ -44,6 +44,19 @@ def _audit_cli_read(session, action: str, study_uids: list[str], **detail) -> No
                      detail={"via": "cli", "studies": study_uids[:200], **detail})
 
 
+def _backfill(session, settings, study_uids: list[str] | None = None) -> None:
+    """Patient context of studies received before m3edge kept it, read from their spooled files (up to 500)."""
+    from sqlalchemy import select
+
+    from service.db.models import Study
+    from service.patient_context import backfill_patient_context
+
+    if study_uids is None:
+        study_uids = list(session.scalars(select(Study.study_uid).where(Study.patient_id.is_(None)).limit(500)))
+    if study_uids and backfill_patient_context(session, settings.spool_dir, study_uids):
+        session.flush()
+
+
 @studies_app.command("list")
 def list_command(
     ctx: typer.Context,
@@ -69,7 +82,9 @@ def list_command(
         raise CliError(f"unknown state {state!r}; one of {', '.join(s.value for s in ReviewState)}")
     if search is not None and len(search) > MAX_SEARCH_LENGTH:
         raise CliError(f"--search is at most {MAX_SEARCH_LENGTH} characters")
-    with session_scope(cli_context(ctx).session_factory) as session:
+    context = cli_context(ctx)
+    with session_scope(context.session_factory) as session:
+        _backfill(session, context.settings)
         if state is not None or search:
             entries, _ = query_worklist(session, WorklistQuery(
                 states=(state,) if state else (), search=search or "", limit=limit, include_skipped=True))
@@ -105,8 +120,10 @@ def show_command(
     from service.catalog import StudyNotFound, get_study, study_runs
     from service.db.session import session_scope
 
-    with session_scope(cli_context(ctx).session_factory) as session:
+    context = cli_context(ctx)
+    with session_scope(context.session_factory) as session:
         try:
+            _backfill(session, context.settings, [study_uid])
             detail = get_study(session, study_uid)
         except StudyNotFound as exc:
             raise CliError(str(exc)) from exc

@@ -74,6 +74,11 @@ def test_the_worklist_a_reader_works_from(workstation):
         assert w["failed"] in searched and w["reviewable"] not in searched
         by_accession = client.get("/ui/", params={"state": "all", "q": "ACC-CT"}).text
         assert w["reviewable"] in by_accession and w["failed"] not in by_accession
+        with session_scope(w["session_factory"]) as session:  # as received before 0009: nothing recorded
+            session.execute(update(Study).where(Study.study_uid == w["failed"]).values(
+                patient_name=None, patient_id=None, accession_number=None))
+        refilled = client.get("/ui/", params={"state": "failed"}).text  # from the study's spooled files
+        assert "M3E-MR" in refilled and "not recorded" not in refilled
         too_long = client.get("/ui/", params={"q": "x" * 65}).text
         assert "Filter not applied: search: at most 64 characters" in too_long
         # sortable columns: the header links reverse the current sort

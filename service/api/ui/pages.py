@@ -21,6 +21,7 @@ from service.api.ui.study_view import (
     radiograph_png,
 )
 from service.catalog import StudyNotFound, get_study, study_runs
+from service.patient_context import backfill_patient_context
 from dicom_node.results import clean_text
 from service.review import (
     DEMO_NOT_VERIFIABLE,
@@ -53,6 +54,10 @@ WORKLIST_COLUMNS = [("priority", "Priority"), ("received", "Received"), ("study_
 def _worklist_context(request: Request, session, user, *, refresh: bool = False) -> dict:
     filters = WorklistFilters.from_query(dict(request.query_params))
     rows, total = worklist_rows(session, filters)
+    unrecorded = [r.study.study_uid for r in rows if r.study.patient_id is None]
+    if unrecorded and backfill_patient_context(session, request.app.state.settings.spool_dir, unrecorded):
+        session.commit()
+        rows, total = worklist_rows(session, filters)  # studies received before 0009, filled from their files
     # The rows carry patient context: who saw which studies, and whether they searched (never what they typed).
     record_audit(session, user.name, "worklist.refresh" if refresh else "worklist.read",
                  remote_addr=client_address(request),
@@ -106,6 +111,10 @@ def _study_page(request: Request, session, user, study_uid: str, *, message: str
                 status: int = 200, narrative: str | None = None, comment: str = "") -> HTMLResponse:
     try:
         detail = get_study(session, study_uid)
+        if detail.summary.patient_id is None and backfill_patient_context(
+                session, request.app.state.settings.spool_dir, [study_uid]):
+            session.commit()
+            detail = get_study(session, study_uid)  # received before 0009: filled from its files
     except StudyNotFound as exc:
         raise PageRefused(404, "Study not found", str(exc)) from exc
     report = latest_report(session, study_uid)
