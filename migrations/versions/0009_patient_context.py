@@ -1,8 +1,9 @@
 """patient context per study: patient name, patient ID and accession number (shown to signed-in users, audited,
 never logged); a Study Instance UID that arrives with a second Patient ID is flagged (uid_collisions kind 'study')
 
-Studies received before this revision keep NULL in the three columns: their instances were never read for them,
-and pages say "not recorded" rather than guessing.
+Studies received before this revision keep NULL in the three columns until a page or `m3edge studies list|show`
+first shows them: then they are read from one of the study's spooled instances (service.patient_context); a study
+whose files are gone stays NULL and pages say "not recorded" rather than guessing.
 
 Revision ID: 0009
 Revises: 0008
