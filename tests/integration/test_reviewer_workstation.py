@@ -17,7 +17,7 @@ from sqlalchemy import literal, select, update
 
 from dicom_node.results.summary import sr_content_lines
 from service.api.server import uvicorn_options
-from service.db.models import Instance, PipelineRun, Study
+from service.db.models import Instance, PipelineRun, Report, ReportStatus, Study
 from service.db.session import session_scope
 from tests.integration.api.conftest import api  # noqa: F401,F811  (the running API fixture)
 from tests.integration.test_dashboard_forms import audit, log_in, page_token
@@ -100,6 +100,10 @@ def test_the_worklist_a_reader_works_from(workstation):
         urgent = client.get("/ui/").text
         assert urgent.index(w["reviewable"]) < urgent.index(w["demo"]) and "urgent-mark" in urgent
         assert client.get("/ui/next").headers["location"] == "/ui/studies/" + quote(w["reviewable"])
+        with session_scope(w["session_factory"]) as session:
+            session.execute(update(Report).values(status=ReportStatus.REJECTED))
+        last = client.get("/ui/next", params={"after": w["reviewable"]}, follow_redirects=True)
+        assert 'id="none-awaiting"' in last.text
     reads = audit(w["base"], w["tokens"], action="worklist.read")
     assert reads and {e["actor"] for e in reads} == {"rex"}
     assert any(w["failed"] in e["detail"]["studies"] for e in reads)
