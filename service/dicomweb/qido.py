@@ -6,7 +6,9 @@ refused with a 400 that lists what works. Matching is PS3.18 8.3.4 / PS3.4 C.2.2
 value, a list of UIDs, date ranges and wildcards ``*`` and ``?`` through the matcher C-FIND uses
 (``dicom_node.qr.matching.WildcardPattern``: SQL ``LIKE`` with escaping, SQLite's ``GLOB`` where ``LIKE`` would ignore
 case). PatientName matches without regard to case (PostgreSQL: Unicode; SQLite: ASCII letters); everything else
-exactly. ``fuzzymatching=true`` is not supported: the answer says so in a ``Warning`` header and matches as above.
+exactly. Fuzzy matching is off unless the query says ``fuzzymatching=true``; then a PatientName without wildcards
+matches every name holding each of its words (split at spaces, ``^``, ``,`` and ``=``; any case, any order: ``john
+doe`` finds ``DOE^JOHN``), and the other keys match as above.
 Each value is at most 64 characters (PatientName 194: three component groups). Values are bound parameters: a query
 parameter never becomes SQL text.
 """
@@ -19,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.datadict import keyword_for_tag
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from dicom_node.qr.matching import WildcardPattern, has_wildcard
@@ -64,6 +66,7 @@ class QidoQuery:
     limit: int = 100
     offset: int = 0
     warnings: list[str] = field(default_factory=list)
+    fuzzy: bool = False  # fuzzymatching=true: PatientName by its words (PS3.18 8.3.4.6 leaves the method to the server)
 
 
 def _keyword(key: str) -> str:
@@ -105,8 +108,8 @@ def parse_qido(items: list[tuple[str, str]], level: QidoLevel, *, limit: int, of
     collected: dict[str, list[str]] = {}
     for key, value in items:
         if key in _CONTROL:
-            if key == "fuzzymatching" and value.lower() == "true":
-                query.warnings.append('299 m3edge "fuzzymatching is not supported; matching is exact or by wildcard"')
+            if key == "fuzzymatching":
+                query.fuzzy = value.strip().lower() == "true"
             continue
         keyword = _keyword(key)
         if keyword not in supported:
@@ -135,7 +138,17 @@ def _text_match(column, values: list[str], dialect: str = "postgresql", *, ignor
     return column == value
 
 
-def _where(query, filters: dict[str, list[str]], dialect: str = "postgresql"):
+_NAME_WORDS = re.compile(r"[\s^,=]+")
+
+
+def _fuzzy_name(column, value: str):
+    """Every word of ``value`` somewhere in the name, any case (LIKE with its wildcards escaped)."""
+    words = [w for w in _NAME_WORDS.split(value.lower()) if w][:8]
+    escaped = [w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for w in words]
+    return and_(*(func.lower(column).like(f"%{w}%", escape="\\") for w in escaped)) if escaped else column.is_not(None)
+
+
+def _where(query, filters: dict[str, list[str]], dialect: str = "postgresql", fuzzy: bool = False):
     for keyword, values in filters.items():
         if keyword == "StudyInstanceUID":
             query = query.where(Study.study_uid.in_(values))
@@ -153,6 +166,8 @@ def _where(query, filters: dict[str, list[str]], dialect: str = "postgresql"):
             query = query.where(Study.id.in_(select(Series.study_id).where(Series.modality.in_(values))))
         elif keyword == "StudyDescription":
             query = query.where(_text_match(Study.study_description, values, dialect))
+        elif keyword == "PatientName" and fuzzy and not has_wildcard(values[0]):
+            query = query.where(_fuzzy_name(Study.patient_name, values[0]))
         elif keyword == "PatientName":
             query = query.where(_text_match(Study.patient_name, values, dialect, ignore_case=True))
         elif keyword == "PatientID":
@@ -237,7 +252,7 @@ def _held():
 
 def _search_studies(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:
     ids = _where(select(Study.id).outerjoin(Series, Series.study_id == Study.id), query.filters,
-                 _dialect(session)).distinct()
+                 _dialect(session), query.fuzzy).distinct()
     studies = session.execute(
         select(Study).where(Study.id.in_(ids)).order_by(Study.id).limit(query.limit).offset(query.offset)
     ).scalars().all()
@@ -277,7 +292,7 @@ def _result_study_uids(session: Session, query: QidoQuery) -> list[str] | None:
         return None
     return list(session.scalars(
         _where(select(Study.study_uid).outerjoin(Series, Series.study_id == Study.id), study_filters,
-               _dialect(session)).distinct()))
+               _dialect(session), query.fuzzy).distinct()))
 
 
 def _page(query: QidoQuery, rows: list[dict], count_held: Callable[[], int], produced: Callable[[], list[dict]]
@@ -293,7 +308,7 @@ def _page(query: QidoQuery, rows: list[dict], count_held: Callable[[], int], pro
 def _search_series(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:
     count = select(func.count(Instance.id)).where(Instance.series_id == Series.id, _held()).scalar_subquery()
     matching = _where(select(Study, Series, count).join(Series, Series.study_id == Study.id), query.filters,
-                      _dialect(session))
+                      _dialect(session), query.fuzzy)
     rows = [
         _series_json(study.study_uid, series.series_uid, series.modality, series.series_description,
                      series.body_part_examined, series.series_number, int(n), base)
@@ -317,7 +332,7 @@ def _search_series(session: Session, query: QidoQuery, base: str, results: Resul
 def _search_instances(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:
     matching = _where(select(Study.study_uid, Series.series_uid, Series.modality, Instance)
                       .join(Series, Series.study_id == Study.id).join(Instance, Instance.series_id == Series.id)
-                      .where(_held()), query.filters, _dialect(session))
+                      .where(_held()), query.filters, _dialect(session), query.fuzzy)
     rows = [
         _instance_json(study_uid, series_uid, i.sop_class_uid, i.sop_instance_uid, modality, i.transfer_syntax_uid,
                        base)
