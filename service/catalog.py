@@ -67,6 +67,7 @@ class SeriesSummary:
     instance_count: int
     conflict_count: int
     size_bytes: int
+    other_patient_count: int = 0  # instances of another patient under this study's UID: kept, never served
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,7 @@ def get_study(session: Session, study_uid: str) -> StudyDetail:
             func.count(Instance.id),
             func.coalesce(func.sum(case((Instance.conflict, 1), else_=0)), 0),
             func.coalesce(func.sum(Instance.size_bytes), 0),
+            func.coalesce(func.sum(case((Instance.other_patient, 1), else_=0)), 0),
         )
         .outerjoin(Instance, Instance.series_id == Series.id)
         .where(Series.study_id == study.id)
@@ -246,8 +248,9 @@ def get_study(session: Session, study_uid: str) -> StudyDetail:
                 instance_count=int(n),
                 conflict_count=int(c),
                 size_bytes=int(b),
+                other_patient_count=int(o),
             )
-            for s, n, c, b in series_rows
+            for s, n, c, b, o in series_rows
         ],
         uid_collisions=uid_collisions(session, study.id),
     )

@@ -285,6 +285,12 @@ def _patient_context(connection: Connection, known: _KnownStudy, instance: Recei
         known.has_accession = True
 
 
+def _other_patient(catalog: _Catalog, instance: ReceivedInstance) -> bool:
+    """Does the instance carry another Patient ID than its study (whose first one the catalog holds by now)?"""
+    known = catalog.studies[instance.study_uid].patient_id
+    return bool(instance.patient_id and known and instance.patient_id != known)
+
+
 def _count_opened(connection: Connection, instances: list[ReceivedInstance]) -> None:
     """One more open sender per study for each instance that ``opens_association`` (re-sends included)."""
     opened: dict[str, int] = {}
@@ -313,6 +319,7 @@ def _apply_instances(connection: Connection, catalog: _Catalog, instances: list[
                 "sop_class_uid": i.sop_class_uid, "transfer_syntax_uid": i.transfer_syntax_uid,
                 "path": i.relative_path, "size_bytes": i.size_bytes, "digest": i.digest, "calling_ae": i.calling_ae,
                 "received_at": i.received_at, "conflict": i.conflict,
+                "other_patient": _other_patient(catalog, i),
             }
             for i in fresh
         ],

@@ -26,9 +26,13 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('patient_id', sa.String(length=64), nullable=True))
         batch_op.add_column(sa.Column('accession_number', sa.String(length=16), nullable=True))
         batch_op.create_index(batch_op.f('ix_studies_patient_id'), ['patient_id'], unique=False)
+    with op.batch_alter_table('instances', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('other_patient', sa.Boolean(), server_default=sa.false(), nullable=False))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table('instances', schema=None) as batch_op:
+        batch_op.drop_column('other_patient')
     with op.batch_alter_table('studies', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_studies_patient_id'))
         batch_op.drop_column('accession_number')

@@ -148,6 +148,8 @@ def show_command(
     typer.echo(f"  {s.series_count} series, {s.instance_count} instances, {_human_bytes(s.size_bytes)}")
     for series in detail.series:
         flag = f"  {series.conflict_count} CONFLICTING" if series.conflict_count else ""
+        if series.other_patient_count:
+            flag += f"  {series.other_patient_count} OF ANOTHER PATIENT (kept, not served, not processed)"
         typer.echo(
             f"    #{series.series_number if series.series_number is not None else '-':>4} {series.modality:<4} "
             f"{series.instance_count:>5} inst  {series.description or '-'}  {series.series_uid}{flag}"

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -144,6 +145,9 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # True for a second copy of an SOP Instance UID whose content differs from the first one kept.
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    # True for an instance whose Patient ID differs from its study's (a Study Instance UID reused by another patient):
+    # kept and flagged, never served with the study (QIDO, WADO) nor processed (migration 0009).
+    other_patient: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

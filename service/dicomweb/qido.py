@@ -246,8 +246,9 @@ def _dialect(session: Session) -> str:
 
 
 def _held():
-    """Instances QIDO and WADO serve: a second copy kept for a conflicting re-send is not one of them."""
-    return Instance.conflict.is_(False)
+    """Instances QIDO and WADO serve: neither a second copy kept for a conflicting re-send, nor an instance of another
+    patient that arrived under the study's UID (kept and flagged, never served with it)."""
+    return Instance.conflict.is_(False) & Instance.other_patient.is_(False)
 
 
 def _search_studies(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:

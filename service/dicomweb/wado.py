@@ -40,7 +40,7 @@ def stored_files(session: Session, spool: Path, study_uid: str, series_uid: str 
     """The held instances under a WADO-RS URL, in series then instance order; paths checked to be inside the spool."""
     query = (select(Study.study_uid, Series.series_uid, Instance)
              .join(Series, Series.study_id == Study.id).join(Instance, Instance.series_id == Series.id)
-             .where(Study.study_uid == study_uid, Instance.conflict.is_(False)))
+             .where(Study.study_uid == study_uid, Instance.conflict.is_(False), Instance.other_patient.is_(False)))
     if series_uid is not None:
         query = query.where(Series.series_uid == series_uid)
     if sop_instance_uid is not None:

@@ -16,6 +16,7 @@ from service.api.metrics import make_registry
 from service.catalog import get_study
 from service.db.models import Study, StudyStatus, UidCollision, UidKind
 from service.db.session import session_scope
+from service.dicomweb.wado import stored_files
 from service.ingest import DatabaseRecorder
 from service.pipeline.ledger import PipelineLedger
 from tests.support.dcmtk import storescu
@@ -39,7 +40,8 @@ def reused_study_uid(tmp_path, session_factory, caplog):
         for dataset in datasets:
             dataset.PatientID, dataset.PatientName = patient_id, name
     recorder = DatabaseRecorder(session_factory).start()
-    node = DicomNode(node_settings(tmp_path / "home", study_idle_seconds=3600), recorder)
+    settings = node_settings(tmp_path / "home", study_idle_seconds=3600)
+    node = DicomNode(settings, recorder)
     node.start()
     try:
         with caplog.at_level(logging.INFO):
@@ -49,19 +51,25 @@ def reused_study_uid(tmp_path, session_factory, caplog):
     finally:
         node.stop()
         recorder.close()
-    return str(first[0].StudyInstanceUID), caplog.text
+    return str(first[0].StudyInstanceUID), caplog.text, settings, first
 
 
 def test_a_study_uid_with_a_second_patient_is_flagged_and_never_processed(reused_study_uid, session_factory):
-    study_uid, log = reused_study_uid
+    study_uid, log, settings, first = reused_study_uid
     with session_scope(session_factory) as session:
         study = session.scalars(select(Study).where(Study.study_uid == study_uid)).one()
         assert (study.patient_id, study.patient_name) == FIRST  # the second patient's context never fills it
         flags = session.scalars(select(UidCollision)).all()
         assert [(f.kind, f.uid, f.study_id == f.other_study_id == study.id) for f in flags] == \
             [(UidKind.STUDY, study_uid, True)]
-        notes = get_study(session, study_uid).uid_collisions
+        detail = get_study(session, study_uid)
+        notes = detail.uid_collisions
         assert [n.kind for n in notes] == ["study"] and "two patients" in notes[0].describe()
+        # the second patient's series is kept (its sender was told success), flagged, and never served
+        assert sorted((s.instance_count, s.other_patient_count) for s in detail.series) == [(len(first), 0)] + \
+            [(len(first), len(first))]
+        assert {f.sop_instance_uid for f in stored_files(session, settings.spool_dir, study_uid)} == \
+            {str(d.SOPInstanceUID) for d in first}
         session.execute(update(Study).where(Study.id == study.id).values(status=StudyStatus.COMPLETE))
     ledger = PipelineLedger(session_factory)
     assert ledger.start_run(study_uid, "complete") is None
