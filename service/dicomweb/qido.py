@@ -308,8 +308,9 @@ def _page(query: QidoQuery, rows: list[dict], count_held: Callable[[], int], pro
 
 def _search_series(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:
     count = select(func.count(Instance.id)).where(Instance.series_id == Series.id, _held()).scalar_subquery()
-    matching = _where(select(Study, Series, count).join(Series, Series.study_id == Study.id), query.filters,
-                      _dialect(session), query.fuzzy)
+    served = select(Instance.id).where(Instance.series_id == Series.id, _held()).exists()  # not another patient's
+    matching = _where(select(Study, Series, count).join(Series, Series.study_id == Study.id).where(served),
+                      query.filters, _dialect(session), query.fuzzy)
     rows = [
         _series_json(study.study_uid, series.series_uid, series.modality, series.series_description,
                      series.body_part_examined, series.series_number, int(n), base)

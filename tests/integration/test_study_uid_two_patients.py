@@ -16,6 +16,7 @@ from service.api.metrics import make_registry
 from service.catalog import get_study
 from service.db.models import Study, StudyStatus, UidCollision, UidKind
 from service.db.session import session_scope
+from service.dicomweb.qido import QidoLevel, parse_qido, search
 from service.dicomweb.wado import stored_files
 from service.ingest import DatabaseRecorder
 from service.pipeline.ledger import PipelineLedger
@@ -70,6 +71,9 @@ def test_a_study_uid_with_a_second_patient_is_flagged_and_never_processed(reused
             [(len(first), len(first))]
         assert {f.sop_instance_uid for f in stored_files(session, settings.spool_dir, study_uid)} == \
             {str(d.SOPInstanceUID) for d in first}
+        series = search(session, parse_qido([("StudyInstanceUID", study_uid)], QidoLevel.SERIES, limit=10, offset=0),
+                        "http://x")
+        assert [s["0020000E"]["Value"][0] for s in series] == [str(first[0].SeriesInstanceUID)]
         session.execute(update(Study).where(Study.id == study.id).values(status=StudyStatus.COMPLETE))
     ledger = PipelineLedger(session_factory)
     assert ledger.start_run(study_uid, "complete") is None
