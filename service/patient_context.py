@@ -44,7 +44,8 @@ def backfill_patient_context(session: Session, spool_dir: Path, study_uids: Iter
     rows = session.execute(
         select(Study.id, Instance.path).join(Series, Series.study_id == Study.id)
         .join(Instance, Instance.series_id == Series.id)
-        .where(Study.study_uid.in_(uids), Study.patient_id.is_(None), Instance.conflict.is_(False))
+        .where(Study.study_uid.in_(uids), Study.patient_id.is_(None), Instance.conflict.is_(False),
+               Instance.other_patient.is_(False))
         .order_by(Study.id, Instance.id)
     ).all()
     candidates: dict[int, list[Path]] = {}

@@ -7,11 +7,11 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
+from dicom_node.results import clean_text
 from service.api.deps import SessionDep, client_address
 from service.api.routes.reports import report_json
 from service.api.routes.studies import StudyUid
 from service.api.ui.access import FormFields, PageRefused, PageUser, require_csrf
-from service.api.ui.worklist import PAGE_SIZE, STATE_CHOICES, WorklistFilters, worklist_rows
 from service.api.ui.rendering import PAGE_HEADERS
 from service.api.ui.study_view import (
     PROJECTION_MODALITIES,
@@ -20,9 +20,9 @@ from service.api.ui.study_view import (
     overlay_legend,
     radiograph_png,
 )
+from service.api.ui.worklist import PAGE_SIZE, STATE_CHOICES, WorklistFilters, worklist_rows
 from service.catalog import StudyNotFound, get_study, study_runs
 from service.patient_context import backfill_patient_context
-from dicom_node.results import clean_text
 from service.review import (
     DEMO_NOT_VERIFIABLE,
     DemoReportNotVerifiable,
@@ -97,7 +97,7 @@ def _radiograph_path(request: Request, session, study_uid: str):
     row = session.execute(
         select(Instance.path).join(Series, Series.id == Instance.series_id).join(Study, Study.id == Series.study_id)
         .where(Study.study_uid == study_uid, Series.modality.in_(sorted(PROJECTION_MODALITIES)),
-               Instance.conflict.is_(False))
+               Instance.conflict.is_(False), Instance.other_patient.is_(False))
         .order_by(Series.series_number, Series.id, Instance.id).limit(1)
     ).first()
     if row is None:
