@@ -1,12 +1,12 @@
 """DICOM SEG of one expert's label volume, on the frames of the source series.
 
-The engines give a label volume in (X, Y, Z) = (column, row, slice) order with an affine from voxel index to RAS mm,
-on the grid of the source series. For every source frame (each single-frame source instance in the order given, or
+A label volume in (X, Y, Z) = (column, row, slice) order with an affine from voxel index to RAS mm, on the grid of the
+source series (``dicom_node.volumes.labels_on_source_grid`` puts an expert's labels there). For every source frame (each single-frame source instance in the order given, or
 each frame of one enhanced multi-frame instance, placed by its functional groups), the frame is read out of that
 volume: its Image Position (Patient) and Image Orientation (Patient) are turned from LPS into RAS
 (x -> -x, y -> -y), mapped into voxel indices with the inverse affine, and must land on whole voxels with the
 in-plane steps along volume axes (any permutation or flip). Anything else means the labels are not on the source grid
-and is refused: resampling belongs to the engines, not to the writer.
+and is refused: resampling belongs to ``dicom_node.volumes.placement``, not to the writer.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dicom_node.results.codes import local_coding_scheme, structure_coding
 from dicom_node.results.content import AlgorithmIdentity, ExpertFindings, LabelSegmentation, StructureSegment
 from dicom_node.results.equipment import algorithm_equipment
 from dicom_node.results.uids import ResultKind, ResultUids, SeriesNumber
-from dicom_node.volumes import FrameGeometry, VolumeGeometryError, frame_geometries
+from dicom_node.volumes import LPS_TO_RAS, FrameGeometry, source_frames
 
 __all__ = [
     "SegCompression",
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 GRID_TOLERANCE_VOXELS = 1e-3
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+_LPS_TO_RAS = LPS_TO_RAS[:3, :3]  # dicom_node.volumes' convention
 
 
 def _axis_step(step: np.ndarray, what: str) -> tuple[int, int]:
@@ -85,27 +85,6 @@ def _frame_window(shape: tuple[int, ...], to_voxel: np.ndarray, frame: FrameGeom
     for axis, sign in ((column_axis, column_sign), (row_axis, row_sign)):
         window[axis] = _steps(first[axis], last[axis], sign)
     return tuple(window), row_axis, column_axis
-
-
-def source_frames(source_images: tuple[Dataset, ...]) -> list[FrameGeometry]:
-    """The frames a SEG lies on, in the order its frames follow: one per single-frame source instance, or every frame
-    of one multi-frame (enhanced) source instance, placed by its functional groups."""
-    if not source_images:
-        raise ValueError("no source instances: a SEG's frames lie on the instances of a source series")
-    multi_frame = [image for image in source_images if int(image.get("NumberOfFrames", 1) or 1) > 1]
-    if multi_frame and len(source_images) > 1:
-        raise ValueError(f"{len(source_images)} source instances of which {len(multi_frame)} are multi-frame: a SEG "
-                         "lies on one multi-frame instance or on single-frame instances")
-    frames = []
-    for image in source_images:
-        for keyword in ("Rows", "Columns"):
-            if keyword not in image:
-                raise ValueError(f"source instance {image.SOPInstanceUID} lacks {keyword}, needed to place its frame")
-        try:
-            frames += frame_geometries(image)
-        except VolumeGeometryError as exc:
-            raise ValueError(f"cannot place the SEG's frames: {exc}") from None
-    return frames
 
 
 def _steps(first: int, last: int, step: int) -> slice:

@@ -23,7 +23,7 @@ from service.db.session import session_scope
 from service.pipeline.executor import StageOutcome
 from service.pipeline.stages import Stage
 from service.pipeline.work import build_stage_handlers
-from service.pipeline.work.expert_record import expert_result_record
+from service.pipeline.contracts import ExpertStageResult
 from service.pipeline.work.resources import load_arrays, write_json
 from tests.support.pipeline_study import run_inline, store_in_spool
 from tests.support.synthetic_series import SeriesGeometry, SyntheticStudy, ct_series, mr_series, sample_ras
@@ -71,7 +71,8 @@ class ExpertLabellingBrightVoxels:
                               volumes_ml={"liver": 1.0} if name is ExpertName.VISTA3D else {"TC": 1.0, "WT": 1.0,
                                                                                              "ET": 1.0})
         path = self.resources.work_dir(claim.study_uid, claim.run_id) / "labels.npz"
-        return StageOutcome(result={**expert_result_record(result, path, "sha256:" + "cd" * 32), "elapsed_s": 0.1})
+        return StageOutcome(result=ExpertStageResult.from_expert_result(result, path, "sha256:" + "cd" * 32,
+                                                                         elapsed_s=0.1))
 
 
 class ModelShowingAnOverlay:
