@@ -35,6 +35,16 @@ class ExpertInput:
     volume: np.ndarray
     affine: np.ndarray | None = None
 
+    @classmethod
+    def on_common_grid(cls, sequences, spacing_mm: float = 1.0) -> ExpertInput:
+        """Several co-registered volumes (``(array, affine)`` each, BraTS: T1c, T1, T2, FLAIR) as one input on the
+        grid the expert takes: ``spacing_mm`` RAS voxels covering the first volume (protocol section 7), trilinear
+        (``engines.resample.resample_to_common_grid``). The expert's labels come back on that grid."""
+        from engines.resample import resample_to_common_grid
+
+        common = resample_to_common_grid(list(sequences), reference=0, spacing_mm=spacing_mm)
+        return cls(common.array, common.affine)
+
 
 @dataclass
 class ExpertResult:

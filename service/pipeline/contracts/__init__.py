@@ -12,8 +12,9 @@ deliver   ``DeliveryResult``     (the run's end)
 ========  =====================  ==========================================================
 
 Every real stage returns its contract (validated when it is made, and checked to be its stage's by
-``stage_result_for_storage`` before the ledger keeps it); each contract's ``of(claim)`` reads it back (migrating results of older releases, refusing what it cannot read with a
-``ContractError`` that fails the run with a reason). ``base`` says how versions work.
+``stage_result_for_storage`` before the ledger keeps it); each contract's ``of(claim)`` reads it back (migrating
+results of older releases, refusing what it cannot read with a ``ContractError`` that fails the run with a reason).
+``base`` says how versions work.
 """
 
 from __future__ import annotations

@@ -96,8 +96,8 @@ class StageContract(Record):
             raise ContractError(f"the {stage} stage left no result in this run; reprocess the study from {stage}")
         version = raw.get("schema_version", 0)
         if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-            raise ContractError(f"the {stage} stage's recorded result has no valid schema_version ({type(version).__name__}); "
-                                f"reprocess the study from {stage}")
+            raise ContractError(f"the {stage} stage's recorded result has no valid schema_version "
+                                f"({type(version).__name__}); reprocess the study from {stage}")
         if version > cls.SCHEMA_VERSION:
             raise ContractError(
                 f"the {stage} stage's result was recorded by a newer release of m3edge (schema version {version}; "

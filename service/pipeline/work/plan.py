@@ -1,8 +1,8 @@
 """Stage ``plan``: the routing rules decide which expert, argument, questions, destinations and priority a study gets.
 
 The route (``contracts.Route``) is the stage's result, kept on the run too (``PipelineRun.route``); a study that no
-rule takes ends ``skipped`` with the reason the rules give (which test of each rule failed, e.g. "anatomy: no series shows chest (BodyPartExamined
-'EXTREMITY' is not chest ...)"). The route names the series that passed the rule's series tests and anatomy
+rule takes ends ``skipped`` with the reason the rules give (which test of each rule failed, e.g. "anatomy: no series
+shows chest (BodyPartExamined 'EXTREMITY' is not chest ...)"). The route names the series that passed the rule's series tests and anatomy
 (``eligible_series``): ``prepare`` takes its input from those only.
 """
 

@@ -5,9 +5,9 @@ anatomy) are read.
 
 - VISTA3D (CT): the largest CT series that is one regular volume (localizer images dropped); (X, Y, Z) HU + affine.
 - BraTS (brain MRI): the four sequences the routing rule matched (or, failing that, found by ``BrainMriPatterns``),
-  in one frame of reference, on the BraTS expert's one 1 mm RAS grid (``engines.resample``; protocol section 7):
-  (4, X, Y, Z) in the order T1c, T1, T2, FLAIR. The T1c is the source series: the report writes the labels against
-  its images (``dicom_node.volumes`` puts them on its grid).
+  in one frame of reference, on the BraTS expert's one 1 mm RAS grid (``ExpertInput.on_common_grid``, protocol
+  section 7): (4, X, Y, Z) in the order T1c, T1, T2, FLAIR. The T1c is the source series: the report writes the
+  labels against its images (``dicom_node.volumes`` puts them on its grid).
 - CXR: the frontal (PA, then AP) radiograph as 8-bit MONOCHROME2.
 
 The result is a ``contracts.PreparedInput``: the ``.npz``, and what the report needs later (the source instances the
@@ -134,7 +134,7 @@ class PrepareStage:
     # -- brain MRI --------------------------------------------------------------------------------------------------
 
     def _brain_mri(self, files: dict[str, list[Path]], matched: dict[str, str], target: Path) -> dict:
-        from engines.resample import resample_to_common_grid
+        from engines.experts.base import ExpertInput
 
         if all(name in matched and matched[name] in files for name in BRATS_ORDER):
             series = {name: _read(files[matched[name]]) for name in BRATS_ORDER}
@@ -155,18 +155,18 @@ class PrepareStage:
             volumes = list(chosen.volumes)
             by_uid = {uid: [ds for ds in datasets if ds.SeriesInstanceUID == uid]
                       for uid in chosen.series_instance_uids}
-        common = resample_to_common_grid([(v.array, v.affine) for v in volumes], reference=0, spacing_mm=1.0)
+        common = ExpertInput.on_common_grid([(v.array, v.affine) for v in volumes], spacing_mm=1.0)
         t1c = volumes[0]
-        self._check_image("BRATS", common.array)
-        save_arrays(target, volume=common.array, affine=common.affine)
+        self._check_image("BRATS", common.volume)
+        save_arrays(target, volume=common.volume, affine=common.affine)
         sources = [_paths_of(v, by_uid[v.series_instance_uid]) for v in volumes]
-        LOGGER.info("brain MRI: 4 sequences on a 1 mm grid %s", common.array.shape[1:])
+        LOGGER.info("brain MRI: 4 sequences on a 1 mm grid %s", common.volume.shape[1:])
         return {
             "source_series": t1c.series_instance_uid,
             "source_instances": sources[0],
             "other_evidence": [path for paths in sources[1:] for path in paths],
             "sequences": {name: v.series_instance_uid for name, v in zip(BRATS_ORDER, volumes)},
-            "shape": list(common.array.shape),
+            "shape": list(common.volume.shape),
         }
 
     # -- chest radiograph -------------------------------------------------------------------------------------------
