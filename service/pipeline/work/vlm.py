@@ -11,7 +11,7 @@ expert's claim is given back (``route_expert.py`` says how).
 
 Saved: every transcript (``transcripts.json``) and the overlay image the model saw as ``overlay.png``; when the model
 saw none (it answered without an expert), the route expert's labels are drawn on the slice it saw, so a viewer without
-SEG support still has a picture of the findings.
+SEG support still has a picture of the findings. The stage's result is a ``contracts.Consultations``.
 """
 
 from __future__ import annotations
