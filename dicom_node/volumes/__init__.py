@@ -1,5 +1,6 @@
 """DICOM series -> the arrays experts take: CT/MR volumes with RAS affines, brain MRI sequences, 8-bit radiographs;
-and back: results made on a volume placed on their source images (``placement``). Every RAS/LPS convention is here.
+and back: results made on a volume placed on their source images (``placement``) and read out frame by frame for a
+SEG (``frame_readout``). Every RAS/LPS convention is here.
 
 Array convention (``engines.experts.base.ExpertInput`` relies on it): axes (i, j, k) = (column, row, slice), affine
 (i, j, k, 1) -> RAS mm; see ``dicom_node.volumes.geometry``.
@@ -23,6 +24,7 @@ from dicom_node.volumes.geometry import (
     check_regular_stack,
     lps_to_ras,
 )
+from dicom_node.volumes.frame_readout import GRID_TOLERANCE_VOXELS, volume_on_source_frames
 from dicom_node.volumes.placement import (
     labels_on_grid,
     labels_on_source_grid,
@@ -35,6 +37,7 @@ from dicom_node.volumes.series import SeriesVolume, frame_geometries, is_localiz
 
 __all__ = [
     "FRONTAL_VIEWS",
+    "GRID_TOLERANCE_VOXELS",
     "LPS_TO_RAS",
     "BrainMriPatterns",
     "BrainMriSequence",
@@ -64,5 +67,6 @@ __all__ = [
     "source_frames",
     "source_grid",
     "source_image_at",
+    "volume_on_source_frames",
     "volume_from_series",
 ]
