@@ -28,7 +28,8 @@ class ExpertInput:
     """Plain arrays from ``dicom_node.volumes``: never DICOM datasets.
 
     - VISTA3D: ``volume`` (X, Y, Z) float32 HU with a 4x4 ``affine`` (voxel index -> RAS mm).
-    - BraTS: ``volume`` (4, X, Y, Z) float32 in the order T1c, T1, T2, FLAIR, one 1 mm grid, one ``affine``.
+    - BraTS: ``volume`` (4, X, Y, Z) float32 in the order T1c, T1, T2, FLAIR, one 1 mm grid, one ``affine``
+      (``on_common_grid`` makes it from the four series' volumes).
     - CXR: ``volume`` (H, W) uint8, MONOCHROME2, ``affine`` None.
     """
 
