@@ -282,7 +282,7 @@ def _apply_instances(connection: Connection, catalog: _Catalog, instances: list[
                 "series_id": catalog.series[(i.study_uid, i.series_uid)], "sop_instance_uid": i.sop_instance_uid,
                 "sop_class_uid": i.sop_class_uid, "transfer_syntax_uid": i.transfer_syntax_uid,
                 "path": i.relative_path, "size_bytes": i.size_bytes, "digest": i.digest, "calling_ae": i.calling_ae,
-                "received_at": i.received_at, "conflict": i.conflict,
+                "received_at": i.received_at, "conflict": i.conflict, "dicom_json": i.dicom_json,
             }
             for i in fresh
         ],

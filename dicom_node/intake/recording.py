@@ -42,6 +42,9 @@ class ReceivedInstance:
     # The first instance its association (or STOW-RS request) committed into this study: the study has one more
     # sender until ``associations_ended`` names it.
     opens_association: bool = False
+    # The instance's metadata as WADO-RS serves it (``dicom_node.dicomweb.stored_metadata``: DICOM JSON, zlib), kept
+    # at ingest so a study's metadata is never read from every file; None for a re-send or an unreadable header.
+    dicom_json: bytes | None = None
 
 
 @runtime_checkable

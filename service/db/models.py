@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -139,6 +140,8 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # True for a second copy of an SOP Instance UID whose content differs from the first one kept.
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    # WADO-RS metadata kept at ingest (DICOM JSON, zlib; dicom_node.dicomweb.stored_metadata); None: read the file.
+    dicom_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None, deferred=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
