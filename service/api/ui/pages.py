@@ -11,6 +11,7 @@ from service.api.deps import SessionDep, client_address
 from service.api.routes.reports import report_json
 from service.api.routes.studies import StudyUid
 from service.api.ui.access import FormFields, PageRefused, PageUser, require_csrf
+from service.api.ui.viewer_links import viewer_links
 from service.api.ui.worklist import PAGE_SIZE, WorklistFilters, worklist_rows
 from service.catalog import StudyNotFound, get_study, study_runs
 from service.db.models import StudyStatus
@@ -81,8 +82,17 @@ def _study_page(request: Request, session, user, study_uid: str, *, message: str
         "draft_narrative": narrative if narrative is not None else (report_data or {}).get("narrative", ""),
         "draft_comment": comment, "study_path": "/ui/studies/" + quote(study_uid),
         "demo_not_verifiable": DEMO_NOT_VERIFIABLE[0].upper() + DEMO_NOT_VERIFIABLE[1:],
+        "viewer_links": viewer_links(request.app, study_uid, _first_image_series(detail)),
     }
     return request.app.state.ui_pages.render(request, "study.html", context, user=user, status=status)
+
+
+def _first_image_series(detail) -> str:
+    for series in getattr(detail, "series", None) or []:
+        uid = getattr(series, "series_uid", "")
+        if uid:
+            return uid
+    return ""
 
 
 @router.get("/studies/{study_uid}")

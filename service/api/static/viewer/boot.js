@@ -4,3 +4,13 @@ window.PUBLIC_URL = "/viewer/";
 function browserImportFunction(moduleUrl) {
   return import(moduleUrl);
 }
+// OHIF's first-visit tour of its demo viewer would cover the images: marked as shown for m3edge's readers.
+try {
+  var shown = JSON.parse(window.localStorage.getItem("shownTours") || "[]");
+  if (shown.indexOf("basicViewerTour") < 0) {
+    shown.push("basicViewerTour");
+    window.localStorage.setItem("shownTours", JSON.stringify(shown));
+  }
+} catch (ignored) {
+  // no localStorage (a private window that forbids it): the tour shows, nothing else changes
+}
