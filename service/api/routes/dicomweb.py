@@ -23,6 +23,7 @@ from dicom_node.dicomweb import FrameError, media_type_of, parse_frame_list, rea
 from dicom_node.private_files import make_private_dirs
 from service.api.deps import CurrentUser, SessionDep, client_address
 from service.api.problems import Problem
+from service.dicomweb.includefield import include_fields, parse_includefield
 from service.dicomweb.metadata_documents import MetadataDocuments
 from service.dicomweb.multipart import (
     FilePart,
@@ -119,6 +120,7 @@ def _search(request: Request, session, user, level: QidoLevel, limit: int, offse
         raise Problem(406, "not acceptable", f"search results are {DICOM_JSON}")
     try:
         query = parse_qido(list(request.query_params.multi_items()), level, limit=limit, offset=offset)
+        fields = parse_includefield([v for k, v in request.query_params.multi_items() if k == "includefield"], level)
     except QidoError as exc:
         raise Problem(400, "unsupported query", str(exc)) from exc
     for keyword, value in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid)):
@@ -127,9 +129,11 @@ def _search(request: Request, session, user, level: QidoLevel, limit: int, offse
             query.filters[keyword] = [value] if asked is None or value in asked else []
     answerable = all(query.filters.values())
     results = search(session, query, _base(request), _results(request.app)) if answerable else []
+    include_fields(session, results, level, fields)
     record_audit(session, user.name, "dicomweb.search", study_uid=study_uid or "", target=level.value,
                  remote_addr=client_address(request),
-                 detail={"keys": sorted(query.filters), "matches": len(results), "offset": offset})
+                 detail={"keys": sorted(query.filters), "matches": len(results), "offset": offset,
+                         "includefield": len(fields)})
     headers = {"Warning": ", ".join(query.warnings)} if query.warnings else None
     return JSONResponse(results, media_type=DICOM_JSON, headers=headers)
 
