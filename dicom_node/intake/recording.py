@@ -19,7 +19,8 @@ class RecorderError(RuntimeError):
 
 @dataclass(frozen=True)
 class ReceivedInstance:
-    """One instance on disk, with the patient-free attributes the database keeps (no names, IDs, dates of birth)."""
+    """One instance on disk: the patient-free attributes the catalogue's columns keep, and its header as DICOM JSON
+    (``dicom_json``, patient attributes included) for DICOMweb, never logged."""
 
     study_uid: str
     series_uid: str

@@ -8,8 +8,6 @@ from urllib.parse import quote, urlencode
 
 from fastapi import FastAPI
 
-from service.api.viewer import viewer_dir
-
 __all__ = ["ViewerLink", "viewer_links"]
 
 
@@ -30,6 +28,8 @@ def _result_series(app: FastAPI, study_uid: str, modality: str) -> str | None:
 
 def viewer_links(app: FastAPI, study_uid: str, image_series_uid: str = "") -> list[ViewerLink]:
     """The links for one study: the built-in viewer when it is installed, the site's viewer when one is set."""
+    from service.api.viewer import viewer_dir  # (service.api.viewer imports the dashboard's access rules)
+
     settings = app.state.settings
     links = []
     if (viewer_dir(settings) / "index.html").is_file():
