@@ -31,6 +31,7 @@ from service.pipeline.ledger import PipelineLedger
 from service.security import add_user
 from tests.integration.api.conftest import RecordingDispatcher, api  # noqa: F401  (the running API fixture)
 from tests.integration.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, log_in
+from tests.conftest import sqlite_only_database
 from tests.support.api_server import running_app
 from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study
 from tests.support.orthanc import OrthancServer
@@ -65,6 +66,14 @@ def _require_viewer() -> None:
         pytest.fail("axe-core is not installed: run scripts/install-viewer --test (scripts/install --test runs it)")
     if not CHROMIUM.exists():
         pytest.fail("the system Chromium (/usr/bin/chromium) is not installed: scripts/test installs it")
+
+
+
+@pytest.fixture(scope="module")
+def migrated_database_url(tmp_path_factory) -> str:
+    """SQLite only: the browser drives the same API on either engine (the API, the recorder and the review run on
+    both in their own tests)."""
+    return sqlite_only_database(tmp_path_factory)
 
 
 @pytest.fixture

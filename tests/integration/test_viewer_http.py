@@ -21,16 +21,28 @@ from service.pipeline.intake import PipelineIntake
 from service.pipeline.ledger import PipelineLedger
 from tests.integration.api.conftest import RecordingDispatcher, api  # noqa: F401  (the running API fixture)
 from tests.integration.test_dashboard_forms import log_in
+from tests.conftest import sqlite_only_database
 from tests.support.api_server import running_app
 from tests.support.dashboard_study import seed_reviewable_study
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-needs_viewer = pytest.mark.skipif(not (DEFAULT_VIEWER_DIR / "index.html").is_file(),
-                                  reason="OHIF is not installed here (scripts/install-viewer)")
 
 
-@needs_viewer
-def test_the_viewer_needs_a_session_and_reads_only_this_sites_dicomweb(api):  # noqa: F811
+@pytest.fixture
+def installed_viewer() -> None:
+    """scripts/install --test (which scripts/test runs) installs OHIF; without it these tests fail and say so."""
+    if not (DEFAULT_VIEWER_DIR / "index.html").is_file():
+        pytest.fail("the OHIF Viewer is not installed: run scripts/install-viewer (scripts/install --test runs it)")
+
+
+
+@pytest.fixture(scope="module")
+def migrated_database_url(tmp_path_factory) -> str:
+    """Access rules and configuration, the same on either engine: SQLite only."""
+    return sqlite_only_database(tmp_path_factory)
+
+
+def test_the_viewer_needs_a_session_and_reads_only_this_sites_dicomweb(api, installed_viewer):  # noqa: F811
     base, _, _, _ = api
     anonymous = httpx.get(f"{base}/viewer/viewer?StudyInstanceUIDs=1.2.3")
     assert anonymous.status_code == 303
@@ -72,9 +84,8 @@ def test_without_the_viewer_installed_it_answers_503_and_says_how(database_url, 
     assert "scripts/install-viewer" in INSTALL_HINT
 
 
-@needs_viewer
 def test_the_study_page_links_to_the_viewer_with_the_seg_and_to_the_sites_viewer(database_url, session_factory,
-                                                                                  tmp_path):
+                                                                                  tmp_path, installed_viewer):
     from service.db.session import session_scope
     from service.security import add_user
 
