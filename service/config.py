@@ -196,8 +196,8 @@ class Settings(BaseSettings):
         description="Organisation root of every UID m3edge makes (set your own; the default is pydicom's).",
     )
     viewer_dir: Path | None = Field(
-        None, description="The OHIF Viewer served at /viewer/ (its dist/ folder); default: where scripts/install put it "
-                          "(vendor/ohif in the installed tree).")
+        None, description="The OHIF Viewer served at /viewer/ (its dist/ folder); default: where scripts/install "
+                          "put it (vendor/ohif in the installed tree).")
     viewer_url_template: str = Field(
         "", max_length=2000,
         description="A site's own viewer: a URL with {study_uid} (and optionally {series_uid}, the first image "
@@ -235,7 +235,8 @@ class Settings(BaseSettings):
         if not value:
             return value
         if "{study_uid}" not in value:
-            raise ValueError("VIEWER_URL_TEMPLATE must hold {study_uid}, e.g. https://pacs.example/viewer?study={study_uid}")
+            raise ValueError("VIEWER_URL_TEMPLATE must hold {study_uid}, e.g. "
+                             "https://pacs.example/viewer?study={study_uid}")
         if not (value.startswith(("https://", "http://")) or (value.startswith("/") and not value.startswith("//"))):
             raise ValueError("VIEWER_URL_TEMPLATE must be an http(s) URL or a path of this site (starting with one /)")
         try:

@@ -9,9 +9,9 @@ so one bad row cannot fail its neighbours.
 Study state written here (the assembler reads it): a new study starts 'receiving' with first_received_at = opened_at =
 now; every new instance sets last_received_at; an instance for a study in any other state re-opens it (status
 'receiving', opened_at = now, reprocess_requested). A re-send of bytes already recorded changes nothing.
-The catalogue's columns hold no patient names, IDs, birth dates or accession numbers; the instance's header as DICOM JSON
-(``ReceivedInstance.dicom_json``, patient attributes included) is kept in ``instances.dicom_json`` for WADO-RS and
-QIDO ``includefield``, which serve it to signed-in users only, audited; it never reaches a log.
+The catalogue's columns hold no patient names, IDs, birth dates or accession numbers; the instance's header as DICOM
+JSON (``ReceivedInstance.dicom_json``, patient attributes included) is kept in ``instances.dicom_json`` for WADO-RS
+and QIDO ``includefield``, which serve it to signed-in users only, audited; it never reaches a log.
 
 Identity: a series is (study, Series Instance UID) and an instance lives in its study's series. A Series or SOP
 Instance UID that arrives in a second study is stored under that study like any other and flagged

@@ -17,5 +17,6 @@ from dicom_node.dicomweb.metadata import (
     with_bulk_data_base,
 )
 
-__all__ = ["instance_metadata", "stored_metadata", "unpack_metadata", "with_bulk_data_base", "BULK_DATA_PREFIX", "read_frames", "read_bulk_data",
-           "parse_frame_list", "media_type_of", "FrameSet", "FrameError", "MAX_FRAMES_PER_REQUEST"]
+__all__ = ["instance_metadata", "stored_metadata", "unpack_metadata", "with_bulk_data_base", "BULK_DATA_PREFIX",
+           "read_frames", "read_bulk_data", "parse_frame_list", "media_type_of", "FrameSet", "FrameError",
+           "MAX_FRAMES_PER_REQUEST"]

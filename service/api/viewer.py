@@ -36,14 +36,14 @@ MOUNT = "/viewer/"
 REPOSITORY = Path(__file__).resolve().parents[2]
 DEFAULT_VIEWER_DIR = REPOSITORY / "vendor" / "ohif"
 BOOT_SCRIPT = Path(__file__).resolve().parent / "static" / "viewer" / "boot.js"
-INSTALL_HINT = ("The OHIF Viewer is not installed. Run scripts/install-viewer (scripts/install runs it) where m3edge is "
-                "installed; an air-gapped site sets M3EDGE_VIEWER_TARBALL to a copied @ohif/app tarball first.")
+INSTALL_HINT = ("The OHIF Viewer is not installed. Run scripts/install-viewer (scripts/install runs it) where m3edge "
+                "is installed; an air-gapped site sets M3EDGE_VIEWER_TARBALL to a copied @ohif/app tarball first.")
 # Found by running OHIF 3.13 in Chromium on a CT and its SEG and reading the console for violations (see the README):
 # 'unsafe-eval' because its SEG loader compiles code with new Function (ndarray); 'unsafe-inline' styles because React
 # sets style attributes; data: images for its icons. Nothing else: its workers are same-origin files.
-VIEWER_CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; worker-src 'self'; style-src 'self' 'unsafe-inline'; "
-              "img-src 'self' data:; font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-              "form-action 'none'; frame-ancestors 'none'")
+VIEWER_CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; worker-src 'self'; "
+              "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self'; connect-src 'self'; "
+              "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 VIEWER_HEADERS = {
     "Content-Security-Policy": VIEWER_CSP,
     "X-Content-Type-Options": "nosniff",

@@ -10,8 +10,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MultipartError", "BodyPart", "FilePart", "new_boundary", "encode_parts", "encode_bytes_parts", "parse_parts",
-           "media_type_parameters", "MultipartStream", "PartStart", "PartData", "PartEnd", "PartEvent"]
+__all__ = ["MultipartError", "BodyPart", "FilePart", "new_boundary", "encode_parts", "encode_bytes_parts",
+           "parse_parts", "media_type_parameters", "MultipartStream", "PartStart", "PartData", "PartEnd", "PartEvent"]
 
 _CHUNK = 1 << 20
 MAX_HEADER_BYTES = 16 * 1024  # a part's headers, or a boundary line with its padding

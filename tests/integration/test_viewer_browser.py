@@ -1,7 +1,7 @@
-"""A reviewer at work, in the system's Chromium (Playwright): log in, find the study in the worklist, open it in the OHIF
-Viewer that m3edge serves at /viewer/ and check that the viewer *rendered* the CT and the draft's SEG (pixels of the
-viewport canvas, the segmentation panel's segments), not only that it loaded; back on the study page amend the draft;
-the verified SR, delivered by the same queue an io worker runs, arrives in a real Orthanc carrying the amendment.
+"""A reviewer at work, in the system's Chromium (Playwright): log in, find the study in the worklist, open it in the
+OHIF Viewer that m3edge serves at /viewer/ and check that the viewer *rendered* the CT and the draft's SEG (pixels of
+the viewport canvas, the segmentation panel's segments), not only that it loaded; back on the study page amend the
+draft; the verified SR, delivered by the same queue an io worker runs, arrives in a real Orthanc carrying the amendment.
 
 Every dashboard page is checked with axe-core (vendor/axe-core, installed by ``scripts/install --test``): no
 violation of impact serious or critical. Screenshots at 1400 x 900 go to tests/screenshots/ (ignored by git).
@@ -142,7 +142,8 @@ def axe_violations(page) -> list[str]:
     result = page.evaluate("""async () => {
       const r = await axe.run(document, {resultTypes: ['violations']});
       return r.violations.filter(v => v.impact === 'serious' || v.impact === 'critical')
-        .map(v => v.impact + ' ' + v.id + ': ' + v.help + ' @ ' + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', '));
+        .map(v => v.impact + ' ' + v.id + ': ' + v.help + ' @ '
+             + v.nodes.slice(0, 3).map(n => n.target.join(' ')).join(', '));
     }""")
     return list(result)
 
