@@ -28,6 +28,7 @@ from typing import Protocol
 
 from pydicom.uid import UID
 
+from dicom_node.dicomweb.metadata import stored_metadata
 from dicom_node.intake.admission import DiskAdmission
 from dicom_node.intake.deflate import check_inflated_size, inflated_prefix
 from dicom_node.intake.header import (
@@ -222,6 +223,8 @@ class IntakeSession:
                 series_number=header.series_number, body_part_examined=header.body_part_examined,
                 patient_name=header.patient_name, patient_id=header.patient_id,
                 accession_number=header.accession_number, opens_association=opens,
+                dicom_json=None if spooled.outcome is StoreOutcome.DUPLICATE
+                else stored_metadata(self._intake.spool.root / spooled.relative_path),
             )
 
         def recorded(instance: ReceivedInstance) -> None:

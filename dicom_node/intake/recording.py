@@ -20,7 +20,8 @@ class RecorderError(RuntimeError):
 @dataclass(frozen=True)
 class ReceivedInstance:
     """One instance on disk, with the attributes the database keeps: descriptive ones and the patient context that
-    signed-in reviewers see (name, ID, accession number; never dates of birth). The node never logs them."""
+    signed-in reviewers see (name, ID, accession number; never dates of birth), and its header as DICOM JSON
+    (``dicom_json``, patient attributes included) for DICOMweb. The node never logs them."""
 
     study_uid: str
     series_uid: str
@@ -46,6 +47,9 @@ class ReceivedInstance:
     # The first instance its association (or STOW-RS request) committed into this study: the study has one more
     # sender until ``associations_ended`` names it.
     opens_association: bool = False
+    # The instance's metadata as WADO-RS serves it (``dicom_node.dicomweb.stored_metadata``: DICOM JSON, zlib), kept
+    # at ingest so a study's metadata is never read from every file; None for a re-send or an unreadable header.
+    dicom_json: bytes | None = None
 
 
 @runtime_checkable

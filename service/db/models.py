@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -148,6 +149,8 @@ class Instance(Base):
     # True for an instance whose Patient ID differs from its study's (a Study Instance UID reused by another patient):
     # kept and flagged, never served with the study (QIDO, WADO) nor processed (migration 0009).
     other_patient: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # WADO-RS metadata kept at ingest (DICOM JSON, zlib; dicom_node.dicomweb.stored_metadata); None: read the file.
+    dicom_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None, deferred=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 

@@ -20,6 +20,7 @@ from service.api.ui.study_view import (
     overlay_legend,
     radiograph_png,
 )
+from service.api.ui.viewer_links import viewer_links
 from service.api.ui.worklist import PAGE_SIZE, STATE_CHOICES, WorklistFilters, worklist_rows
 from service.catalog import StudyNotFound, get_study, study_runs
 from service.patient_context import backfill_patient_context
@@ -135,6 +136,7 @@ def _study_page(request: Request, session, user, study_uid: str, *, message: str
         "conversation": conversation((report_data or {}).get("transcript")),
         "legend": overlay_legend((report_data or {}).get("transcript")),
         "radiograph": _radiograph_path(request, session, study_uid) is not None,
+        "viewer_links": viewer_links(request.app, study_uid, _first_image_series(detail)),
     }
     return request.app.state.ui_pages.render(request, "study.html", context, user=user, status=status)
 
@@ -162,6 +164,14 @@ def next_study(request: Request, user: PageUser, session: SessionDep, after: str
     if following is None:
         return RedirectResponse("/ui/?empty=1", status_code=303)
     return RedirectResponse("/ui/studies/" + quote(following), status_code=303)
+
+
+def _first_image_series(detail) -> str:
+    for series in getattr(detail, "series", None) or []:
+        uid = getattr(series, "series_uid", "")
+        if uid:
+            return uid
+    return ""
 
 
 @router.get("/studies/{study_uid}")
