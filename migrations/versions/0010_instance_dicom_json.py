@@ -1,7 +1,7 @@
 """instances.dicom_json: each instance's WADO-RS metadata (DICOM JSON, zlib-compressed), kept at ingest
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-07
 """
 
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = '0010'
-down_revision = '0008'
+down_revision = '0009'
 branch_labels = None
 depends_on = None
 
