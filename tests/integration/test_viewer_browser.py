@@ -11,6 +11,7 @@ The viewer needs OHIF installed (``scripts/install-viewer``); without it these t
 
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 
@@ -19,11 +20,12 @@ import pytest
 from playwright import sync_api as playwright_api
 from pydicom import dcmread
 
+from dicom_node.results.codes import READER_COMMENT
 from dicom_node.scu import RetryPolicy, StorageSCU
 from service.api.app import create_app
 from service.api.viewer import DEFAULT_VIEWER_DIR, VIEWER_CSP
 from service.config import Settings
-from service.db.models import Report
+from service.db.models import Report, Study
 from service.db.session import session_scope
 from service.pipeline.delivery import DeliveryQueue
 from service.pipeline.intake import PipelineIntake
@@ -33,21 +35,27 @@ from tests.integration.api.conftest import RecordingDispatcher, api  # noqa: F40
 from tests.integration.test_dashboard_browser import CHROMIUM, CHROMIUM_ARGS, log_in
 from tests.conftest import sqlite_only_database
 from tests.support.api_server import running_app
-from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study
+from tests.support.dashboard_study import seed_failed_run, seed_radiograph_study, seed_reviewable_study
 from tests.support.orthanc import OrthancServer
 from tests.support.polling import wait_for
+from tests.support.source_study import ct_study
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPOSITORY / "tests" / "screenshots"
 AXE = REPOSITORY / "vendor" / "axe-core" / "axe.min.js"
 VIEWPORT = {"width": 1400, "height": 900}
 TIMEOUT_MS = 30_000
-AMENDMENT = "Amended by the reader: the hepatic lesion measures 14 mm."
+FINDING_NOTE = "Simple cyst on ultrasound, not a tumour."
+FINDING_STATEMENT = f"Reader's assessment of hepatic tumor: absent. {FINDING_NOTE}"
+
+# The canvas of OHIF's (one) viewport. OHIF also puts short-lived canvases of the same class in the page (a 256 x 256
+# one while it loads, seen to make a bare 'canvas.cornerstone-canvas' match twice): always the viewport's.
+VIEWPORT_CANVAS = '[data-viewportid="default"] canvas.cornerstone-canvas'
 
 # Counts, in the viewport's 2D canvas, the grey pixels (the CT) and the saturated ones (only the SEG's colours: the
 # CT is greyscale). Cornerstone draws each viewport into a 2D canvas, so its pixels can be read back.
 CANVAS_PIXELS = """() => {
-  const canvas = document.querySelector('canvas.cornerstone-canvas');
+  const canvas = document.querySelector('[data-viewportid="default"] canvas.cornerstone-canvas');
   if (!canvas || !canvas.width) return null;
   const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
   let grey = 0, coloured = 0;
@@ -171,63 +179,116 @@ def _wait_for_render(page) -> dict:
     return found
 
 
+def _text_items(dataset) -> list[tuple[str, str]]:
+    """(concept code value, text) of every TEXT content item of an SR, depth first."""
+    found = []
+    for item in dataset.get("ContentSequence", []):
+        if item.get("ValueType") == "TEXT":
+            found.append((str(item.ConceptNameCodeSequence[0].CodeValue), str(item.TextValue)))
+        found.extend(_text_items(item))
+    return found
+
+
 @pytest.mark.slow
-def test_reviewer_finds_the_study_sees_ct_and_seg_in_the_viewer_amends_and_orthanc_gets_the_amendment(
+def test_reviewer_finds_the_patient_sees_ct_and_seg_at_the_slice_amends_a_finding_and_orthanc_gets_it(
         api_to_orthanc, session_factory, browser, orthanc):
     base, dispatcher, app = api_to_orthanc
-    study_uid = seed_reviewable_study(session_factory, app.state.settings)
-    seg = dcmread(app.state.settings.results_dir / study_uid / "run-1" / "seg.dcm", stop_before_pixels=True)
+    settings = app.state.settings
+    study_uid = seed_reviewable_study(session_factory, settings)
+    other_uid = seed_radiograph_study(session_factory, settings)  # another patient awaiting review
+    seg = dcmread(settings.results_dir / study_uid / "run-1" / "seg.dcm", stop_before_pixels=True)
+    overlay = dcmread(settings.results_dir / study_uid / "run-1" / "overlay.dcm", stop_before_pixels=True)
+    shown_uid = overlay.SourceImageSequence[0].ReferencedSOPInstanceUID
+    shown = next(ds for ds in ct_study().series["ct"] if ds.SOPInstanceUID == shown_uid)
+    with session_scope(session_factory) as session:
+        patient_id = session.query(Study).filter_by(study_uid=study_uid).one().patient_id
     context = browser.new_context(viewport=VIEWPORT)
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     watch = PageWatch(page)
 
+    # Finding the patient: both studies await review; the search box by patient ID leaves only theirs.
     log_in(page, base, "rex", "another long secret")
     row = page.locator(f'tr[data-study-uid="{study_uid}"]')
     row.wait_for()
+    page.locator(f'tr[data-study-uid="{other_uid}"]').wait_for()
+    page.fill("#worklist-search", patient_id)
+    page.press("#worklist-search", "Enter")
+    page.wait_for_url(re.compile(r"/ui/\?.*q="))
+    row.wait_for()
+    assert page.locator(f'tr[data-study-uid="{other_uid}"]').count() == 0
+    assert patient_id in row.inner_text()
     _screenshot(page, "worklist.png")
     row.locator("a").first.click()
     page.wait_for_url(re.compile(re.escape(f"/ui/studies/{study_uid}") + "$"))
     _screenshot(page, "study.png")
-    link = page.locator("#viewer-links a").first
-    assert "segmentation overlaid" in link.inner_text()
-    assert f"initialSeriesInstanceUID={seg.SeriesInstanceUID}" in link.get_attribute("href")
 
-    link.click()
+    # The viewer: the SEG over the CT, opened at the slice the model was shown.
+    links = page.locator("#viewer-links a")
+    assert links.nth(0).inner_text() == "Open in viewer, segmentation overlaid"
+    assert f"initialSeriesInstanceUID={seg.SeriesInstanceUID}" in links.nth(0).get_attribute("href")
+    assert links.nth(1).inner_text() == "Open in viewer at the slice the model saw"
+    at_slice = links.nth(1).get_attribute("href")
+    assert f"initialSOPInstanceUID={shown_uid}" in at_slice
+    links.nth(0).click()
     page.wait_for_url(re.compile(r"/viewer/viewer\?StudyInstanceUIDs="))
-    page.locator("canvas.cornerstone-canvas").wait_for()
+    page.locator(VIEWPORT_CANVAS).wait_for()
     pixels = _wait_for_render(page)
     assert pixels["coloured"] < pixels["total"] / 2  # an overlay on the CT, not a coloured screen
     page.get_by_text("AI DRAFT report, not verified").wait_for()  # the draft SR is in the study browser
     page.get_by_text("AI DRAFT VISTA3D segmentation").wait_for()
     page.locator('[data-cy="panelSegmentation-btn"]').click()
-    panel = page.locator("body")
     for segment in ("liver", "hepatic tumor", "right kidney", "left kidney"):
         page.get_by_text(re.compile(rf"^{segment}$", re.IGNORECASE)).first.wait_for()
     _screenshot(page, "viewer.png")
-    assert "hepatic tumor" in panel.inner_text().lower()
+    assert "hepatic tumor" in page.locator("body").inner_text().lower()
     assert watch.csp == [], watch.csp  # VIEWER_CSP is enough for OHIF's CT and SEG
     assert watch.failed == [], watch.failed
     assert any("/metadata" in r for r in watch.dicomweb) and any("/frames/" in r for r in watch.dicomweb)
 
+    # The slice the model was shown: OHIF's slice indicator ("I:<instance number> (<index>/<count>)") names it.
+    page.goto(base + at_slice)
+    indicator = page.locator('[data-cy="viewport-pane"] [title="Instance Number"]')
+    expected = re.compile(rf"^I:\s*{shown.InstanceNumber} \(\d/6\)$")  # (OHIF counts from the head)
+    try:
+        wait_for(lambda: indicator.count() and expected.match(indicator.first.inner_text().strip()), timeout=60,
+                 interval=0.25)
+    except TimeoutError:
+        raise AssertionError(f"the viewport is not at the slice the model saw (instance {shown.InstanceNumber}): "
+                             f"{indicator.all_inner_texts()}") from None
+
+    # Amending a finding, through the confirmation step (what will be sent to PACS).
     page.goto(f"{base}/ui/studies/{study_uid}")
-    page.fill("#review-form textarea[name=narrative]", AMENDMENT)
+    page.select_option('select[aria-label="your reading of hepatic tumor"]', "absent")
+    page.fill('input[aria-label="note on hepatic tumor"]', FINDING_NOTE)
+    page.locator("#finding-corrections").focus()
+    found = {"study page, amend form filled": axe_violations(page)}
     page.click("#amend")
+    page.locator("#review-confirm").wait_for()
+    assert FINDING_STATEMENT in page.locator("#sr-content").inner_text()
+    assert page.locator("#report-status").count() == 0  # nothing sent yet: this is the confirmation step
+    found["confirmation step"] = axe_violations(page)
+    _screenshot(page, "confirm.png")
+    assert {where: v for where, v in found.items() if v} == {}
+    page.click("#confirm")
     page.wait_for_url(re.compile(r"\?done=amend$"))
     assert page.locator("#report-status").inner_text() == "amended"
+    assert FINDING_NOTE in page.locator("#findings").inner_text()
     with session_scope(session_factory) as session:
-        run_id = session.query(Report).one().run_id
+        run_id = session.query(Report).join(Study, Study.id == Report.study_id).filter(
+            Study.study_uid == study_uid).one().run_id
     assert run_id in dispatcher.deliveries  # the review asked an io worker to deliver ...
     outcome = DeliveryQueue(session_factory, StorageSCU("M3EDGE", retry=RetryPolicy(attempts=2),
                                                         connection_timeout=5)).send_pending(run_id)
     assert outcome.complete and outcome.delivered == 1  # ... which is what this does
     with session_scope(session_factory) as session:
-        verified = (session.query(Report).one().objects or {}).get("verified") or {}
+        verified = (session.query(Report).filter_by(run_id=run_id).one().objects or {}).get("verified") or {}
     orthanc_id = orthanc.lookup_instance(verified["sop_instance_uid"])
     assert orthanc_id is not None
-    sr_text = orthanc.instance_file(orthanc_id)
-    assert AMENDMENT.encode() in sr_text
-    assert b"VERIFIED" in sr_text
+    sr = dcmread(io.BytesIO(orthanc.instance_file(orthanc_id)))
+    items = _text_items(sr)
+    assert (READER_COMMENT.value, FINDING_STATEMENT) in items  # the finding's amendment, as a Comment item
+    assert sr.VerificationFlag == "VERIFIED"
     context.close()
 
 

@@ -9,7 +9,8 @@ from datetime import timedelta
 import numpy as np
 from PIL import Image
 
-from dicom_node.results import build_draft_report, build_segmentation
+from dicom_node.results import build_draft_report, build_overlay_capture, build_segmentation
+from dicom_node.volumes import source_image_at
 from engines.agent.transcript import (
     ExpertCallRecord,
     ExpertResultSummary,
@@ -21,6 +22,7 @@ from engines.agent.transcript import (
     TriggerRecord,
     TurnRecord,
 )
+from engines.resample import axial_slice_centre
 from service.config import Settings
 from service.db.models import (
     Instance,
@@ -36,11 +38,12 @@ from service.db.models import (
 )
 from service.db.session import session_scope
 from tests.support.result_cases import FIXED_TIME, ct_case
-from tests.support.source_study import brain_mr_study, cxr_study, write_datasets
+from tests.support.source_study import brain_mr_study, cxr_study, engine_affine, write_datasets
 
-__all__ = ["seed_reviewable_study", "seed_failed_run", "seed_radiograph_study", "overlay_png"]
+__all__ = ["seed_reviewable_study", "seed_failed_run", "seed_radiograph_study", "overlay_png", "SHOWN_SLICE"]
 
 STAGES = ("plan", "prepare", "expert", "vlm", "report", "deliver")
+SHOWN_SLICE = 3  # the axial slice (RAS order, 0 nearest the feet) of the CT the model was shown, of 6
 
 
 def overlay_png(size: int = 96) -> bytes:
@@ -72,7 +75,7 @@ def _transcript(question: str, answer: str) -> dict:
         trigger=TriggerRecord("expert", "<VISTA3D(hepatic tumor)>", "VISTA3D", "hepatic tumor", "hepatic tumor"),
         expert_call=ExpertCallRecord("VISTA3D", "hepatic tumor", ExpertSource.RAN, run_s=2.9, result=expert,
                                      overlay_legend=[["red", "liver"], ["green", "hepatic tumor"]]),
-        slice=SliceRecord("most_structure", 3, 6, "the slice with the most labelled voxels"),
+        slice=SliceRecord("most_structure", SHOWN_SLICE, 6, "the slice with the most labelled voxels"),
         timings={"turn_1": 1.1, "expert": 2.9, "turn_2": 2.05, "total": 6.3},
     ).to_dict()
 
@@ -125,7 +128,8 @@ def _run(session, study: Study, status: RunStatus, failed_stage: str = "") -> Pi
 
 def seed_reviewable_study(session_factory, settings: Settings, *, demo: bool = False) -> str:
     """A CT study, done, with a DRAFT report (version 1) to review; returns its Study Instance UID. ``demo``: made with
-    DEMO models (such a draft can only be rejected)."""
+    DEMO models (such a draft can only be rejected). Its overlay is also the Secondary Capture the report stage writes,
+    referencing the source CT slice the model saw (axial ``SHOWN_SLICE``)."""
     case = ct_case(demo=demo)
     study_uid = case.study.study_instance_uid
     folder = settings.results_dir / study_uid / "run-1"
@@ -138,6 +142,13 @@ def seed_reviewable_study(session_factory, settings: Settings, *, demo: bool = F
     draft.save_as(sr_path, enforce_file_format=True)
     overlay_path = folder / "overlay.png"
     overlay_path.write_bytes(overlay_png())
+    source, _ = source_image_at(case.content.findings.source_images, axial_slice_centre(
+        engine_affine(case.study.series["ct"]), case.labels.shape, SHOWN_SLICE))  # as the report stage finds it
+    with Image.open(overlay_path) as picture:
+        capture = build_overlay_capture(np.asarray(picture.convert("RGB")), source, case.content.findings.algorithm,
+                                        case.uids, now=FIXED_TIME)
+    capture_path = folder / "overlay.dcm"
+    capture.save_as(capture_path, enforce_file_format=True)
     narrative = case.content.narrative
     with session_scope(session_factory) as session:
         study = _catalog(session, settings, case.study.series["ct"], "CT ABDOMEN", "CT", StudyStatus.DONE)
@@ -150,6 +161,8 @@ def seed_reviewable_study(session_factory, settings: Settings, *, demo: bool = F
                             "sop_class_uid": draft.SOPClassUID},
                      "seg": {"path": str(seg_path), "sop_instance_uid": segmentation.SOPInstanceUID,
                              "sop_class_uid": segmentation.SOPClassUID},
+                     "overlay": {"path": str(capture_path), "sop_instance_uid": capture.SOPInstanceUID,
+                                 "sop_class_uid": capture.SOPClassUID},
                      "overlay_png": str(overlay_path)}))
     return study_uid
 

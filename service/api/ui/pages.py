@@ -136,7 +136,8 @@ def _study_page(request: Request, session, user, study_uid: str, *, message: str
         "conversation": conversation((report_data or {}).get("transcript")),
         "legend": overlay_legend((report_data or {}).get("transcript")),
         "radiograph": _radiograph_path(request, session, study_uid) is not None,
-        "viewer_links": viewer_links(request.app, study_uid, _first_image_series(detail)),
+        "viewer_links": viewer_links(request.app, study_uid, _first_image_series(detail),
+                                     report.objects if report is not None else None),
     }
     return request.app.state.ui_pages.render(request, "study.html", context, user=user, status=status)
 
