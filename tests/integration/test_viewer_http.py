@@ -11,8 +11,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from pydantic import ValidationError
+from pydicom import dcmread
+
+from dicom_node.results import build_overlay_capture
 
 from service.api.app import create_app
 from service.api.viewer import DEFAULT_VIEWER_DIR, INSTALL_HINT, VIEWER_CSP
@@ -24,6 +28,7 @@ from tests.integration.test_dashboard_forms import log_in
 from tests.conftest import sqlite_only_database
 from tests.support.api_server import running_app
 from tests.support.dashboard_study import seed_reviewable_study
+from tests.support.result_cases import ct_case
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 
@@ -102,8 +107,30 @@ def test_the_study_page_links_to_the_viewer_with_the_seg_and_to_the_sites_viewer
         page = browser.get(f"/ui/studies/{study_uid}").text
     links = re.findall(r'<a class="button" href="([^"]+)"', page.split('id="viewer-links"', 1)[1].split("</p>")[0])
     assert links[0].startswith(f"/viewer/viewer?StudyInstanceUIDs={study_uid}&amp;initialSeriesInstanceUID=")
-    assert links[1].startswith(f"https://pacs.example/view?study={study_uid}&amp;series=1.")
+    # The slice the model saw: the source CT slice the overlay Secondary Capture references.
+    overlay = dcmread(settings.results_dir / study_uid / "run-1" / "overlay.dcm", stop_before_pixels=True)
+    shown = overlay.SourceImageSequence[0].ReferencedSOPInstanceUID
+    assert links[1] == f"/viewer/viewer?StudyInstanceUIDs={study_uid}&amp;initialSOPInstanceUID={shown}"
+    assert links[2].startswith(f"https://pacs.example/view?study={study_uid}&amp;series=1.")
     assert 'rel="noopener noreferrer"' in page
+
+
+def test_the_slice_the_model_saw_is_read_only_from_an_overlay_inside_the_results(tmp_path):
+    from service.api.ui.viewer_links import slice_the_model_saw
+
+    case = ct_case()
+    source = case.study.series["ct"][2]
+    capture = build_overlay_capture(np.zeros((8, 8, 3), np.uint8), source, case.content.findings.algorithm, case.uids)
+    inside, outside = tmp_path / "results" / "overlay.dcm", tmp_path / "elsewhere" / "overlay.dcm"
+    for path in (inside, outside):
+        path.parent.mkdir()
+        capture.save_as(path, enforce_file_format=True)
+    assert slice_the_model_saw(tmp_path / "results", {"overlay": {"path": str(inside)}}) == source.SOPInstanceUID
+    assert slice_the_model_saw(tmp_path / "results", {"overlay": {"path": str(outside)}}) is None
+    assert slice_the_model_saw(tmp_path / "results", {"overlay": {"path": str(tmp_path / "results" / "x")}}) is None
+    (tmp_path / "results" / "bad.dcm").write_bytes(b"not DICOM")
+    assert slice_the_model_saw(tmp_path / "results", {"overlay": {"path": str(inside.parent / "bad.dcm")}}) is None
+    assert slice_the_model_saw(tmp_path / "results", {}) is None and slice_the_model_saw(tmp_path, None) is None
 
 
 def test_viewer_url_template_is_checked():
