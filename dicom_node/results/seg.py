@@ -9,6 +9,8 @@ refuses labels that are not on the source grid: resampling belongs to ``dicom_no
 from __future__ import annotations
 
 import datetime
+import itertools
+from collections.abc import Mapping, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -27,10 +29,56 @@ __all__ = [
     "build_segmentation",
     "frames_on_source_grid",
     "source_frames",
+    "segment_colours",
     "segment_descriptions",
     "segment_pixels",
+    "SEGMENT_COLOUR_CYCLE",
     "GRID_TOLERANCE_VOXELS",
 ]
+
+#: The colour cycle of the expert overlay the model is shown (CSS colour names, as scikit-image draws them; the same
+#: tuple as ``engines.images.OVERLAY_COLORS``, which dicom_node does not import): label ids in increasing order take
+#: them in turn. A structure has no fixed colour (protocol section 5): its colour is the one of this run's overlay.
+SEGMENT_COLOUR_CYCLE: tuple[str, ...] = (
+    "red", "blue", "yellow", "magenta", "green", "indigo", "darkorange", "cyan", "pink", "brown", "orange", "lime",
+    "orange", "gold", "yellowgreen", "darkgreen",
+)
+
+
+def segment_colours(segments: tuple[StructureSegment, ...], legend: Sequence[Sequence[str]] | None = None,
+                    label_names: Mapping[int, str] | None = None) -> list[str]:
+    """A CSS colour name per segment, consistent with the overlay the study page shows and the model saw.
+
+    ``legend``: the overlay's (colour, label name) pairs; ``label_names``: label id -> the name the legend uses
+    (default: a single-label segment's own name). A label takes its legend colour, else the overlay's rule over all
+    the segments' labels (increasing ids zipped with ``SEGMENT_COLOUR_CYCLE``). A segment takes the colour of its first
+    label whose colour no segment took before it (those with a drawn label first, the fewest labels first: BraTS
+    ET = (4,) yellow, TC = (1, 4) red, WT = (1, 2, 4) blue, as the training legend says), else the first colour of the
+    cycle nobody took."""
+    ids = sorted({label for segment in segments for label in segment.label_ids})
+    colour_of = dict(zip(ids, itertools.cycle(SEGMENT_COLOUR_CYCLE)))
+    names = dict(label_names or {})
+    for segment in segments:
+        if len(segment.label_ids) == 1:
+            names.setdefault(segment.label_ids[0], segment.name)
+    drawn = {str(name): str(colour) for colour, name in (legend or ()) if str(colour) in SEGMENT_COLOUR_CYCLE}
+    legend_coloured = {label for label, name in names.items() if name in drawn}
+    for label in legend_coloured:
+        colour_of[label] = drawn[names[label]]
+    chosen: dict[int, str] = {}
+    taken: set[str] = set()
+    # Segments the overlay showed choose first, the narrowest first, so a structure keeps the colour it was drawn in.
+    order = sorted(range(len(segments)), key=lambda i: (not legend_coloured.intersection(segments[i].label_ids),
+                                                        len(segments[i].label_ids)))
+    for index in order:
+        candidates = [colour_of[label] for label in segments[index].label_ids]
+        colour = next((c for c in candidates if c not in taken), None)
+        if colour is None:
+            colour = next((c for c in SEGMENT_COLOUR_CYCLE if c not in taken), candidates[0])
+        chosen[index] = colour
+        taken.add(colour)
+    return [chosen[i] for i in range(len(segments))]
+
 
 def frames_on_source_grid(segmentation: LabelSegmentation, source_images: tuple[Dataset, ...]) -> np.ndarray:
     """The label volume as (frames, rows, columns), one frame per source frame (``source_frames``), in their order:
@@ -55,9 +103,14 @@ def segment_pixels(frames: np.ndarray, segments: tuple[StructureSegment, ...]) -
 
 
 def segment_descriptions(
-    segments: tuple[StructureSegment, ...], algorithm: AlgorithmIdentity, uids: ResultUids
+    segments: tuple[StructureSegment, ...], algorithm: AlgorithmIdentity, uids: ResultUids,
+    colours: Sequence[str] | None = None,
 ) -> list[hd.seg.SegmentDescription]:
-    """One description per segment, numbered from 1 in the order given, coded by ``codes.structure_coding``."""
+    """One description per segment, numbered from 1 in the order given, coded by ``codes.structure_coding``, with its
+    Recommended Display CIELab Value from ``colours`` (CSS colour names; default ``segment_colours(segments)``)."""
+    colours = list(colours) if colours is not None else segment_colours(segments)
+    if len(colours) != len(segments):
+        raise ValueError(f"{len(colours)} colours for {len(segments)} segments")
     algorithm_id = hd.AlgorithmIdentificationSequence(
         name=algorithm.name,
         family=codes.cid7162.ArtificialIntelligence,
@@ -66,7 +119,7 @@ def segment_descriptions(
         parameters={"backend": algorithm.backend, "weights": algorithm.weights_digest},
     )
     descriptions = []
-    for number, segment in enumerate(segments, start=1):
+    for number, (segment, colour) in enumerate(zip(segments, colours), start=1):
         coding = structure_coding(segment.name)
         description = hd.seg.SegmentDescription(
             segment_number=number,
@@ -78,6 +131,7 @@ def segment_descriptions(
             tracking_uid=uids.tracking_uid(segment.name),
             tracking_id=segment.name,
             anatomic_regions=[coding.anatomic_region] if coding.anatomic_region is not None else None,
+            display_color=hd.color.CIELabColor.from_string(colour),
         )
         if coding.type_modifier is not None:
             description.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
@@ -95,12 +149,16 @@ def build_segmentation(
     index: int = 0,
     demo_run: bool = False,
     compression: SegCompression | str = SegCompression.JPEG2000_LOSSLESS,
+    overlay_legend: Sequence[Sequence[str]] | None = None,
+    legend_label_names: Mapping[int, str] | None = None,
 ) -> hd.seg.Segmentation:
     """The SEG of ``findings.segmentation``: binary, one (possibly overlapping) segment per StructureSegment, its
     frames compressed as ``compression`` says (JPEG 2000 Lossless by default).
 
     It says DEMO (series and content description) when its expert ran DEMO weights or ``demo_run`` (another model of
-    the run did)."""
+    the run did). Each segment carries a recommended display colour: the one the overlay the model saw drew it in
+    (``overlay_legend``, (colour, label name) pairs, with ``legend_label_names`` as in ``segment_colours``), so the
+    viewer and the study page's legend agree."""
     compression = SegCompression(compression)
     if not isinstance(findings, ExpertFindings):
         raise TypeError("findings must be ExpertFindings")
@@ -121,7 +179,9 @@ def build_segmentation(
         source_images=list(findings.source_images),
         pixel_array=masks,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=segment_descriptions(segmentation.segments, algorithm, uids),
+        segment_descriptions=segment_descriptions(
+            segmentation.segments, algorithm, uids,
+            segment_colours(segmentation.segments, overlay_legend, legend_label_names)),
         series_instance_uid=uids.series_uid(ResultKind.SEGMENTATION, index),
         series_number=int(SeriesNumber.SEGMENTATION) + index,
         sop_instance_uid=uids.instance_uid(ResultKind.SEGMENTATION, index),

@@ -43,6 +43,7 @@ from tests.support.source_study import brain_mr_study, cxr_study, engine_affine,
 __all__ = ["seed_reviewable_study", "seed_failed_run", "seed_radiograph_study", "overlay_png", "SHOWN_SLICE"]
 
 STAGES = ("plan", "prepare", "expert", "vlm", "report", "deliver")
+OVERLAY_LEGEND = [["red", "liver"], ["green", "hepatic tumor"]]  # the overlay the model saw (and the page shows)
 SHOWN_SLICE = 3  # the axial slice (RAS order, 0 nearest the feet) of the CT the model was shown, of 6
 
 
@@ -74,7 +75,7 @@ def _transcript(question: str, answer: str) -> dict:
         outcome=Outcome.ANSWERED_WITH_EXPERT, final_answer=answer, turns=[turn_1, turn_2],
         trigger=TriggerRecord("expert", "<VISTA3D(hepatic tumor)>", "VISTA3D", "hepatic tumor", "hepatic tumor"),
         expert_call=ExpertCallRecord("VISTA3D", "hepatic tumor", ExpertSource.RAN, run_s=2.9, result=expert,
-                                     overlay_legend=[["red", "liver"], ["green", "hepatic tumor"]]),
+                                     overlay_legend=OVERLAY_LEGEND),
         slice=SliceRecord("most_structure", SHOWN_SLICE, 6, "the slice with the most labelled voxels"),
         timings={"turn_1": 1.1, "expert": 2.9, "turn_2": 2.05, "total": 6.3},
     ).to_dict()
@@ -134,7 +135,8 @@ def seed_reviewable_study(session_factory, settings: Settings, *, demo: bool = F
     study_uid = case.study.study_instance_uid
     folder = settings.results_dir / study_uid / "run-1"
     folder.mkdir(parents=True, exist_ok=True)
-    segmentation = build_segmentation(case.content.findings, case.uids, now=FIXED_TIME)
+    segmentation = build_segmentation(case.content.findings, case.uids, now=FIXED_TIME,
+                                      overlay_legend=OVERLAY_LEGEND)  # the transcript's, as the report stage does
     seg_path = folder / "seg.dcm"
     segmentation.save_as(seg_path, enforce_file_format=True)
     draft = build_draft_report(case.content, case.uids, segmentation=segmentation, now=FIXED_TIME)

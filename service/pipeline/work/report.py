@@ -81,6 +81,20 @@ def _write(dataset, path: Path) -> ResultObject:
                         sop_class_uid=str(dataset.SOPClassUID))
 
 
+def overlay_legend(vlm: Consultations, expert: str) -> tuple[list[list[str]] | None, dict[int, str] | None]:
+    """The legend of the overlay the model saw for ``expert`` (the first consultation that drew one: (colour, label
+    name) pairs) and, for BraTS, the label names it uses; the SEG's display colours follow it."""
+    from engines.agent.feedback import BRATS_LABEL_NAMES
+
+    for transcript in vlm.transcript_records():
+        call = transcript.get("expert_call") or {}
+        legend = call.get("overlay_legend")
+        if call.get("expert") == expert and isinstance(legend, list) and legend:
+            pairs = [[str(pair[0]), str(pair[1])] for pair in legend if isinstance(pair, list) and len(pair) == 2]
+            return pairs, (dict(BRATS_LABEL_NAMES) if expert == "BRATS" else None)
+    return None, None
+
+
 class ReportStage:
     def __init__(self, resources: StageResources) -> None:
         self.resources = resources
@@ -98,8 +112,10 @@ class ReportStage:
         objects: dict[str, ResultObject] = {}
         segmentation = None
         if findings.segmentation is not None:
+            legend, legend_names = overlay_legend(vlm, expert.expert.value)
             segmentation = build_segmentation(findings, uids, demo_run=content.demo,
-                                              compression=settings.seg_compression)
+                                              compression=settings.seg_compression, overlay_legend=legend,
+                                              legend_label_names=legend_names)
             objects["seg"] = _write(segmentation, folder / "seg.dcm")
         if settings.overlay_secondary_capture and vlm.overlay_png:
             objects["overlay"] = self._overlay(vlm, prepared, sources, findings.algorithm, uids, folder, content.demo)

@@ -226,3 +226,41 @@ def test_a_seg_of_a_real_enhanced_ct_references_its_frames():
     liver = seg.get_pixels_by_source_frame(source.SOPInstanceUID, [1, 2], segment_numbers=[1],
                                            combine_segments=False, skip_overlap_checks=True)[..., 0]
     np.testing.assert_array_equal(liver.astype(bool), np.transpose(case.labels == 1, (2, 1, 0)))
+
+
+def _display_rgb(seg) -> dict[str, tuple[int, int, int]]:
+    return {str(d.SegmentLabel): hd.color.CIELabColor.from_dicom_value(d.RecommendedDisplayCIELabValue).to_rgb()
+            for d in seg.SegmentSequence}
+
+
+def test_every_segment_carries_the_colour_the_overlay_legend_gave_its_structure():
+    """OHIF shows a SEG without display colours in colours of its own, with a notice: each segment has one, the
+    overlay's where the model saw the structure (the study page's legend), the overlay's rule for the others."""
+    case = ct_case()
+    seg = build_segmentation(case.content.findings, case.uids, now=FIXED_TIME,
+                             overlay_legend=[["red", "liver"], ["green", "hepatic tumor"]])
+    buffer = BytesIO()
+    seg.save_as(buffer, enforce_file_format=True)
+    written = pydicom.dcmread(BytesIO(buffer.getvalue()))
+    colours = _display_rgb(written)
+    assert colours["liver"] == (255, 0, 0) and colours["hepatic tumor"] == (0, 128, 0)  # as the legend says
+    assert len(set(colours.values())) == 4  # the kidneys take colours no other segment has
+    # Without a legend: the overlay's rule (label ids in increasing order take the colour cycle in turn).
+    plain = _display_rgb(build_segmentation(case.content.findings, case.uids, now=FIXED_TIME))
+    assert plain == {"liver": (255, 0, 0), "right kidney": (0, 0, 255), "left kidney": (255, 255, 0),
+                     "hepatic tumor": (255, 0, 255)}
+
+
+def test_brats_regions_take_the_training_legend_colours_from_their_labels():
+    from dicom_node.results.seg import SEGMENT_COLOUR_CYCLE, segment_colours
+    from engines.images import OVERLAY_COLORS
+
+    assert SEGMENT_COLOUR_CYCLE == OVERLAY_COLORS  # the overlay's cycle (dicom_node does not import engines)
+    segments = brain_case().content.findings.segmentation.segments
+    names = {1: "necrotic tumor core", 2: "peritumoral edema", 4: "enhancing tumor"}
+    # "yellow and red: tumor core, only yellow: enhancing tumor, all colors: whole tumor"
+    assert segment_colours(segments, [["red", names[1]], ["blue", names[2]], ["yellow", names[4]]], names) == [
+        "red", "blue", "yellow"]
+    # A slice without edema drew enhancing tumour in blue: ET keeps the colour the reader saw it in.
+    assert segment_colours(segments, [["red", names[1]], ["blue", names[4]]], names) == ["red", "yellow", "blue"]
+    assert segment_colours(segments, [["not-a-colour", names[1]]], names) == ["red", "blue", "yellow"]
