@@ -195,6 +195,13 @@ class Settings(BaseSettings):
         max_length=40,
         description="Organisation root of every UID m3edge makes (set your own; the default is pydicom's).",
     )
+    viewer_dir: Path | None = Field(
+        None, description="The OHIF Viewer served at /viewer/ (its dist/ folder); default: where scripts/install "
+                          "put it (vendor/ohif in the installed tree).")
+    viewer_url_template: str = Field(
+        "", max_length=2000,
+        description="A site's own viewer: a URL with {study_uid} (and optionally {series_uid}, the first image "
+                    "series) that the study page links to beside m3edge's viewer; empty: none.")
     overlay_secondary_capture: bool = Field(True, description="Also send the overlay image as a Secondary Capture.")
     seg_compression: SegCompression = Field(
         SegCompression.JPEG2000_LOSSLESS,
@@ -221,6 +228,22 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # -- validation -----------------------------------------------------------------------------------------------
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _check_viewer_url_template(cls, value: str) -> str:
+        if not value:
+            return value
+        if "{study_uid}" not in value:
+            raise ValueError("VIEWER_URL_TEMPLATE must hold {study_uid}, e.g. "
+                             "https://pacs.example/viewer?study={study_uid}")
+        if not (value.startswith(("https://", "http://")) or (value.startswith("/") and not value.startswith("//"))):
+            raise ValueError("VIEWER_URL_TEMPLATE must be an http(s) URL or a path of this site (starting with one /)")
+        try:
+            value.format(study_uid="1.2", series_uid="1.2")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"VIEWER_URL_TEMPLATE may use only {{study_uid}} and {{series_uid}} ({exc})") from exc
+        return value
 
     @field_validator("dicom_allowed_aes", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from service.api.routes import admin, dicomweb, health, reports, studies
 from service.api.request_gate import RequestGate
 from service.api.sessions import DashboardSessions
 from service.api.ui import mount_dashboard
+from service.api.viewer import mount_viewer
 from service.config import Settings
 from service.pipeline.intake import PipelineIntake
 from service.review import ReviewService
@@ -55,5 +56,6 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     app.include_router(admin.router)
     app.include_router(dicomweb.router)
     mount_dashboard(app)
+    mount_viewer(app)
     app.add_middleware(RequestGate)  # the caller is checked, and the body bounded, before any route reads a body
     return app

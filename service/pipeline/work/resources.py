@@ -164,7 +164,7 @@ class StageResources:
                 select(Series.series_uid, Instance.sop_instance_uid, Instance.path)
                 .join(Instance, Instance.series_id == Series.id)
                 .join(Study, Study.id == Series.study_id)
-                .where(Study.study_uid == study_uid, Instance.conflict.is_(False))
+                .where(Study.study_uid == study_uid, Instance.conflict.is_(False), Instance.other_patient.is_(False))
                 .order_by(Series.series_uid, Instance.path)
             ).all()
         spool = self.settings.spool_dir
