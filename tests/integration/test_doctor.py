@@ -1,9 +1,12 @@
-"""``m3edge doctor`` against real peers: a dcmtk storescp that answers, a port where nothing listens, a broker down."""
+"""``m3edge doctor`` against real peers: a dcmtk storescp that answers, a port where nothing listens, a broker down,
+and a DICOM node whose receiving processes are all dead (issue 13 point 3: doctor says not ready)."""
 
 import os
 import subprocess
 import sys
+import time
 
+from dicom_node.scp.status import NodeStatus, NodeStatusFile
 from service.db.migrate import upgrade_database
 from tests.conftest import require_tool
 from tests.support.dcmtk import dcmtk_env
@@ -37,13 +40,20 @@ def test_doctor_reports_each_check_and_fails_on_a_dead_destination(tmp_path):
         assert checks["database"] == checks["broker"] == checks["spool"] == checks["configuration"] == "ok"
         assert checks["C-ECHO"] == "ok" and f"PACS@127.0.0.1:{up}" in healthy.stdout
         assert checks["models"] == "warn"  # nothing installed in this HOME
+        assert checks["DICOM"] == "warn"  # no node publishes beside this HOME
 
+        # A node whose two receiving processes were both killed publishes 0 ready (as in tests/security's kill -9
+        # test): doctor must say the node does not accept, not only /readyz and the container check.
+        NodeStatusFile(home / "run" / "dicom-node.json").write(NodeStatus(
+            pid=os.getpid(), updated_at=time.time() + 60, receivers=2, receivers_ready=0, receiver_deaths=2))
         env["M3EDGE_DESTINATIONS"] += f",DOWN@127.0.0.1:{down}"
         env["M3EDGE_BROKER_URL"] = f"redis://127.0.0.1:{free_port()}/0"
         failing = doctor(env)
         assert failing.returncode == 1
         assert f"FAIL  C-ECHO DOWN@127.0.0.1:{down}" in failing.stdout
         assert lines_by_check(failing.stdout)["broker"] == "FAIL"
+        assert "FAIL  DICOM node" in failing.stdout
+        assert "none of the 2 receiving process(es) is accepting associations (2 died" in failing.stdout
     finally:
         peer.terminate()
         peer.wait(timeout=10)
