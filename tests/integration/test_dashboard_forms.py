@@ -20,7 +20,7 @@ from service.security.login_limits import LoginThrottle
 from tests.conftest import require_tool
 from tests.integration.api.conftest import RecordingDispatcher, api  # noqa: F401  (the running API fixture)
 from tests.support.api_server import running_app
-from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study
+from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study, seed_skipped_run
 from tests.support.dcmtk import dcmtk_env
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
@@ -243,6 +243,8 @@ def test_worklist_shows_states_errors_and_filters(api, session_factory):  # noqa
     base, _, _, app = api
     done_uid = seed_reviewable_study(session_factory, app.state.settings)
     failed_uid = seed_failed_run(session_factory, app.state.settings)
+    skipped_uid = seed_skipped_run(session_factory, app.state.settings,
+                                   "no rule's anatomy matched (BodyPartExamined KNEE)")
     with httpx.Client(base_url=base) as client:
         log_in(client, "rex")
         page = client.get("/ui/", params={"state": "all"}).text
@@ -254,6 +256,8 @@ def test_worklist_shows_states_errors_and_filters(api, session_factory):  # noqa
         assert "Filter not applied" in bad and done_uid in bad
         rows = client.get("/ui/worklist/rows", params={"state": "failed"})
         assert rows.headers["x-total-count"] == "1" and failed_uid in rows.text and done_uid not in rows.text
+        skipped = client.get("/ui/studies/" + skipped_uid).text  # a skipped run says why, not "Failed in : ..."
+        assert "Skipped: no rule&#39;s anatomy matched (BodyPartExamined KNEE)" in skipped and "Failed in" not in skipped
 
 
 @pytest.fixture
