@@ -276,17 +276,6 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_stage_time_limits(self) -> Settings:
-        from service.pipeline.time_limits import StageTimeLimits
-
-        overrides = {stage: limit.model_dump(exclude_none=True) for stage, limit in self.stage_time_limits.items()}
-        try:
-            StageTimeLimits.with_overrides(overrides)
-        except ValueError as exc:
-            raise ValueError(f"STAGE_TIME_LIMITS: {exc}") from exc
-        return self
-
-    @model_validator(mode="after")
     def _check_vlm(self) -> Settings:
         if self.vlm_backend is VlmBackend.OPENAI and not self.vlm_url:
             raise ValueError("VLM_BACKEND=openai needs M3EDGE_VLM_URL (the trtllm-serve address, e.g. http://gpu1:8000/v1)")

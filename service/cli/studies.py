@@ -123,14 +123,14 @@ def reprocess_command(
                                           "(default: the stage that failed last, else the start)."),
 ) -> None:
     """Run the pipeline again for a study: a new run, from the failed stage (or FROM), earlier results reused."""
-    from service.cli.worker import pipeline_intake
+    from service.composition import build_pipeline
     from service.pipeline.ledger import RunNotFound
     from service.pipeline.stages import Stage
 
     if from_stage is not None and from_stage not in {s.value for s in Stage}:
         raise CliError(f"unknown stage {from_stage!r}; one of {', '.join(s.value for s in Stage)}")
     context = cli_context(ctx)
-    intake, _ = pipeline_intake(context.settings, context.session_factory)
+    intake = build_pipeline(context.settings, context.session_factory).intake
     try:
         run_id = intake.reprocess(study_uid, from_stage)
     except RunNotFound as exc:

@@ -23,7 +23,7 @@ def add(
     """Create a user and print its API token once (it is stored hashed and cannot be shown again)."""
     from service.db.session import session_scope
     from service.security import UserExists, add_user
-    from service.cli.serve import prepare_database
+    from service.cli.startup import prepare_database
 
     if role not in ("admin", "reviewer"):
         raise CliError(f"--role must be admin or reviewer, not {role!r}")

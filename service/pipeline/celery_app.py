@@ -39,12 +39,13 @@ class WorkerComponents(Protocol):
     time_limiter: StageTimeLimiter | None
 
 
-def create_celery(settings: Settings, components_factory: Callable[[], WorkerComponents] | None = None) -> Celery:
+def create_celery(settings: Settings, time_limits: StageTimeLimits,
+                  components_factory: Callable[[], WorkerComponents] | None = None) -> Celery:
     """The app for ``settings``. ``components_factory`` builds the worker's components once, on its first task;
-    without it the app only sends (the API, the DICOM node)."""
+    without it the app only sends (the API, the DICOM node). ``time_limits``: the stages' (the ledger's)."""
     broker = settings.effective_broker_url
     # A message not acknowledged by then is delivered again: longer than any stage may run.
-    transport_options: dict = {"visibility_timeout": StageTimeLimits.from_settings(settings).longest_hard_s + 600}
+    transport_options: dict = {"visibility_timeout": time_limits.longest_hard_s + 600}
     extra: dict = {}
     if settings.broker_url is None:  # the embedded broker: a SQLite file in HOME, no server
         broker, transport_options = embedded_broker(settings.home)

@@ -335,14 +335,14 @@ def test_entrypoint_refuses_a_missing_secret_file_and_a_doubly_set_value(tmp_pat
 
 
 def test_healthcheck_follows_the_real_api_readiness(tmp_path, session_factory, database_url):
-    from service.api.app import create_app
+    from service.composition import build_api
     from service.config import Settings
     from tests.support.api_server import running_app
     from tests.support.ports import free_port
 
     settings = Settings(home=tmp_path / "home", database_url=database_url)
     settings.spool_dir.mkdir(parents=True)
-    with running_app(create_app(settings, session_factory)) as base:
+    with running_app(build_api(settings, session_factory)) as base:
         port = base.rsplit(":", 1)[1]
         ready = subprocess.run([sys.executable, str(HEALTHCHECK), "readyz"], capture_output=True, text=True, timeout=30,
                                env={**os.environ, "M3EDGE_API_PORT": port})

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-from service.pipeline.delivery import Sender
+from service.pipeline.delivery import Sender, default_sender
 from service.pipeline.executor import StageHandler
 from service.pipeline.stages import Stage
 from service.pipeline.work.deliver import DeliverStage
@@ -22,16 +22,7 @@ from service.pipeline.work.report import ReportStage
 from service.pipeline.work.resources import StageResources
 from service.pipeline.work.vlm import VlmStage
 
-__all__ = ["build_stage_handlers", "StageResources", "default_sender"]
-
-
-def default_sender(settings: Settings) -> Sender:
-    """C-STORE as our AE title; few quick tries per attempt, since the executor retries the stage with back-off. A
-    compressed result (a JPEG 2000 SEG) goes decompressed to a destination that takes it only uncompressed."""
-    from dicom_node.scu import RetryPolicy, StorageSCU
-
-    return StorageSCU(settings.dicom_ae_title, retry=RetryPolicy(attempts=2, first_delay=0.5, max_delay=2.0),
-                      connection_timeout=5.0, decompress_when_refused=True)
+__all__ = ["build_stage_handlers", "StageResources"]
 
 
 def build_stage_handlers(
@@ -48,5 +39,5 @@ def build_stage_handlers(
         Stage.EXPERT: ExpertStage(resources),
         Stage.VLM: VlmStage(resources),
         Stage.REPORT: ReportStage(resources),
-        Stage.DELIVER: DeliverStage(resources, sender or default_sender(settings)),
+        Stage.DELIVER: DeliverStage(resources, sender or default_sender(settings.dicom_ae_title)),
     }

@@ -5,14 +5,14 @@ import sqlite3
 import stat
 
 from service.config import Settings
-from service.pipeline.celery_app import create_celery
+from service.composition import build_pipeline
 from service.pipeline.embedded_broker import Transport, connect_sqlite
 
 FULL = 2  # PRAGMA synchronous's number for FULL
 
 
 def test_a_message_goes_through_the_file_broker_kept_in_wal_mode(tmp_path):
-    app = create_celery(Settings(home=tmp_path))
+    app = build_pipeline(Settings(home=tmp_path), session_factory=None).app
     with app.connection_for_write() as connection:
         assert isinstance(connection.transport, Transport)
         assert connection.transport.polling_interval == 0.05
