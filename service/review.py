@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.network import DicomAddress
-from dicom_node.private_files import make_private_dirs
+from dicom_node.private_files import write_atomically
 from dicom_node.results import (
     Amendment,
     RejectionReason,
@@ -100,17 +98,8 @@ def latest_report(session: Session, study_uid: str) -> Report | None:
 
 
 def _write_atomically(dataset, path: Path) -> None:
-    make_private_dirs(path.parent)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            dataset.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with write_atomically(path) as handle:
+        dataset.save_as(handle, enforce_file_format=True)
 
 
 class ReviewService:

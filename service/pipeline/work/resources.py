@@ -7,15 +7,11 @@ and results name them by absolute path. Result objects (SR, SEG, SC) go under ``
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +20,15 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.private_files import make_private_dirs
+from dicom_node.private_files import write_atomically
 from service.config import Settings
 from service.db.models import Instance, PipelineRun, Series, Study
 from service.db.session import session_scope
+from engines.model_store.manifest import folder_digest
 from service.pipeline.stages import PermanentStageError
+from service.pipeline.work.vlm_loader import load_vlm
 
-__all__ = ["StageResources", "StoredInstance", "write_atomically", "write_json", "save_arrays", "load_arrays",
-           "folder_digest"]
+__all__ = ["StageResources", "StoredInstance", "write_atomically", "write_json", "save_arrays", "load_arrays"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,22 +38,6 @@ class StoredInstance:
     series_uid: str
     sop_instance_uid: str
     path: Path  # absolute, in the spool
-
-
-@contextmanager
-def write_atomically(path: Path, suffix: str = "") -> Iterator[Any]:
-    """Yield a binary file handle on a temporary file beside ``path``; fsync and rename it into place on success."""
-    make_private_dirs(path.parent)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix or path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> str:
@@ -73,16 +54,6 @@ def load_arrays(path: str | Path, *names: str) -> dict[str, np.ndarray]:
     except FileNotFoundError as exc:
         raise PermanentStageError(f"{path} is gone (was HOME/work cleaned?); reprocess the study from the start") \
             from exc
-
-
-def folder_digest(folder: Path) -> str:
-    """A digest that changes whenever a model's files change: sha256 of its manifest (which lists every file's
-    sha256), or of the folder's file names and sizes when it has none."""
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        return "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
-    listing = sorted(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in folder.rglob("*") if p.is_file())
-    return "files-sha256:" + hashlib.sha256("\n".join(listing).encode()).hexdigest()
 
 
 class _Lazy:
@@ -114,8 +85,6 @@ class StageResources:
         self.settings = settings
         self.session_factory = session_factory
         self._experts = _Lazy(experts_factory or self._make_registry)
-        from service.pipeline.work.vlm_loader import load_vlm
-
         self._vlm = _Lazy(vlm_factory or (lambda: load_vlm(settings)))
         self._digests: dict[Path, str] = {}
 
