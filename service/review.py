@@ -30,7 +30,7 @@ from dicom_node.results import (
     clean_line,
     clean_text,
 )
-from service.config import Settings
+from service.config import RejectAction, Settings
 from service.db.models import PipelineRun, Report, ReportStatus, Study, utcnow
 from service.destinations import DestinationsStore
 from service.pipeline.delivery import DeliveryQueue, ResultObject
@@ -169,10 +169,11 @@ class ReviewService:
 
     def _reject(self, objects: dict, observer: VerifyingObserver, uids: ResultUids, request: ReviewRequest,
                 revision: int, folder: Path, *, demo: bool) -> dict | None:
-        if self.settings.reject_action == "none":
+        if self.settings.reject_action is RejectAction.NONE:
             return None
         rejected = [dcmread(objects[k]["path"]) for k in ("sr", "seg", "overlay") if k in objects]
-        reason = RejectionReason.QUALITY if self.settings.reject_action == "quality" else RejectionReason.PATIENT_SAFETY
+        reason = (RejectionReason.QUALITY if self.settings.reject_action is RejectAction.QUALITY
+                  else RejectionReason.PATIENT_SAFETY)
         note = build_retraction(rejected, observer, uids, reason=reason, explanation=request.comment, revision=revision,
                                 demo=demo)
         path = folder / f"rejection-{revision}.dcm"

@@ -95,3 +95,16 @@ def test_bad_values_name_the_setting(monkeypatch, name, value, fragment):
         return
     with pytest.raises(ConfigurationError, match=fragment):
         Settings.load()
+
+
+def test_fixed_value_settings_are_enums_and_a_wrong_value_names_the_choices(monkeypatch):
+    from service.config import RejectAction, SlicePolicy, VlmDtype
+
+    monkeypatch.setenv("M3EDGE_REJECT_ACTION", "patient_safety")
+    monkeypatch.setenv("M3EDGE_VLM_DTYPE", "bfloat16")
+    settings = Settings.load()
+    assert settings.reject_action is RejectAction.PATIENT_SAFETY and settings.vlm_dtype is VlmDtype.BFLOAT16
+    assert settings.agent_slice_policy is SlicePolicy.MOST_STRUCTURE
+    monkeypatch.setenv("M3EDGE_REJECT_ACTION", "patient-safety")
+    with pytest.raises(ConfigurationError, match="(?s)reject_action.*'none', 'quality' or 'patient_safety'"):
+        Settings.load()
