@@ -3,6 +3,13 @@
 GPU workers run one process per GPU (``--pool solo``), so models load once and stay loaded. The solo pool ignores
 Celery's time limits, so the worker enforces each stage's itself (``service.pipeline.time_limits``): a stage past its
 soft limit gets an exception, and one past its hard limit ends the process for its supervisor to restart.
+
+Why our limiter rather than Celery's prefork pool, which enforces the same limits (kept on reasons, not on a
+measurement): (1) a prefork child killed at its hard limit leaves no word on the stage row (only the pool's log), where
+our watchdog writes why on the row before the process ends, so the ledger and the reviewer see it; (2) the route's
+expert runs in a thread beside the VLM stage (``work/route_expert.py``), which no signal of the pool reaches, so that
+limit needs our limiter under any pool; (3) one process per GPU holds the models once, with no pool parent beside it.
+With a pool that enforces limits (``pool_enforces_time_limits``) the limiter leaves enforcement to Celery.
 """
 
 from __future__ import annotations
