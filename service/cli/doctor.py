@@ -4,7 +4,6 @@ rules, peers."""
 from __future__ import annotations
 
 import enum
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -62,11 +61,12 @@ def _broker(settings: Settings) -> Check:
 def _spool(settings: Settings) -> Check:
     from dicom_node.private_files import make_private_dirs
 
+    from dicom_node.intake.admission import DiskUsage
+    from service.home_files import spool_refusal
+
     spool = make_private_dirs(settings.spool_dir)
-    usage = shutil.disk_usage(spool)
-    used_percent = 100 * (usage.total - usage.free) / usage.total
-    detail = f"{spool}: {usage.free / 2**30:.1f} GiB free, {used_percent:.0f}% used"
-    if usage.free < settings.spool_reserve_bytes or used_percent > settings.spool_high_water_percent:
+    detail = f"{spool}: {DiskUsage.of(spool).describe()}"
+    if spool_refusal(settings) is not None:
         return Check("spool", Verdict.FAIL, detail + " (new associations are refused)")
     return Check("spool", Verdict.OK, detail)
 
