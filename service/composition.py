@@ -36,7 +36,7 @@ from service.pipeline.worker import PipelineWorker
 from service.running import RunningService, ServicePart
 from service.worker_process import WorkerProcess
 
-__all__ = ["Pipeline", "stage_time_limits", "build_pipeline", "build_worker", "build_api", "build_node",
+__all__ = ["Pipeline", "stage_time_limits", "build_celery", "build_pipeline", "build_worker", "build_api", "build_node",
            "build_service", "log_study_complete"]
 
 LOGGER = logging.getLogger(__name__)
@@ -47,6 +47,11 @@ def stage_time_limits(settings: Settings) -> StageTimeLimits:
         return StageTimeLimits.from_settings(settings)
     except ValueError as exc:
         raise ConfigurationError(f"STAGE_TIME_LIMITS: {exc}") from exc
+
+
+def build_celery(settings: Settings) -> Celery:
+    """A sending-only Celery app on the settings' broker (``m3edge doctor`` checks the broker with it)."""
+    return create_celery(settings, stage_time_limits(settings))
 
 
 @dataclass(frozen=True)

@@ -41,4 +41,5 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     # DICOM node also turns LOG_REQUEST_IDENTIFIERS/LOG_RESPONSE_IDENTIFIERS off as it starts (pynetdicom's documented
     # configuration module, ``pynetdicom._config``: dicom_node/scp/node.py), where identifiers are received.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))
+    # alembic says "Context impl SQLiteImpl" and each revision it runs at INFO: commands report what they did.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

@@ -29,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # paragraphs of a docstring reflow to the terminal; `code` renders as code
 )
 app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")

@@ -3,8 +3,6 @@ upgraded in place), and the routing rules are valid."""
 
 from __future__ import annotations
 
-import logging
-
 from service.cli.context import CliError
 from service.config import Settings
 
@@ -21,7 +19,6 @@ def prepare_database(settings: Settings) -> None:
     from service.db.session import create_db_engine
 
     url = settings.effective_database_url
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
     try:
         if url.startswith("sqlite"):
             upgrade_database(url)

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from celery import Celery
+from celery.exceptions import SecurityWarning
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.pipeline.celery_app import QUEUES, CeleryDispatcher
@@ -114,6 +116,9 @@ class PipelineWorker:
         if self.sweeper is not None:
             self.sweeper.start()
         try:
+            # Celery warns on stderr, at length, when the worker runs as root; `m3edge doctor` says it in one line
+            # (the container image runs as an unprivileged user).
+            warnings.filterwarnings("ignore", category=SecurityWarning)
             self._worker = self.app.Worker(
                 hostname=self.name, queues=self.queues, pool=self.pool, concurrency=1, prefetch_multiplier=1,
                 loglevel=logging.getLevelName(logging.getLogger().level), without_heartbeat=True,
