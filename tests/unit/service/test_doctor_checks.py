@@ -1,5 +1,5 @@
-"""One disk figure everywhere: ``m3edge doctor`` and the admin page word the spool's disk the same way (free GiB of
-total, % used) and judge it by the node's own admission rule (SPOOL_HIGH_WATER_PERCENT, SPOOL_RESERVE_BYTES)."""
+"""What doctor and the admin page report. One disk figure everywhere: both word the spool's disk the same way (free
+GiB of total, % used) and judge it by the node's own admission rule (SPOOL_HIGH_WATER_PERCENT, SPOOL_RESERVE_BYTES)."""
 
 import re
 
@@ -27,3 +27,12 @@ def test_both_report_the_refusal_the_node_would_make(tmp_path):
     doctor, admin = _spool(settings), NodeHealth(settings, ledger=None).spool()
     assert doctor.verdict is Verdict.FAIL and "new associations are refused" in doctor.detail
     assert admin.state == "error" and "new associations are refused" in admin.detail
+
+
+def test_doctor_fails_the_configuration_on_stage_limits_the_service_would_refuse(tmp_path):
+    from service.cli.doctor import _configuration
+
+    good = _configuration(Settings(home=tmp_path, stage_time_limits={"expert": {"hard": 3600}}))
+    bad = _configuration(Settings(home=tmp_path, stage_time_limits={"expert": {"soft": 4000, "hard": 3600}}))
+    assert good.verdict is Verdict.OK and bad.verdict is Verdict.FAIL
+    assert bad.detail.startswith("STAGE_TIME_LIMITS: stage expert") and "4000" in bad.detail
