@@ -41,6 +41,7 @@ __all__ = ["Pipeline", "stage_time_limits", "build_celery", "build_pipeline", "b
 
 LOGGER = logging.getLogger(__name__)
 
+
 def stage_time_limits(settings: Settings) -> StageTimeLimits:
     """The stage limits ``STAGE_TIME_LIMITS`` sets over the defaults; a ConfigurationError names a bad one."""
     try:
@@ -83,18 +84,19 @@ def build_worker(settings: Settings, session_factory: sessionmaker[Session], que
                  sender_factory: Callable[[], Sender] | None = None, name: str | None = None,
                  sweep_seconds: float | None = None, pool: str = "solo") -> PipelineWorker:
     """A pipeline worker reading ``queues``: the real stage handlers unless ``handlers_factory`` gives others (made
-    once, on the first task, in the worker's process), sending with :func:`default_sender` unless told otherwise."""
+    once, on the first task, in the worker's process), sending with ``default_sender`` unless told otherwise."""
     if handlers_factory is None:
         def handlers_factory() -> Mapping[Stage, StageHandler]:
             from service.pipeline.work import build_stage_handlers  # the models' libraries: only in a worker
 
-            return build_stage_handlers(settings, session_factory, sender=default_sender(settings.dicom_ae_title))
+            return build_stage_handlers(settings, session_factory, sender=default_sender(settings.dicom_ae_title),
+                                        time_limits=pipeline.ledger.time_limits)
 
     worker: PipelineWorker | None = None
     pipeline = build_pipeline(settings, session_factory, components_factory=lambda: worker.make_components(),
                               sweep_seconds=sweep_seconds)
-    worker = PipelineWorker(pipeline, session_factory, handlers_factory, queues,
-                            sender_factory=sender_factory or (lambda: default_sender(settings.dicom_ae_title)), name=name, pool=pool)
+    worker = PipelineWorker(pipeline, session_factory, handlers_factory, queues, name=name, pool=pool,
+                            sender_factory=sender_factory or (lambda: default_sender(settings.dicom_ae_title)))
     return worker
 
 

@@ -2,7 +2,9 @@
 
 A child rather than a thread: Celery's worker wants the main thread (signal handlers, warm shutdown), and a model
 that crashes or exhausts memory takes down only the worker, never the DICOM node; it is also exactly what production
-runs, so both modes share one code path. The child asks the kernel to end it with its parent (``--parent-pid``:
+runs, so both modes share one code path. ``serve`` restarts it itself because the embedded default has no service
+manager around it; in production compose (``restart: unless-stopped``) or systemd restarts ``m3edge worker``, and
+nothing of ours supervises it. The child asks the kernel to end it with its parent (``--parent-pid``:
 ``dicom_node.parent_process``), so it never outlives ``serve``, even a SIGKILL of it.
 """
 

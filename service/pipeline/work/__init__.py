@@ -14,6 +14,7 @@ from service.config import Settings
 from service.pipeline.delivery import Sender, default_sender
 from service.pipeline.executor import StageHandler
 from service.pipeline.stages import Stage
+from service.pipeline.time_limits import StageTimeLimits
 from service.pipeline.work.deliver import DeliverStage
 from service.pipeline.work.expert import ExpertStage
 from service.pipeline.work.plan import PlanStage
@@ -31,8 +32,9 @@ def build_stage_handlers(
     *,
     sender: Sender | None = None,
     vlm_factory: Callable[[], object] | None = None,
+    time_limits: StageTimeLimits | None = None,
 ) -> dict[Stage, StageHandler]:
-    resources = StageResources(settings, session_factory, vlm_factory)
+    resources = StageResources(settings, session_factory, vlm_factory, time_limits=time_limits)
     return {
         Stage.PLAN: PlanStage(resources),
         Stage.PREPARE: PrepareStage(resources),

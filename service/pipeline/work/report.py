@@ -96,7 +96,7 @@ def _vlm_identity(model: dict) -> AlgorithmIdentity:
 
 
 def _write(dataset, path: Path) -> dict:
-    with write_atomically(path, ".dcm") as handle:
+    with write_atomically(path) as handle:
         dataset.save_as(handle, enforce_file_format=True)
     return {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID),
             "sop_class_uid": str(dataset.SOPClassUID)}

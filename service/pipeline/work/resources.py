@@ -26,6 +26,7 @@ from service.db.models import Instance, PipelineRun, Series, Study
 from service.db.session import session_scope
 from engines.model_store.manifest import folder_digest
 from service.pipeline.stages import PermanentStageError
+from service.pipeline.time_limits import StageTimeLimits
 from service.pipeline.work.vlm_loader import load_vlm
 
 __all__ = ["StageResources", "StoredInstance", "write_atomically", "write_json", "save_arrays", "load_arrays"]
@@ -41,7 +42,7 @@ class StoredInstance:
 
 
 def save_arrays(path: Path, **arrays: np.ndarray) -> str:
-    with write_atomically(path, ".npz") as handle:
+    with write_atomically(path) as handle:
         np.savez(handle, **arrays)
     return str(path)
 
@@ -80,9 +81,12 @@ class _Lazy:
 class StageResources:
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
                  vlm_factory: Callable[[], Any] | None = None,
-                 experts_factory: Callable[[], Any] | None = None) -> None:
-        """``vlm_factory`` and ``experts_factory`` replace loading VILA-M3 and the expert registry from the settings."""
+                 experts_factory: Callable[[], Any] | None = None,
+                 time_limits: StageTimeLimits | None = None) -> None:
+        """``vlm_factory`` and ``experts_factory`` replace loading VILA-M3 and the expert registry from the settings;
+        ``time_limits`` are the worker's (its ledger's), else those the settings give."""
         self.settings = settings
+        self.time_limits = time_limits or StageTimeLimits.from_settings(settings)
         self.session_factory = session_factory
         self._experts = _Lazy(experts_factory or self._make_registry)
         self._vlm = _Lazy(vlm_factory or (lambda: load_vlm(settings)))
@@ -149,6 +153,6 @@ class StageResources:
 
 
 def write_json(path: Path, content: Mapping[str, Any] | list) -> str:
-    with write_atomically(path, ".json") as handle:
+    with write_atomically(path) as handle:
         handle.write(json.dumps(content, indent=1).encode())
     return str(path)
