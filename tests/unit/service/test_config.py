@@ -133,3 +133,13 @@ def test_the_example_yaml_configuration_loads_and_the_environment_wins(monkeypat
     monkeypatch.setenv("M3EDGE_CONFIG", str(broken))
     with pytest.raises(ConfigurationError, match="dicom_ae_titel"):
         Settings.load()
+
+
+def test_the_settings_import_nothing_of_the_pipeline_or_the_command_line():
+    import subprocess
+    import sys
+
+    probe = ("import sys, service.config; print(sorted(m for m in sys.modules if m.startswith(('service.pipeline', "
+             "'service.cli', 'celery', 'torch'))))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr
