@@ -112,6 +112,24 @@ def test_login_sets_an_httponly_samesite_strict_cookie_and_is_audited(api):  # n
     assert [(e["actor"], e["outcome"], e["remote_addr"]) for e in events] == [("rex", "success", "127.0.0.1")]
 
 
+def test_the_login_pages_hint_makes_a_user_who_can_log_in(api, database_url, monkeypatch):  # noqa: F811
+    """Run the command the login page shows, as shown (the password typed at its prompt), then log in with it."""
+    from typer.testing import CliRunner
+
+    from service.cli.main import app as cli
+
+    base, _, _, app = api
+    with httpx.Client(base_url=base, timeout=30) as client:
+        hint = re.search(r"<code>m3edge (users add NAME [^<]*)</code>", client.get("/ui/login").text).group(1)
+        monkeypatch.setenv("M3EDGE_HOME", str(app.state.settings.home))
+        monkeypatch.setenv("M3EDGE_DATABASE_URL", database_url)
+        secret = "a reviewer's long secret"
+        result = CliRunner().invoke(cli, hint.replace("NAME", "rita").split(), input=f"{secret}\n{secret}\n")
+        assert result.exit_code == 0, result.output
+        response = log_in(client, "rita", secret)
+        assert response.status_code == 303 and response.headers["location"] == "/ui/", response.text
+
+
 def test_login_form_without_its_token_and_wrong_passwords_are_refused_and_audited(api):  # noqa: F811
     base, tokens, _, _ = api
     with httpx.Client(base_url=base) as client:

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from dicom_node.scp.status import NodeStatus, NodeStatusFile
 from service.db.migrate import upgrade_database
 from tests.conftest import require_tool
@@ -57,3 +59,20 @@ def test_doctor_reports_each_check_and_fails_on_a_dead_destination(tmp_path):
     finally:
         peer.terminate()
         peer.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_doctor_reads_the_yaml_file_serve_reads_and_the_environment_over_it(tmp_path):
+    home = tmp_path / "home"
+    upgrade_database(f"sqlite:///{home / 'm3edge.db'}")
+    config = tmp_path / "m3edge.yaml"
+    config.write_text(f"home: {home}\ndicom_ae_title: FROMYAML\ndicom_allowed_aes: [CT01]\ndicom_port: 11999\n"
+                      "stage_time_limits: {expert: {hard: 3600}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("M3EDGE_")}
+    env.update(M3EDGE_CONFIG=str(config), M3EDGE_DICOM_PORT="12001")
+    result = doctor(env)
+    configuration = next(line for line in result.stdout.splitlines() if line.split()[1:2] == ["configuration"])
+    assert configuration.split()[0] == "ok", result.stdout
+    assert "AE FROMYAML on 0.0.0.0:12001; access: CT01" in configuration  # port: the environment wins
+    assert f"HOME {home}" in configuration and f"M3EDGE_CONFIG={config}" in configuration
+    assert lines_by_check(result.stdout)["database"] == "ok"  # the database in the YAML's HOME
