@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from dicom_node.network import DicomAddress
-from dicom_node.private_files import make_private_dirs
+from dicom_node.private_files import write_atomically
 from dicom_node.results import (
     Amendment,
     FindingCorrection,
@@ -33,7 +31,7 @@ from dicom_node.results import (
     clean_line,
     clean_text,
 )
-from service.config import Settings
+from service.config import RejectAction, Settings
 from service.db.models import PipelineRun, Report, ReportStatus, Study, utcnow
 from service.destinations import DestinationsStore
 from service.pipeline.delivery import DeliveryQueue, ResultObject
@@ -103,17 +101,8 @@ def latest_report(session: Session, study_uid: str) -> Report | None:
 
 
 def _write_atomically(dataset, path: Path) -> None:
-    make_private_dirs(path.parent)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".dcm")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            dataset.save_as(handle, enforce_file_format=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with write_atomically(path) as handle:
+        dataset.save_as(handle, enforce_file_format=True)
 
 
 @dataclass(frozen=True)
@@ -239,10 +228,11 @@ class ReviewService:
 
     def _reject(self, objects: dict, observer: VerifyingObserver, uids: ResultUids, request: ReviewRequest,
                 revision: int, folder: Path, *, demo: bool) -> dict | None:
-        if self.settings.reject_action == "none":
+        if self.settings.reject_action is RejectAction.NONE:
             return None
         rejected = [dcmread(objects[k]["path"]) for k in ("sr", "seg", "overlay") if k in objects]
-        reason = RejectionReason.QUALITY if self.settings.reject_action == "quality" else RejectionReason.PATIENT_SAFETY
+        reason = (RejectionReason.QUALITY if self.settings.reject_action is RejectAction.QUALITY
+                  else RejectionReason.PATIENT_SAFETY)
         note = build_retraction(rejected, observer, uids, reason=reason, explanation=request.comment, revision=revision,
                                 demo=demo)
         path = folder / f"rejection-{revision}.dcm"

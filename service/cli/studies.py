@@ -7,6 +7,7 @@ import json
 import typer
 
 from service.cli.context import CliError, cli_context
+from service.pipeline.stages import Stage
 
 __all__ = ["studies_app"]
 
@@ -182,22 +183,19 @@ def _echo_run(run) -> None:
 def reprocess_command(
     ctx: typer.Context,
     study_uid: str = typer.Argument(..., help="Study Instance UID of a received study."),
-    from_stage: str | None = typer.Option(None, "--from", help="plan, prepare, expert, vlm, report or deliver "
-                                          "(default: the stage that failed last, else the start)."),
+    from_stage: Stage | None = typer.Option(None, "--from", help="plan, prepare, expert, vlm, report or deliver "
+                                            "(default: the stage that failed last, else the start)."),
 ) -> None:
     """Run the pipeline again for a study: a new run, from the failed stage (or FROM), earlier results reused."""
-    from service.cli.worker import pipeline_intake
+    from service.composition import build_pipeline
     from service.pipeline.ledger import RunNotFound
-    from service.pipeline.stages import Stage
 
-    if from_stage is not None and from_stage not in {s.value for s in Stage}:
-        raise CliError(f"unknown stage {from_stage!r}; one of {', '.join(s.value for s in Stage)}")
     context = cli_context(ctx)
-    intake, _ = pipeline_intake(context.settings, context.session_factory)
+    intake = build_pipeline(context.settings, context.session_factory).intake
     try:
-        run_id = intake.reprocess(study_uid, from_stage)
+        run_id = intake.reprocess(study_uid, from_stage.value if from_stage else None)
     except RunNotFound as exc:
         raise CliError(f"no study with Study Instance UID {study_uid!r} has been received") from exc
     except ValueError as exc:
         raise CliError(str(exc)) from exc
-    typer.echo(f"study {study_uid}: run {run_id} queued" + (f" from {from_stage}" if from_stage else ""))
+    typer.echo(f"study {study_uid}: run {run_id} queued" + (f" from {from_stage.value}" if from_stage else ""))

@@ -20,7 +20,7 @@ from service.security.login_limits import LoginThrottle
 from tests.conftest import require_tool
 from tests.integration.api.conftest import RecordingDispatcher, api  # noqa: F401  (the running API fixture)
 from tests.support.api_server import running_app
-from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study
+from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study, seed_skipped_run
 from tests.support.dcmtk import dcmtk_env
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
@@ -110,6 +110,24 @@ def test_login_sets_an_httponly_samesite_strict_cookie_and_is_audited(api):  # n
         assert 'href="/ui/admin"' not in page.text  # a reviewer is not offered the admin page
     events = audit(base, tokens, action="ui.login")
     assert [(e["actor"], e["outcome"], e["remote_addr"]) for e in events] == [("rex", "success", "127.0.0.1")]
+
+
+def test_the_login_pages_hint_makes_a_user_who_can_log_in(api, database_url, monkeypatch):  # noqa: F811
+    """Run the command the login page shows, as shown (the password typed at its prompt), then log in with it."""
+    from typer.testing import CliRunner
+
+    from service.cli.main import app as cli
+
+    base, _, _, app = api
+    with httpx.Client(base_url=base, timeout=30) as client:
+        hint = re.search(r"<code>m3edge (users add NAME [^<]*)</code>", client.get("/ui/login").text).group(1)
+        monkeypatch.setenv("M3EDGE_HOME", str(app.state.settings.home))
+        monkeypatch.setenv("M3EDGE_DATABASE_URL", database_url)
+        secret = "a reviewer's long secret"
+        result = CliRunner().invoke(cli, hint.replace("NAME", "rita").split(), input=f"{secret}\n{secret}\n")
+        assert result.exit_code == 0, result.output
+        response = log_in(client, "rita", secret)
+        assert response.status_code == 303 and response.headers["location"] == "/ui/", response.text
 
 
 def test_login_form_without_its_token_and_wrong_passwords_are_refused_and_audited(api):  # noqa: F811
@@ -243,6 +261,8 @@ def test_worklist_shows_states_errors_and_filters(api, session_factory):  # noqa
     base, _, _, app = api
     done_uid = seed_reviewable_study(session_factory, app.state.settings)
     failed_uid = seed_failed_run(session_factory, app.state.settings)
+    skipped_uid = seed_skipped_run(session_factory, app.state.settings,
+                                   "no rule's anatomy matched (BodyPartExamined KNEE)")
     with httpx.Client(base_url=base) as client:
         log_in(client, "rex")
         page = client.get("/ui/", params={"state": "all"}).text
@@ -254,6 +274,8 @@ def test_worklist_shows_states_errors_and_filters(api, session_factory):  # noqa
         assert "Filter not applied" in bad and done_uid in bad
         rows = client.get("/ui/worklist/rows", params={"state": "failed"})
         assert rows.headers["x-total-count"] == "1" and failed_uid in rows.text and done_uid not in rows.text
+        skipped = client.get("/ui/studies/" + skipped_uid).text  # a skipped run says why, not "Failed in : ..."
+        assert "Skipped: no rule&#39;s anatomy matched (BodyPartExamined KNEE)" in skipped and "Failed in" not in skipped
 
 
 @pytest.fixture

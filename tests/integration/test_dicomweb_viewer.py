@@ -110,7 +110,8 @@ def test_qido_includefield_adds_attributes_from_the_kept_metadata(service):  # n
     assert _value(study, "00080050") == first.AccessionNumber
     assert "00080090" in study  # present (empty or not) because it was asked for and the instance has it
     (plain,) = _get(service, f"/studies?StudyInstanceUID={ct.study_instance_uid}").json()
-    assert "00100010" not in plain  # not asked: not sent
+    assert "00100010" in plain  # the patient context is a study answer's default attribute
+    assert "00080090" not in plain  # not asked, not a default: not sent
 
     (series,) = _get(service, f"/studies/{ct.study_instance_uid}/series?includefield=all").json()
     assert _value(series, "00100020") == first.PatientID and _value(series, "00080060") == "CT"

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import numpy as np
 from PIL import Image
+from pydicom.uid import generate_uid
 
 from dicom_node.results import build_draft_report, build_overlay_capture, build_segmentation
 from dicom_node.volumes import source_image_at
@@ -175,6 +176,19 @@ def seed_failed_run(session_factory, settings: Settings) -> str:
     with session_scope(session_factory) as session:
         study = _catalog(session, settings, datasets, "MR BRAIN", "MR", StudyStatus.FAILED)
         _run(session, study, RunStatus.FAILED, failed_stage="expert")
+    return datasets[0].StudyInstanceUID
+
+
+def seed_skipped_run(session_factory, settings: Settings, reason: str) -> str:
+    """A knee MR study whose run was skipped in plan (no rule's anatomy matched), with ``reason`` as the ledger keeps it."""
+    datasets = brain_mr_study().series["t1c"]
+    study_uid, series_uid = generate_uid(), generate_uid()  # apart from seed_failed_run's study of the same maker
+    for ds in datasets:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, series_uid, generate_uid()
+    with session_scope(session_factory) as session:
+        study = _catalog(session, settings, datasets, "MR KNEE", "MR", StudyStatus.SKIPPED)
+        run = _run(session, study, RunStatus.SKIPPED)
+        run.error = reason
     return datasets[0].StudyInstanceUID
 
 
