@@ -29,6 +29,7 @@ def test_the_first_legend_drawn_for_the_routes_expert_is_the_one_the_seg_follows
 
 
 def test_brats_legends_name_labels_by_the_names_the_agent_draws_them_with(tmp_path):
-    vlm = _consultations(tmp_path, [{"expert_call": {"expert": "BRATS", "overlay_legend": [["red", "necrotic tumor core"]]}}])
+    vlm = _consultations(tmp_path, [{"expert_call": {"expert": "BRATS",
+                                                     "overlay_legend": [["red", "necrotic tumor core"]]}}])
     legend, names = overlay_legend(vlm, "BRATS")
     assert legend == [["red", "necrotic tumor core"]] and names[1] == "necrotic tumor core" and set(names) == {1, 2, 4}
