@@ -90,8 +90,9 @@ def write_atomically(path: str | os.PathLike[str], *, text: bool = False, durabl
     ``durable`` (the default) the file is fsynced before the rename and its folder after it, so the new content
     survives a power cut once this returns. On error the temporary file is removed and ``path`` is left as it was.
 
-    The one atomic write of the code base: results, work arrays, reviewed objects, destinations, routing rules,
-    TensorRT engines, ONNX exports and the node's status file (``durable=False``: rewritten every heartbeat)."""
+    The one atomic write of the code base outside ``engines`` (which may not import this package and keeps its own,
+    ``engines.files``): results, work arrays, reviewed objects, destinations, routing rules and the node's
+    status file (``durable=False``: rewritten every heartbeat)."""
     path = Path(path)
     make_private_dirs(path.parent)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

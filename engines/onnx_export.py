@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dicom_node.private_files import write_bytes_atomically
+from engines.files import write_bytes_atomically
 
 __all__ = ["export_onnx", "export_typed_onnx", "OPSET"]
 

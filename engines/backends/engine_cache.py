@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicom_node.private_files import write_bytes_atomically
 from engines.backends.base import Precision, ShapeProfile
+from engines.files import write_bytes_atomically
 
 __all__ = ["EngineKey", "EngineCache", "file_sha256"]
 
