@@ -26,6 +26,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
 from dicom_node.intake import DiskAdmission, Intake, IntakeLimits, InstanceRecorder, SpoolWriter
+from dicom_node.intake.journal import JournalStore
 from dicom_node.network import AllowedCaller
 from dicom_node.qr import QueryRetrieveScp
 from dicom_node.scp.access import AccessPolicy
@@ -167,7 +168,9 @@ class DicomNode:
         self._access = AccessPolicy(settings.dicom_allowed_aes, own_ae_title=settings.dicom_ae_title,
                                     require_called_ae=settings.dicom_require_called_ae)
         admission = DiskAdmission(settings.spool_dir, settings.spool_high_water_percent, settings.spool_reserve_bytes)
-        self._intake = Intake(self._spool, recorder, admission=admission, limits=intake_limits(settings), clock=clock)
+        self._journal = JournalStore(self._spool, recorder)
+        self._intake = Intake(self._spool, recorder, admission=admission, limits=intake_limits(settings), clock=clock,
+                              store=self._journal)
         self._sessions = OpenSessions(self._intake)
         self._slots = AssociationSlots(settings.dicom_max_associations)
         self._server: Any = None
@@ -265,6 +268,7 @@ class DicomNode:
             self._publish_status()
             self._log_started(tls=settings.dicom_tls is not None, receivers=receivers)
             return
+        self._journal.start()  # replays what a process that is gone journaled and never filed
         if self._query_retrieve is None and self._query_retrieve_factory is not None:
             self._query_retrieve = self._query_retrieve_factory()
         tls = server_tls_context(settings.dicom_tls) if settings.dicom_tls is not None else None
@@ -322,7 +326,13 @@ class DicomNode:
         server.shutdown()
         for assoc in list(server.active_associations):
             assoc.abort()
+        self._journal.close()  # files and records what it journaled
         LOGGER.info("DICOM node stopped")
+
+    def wait_until_recorded(self, timeout: float = 60.0) -> bool:
+        """Wait until every instance acknowledged so far has its file and row (this process's journal; with
+        ``DICOM_RECEIVERS`` > 1 the receiving processes file their own). True if done within ``timeout``."""
+        return self._journal.wait_until_recorded(timeout)
 
     def _on_association_requested(self, event) -> None:
         """EVT_REQUESTED: refuse unknown callers, a wrong called AE title, anyone while the spool is too full, and
