@@ -68,7 +68,7 @@ __all__ = ["JournalStore", "MemoryFile", "JOURNAL_DIR", "SEGMENT_BYTES"]
 LOGGER = logging.getLogger(__name__)
 
 JOURNAL_DIR = ".journal"
-SEGMENT_BYTES = 256 << 20  # a segment's preallocated size; an instance larger than that gets a segment of its own
+SEGMENT_BYTES = 64 << 20  # a segment's preallocated size; an instance larger than that gets a segment of its own
 _SUFFIX = ".journal"
 _NEW_SUFFIX = ".new"  # a segment being made: renamed to .journal once locked, so no one takes it for an orphan
 _MAGIC = b"M3J1"
