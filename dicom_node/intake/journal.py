@@ -75,6 +75,7 @@ _MAGIC = b"M3J1"
 _HEADER = struct.Struct("<4sIQI")  # magic, record length, data length, CRC-32 of the record
 _READ_CHUNK = 1 << 20
 _BATCH = 256  # instances materialised per batch at most
+_LINGER_SECONDS = 0.1  # how long the background step waits for a batch to fill (unless someone waits for it)
 _RETRY_SECONDS = 1.0
 
 
@@ -216,6 +217,7 @@ class JournalStore:
         self._work = threading.Condition()
         self._queue: deque[_Entry | _Ended] = deque()
         self._busy = False
+        self._hurry = 0  # callers of wait_until_recorded: no lingering while they wait
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.replayed = 0  # instances replayed at start (tests read it)
@@ -260,6 +262,16 @@ class JournalStore:
         """Wait until everything journaled so far has its file and row (STOW-RS answers after this; tests use
         it). True if it did within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
+        with self._work:
+            self._hurry += 1
+            self._work.notify_all()
+        try:
+            return self._wait_until_idle(deadline)
+        finally:
+            with self._work:
+                self._hurry -= 1
+
+    def _wait_until_idle(self, deadline: float) -> bool:
         with self._work:
             while self._queue or self._busy:
                 remaining = deadline - time.monotonic()
@@ -435,6 +447,15 @@ class JournalStore:
                     self._work.wait()
                 if not self._queue:
                     return
+                # Linger a moment for more: one batch, one syncfs and one commit for many instances (over one
+                # association they come one at a time) costs far less CPU than one of each per instance.
+                deadline = time.monotonic() + _LINGER_SECONDS
+                while (len(self._queue) < _BATCH and not self._stopping and not self._hurry
+                       and not isinstance(self._queue[-1], _Ended)):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._work.wait(remaining)
                 batch: list[_Entry | _Ended] = []
                 while self._queue and len(batch) < _BATCH:
                     batch.append(self._queue.popleft())
