@@ -2,22 +2,25 @@
 
 ``python -m bench.ingest`` generates CT-like instances (512 x 512, 16-bit, realistic geometry; about 0.5 MB each) once
 into a cache folder, then, one target after the other in the same run, starts the target on free ports with its own
-storage, sends the whole corpus with ``--senders`` parallel storescu processes (the same for every target; dcmtk and
-Orthanc run with TCP_NODELAY=1), stops it and prints MB/s and instances/s with the ratios m3edge/Orthanc and
-m3edge/storescp.
+storage, sends the whole corpus with N parallel storescu processes for each N of ``--senders`` (default 1 and 8:
+one association, as a PACS sends a study, and 8 concurrent senders; the same for every target; dcmtk and Orthanc run
+with TCP_NODELAY=1), times ``--latency-samples`` one-instance associations, stops it and prints MB/s and instances/s,
+the median and range over the rounds, and the ratios m3edge/Orthanc and m3edge/storescp (each round's ratio, then
+their median and range), throughput and one-instance association latency.
 
 - m3edge: ``m3edge scp`` with its embedded SQLite database and ``--receivers`` receiving processes (by default the
-  node's own: one per CPU core, at most 4), durability on: each file written to a temporary file and fdatasync'ed, linked under its final name,
-  its directory fsynced and its database row committed (SQLite WAL, synchronous=FULL) before each success status;
-  the count of recorded instances is checked afterwards.
+  node's own: one per CPU core, at most 4), durability on: each instance's bytes and record appended to its
+  process's journal and fdatasync'ed (one sync shared by the instances waiting at that moment) before its success
+  status; files, names (syncfs) and rows (SQLite WAL, synchronous=FULL) filed in the background. The bench waits
+  until every instance has its row and prints how long that took after the last response.
 - storescp: ``storescp --fork`` writing plain files (no fsync): the ceiling to report.
 - Orthanc: SQLite index, ``SyncStorageArea`` true, no compression. Traced with strace (Orthanc 1.10.1), that means one
   fdatasync of each stored file, written in place under its final name; no fsync of its directories; and index
   commits that are not synced (SQLite WAL with synchronous=NORMAL: the WAL is synced at checkpoints only). Its
   success status therefore promises less than m3edge's; the comparison gives Orthanc that advantage.
 
-``--runs`` repeats the whole comparison (the order of the targets rotates each run, the machine may be shared and
-noisy); each run is printed, then the median of each target and the ratios of the medians. The configuration of each
+``--runs`` repeats the whole comparison (the order of the targets rotates each round, the machine may be shared and
+noisy); each round is printed, then the medians and the ratios. The configuration of each
 target and the share of idle CPU during each transfer are printed too.
 """
 

@@ -123,7 +123,10 @@ def connection_limits(settings: NodeSettings) -> ConnectionLimits:
 
 
 class DicomNode:
-    """Verification + Storage SCP on ``DICOM_PORT``; each instance is durable and recorded before its success status.
+    """Verification + Storage SCP on ``DICOM_PORT``; each instance is durable before its success status.
+
+    (Journaled: bytes and record in one group-committed sync; the file and row follow in the background, and a start
+    replays what a stopped process journaled: ``dicom_node.intake.journal``.)
 
     ``start()`` returns once the port is bound (``port`` gives it, also when ``DICOM_PORT=0``); ``stop()`` closes it.
     """

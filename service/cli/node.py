@@ -40,7 +40,8 @@ def scp_command(
 ) -> None:
     """Run the DICOM node (Verification + Storage SCP) until SIGINT or SIGTERM.
 
-    Each received instance is written to the spool (fsynced) and recorded in the database before its success status.
+    Each received instance is durable (journaled, ``dicom_node.intake.journal``) before its success status; its file
+    in the spool and its row in the database follow right after.
     An embedded SQLite database is created or upgraded automatically.
     """
     from dicom_node.scp import DicomNode
