@@ -33,7 +33,7 @@ from tests.support.ports import free_port
 pytestmark = pytest.mark.slow
 
 ASSOCIATIONS = 3
-SLICES = 12
+SLICES = 8
 REPO = Path(__file__).resolve().parents[2]
 
 
