@@ -5,7 +5,12 @@ documented ``pynetdicom._config`` settings, and ``AE.make_server`` with our ``Gu
 (``dicom_node.scp.guarded_server``). The fast path that once reached into pynetdicom's internals (an event-driven
 reactor, DIMSE shortcuts, memoised UID checks, shared contexts, whole-PDU reads) is gone: measured on and off in the
 same ``bench.ingest`` runs, none of it gave 20% more throughput (8 senders: 45/39/52 MB/s with the event-driven
-reactor, 64/72/65 MB/s stock; one association: 21.5 vs 24.5, 9.2 vs 16.2, 24.0 vs 22.1 MB/s).
+reactor, 64/72/65 MB/s stock; one association: 21.5 vs 24.5, 9.2 vs 16.2, 24.0 vs 22.1 MB/s). Measured again with
+the journal (issue 17, one association, 105 MB, alternating, loaded machine): pynetdicom's reactor sleeps cut
+tenfold 56.2/37.2/59.2 MB/s against 54.5/41.9/53.1 stock, so no fast path came back (``dicom_node/scp/fastpath/``
+does not exist); with the journal's fdatasync taken out, 49.1/52.7 against 50.4/54.4 with it: the sync is not the
+limit either. py-spy (``--gil``) showed the process holding the GIL about 1 s of a 5 s transfer: on that 2-core
+machine under a load of 5-8, waiting for a CPU between pynetdicom's thread hand-offs is where the time goes.
 """
 
 from __future__ import annotations
