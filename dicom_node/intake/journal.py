@@ -219,6 +219,7 @@ class JournalStore:
         self._busy = False
         self._hurry = 0  # callers of wait_until_recorded: no lingering while they wait
         self._stopping = False
+        self._closed = False
         self._thread: threading.Thread | None = None
         self.replayed = 0  # instances replayed at start (tests read it)
         self.syncs = 0  # journal fdatasyncs on the critical path (the bench and tests read it)
@@ -230,7 +231,7 @@ class JournalStore:
         with self._work:
             if self._thread is not None:
                 return self
-            self._stopping = False
+            self._stopping = self._closed = False
         with _spool_errors(self.directory):
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
             os.chmod(self._dir, 0o700)
@@ -246,6 +247,7 @@ class JournalStore:
         with self._work:
             thread, self._thread = self._thread, None
             self._stopping = True
+            self._closed = True
             self._work.notify_all()
         if thread is not None:
             thread.join(timeout)
@@ -292,6 +294,8 @@ class JournalStore:
         try:
             if self._failed is not None:
                 raise SpoolError(self._failed.errno or 5, f"the journal cannot be written: {self._failed}")
+            if self._closed:
+                raise SpoolError(5, "the journal is closed: the node is stopping")
             if self._thread is None:
                 self.start()
             spooled, claimed = self._name(location, pending.size, pending.digest)
@@ -303,7 +307,11 @@ class JournalStore:
                 raise
         finally:
             pending.discard()
-        self._wait_for_sync(sequence)
+        try:
+            self._wait_for_sync(sequence)
+        except BaseException:
+            self._release(claimed)  # not acknowledged; a later start may still file it whole (allowed: never torn)
+            raise
         recorded(instance)
         with self._work:
             self._queue.append(_Entry(segment, data_offset, instance, claimed))
