@@ -188,8 +188,10 @@ def receiver_main(config: NodeConfig, connection, log_queue, log_level: int, lis
     root.setLevel(log_level)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, log_level))
 
-    from dicom_node.scp.node import DicomNode
+    from dicom_node.scp.node import DicomNode, receiving_process_settings
     from dicom_node.intake.spool import SpoolWriter
+
+    receiving_process_settings()
 
     stop = threading.Event()
     remote = _RemoteRecorder(connection, stop)  # also how this process learns that it must stop

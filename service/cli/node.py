@@ -52,6 +52,9 @@ def scp_command(
     context = cli_context(ctx)
     settings = context.settings
     prepare_database(settings)
+    from dicom_node.scp.node import receiving_process_settings
+
+    receiving_process_settings()
     sweeper = None
     hook = _log_study_complete
     if pipeline and assemble:
