@@ -149,22 +149,21 @@ class BareModels:
     def seconds(self, uid: str) -> float:
         from sqlalchemy import select
 
-        from engines.agent import ConsultationRequest, Modality
-        from engines.experts import ExpertInput
+        from engines.agent import ConsultationRequest
         from service.db.models import PipelineRun, Study
         from service.db.session import session_scope
-        from service.pipeline.work.resources import load_arrays
+        from service.pipeline.contracts import PreparedInput, Route
 
         with session_scope(self.deployment.factory) as session:
             run = session.scalars(select(PipelineRun).join(Study, Study.id == PipelineRun.study_id)
                                   .where(Study.study_uid == uid)).one()
-            route, prepared = run.route, next(s.result for s in run.stages if s.stage == "prepare")
-        arrays = load_arrays(prepared["input"])
-        inputs = ExpertInput(arrays["volume"], arrays.get("affine"))
+            route = Route.read(run.route)
+            prepared = PreparedInput.read(next(s.result for s in run.stages if s.stage == "prepare"))
+        inputs = prepared.expert_input()
         started = time.perf_counter()
-        result = self.registry.get(route["expert"]).run(inputs, route.get("argument"))
-        self.agent.consult(ConsultationRequest(route["questions"][0], Modality(route["modality"]), inputs,
-                                               brats_sequences=route["brats_sequences"], ready_results=(result,)))
+        result = self.registry.get(route.expert.value).run(inputs, route.argument)
+        self.agent.consult(ConsultationRequest(route.questions[0], route.modality, inputs,
+                                               brats_sequences=route.brats_sequences, ready_results=(result,)))
         return time.perf_counter() - started
 
 

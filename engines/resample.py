@@ -1,4 +1,6 @@
-"""Geometry engines need: reorient a volume to RAS, and resample volumes onto one 1 mm RAS grid.
+"""Geometry engines need: reorient a volume to RAS, resample volumes onto one 1 mm RAS grid (the BraTS expert's
+input), and say where an axial slice they showed lies (RAS mm). Nothing here knows DICOM or LPS: that is
+``dicom_node.volumes``.
 
 Conventions (the same as ``dicom_node.volumes`` and ``engines.experts.base.ExpertInput``):
 
@@ -22,6 +24,7 @@ import numpy as np
 __all__ = [
     "OrientedVolume",
     "ResampledVolumes",
+    "axial_slice_centre",
     "check_affine",
     "ras_axis_order",
     "reorient_to_ras",
@@ -174,3 +177,14 @@ def resample_to_common_grid(
         sampled = functional.grid_sample(source, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
         channels.append(sampled[0, 0].numpy() + np.float32(fill_value))
     return ResampledVolumes(array=np.stack(channels).astype(np.float32, copy=False), affine=out_affine)
+
+
+def axial_slice_centre(affine: np.ndarray, shape: Sequence[int], axial_index: int) -> np.ndarray:
+    """The centre (RAS mm) of axial slice ``axial_index`` of a volume of ``shape`` (its last three axes) once
+    reoriented to RAS (``reorient_to_ras``: index 0 is the slice nearest the feet), e.g. the slice the VLM was shown."""
+    permutation, flips = ras_axis_order(affine)
+    spatial = [int(n) for n in shape[-3:]]
+    centre = [(n - 1) / 2.0 for n in spatial]
+    axis = permutation[2]
+    centre[axis] = (spatial[axis] - 1 - axial_index) if flips[2] else axial_index
+    return (check_affine(affine) @ np.array([*centre, 1.0]))[:3]

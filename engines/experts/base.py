@@ -28,12 +28,23 @@ class ExpertInput:
     """Plain arrays from ``dicom_node.volumes``: never DICOM datasets.
 
     - VISTA3D: ``volume`` (X, Y, Z) float32 HU with a 4x4 ``affine`` (voxel index -> RAS mm).
-    - BraTS: ``volume`` (4, X, Y, Z) float32 in the order T1c, T1, T2, FLAIR, one 1 mm grid, one ``affine``.
+    - BraTS: ``volume`` (4, X, Y, Z) float32 in the order T1c, T1, T2, FLAIR, one 1 mm grid, one ``affine``
+      (``on_common_grid`` makes it from the four series' volumes).
     - CXR: ``volume`` (H, W) uint8, MONOCHROME2, ``affine`` None.
     """
 
     volume: np.ndarray
     affine: np.ndarray | None = None
+
+    @classmethod
+    def on_common_grid(cls, sequences, spacing_mm: float = 1.0) -> ExpertInput:
+        """Several co-registered volumes (``(array, affine)`` each, BraTS: T1c, T1, T2, FLAIR) as one input on the
+        grid the expert takes: ``spacing_mm`` RAS voxels covering the first volume (protocol section 7), trilinear
+        (``engines.resample.resample_to_common_grid``). The expert's labels come back on that grid."""
+        from engines.resample import resample_to_common_grid
+
+        common = resample_to_common_grid(list(sequences), reference=0, spacing_mm=spacing_mm)
+        return cls(common.array, common.affine)
 
 
 @dataclass

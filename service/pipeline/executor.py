@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from service.pipeline.contracts import StageContract, stage_result_for_storage
 from service.pipeline.ledger import PipelineLedger, StageClaim, StageNotDue, StageTicket
 from service.pipeline.stages import PermanentStageError, Stage, StudySkipped, TransientStageError, dispatch_group
 from service.pipeline.time_limits import StageTimeLimiter
@@ -26,8 +27,12 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class StageOutcome:
-    result: dict = field(default_factory=dict)  # JSON-serialisable; later stages read it
-    route: dict | None = None  # the plan stage sets the run's route
+    """What a stage handler returns. ``result``: the stage's contract (``service.pipeline.contracts``), kept as JSON
+    and read back typed by later stages (a plain dict is kept as given: the executor's own tests); ``route``: the
+    plan stage sets the run's route (a ``Route``'s JSON form)."""
+
+    result: StageContract | dict = field(default_factory=dict)
+    route: dict | None = None
     priority: str | None = None
 
 
@@ -74,6 +79,8 @@ class StageExecutor:
         try:
             with self._time_limit(stage, run_id):
                 outcome = self.handlers[stage](claim)
+            result = stage_result_for_storage(stage, outcome.result)  # a stage's own contract (ContractError)
+            route = outcome.route
         except StudySkipped as exc:
             self.ledger.skip(run_id, stage, str(exc))
             LOGGER.info("study %s skipped at %s: %s", claim.study_uid, stage.value, exc)
@@ -96,7 +103,7 @@ class StageExecutor:
             self.ledger.fail(run_id, stage, f"{exc.__class__.__name__}: {exc}")
             return "failed"
         elapsed = time.perf_counter() - started
-        ticket = self.ledger.finish(run_id, stage, outcome.result, route=outcome.route, priority=outcome.priority)
+        ticket = self.ledger.finish(run_id, stage, result, route=route, priority=outcome.priority)
         LOGGER.info("study %s: %s done in %.2f s", claim.study_uid, stage.value, elapsed)
         if ticket is not None:
             for stage_to_send in dispatch_group(ticket.stage):

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service.db.counters import RUNS_FAILED, STAGE_SECONDS, STAGES_DONE, add_to_counter
 from service.db.models import PipelineRun, RunStatus, StageRun, StageStatus, Study, StudyStatus, utcnow
 from service.db.session import session_scope
+from service.pipeline.contracts import StageContract, stage_result_for_storage
 from service.pipeline.stages import STAGE_ORDER, Stage
 from service.pipeline.time_limits import StageTimeLimits
 
@@ -221,11 +222,12 @@ class PipelineLedger:
             return StageClaim(run_id, run.study.study_uid, stage, row.attempts + 1, dict(run.route or {}), results,
                               worker)
 
-    def finish(self, run_id: int, stage: Stage | str, result: dict, route: dict | None = None,
+    def finish(self, run_id: int, stage: Stage | str, result: StageContract | dict, route: dict | None = None,
                priority: str | None = None, *, attempt: int | None = None) -> StageTicket | None:
         """Record a stage's result; return the next stage to dispatch (None when the run is complete). With
         ``attempt``, only while that claim holds (else :class:`StageClaimLost`)."""
         stage = Stage(stage)
+        result = stage_result_for_storage(stage, result)  # a contract must be this stage's (ContractError)
         with session_scope(self.session_factory) as session:
             row = self._stage_row(session, run_id, stage, attempt)
             row.status = StageStatus.DONE

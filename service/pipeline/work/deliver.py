@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dicom_node.network import DicomAddress
 from service.db.session import session_scope
+from service.pipeline.contracts import DeliveryResult, ReportResult, Route
 from service.pipeline.delivery import DeliveryQueue, ResultObject, Sender
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import StageClaim
@@ -29,12 +30,12 @@ class DeliverStage:
         self.queue = DeliveryQueue(resources.session_factory, sender)
 
     def __call__(self, claim: StageClaim) -> StageOutcome:
-        destinations = [DicomAddress.parse(d) for d in claim.route.get("destinations", [])]
-        objects = [ResultObject(o["sop_instance_uid"], Path(o["path"])) for o in claim.results["report"]["objects"]]
+        destinations = [DicomAddress.parse(d) for d in Route.of(claim).destinations]
+        objects = [ResultObject(o.sop_instance_uid, Path(o.path)) for o in ReportResult.of(claim).objects]
         if not destinations:
             LOGGER.warning("study %s: no destination configured (DESTINATIONS or the rule's destinations); the "
                            "report stays in m3edge", claim.study_uid)
-            return StageOutcome(result={"destinations": [], "delivered": 0})
+            return StageOutcome(result=DeliveryResult(destinations=[], delivered=0))
         with session_scope(self.resources.session_factory) as session:
             DeliveryQueue.add(session, claim.run_id, destinations, objects)
         outcome = self.queue.send_pending(claim.run_id)
@@ -43,4 +44,5 @@ class DeliverStage:
             raise TransientStageError(f"not delivered to {len(outcome.failed)} destination(s): {shown}"[:2000])
         LOGGER.info("study %s: %d object(s) delivered to %d destination(s)", claim.study_uid, outcome.delivered,
                     len(destinations))
-        return StageOutcome(result={"destinations": [str(d) for d in destinations], "delivered": outcome.delivered})
+        return StageOutcome(result=DeliveryResult(destinations=[str(d) for d in destinations],
+                                                  delivered=outcome.delivered))

@@ -1,7 +1,8 @@
 """Stage ``expert``: the route's expert ALWAYS runs, whatever the model will say; its findings go into the SR and SEG.
 
-Its label volume is saved as ``labels.npz`` and its findings (names, volumes in mL, scores, backend, model version,
-demo, timings, the weights digest that becomes the Device UID) are the stage's result.
+Its label volume (on the grid it was given) is saved as ``labels.npz`` and its findings (names, volumes in mL, scores,
+backend, model version, demo, timings, the weights digest that becomes the Device UID) are the stage's result, a
+``contracts.ExpertStageResult``.
 """
 
 from __future__ import annotations
@@ -9,11 +10,11 @@ from __future__ import annotations
 import logging
 import time
 
+from service.pipeline.contracts import ExpertStageResult, PreparedInput, Route
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import StageClaim
 from service.pipeline.stages import PermanentStageError, TransientStageError
-from service.pipeline.work.expert_record import expert_result_record
-from service.pipeline.work.resources import StageResources, load_arrays
+from service.pipeline.work.resources import StageResources
 
 __all__ = ["ExpertStage", "run_expert"]
 
@@ -21,17 +22,13 @@ LOGGER = logging.getLogger(__name__)
 _TRANSIENT = ("OutOfMemoryError", "CudaError", "TimeoutError")  # a busy GPU: worth another try later
 
 
-def _affine(arrays: dict):
-    return arrays.get("affine")
-
-
-def run_expert(resources: StageResources, name: str, argument: str | None, arrays: dict):
-    """Run one expert on prepared arrays, mapping its failures onto the pipeline's error kinds."""
-    from engines.experts import ExpertError, ExpertInput
+def run_expert(resources: StageResources, name: str, argument: str | None, inputs):
+    """Run one expert on its ``ExpertInput``, mapping its failures onto the pipeline's error kinds."""
+    from engines.experts import ExpertError
 
     try:
         expert = resources.experts.get(name)
-        return expert.run(ExpertInput(arrays["volume"], _affine(arrays)), argument)
+        return expert.run(inputs, argument)
     except (ExpertError, ValueError, FileNotFoundError) as exc:
         raise PermanentStageError(f"{name} failed: {exc}") from exc
     except RuntimeError as exc:
@@ -47,16 +44,17 @@ class ExpertStage:
     def __call__(self, claim: StageClaim) -> StageOutcome:
         from engines.model_store.layout import EXPERT_FOLDERS
 
-        name, argument = claim.route["expert"], claim.route.get("argument")
-        arrays = load_arrays(claim.results["prepare"]["input"])
+        route = Route.of(claim)
+        name, argument = route.expert.value, route.argument
+        inputs = PreparedInput.of(claim).expert_input()
         started, began_at = time.perf_counter(), time.time()
-        result = run_expert(self.resources, name, argument, arrays)
+        result = run_expert(self.resources, name, argument, inputs)
         elapsed = time.perf_counter() - started
         digest = self.resources.model_digest(self.resources.settings.models_dir / EXPERT_FOLDERS[name])
         labels_path = self.resources.work_dir(claim.study_uid, claim.run_id) / "labels.npz"
-        record = expert_result_record(result, labels_path, digest)
-        record["elapsed_s"] = round(elapsed, 4)
-        record["model_window"] = [began_at, began_at + elapsed]  # wall clock: lets a reader tell overlap from sequence
+        # the wall-clock window lets a reader tell overlap (beside the model's first turn) from sequence
+        record = ExpertStageResult.from_expert_result(result, labels_path, digest, elapsed_s=elapsed,
+                                                      model_window=(began_at, began_at + elapsed))
         LOGGER.info("study %s: %s on %s in %.2f s%s", claim.study_uid, name, result.backend, elapsed,
                     " (DEMO weights)" if result.demo else "")
         return StageOutcome(result=record)

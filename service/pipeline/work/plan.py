@@ -1,8 +1,8 @@
 """Stage ``plan``: the routing rules decide which expert, argument, questions, destinations and priority a study gets.
 
-The route is small JSON kept on the run (``PipelineRun.route``); a study that no rule takes ends ``skipped`` with the
-reason the rules give (which test of each rule failed, e.g. "anatomy: no series shows chest (BodyPartExamined
-'EXTREMITY' is not chest ...)"). The route names the series that passed the rule's series tests and anatomy
+The route (``contracts.Route``) is the stage's result, kept on the run too (``PipelineRun.route``); a study that no
+rule takes ends ``skipped`` with the reason the rules give (which test of each rule failed, e.g. "anatomy: no series
+shows chest (BodyPartExamined 'EXTREMITY' is not chest ...)"). The route names the series that passed the rule's series tests and anatomy
 (``eligible_series``): ``prepare`` takes its input from those only.
 """
 
@@ -12,6 +12,7 @@ import logging
 
 from dicom_node.facts import facts_from_files
 from service.destinations import DestinationsStore
+from service.pipeline.contracts import Route
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import StageClaim
 from service.pipeline.stages import StudySkipped
@@ -47,18 +48,9 @@ class PlanStage:
         destinations = [str(d) for d in (rule.destinations if rule.destinations is not None
                                           else DestinationsStore(self.resources.settings).load())]
         modality, brats = AGENT_MODALITY[rule.expert]
-        route = {
-            "rule": rule.name,
-            "expert": rule.expert,
-            "argument": rule.argument,
-            "questions": list(rule.questions),
-            "destinations": destinations,
-            "priority": rule.priority.value,
-            "matched_series": dict(decision.matched_series),
-            "eligible_series": list(decision.eligible_series),
-            "modality": modality,
-            "brats_sequences": brats,
-        }
+        route = Route(rule=rule.name, expert=rule.expert, argument=rule.argument, questions=list(rule.questions),
+                      destinations=destinations, priority=rule.priority, matched_series=dict(decision.matched_series),
+                      eligible_series=list(decision.eligible_series), modality=modality, brats_sequences=brats)
         LOGGER.info("study %s: rule %s -> %s%s, %d destination(s), %s", claim.study_uid, rule.name, rule.expert,
                     f"({rule.argument})" if rule.argument else "", len(destinations), rule.priority.value)
-        return StageOutcome(result=dict(route), route=route, priority=rule.priority.value)
+        return StageOutcome(result=route, route=route.recorded(), priority=rule.priority.value)

@@ -5,11 +5,13 @@ anatomy) are read.
 
 - VISTA3D (CT): the largest CT series that is one regular volume (localizer images dropped); (X, Y, Z) HU + affine.
 - BraTS (brain MRI): the four sequences the routing rule matched (or, failing that, found by ``BrainMriPatterns``),
-  in one frame of reference, resampled onto one 1 mm RAS grid: (4, X, Y, Z) in the order T1c, T1, T2, FLAIR. The T1c's
-  own grid is kept too, since the SEG must lie on a source series' grid.
+  in one frame of reference, on the BraTS expert's one 1 mm RAS grid (``ExpertInput.on_common_grid``, protocol
+  section 7): (4, X, Y, Z) in the order T1c, T1, T2, FLAIR. The T1c is the source series: the report writes the
+  labels against its images (``dicom_node.volumes`` puts them on its grid).
 - CXR: the frontal (PA, then AP) radiograph as 8-bit MONOCHROME2.
 
-What the report needs later (the source instances analysed, the other sequences as evidence) is named in the result.
+The result is a ``contracts.PreparedInput``: the ``.npz``, and what the report needs later (the source instances the
+results are written against, the other sequences as evidence).
 Before an input is saved, the image checks (``image_checks``; by default a blank image is refused) may skip the study.
 A study that lacks what the expert needs (no frontal view, no FLAIR, sequences not co-registered) ends ``skipped``:
 like a study no rule matched, it is not something this expert can take. A series that should work but does not
@@ -34,6 +36,7 @@ from dicom_node.volumes import (
     frontal_radiograph,
     volume_from_series,
 )
+from service.pipeline.contracts import PreparedInput, Route
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import StageClaim
 from service.pipeline.stages import PermanentStageError, StudySkipped
@@ -60,10 +63,10 @@ def _paths_of(volume: SeriesVolume, datasets: Sequence[Dataset]) -> list[str]:
     return [ds.filename for ds in datasets if str(ds.SOPInstanceUID) not in dropped]
 
 
-def _eligible(files: dict[str, list[Path]], route: dict) -> dict[str, list[Path]]:
+def _eligible(files: dict[str, list[Path]], route: Route) -> dict[str, list[Path]]:
     """The series the routing rule found eligible (its series tests and anatomy), when the route names them (runs
     planned before routes did read every series)."""
-    eligible = route.get("eligible_series")
+    eligible = route.eligible_series
     if eligible is None:
         return files
     kept = {uid: paths for uid, paths in files.items() if uid in set(eligible)}
@@ -85,23 +88,22 @@ class PrepareStage:
                 raise NotRoutableError(reason)
 
     def __call__(self, claim: StageClaim) -> StageOutcome:
-        expert = claim.route.get("expert")
+        route = Route.of(claim)
+        expert = route.expert.value
         target = self.resources.work_dir(claim.study_uid, claim.run_id) / "input.npz"
         try:
-            files = _eligible(self.resources.series_files(claim.study_uid), claim.route)
+            files = _eligible(self.resources.series_files(claim.study_uid), route)
             if expert == "VISTA3D":
                 result = self._ct(files, target)
             elif expert == "BRATS":
-                result = self._brain_mri(files, claim.route.get("matched_series") or {}, target)
-            elif expert == "CXR":
-                result = self._radiograph(files, target)
+                result = self._brain_mri(files, route.matched_series, target)
             else:
-                raise PermanentStageError(f"the route names no known expert ({expert!r}); check the routing rules")
+                result = self._radiograph(files, target)
         except NotRoutableError as exc:
             raise StudySkipped(str(exc)) from exc
         except VolumeError as exc:
             raise PermanentStageError(str(exc)) from exc
-        return StageOutcome(result={"expert": expert, "input": str(target), **result})
+        return StageOutcome(result=PreparedInput(expert=route.expert, input=str(target), **result))
 
     # -- CT ---------------------------------------------------------------------------------------------------------
 
@@ -132,7 +134,7 @@ class PrepareStage:
     # -- brain MRI --------------------------------------------------------------------------------------------------
 
     def _brain_mri(self, files: dict[str, list[Path]], matched: dict[str, str], target: Path) -> dict:
-        from engines.resample import resample_to_common_grid
+        from engines.experts.base import ExpertInput
 
         if all(name in matched and matched[name] in files for name in BRATS_ORDER):
             series = {name: _read(files[matched[name]]) for name in BRATS_ORDER}
@@ -153,19 +155,18 @@ class PrepareStage:
             volumes = list(chosen.volumes)
             by_uid = {uid: [ds for ds in datasets if ds.SeriesInstanceUID == uid]
                       for uid in chosen.series_instance_uids}
-        common = resample_to_common_grid([(v.array, v.affine) for v in volumes], reference=0, spacing_mm=1.0)
+        common = ExpertInput.on_common_grid([(v.array, v.affine) for v in volumes], spacing_mm=1.0)
         t1c = volumes[0]
-        self._check_image("BRATS", common.array)
-        save_arrays(target, volume=common.array, affine=common.affine, source_shape=np.asarray(t1c.array.shape),
-                    source_affine=t1c.affine)
+        self._check_image("BRATS", common.volume)
+        save_arrays(target, volume=common.volume, affine=common.affine)
         sources = [_paths_of(v, by_uid[v.series_instance_uid]) for v in volumes]
-        LOGGER.info("brain MRI: 4 sequences on a 1 mm grid %s", common.array.shape[1:])
+        LOGGER.info("brain MRI: 4 sequences on a 1 mm grid %s", common.volume.shape[1:])
         return {
             "source_series": t1c.series_instance_uid,
             "source_instances": sources[0],
             "other_evidence": [path for paths in sources[1:] for path in paths],
             "sequences": {name: v.series_instance_uid for name, v in zip(BRATS_ORDER, volumes)},
-            "shape": list(common.array.shape),
+            "shape": list(common.volume.shape),
         }
 
     # -- chest radiograph -------------------------------------------------------------------------------------------

@@ -27,15 +27,23 @@ from dicom_node.results import (
     build_segmentation,
     clean_text,
 )
-from dicom_node.results.seg import source_frames
+from dicom_node.volumes import source_image_at
 from service.db.models import PipelineRun, Report, ReportStatus
 from service.db.session import session_scope
+from service.pipeline.contracts import (
+    Consultations,
+    ExpertStageResult,
+    PreparedInput,
+    ReportResult,
+    ResultObject,
+    VlmIdentity,
+)
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import StageClaim
-from service.pipeline.work.findings import expert_findings
-from service.pipeline.work.resources import StageResources, load_arrays, write_atomically
+from service.pipeline.work.findings import expert_algorithm, expert_findings
+from service.pipeline.work.resources import StageResources, write_atomically
 
-__all__ = ["ReportStage", "dicom_text", "narrative_of", "overlay_source_image"]
+__all__ = ["ReportStage", "dicom_text", "narrative_of"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -49,10 +57,10 @@ def dicom_text(text: str) -> str:
     return clean_text(text)
 
 
-def narrative_of(vlm: dict) -> Narrative:
+def narrative_of(vlm: Consultations) -> Narrative:
     """The first question's answer is the narrative; the answers to further questions follow it, listed."""
-    questions = [dicom_text(q) for q in vlm.get("questions") or [""]]
-    answers = [dicom_text(a) for a in vlm.get("answers") or [""]]
+    questions = [dicom_text(q) for q in vlm.questions or [""]]
+    answers = [dicom_text(a) for a in vlm.answers or [""]]
     text = answers[0]
     if len(questions) > 1:
         listed = "\n".join(f"Q: {q}\nA: {a.strip() or '(no answer)'}" for q, a in zip(questions[1:], answers[1:]))
@@ -60,46 +68,17 @@ def narrative_of(vlm: dict) -> Narrative:
     return Narrative(questions[0], text)
 
 
-def overlay_source_image(sources: list[Dataset], affine: np.ndarray, shape,
-                         axial_index: int | None) -> tuple[Dataset, int | None]:
-    """The source frame nearest the axial slice (index on the RAS-reoriented grid) the overlay shows: its instance
-    and, for an enhanced multi-frame instance, its frame number (None for a single-frame instance)."""
-    from engines.resample import ras_axis_order
-
-    frames = source_frames(tuple(sources))
-    multi_frame = len(frames) > len(sources)
-
-    def located(index: int) -> tuple[Dataset, int | None]:
-        return (sources[0], index + 1) if multi_frame else (sources[index], None)
-
-    if axial_index is None:
-        return located(len(frames) // 2)
-    permutation, flips = ras_axis_order(affine)
-    centre = [(n - 1) / 2.0 for n in shape[-3:]]
-    axis = permutation[2]
-    centre[axis] = (shape[-3:][axis] - 1 - axial_index) if flips[2] else axial_index
-    ras = np.asarray(affine, dtype=float) @ np.array([*centre, 1.0])
-    point = np.array([-ras[0], -ras[1], ras[2]])  # LPS, as ImagePositionPatient
-
-    def distance(index: int) -> float:
-        orientation = np.asarray(frames[index].orientation, dtype=float)
-        normal = np.cross(orientation[:3], orientation[3:])
-        return abs(float(normal @ (point - np.asarray(frames[index].position, dtype=float))))
-
-    return located(min(range(len(frames)), key=distance))
+def _vlm_identity(model: VlmIdentity) -> AlgorithmIdentity:
+    return AlgorithmIdentity(name=str(model.name)[:64], version=str(model.version)[:64] or "unknown",
+                             manufacturer="NVIDIA", backend=str(model.backend)[:64] or "unavailable",
+                             weights_digest=model.weights_digest, demo=bool(model.demo))
 
 
-def _vlm_identity(model: dict) -> AlgorithmIdentity:
-    return AlgorithmIdentity(name=str(model["name"])[:64], version=str(model["version"])[:64] or "unknown",
-                             manufacturer="NVIDIA", backend=str(model["backend"])[:64] or "unavailable",
-                             weights_digest=model["weights_digest"], demo=bool(model["demo"]))
-
-
-def _write(dataset, path: Path) -> dict:
+def _write(dataset, path: Path) -> ResultObject:
     with write_atomically(path, ".dcm") as handle:
         dataset.save_as(handle, enforce_file_format=True)
-    return {"path": str(path), "sop_instance_uid": str(dataset.SOPInstanceUID),
-            "sop_class_uid": str(dataset.SOPClassUID)}
+    return ResultObject(path=str(path), sop_instance_uid=str(dataset.SOPInstanceUID),
+                        sop_class_uid=str(dataset.SOPClassUID))
 
 
 class ReportStage:
@@ -108,70 +87,75 @@ class ReportStage:
 
     def __call__(self, claim: StageClaim) -> StageOutcome:
         settings = self.resources.settings
-        prepared, expert, vlm = claim.results["prepare"], claim.results["expert"], claim.results["vlm"]
-        sources = _headers(prepared["source_instances"])
-        findings = expert_findings(expert, prepared, sources, _headers(prepared.get("other_evidence", [])))
-        content = DraftReportContent(findings, narrative_of(vlm), _vlm_identity(vlm["model"]),
-                                     extra_algorithms=self._experts_the_model_ran(vlm, expert["expert"]))
+        prepared, expert, vlm = PreparedInput.of(claim), ExpertStageResult.of(claim), Consultations.of(claim)
+        sources = _headers(prepared.source_instances)
+        findings = expert_findings(expert, sources, _headers(prepared.other_evidence))
+        content = DraftReportContent(findings, narrative_of(vlm), _vlm_identity(vlm.model),
+                                     extra_algorithms=self._experts_the_model_ran(vlm, expert.expert.value))
         run_number = self.resources.run_number(claim.run_id)
         uids = ResultUids(settings.uid_root, claim.study_uid, f"run-{run_number}")
         folder = self.resources.results_dir(claim.study_uid, claim.run_id)
-        objects: dict = {}
+        objects: dict[str, ResultObject] = {}
         segmentation = None
         if findings.segmentation is not None:
             segmentation = build_segmentation(findings, uids, demo_run=content.demo,
                                               compression=settings.seg_compression)
             objects["seg"] = _write(segmentation, folder / "seg.dcm")
-        if settings.overlay_secondary_capture and vlm.get("overlay_png"):
+        if settings.overlay_secondary_capture and vlm.overlay_png:
             objects["overlay"] = self._overlay(vlm, prepared, sources, findings.algorithm, uids, folder, content.demo)
         report = build_draft_report(content, uids, segmentation=segmentation)
         objects["sr"] = _write(report, folder / "sr.dcm")
-        if vlm.get("overlay_png"):
-            objects["overlay_png"] = vlm["overlay_png"]
         self._record(claim, content, expert, vlm, objects)
-        written = ", ".join(k for k in objects if k != "overlay_png")
-        LOGGER.info("study %s: draft report written (%s)%s", claim.study_uid, written, " DEMO" if content.demo else "")
+        LOGGER.info("study %s: draft report written (%s)%s", claim.study_uid, ", ".join(objects),
+                    " DEMO" if content.demo else "")
         ordered = [objects[k] for k in ("seg", "overlay", "sr") if k in objects]
-        return StageOutcome(result={"objects": ordered, "demo": content.demo})
+        return StageOutcome(result=ReportResult(objects=ordered, demo=content.demo))
 
-    def _experts_the_model_ran(self, vlm: dict, route_expert: str) -> tuple[AlgorithmIdentity, ...]:
+    def _experts_the_model_ran(self, vlm: Consultations, route_expert: str) -> tuple[AlgorithmIdentity, ...]:
         """Experts the agent ran itself because the model asked for another one: they contributed too (IHE AIR)."""
-        import json
-
         from engines.model_store.layout import EXPERT_FOLDERS
-        from service.pipeline.work.findings import expert_algorithm
 
         extra = {}
-        for transcript in json.loads(Path(vlm["transcripts"]).read_text()):
+        for transcript in vlm.transcript_records():
             call = transcript.get("expert_call") or {}
             result = call.get("result")
             if call.get("source") != "ran" or not result or result["expert"] in (route_expert, *extra):
                 continue
             folder = self.resources.settings.models_dir / EXPERT_FOLDERS[result["expert"]]
             digest = self.resources.model_digest(folder)
-            extra[result["expert"]] = expert_algorithm({**result, "weights_digest": digest})
+            extra[result["expert"]] = expert_algorithm(ExpertStageResult(
+                expert=result["expert"], backend=result["backend"], model_version=result["model_version"],
+                demo=bool(result["demo"]), weights_digest=digest))
         return tuple(extra.values())
 
-    def _overlay(self, vlm: dict, prepared: dict, sources: list[Dataset], algorithm, uids, folder: Path,
-                 demo: bool) -> dict:
+    def _overlay(self, vlm: Consultations, prepared: PreparedInput, sources: list[Dataset], algorithm, uids,
+                 folder: Path, demo: bool) -> ResultObject:
+        """The overlay as Secondary Capture, referencing the source frame nearest the axial slice it shows (the
+        engines say where that slice lies, ``dicom_node.volumes`` which source frame is there)."""
         from PIL import Image
 
-        with Image.open(vlm["overlay_png"]) as image:
+        from engines.resample import axial_slice_centre
+
+        with Image.open(vlm.overlay_png) as image:
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        affine = load_arrays(prepared["input"], "affine")["affine"]
-        source, frame_number = overlay_source_image(sources, affine, prepared["shape"], vlm.get("overlay_slice"))
+        centre = None
+        if vlm.overlay_slice is not None:
+            centre = axial_slice_centre(prepared.arrays("affine")["affine"], prepared.shape, vlm.overlay_slice)
+        source, frame_number = source_image_at(sources, centre)
         capture = build_overlay_capture(rgb, source, algorithm, uids, demo_run=demo, frame_number=frame_number)
         return _write(capture, folder / "overlay.dcm")
 
-    def _record(self, claim: StageClaim, content: DraftReportContent, expert: dict, vlm: dict, objects: dict) -> None:
-        import json
-
-        transcripts = json.loads(Path(vlm["transcripts"]).read_text())
+    def _record(self, claim: StageClaim, content: DraftReportContent, expert: ExpertStageResult, vlm: Consultations,
+                objects: dict[str, ResultObject]) -> None:
+        """The run's ``reports`` row: what the API, the study page and review read (``findings``, ``transcript``,
+        ``objects`` keep the shape they have always had)."""
+        transcripts = vlm.transcript_records()
         transcript = dict(transcripts[0])
         if len(transcripts) > 1:
             transcript["further_consultations"] = transcripts[1:]
-        findings = {k: expert.get(k) for k in ("expert", "argument", "backend", "model_version", "demo", "label_names",
-                                               "volumes_ml", "scores", "fallback_reason", "weights_digest")}
+        kept = {name: written.model_dump(mode="json") for name, written in objects.items()}
+        if vlm.overlay_png:
+            kept["overlay_png"] = vlm.overlay_png
         with session_scope(self.resources.session_factory) as session:
             run = session.get(PipelineRun, claim.run_id)
             session.execute(
@@ -189,6 +173,6 @@ class ReportStage:
             row.demo = content.demo
             row.question = content.narrative.question
             row.narrative = content.narrative.answer
-            row.findings = findings
+            row.findings = expert.findings_summary()
             row.transcript = transcript
-            row.objects = objects
+            row.objects = kept

@@ -1,8 +1,8 @@
 """What every stage handler of one worker process shares: settings, the database, the study's files, the folders a run
 writes into, and the heavy things (expert registry, VILA-M3), each loaded once, on first use, and kept.
 
-Stage results stay small JSON; arrays go to ``.npz`` files under ``HOME/work/<study>/run-<n>/`` (written atomically),
-and results name them by absolute path. Result objects (SR, SEG, SC) go under ``HOME/results/<study>/run-<n>/``.
+Stage results (``service.pipeline.contracts``) stay small JSON; arrays go to ``.npz`` files under
+``HOME/work/<study>/run-<n>/`` (written atomically), and results name them by absolute path. Result objects (SR, SEG, SC) go under ``HOME/results/<study>/run-<n>/``.
 """
 
 from __future__ import annotations

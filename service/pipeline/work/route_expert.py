@@ -29,11 +29,11 @@ import time
 from collections.abc import Callable
 
 from service.db.models import StageStatus
+from service.pipeline.contracts import ExpertStageResult, Route, stage_result_for_storage
 from service.pipeline.executor import StageOutcome, backoff_seconds
 from service.pipeline.ledger import PipelineLedger, StageClaim, StageClaimLost, StageNotDue
 from service.pipeline.stages import PermanentStageError, Stage, TransientStageError
 from service.pipeline.time_limits import StageTimedOut, StageTimeLimiter, StageTimeLimits
-from service.pipeline.work.expert_record import expert_result_from_record
 from service.pipeline.work.resources import StageResources
 
 __all__ = ["RouteExpert"]
@@ -105,7 +105,7 @@ class RouteExpert:
             status, result, error = self.ledger.stage_state(self.run_id, Stage.EXPERT)
             pause = self._poll_s
             if status == StageStatus.DONE:
-                self._settle(result=expert_result_from_record(result))
+                self._settle(result=ExpertStageResult.read(result).expert_result())
                 return None
             if status == StageStatus.FAILED:
                 self._settle(exception=PermanentStageError(f"the route's expert failed: {error}"))
@@ -140,11 +140,13 @@ class RouteExpert:
         return False
 
     def _run(self, claim: StageClaim) -> None:
-        LOGGER.info("study %s: expert %s starts beside the model's first turn", self.study_uid, claim.route["expert"])
+        LOGGER.info("study %s: expert %s starts beside the model's first turn", self.study_uid,
+                    Route.of(claim).expert.value)
         run_id, attempt = claim.run_id, claim.attempt
         try:
             with self._limiter.limit(Stage.EXPERT, run_id, on_soft_limit=self._soft_limit_passed):
                 outcome = self._run_expert(claim)
+            result = stage_result_for_storage(Stage.EXPERT, outcome.result)  # the expert stage's own contract
         except TransientStageError as exc:  # a timed-out attempt too: retried after its back-off
             self._record(lambda: self.ledger.retry_later(run_id, Stage.EXPERT, str(exc), self._backoff(attempt),
                                                          attempt=attempt))
@@ -157,8 +159,8 @@ class RouteExpert:
             self._record(lambda: self.ledger.fail(run_id, Stage.EXPERT, error, attempt=attempt))
             self._settle(exception=PermanentStageError(error))
         else:
-            if self._record(lambda: self.ledger.finish(run_id, Stage.EXPERT, outcome.result, attempt=attempt)):
-                self._settle(result=expert_result_from_record(outcome.result))
+            if self._record(lambda: self.ledger.finish(run_id, Stage.EXPERT, result, attempt=attempt)):
+                self._settle(result=ExpertStageResult.read(result).expert_result())
 
     def _record(self, write: Callable[[], object]) -> bool:
         try:

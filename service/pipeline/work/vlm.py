@@ -11,7 +11,7 @@ expert's claim is given back (``route_expert.py`` says how).
 
 Saved: every transcript (``transcripts.json``) and the overlay image the model saw as ``overlay.png``; when the model
 saw none (it answered without an expert), the route expert's labels are drawn on the slice it saw, so a viewer without
-SEG support still has a picture of the findings.
+SEG support still has a picture of the findings. The stage's result is a ``contracts.Consultations``.
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from pathlib import Path
 
 import numpy as np
 
+from service.pipeline.contracts import Consultations, ExpertStageResult, PreparedInput, Route, VlmIdentity
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import StageClaim
 from service.pipeline.stages import Stage, TransientStageError
 from service.pipeline.time_limits import StageTimedOut, StageTimeLimits
 from service.pipeline.work.expert import ExpertStage
-from service.pipeline.work.expert_record import expert_result_from_record
-from service.pipeline.work.resources import StageResources, load_arrays, write_atomically, write_json
+from service.pipeline.work.resources import StageResources, write_atomically, write_json
 from service.pipeline.work.route_expert import RouteExpert
 
 __all__ = ["VlmStage", "RegistryExpert"]
@@ -90,11 +90,8 @@ class VlmStage:
         return ConsultationAgent(loaded.model, experts, template=loaded.template, settings=agent_settings)
 
     def __call__(self, claim: StageClaim) -> StageOutcome:
-        from engines.experts import ExpertInput
-
         loaded = self.resources.vlm
-        arrays = load_arrays(claim.results["prepare"]["input"])
-        inputs = ExpertInput(arrays["volume"], arrays.get("affine"))
+        inputs = PreparedInput.of(claim).expert_input()
         started = time.perf_counter()
         offered, beside = self._route_expert(claim)
         ended = "done"
@@ -111,13 +108,13 @@ class VlmStage:
                  started: float) -> StageOutcome:
         from engines.agent import ConsultationRequest, Modality, Outcome
 
-        route = claim.route
+        route = Route.of(claim)
         agent = self._agent(loaded)
         consultations = []
         consulting_since = time.time()
-        for question in route.get("questions") or ["Describe the image in detail."]:
-            request = ConsultationRequest(question, Modality(route["modality"]), inputs,
-                                          brats_sequences=bool(route.get("brats_sequences")), ready_results=(offered,))
+        for question in route.questions or ["Describe the image in detail."]:
+            request = ConsultationRequest(question, Modality(route.modality), inputs,
+                                          brats_sequences=route.brats_sequences, ready_results=(offered,))
             consultations.append(agent.consult(request))
         consulted_s = time.perf_counter() - started
         consulted_window = [consulting_since, time.time()]
@@ -131,22 +128,22 @@ class VlmStage:
         model_s = sum(_model_seconds(c.transcript) for c in consultations)
         LOGGER.info("study %s: %d consultation(s), first ended %s, model %.2f s", claim.study_uid, len(consultations),
                     first.outcome.value, model_s)
-        return StageOutcome(result={
-            "transcripts": write_json(folder / "transcripts.json", transcripts),
-            "questions": [c.transcript.question for c in consultations],
-            "answers": [c.transcript.final_answer for c in consultations],
-            "outcomes": [c.transcript.outcome.value for c in consultations],
-            "overlay_png": overlay_png,
-            "overlay_source": overlay_source,
-            "overlay_slice": first.slice.index if first.slice else None,
-            "model": {"name": loaded.name, "version": loaded.version, "backend": first.backend or "unavailable",
-                      "weights_digest": loaded.weights_digest, "demo": loaded.demo},
-            "model_s": round(model_s, 4),
-            "expert_beside_turn1": beside is not None,
-            "stage_wall_s": round(time.perf_counter() - started, 4),
-            "consultations_wall_s": round(consulted_s, 4),
-            "model_window": consulted_window,  # wall clock of the consultations (they include waits for the expert)
-        })
+        return StageOutcome(result=Consultations(
+            transcripts=write_json(folder / "transcripts.json", transcripts),
+            questions=[c.transcript.question for c in consultations],
+            answers=[c.transcript.final_answer for c in consultations],
+            outcomes=[c.transcript.outcome.value for c in consultations],
+            overlay_png=overlay_png,
+            overlay_source=overlay_source,
+            overlay_slice=first.slice.index if first.slice else None,
+            model=VlmIdentity(name=loaded.name, version=loaded.version, backend=first.backend or "unavailable",
+                              weights_digest=loaded.weights_digest, demo=loaded.demo),
+            model_s=round(model_s, 4),
+            expert_beside_turn1=beside is not None,
+            stage_wall_s=round(time.perf_counter() - started, 4),
+            consultations_wall_s=round(consulted_s, 4),
+            model_window=consulted_window,  # wall clock of the consultations (they include waits for the expert)
+        ))
 
     # -- the route's expert, beside turn 1 ---------------------------------------------------------------------------
 
@@ -155,13 +152,13 @@ class VlmStage:
         awaited from the worker that took it). Returns (what the agent is offered, the RouteExpert or None)."""
         from engines.agent import PendingExpertResult
 
-        record = claim.results.get("expert")
-        if record is not None:
-            return expert_result_from_record(record), None
+        if claim.results.get(Stage.EXPERT.value) is not None:
+            return ExpertStageResult.of(claim).expert_result(), None
         beside = RouteExpert(self.resources, ExpertStage(self.resources), claim, self._expert_limits,
                              exit_process=self._exit_process)
         beside.start()
-        return PendingExpertResult(claim.route["expert"], claim.route.get("argument"), beside.future), beside
+        route = Route.of(claim)
+        return PendingExpertResult(route.expert.value, route.argument, beside.future), beside
 
     def _await_route_expert(self, offered, beside: RouteExpert | None):
         """The report needs the route's expert whatever the model said: wait for it before this stage ends."""
@@ -176,15 +173,15 @@ class VlmStage:
                 raise
             raise TransientStageError(f"the route's expert {exc}") from exc
 
-    def _overlay(self, consultations, route, inputs, ready, folder: Path) -> tuple[str | None, str]:
+    def _overlay(self, consultations, route: Route, inputs, ready, folder: Path) -> tuple[str | None, str]:
         for consultation in consultations:
             if consultation.overlay is not None:
                 return _write_png(consultation.overlay, folder / "overlay.png"), "shown to the model"
-        if route["expert"] == "CXR" or ready.label_volume is None:
+        if route.expert.value == "CXR" or ready.label_volume is None:
             return None, ""
         from engines.agent import ImageForm, ProtocolImageRenderer
 
-        form = ImageForm.BRATS if route.get("brats_sequences") else ImageForm.CT
+        form = ImageForm.BRATS if route.brats_sequences else ImageForm.CT
         transcript = consultations[0].transcript
         index = transcript.slice.index if transcript.slice else None
         try:

@@ -4,7 +4,7 @@ run ends ``done`` with an SR that says so and no SEG; a reader approves and amen
 other draft.
 
 TEST DOUBLES: the expert and VILA-M3 stages (random demo weights cannot be told to find nothing); what they hand on is
-what the real stages write (``expert_result_record``, the VLM stage's result keys and transcripts file).
+what the real stages write (``ExpertStageResult``, the VLM stage's result keys and transcripts file).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from service.db.session import session_scope
 from service.pipeline.executor import StageOutcome
 from service.pipeline.stages import Stage
 from service.pipeline.work import build_stage_handlers
-from service.pipeline.work.expert_record import expert_result_record
+from service.pipeline.contracts import ExpertStageResult
 from service.pipeline.work.resources import load_arrays, write_json
 from service.review import ReviewAction, ReviewRequest, ReviewService
 from service.security.users import Principal
@@ -44,7 +44,8 @@ class ExpertFindingNothing:
                               label_volume=np.zeros(arrays["volume"].shape[-3:], dtype=np.uint8),
                               affine=arrays["affine"])
         path = self.resources.work_dir(claim.study_uid, claim.run_id) / "labels.npz"
-        return StageOutcome(result={**expert_result_record(result, path, "sha256:" + "cd" * 32), "elapsed_s": 0.1})
+        return StageOutcome(result=ExpertStageResult.from_expert_result(result, path, "sha256:" + "cd" * 32,
+                                                                         elapsed_s=0.1))
 
 
 class ModelAnswering:

@@ -26,7 +26,7 @@ from tests.unit.engines.test_agent_doubles import ScriptedModel, cxr_image
 from tests.unit.service.pipeline.test_ledger_and_executor import RecordingDispatcher, add_study, handlers
 
 HANG_S = 20.0  # a hung expert or model call "hangs" this long at most: the limits under test act much sooner
-ROUTE = {"expert": "CXR", "argument": None, "modality": "CXR", "questions": ["Is there a pleural effusion?"]}
+ROUTE = {"rule": "chest", "expert": "CXR", "argument": None, "modality": "CXR", "questions": ["Is there a pleural effusion?"]}
 ANSWER = "No pleural effusion is seen."
 
 
@@ -88,7 +88,9 @@ class Pipeline:
         add_study(session_factory)
         self.run_id = run_id = ledger.start_run("1.2.3")
         image = save_arrays(tmp_path / "input.npz", volume=cxr_image(), affine=np.eye(4))
-        for stage, result, route in ((Stage.PLAN, {}, ROUTE), (Stage.PREPARE, {"input": image}, None)):
+        prepared = {"expert": "CXR", "input": image, "source_series": "1.2.3.4", "source_instances": ["cxr.dcm"],
+                    "shape": list(cxr_image().shape)}
+        for stage, result, route in ((Stage.PLAN, ROUTE, ROUTE), (Stage.PREPARE, prepared, None)):
             assert ledger.claim(run_id, stage, "cpu0") is not None
             ledger.finish(run_id, stage, result, route=route)
 
