@@ -235,6 +235,10 @@ class JournalStore:
         with _spool_errors(self.directory):
             os.makedirs(self._dir, mode=0o700, exist_ok=True)
             os.chmod(self._dir, 0o700)
+            # The folder's own name (and the spool's, in HOME) must be durable before anything journaled in it is
+            # acknowledged: a directory's fsync covers its entries, not its own name in its parent.
+            _fsync_dir(os.path.dirname(self._dir))
+            _fsync_dir(os.path.dirname(os.path.dirname(self._dir)))
             self.replayed = self._replay_orphans()
         thread = threading.Thread(target=self._materialise_forever, name="journal-materialiser", daemon=True)
         with self._work:
