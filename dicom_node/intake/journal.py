@@ -13,8 +13,9 @@ For each instance, on the critical path of its C-STORE (or STOW-RS part):
 
 A background thread (the *materialiser*) then makes each journaled instance what it was before this journal: a
 file under its final name in the spool (copied from the journal inside the kernel, linked, never overwriting) and a
-row in the database. Per batch of whatever queued up meanwhile: link every file, one ``syncfs`` of the spool's file
-system (files and names durable), then the rows (the recorder's group commit), then the association ends that came
+row in the database. Per batch of whatever queued up meanwhile: every file's bytes into an unnamed file, one
+``syncfs`` of the spool's file system (the bytes durable before any name points at them), the names, a second
+``syncfs`` (the names durable), then the rows (the recorder's group commit), then the association ends that came
 after them, in order. A segment is deleted once every record in it has its durable file and committed row. So a
 row is never committed before its file and name are durable.
 
@@ -74,7 +75,7 @@ _NEW_SUFFIX = ".new"  # a segment being made: renamed to .journal once locked, s
 _MAGIC = b"M3J1"
 _HEADER = struct.Struct("<4sIQI")  # magic, record length, data length, CRC-32 of the record
 _READ_CHUNK = 1 << 20
-_BATCH = 256  # instances materialised per batch at most
+_BATCH = 128  # instances materialised per batch at most (each holds an open file until linked)
 _LINGER_SECONDS = 0.1  # how long the background step waits for a batch to fill (unless someone waits for it)
 _RETRY_SECONDS = 1.0
 
@@ -506,17 +507,28 @@ class JournalStore:
                     LOGGER.exception("could not record the end of a sender for %d study(ies)", len(item.study_uids))
 
     def _materialise(self, entries: list[_Entry]) -> None:
-        """Link each entry's file, sync them all at once, then commit their rows (never a row before its file)."""
-        instances = []
-        for entry in entries:
-            instance = entry.instance
-            location = InstanceLocation(instance.study_uid, instance.series_uid, instance.sop_instance_uid)
-            pending = self.spool.copy_into_new_file(entry.segment.fd, entry.data_offset, instance.size_bytes,
-                                                    instance.digest)
-            spooled = self.spool.publish(pending, location, sync=False)
-            instances.append(dataclasses.replace(
-                instance, relative_path=spooled.relative_path, conflict=spooled.conflict,
-                duplicate=spooled.outcome is StoreOutcome.DUPLICATE))
+        """File the entries: their bytes into unnamed files, one syncfs (data durable before any name points at it:
+        a power cut never leaves a name on bytes that did not reach the disk), the names, a second syncfs (names
+        durable), then the rows (never a row before its file and name)."""
+        pendings = []
+        try:
+            for entry in entries:
+                instance = entry.instance
+                pendings.append(self.spool.copy_into_new_file(entry.segment.fd, entry.data_offset,
+                                                              instance.size_bytes, instance.digest))
+            if pendings:
+                self.spool.sync_file_system()
+            instances = []
+            for entry, pending in zip(entries, pendings):
+                instance = entry.instance
+                location = InstanceLocation(instance.study_uid, instance.series_uid, instance.sop_instance_uid)
+                spooled = self.spool.publish(pending, location, sync=False)
+                instances.append(dataclasses.replace(
+                    instance, relative_path=spooled.relative_path, conflict=spooled.conflict,
+                    duplicate=spooled.outcome is StoreOutcome.DUPLICATE))
+        finally:
+            for pending in pendings:
+                pending.discard()  # published ones are closed already
         if instances:
             self.spool.sync_file_system()
         waits = [begin_recording(self.recorder, instance) for instance in instances]

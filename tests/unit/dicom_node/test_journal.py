@@ -83,7 +83,7 @@ def test_a_success_waits_for_one_journal_sync_and_the_row_follows_its_durable_fi
         assert store.wait_until_recorded(30)
     finally:
         store.close()
-    assert events[2:] == ["syncfs", "row 1.2.3.4.5", "ended"]  # file and name durable, then the row, then the end
+    assert events[2:] == ["syncfs", "syncfs", "row 1.2.3.4.5", "ended"]  # bytes, then name durable; row; end
     assert spool.path_of(spooled.relative_path).read_bytes() == b"instance bytes" * 100
     assert not [p for p in store.directory.iterdir()]  # everything filed: the segment is gone
 
