@@ -18,7 +18,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # Distribution packages follow the pinned base image's release (apt versions are not pinned: DL3008).
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential \
+ && apt-get install -y --no-install-recommends python3 python3-venv python3-dev build-essential ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/m3edge
 COPY pyproject.toml README.md ./

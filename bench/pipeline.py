@@ -41,7 +41,7 @@ def _log(message: str) -> None:
 
 class Deployment:
     def __init__(self, root: Path, models: Path, destination: str, worker_threads: int = 0) -> None:
-        from service.cli.worker import pipeline_intake
+        from service.composition import build_pipeline
         from service.config import Settings
         from service.db.migrate import upgrade_database
         from service.db.session import create_db_engine, make_session_factory
@@ -56,7 +56,7 @@ class Deployment:
         self.settings = Settings(home=self.home, destinations=[destination], vlm_max_new_tokens=12)
         upgrade_database(self.settings.effective_database_url)
         self.factory = make_session_factory(create_db_engine(self.settings.effective_database_url))
-        self.intake, _ = pipeline_intake(self.settings, self.factory)
+        self.intake = build_pipeline(self.settings, self.factory).intake
         self.workers: list[subprocess.Popen] = []
 
     def start_worker(self) -> None:

@@ -12,7 +12,11 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 __all__ = [
     "FILE_MODE",
@@ -23,6 +27,8 @@ __all__ = [
     "create_private_file",
     "restrict_umask",
     "looser_than_private",
+    "write_atomically",
+    "write_bytes_atomically",
 ]
 
 FILE_MODE = 0o640
@@ -75,3 +81,40 @@ def looser_than_private(path: str | os.PathLike[str]) -> int | None:
     bits = stat.S_IMODE(mode)
     allowed = DIR_MODE if stat.S_ISDIR(mode) else FILE_MODE
     return bits if bits & ~allowed else None
+
+
+@contextmanager
+def write_atomically(path: str | os.PathLike[str], *, text: bool = False, durable: bool = True) -> Iterator[IO]:
+    """Yield a file open on a temporary file beside ``path`` (``0600``, in folders made ``0750``); when the block ends
+    without error it replaces ``path`` in one rename, so a reader sees the old content or the new, never a part. With
+    ``durable`` (the default) the file is fsynced before the rename and its folder after it, so the new content
+    survives a power cut once this returns. On error the temporary file is removed and ``path`` is left as it was.
+
+    The one atomic write of the code base: results, work arrays, reviewed objects, destinations, routing rules,
+    TensorRT engines, ONNX exports and the node's status file (``durable=False``: rewritten every heartbeat)."""
+    path = Path(path)
+    make_private_dirs(path.parent)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w" if text else "wb") as handle:
+            yield handle
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    if durable:
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+def write_bytes_atomically(path: str | os.PathLike[str], data: bytes, *, durable: bool = True) -> Path:
+    """:func:`write_atomically` for content already in memory; returns ``path``."""
+    with write_atomically(path, durable=durable) as handle:
+        handle.write(data)
+    return Path(path)

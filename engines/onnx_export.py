@@ -8,12 +8,13 @@ exported graph is then checked with ``onnx.checker`` and written atomically.
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+
+from dicom_node.private_files import write_bytes_atomically
 
 __all__ = ["export_onnx", "export_typed_onnx", "OPSET"]
 
@@ -48,12 +49,7 @@ def export_onnx(
         )
     model = onnx.load_from_string(buffer.getvalue())
     onnx.checker.check_model(model)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_bytes(buffer.getvalue())
-    os.replace(temporary, path)
-    return path
+    return write_bytes_atomically(path, buffer.getvalue())
 
 
 def export_typed_onnx(network, precision) -> Path:

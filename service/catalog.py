@@ -19,6 +19,8 @@ __all__ = [
     "get_study",
     "StudyNotFound",
     "UidCollisionNote",
+    "summary_query",
+    "to_summary",
 ]
 
 
@@ -45,6 +47,11 @@ class StudySummary:
     study_date: str
     first_received_at: datetime
     last_received_at: datetime
+    # Patient context (None: not recorded, the study arrived before m3edge kept it). Never logged; reading it is audited
+    # by whoever shows it (``service.patient_access``).
+    patient_name: str | None = field(default=None, repr=False)
+    patient_id: str | None = field(default=None, repr=False)
+    accession_number: str | None = field(default=None, repr=False)
 
     def to_json(self) -> dict:
         return _json_with_times(self)
@@ -60,6 +67,7 @@ class SeriesSummary:
     instance_count: int
     conflict_count: int
     size_bytes: int
+    other_patient_count: int = 0  # instances of another patient under this study's UID: kept, never served
 
 
 @dataclass(frozen=True)
@@ -68,7 +76,7 @@ class UidCollisionNote:
 
     ``arrived_here_later``: this study received it after ``other_study_uid`` had (else the other way round)."""
 
-    kind: str  # series | instance
+    kind: str  # series | instance | study (two Patient IDs under one Study Instance UID)
     uid: str
     other_study_uid: str
     arrived_here_later: bool
@@ -78,6 +86,9 @@ class UidCollisionNote:
         return _json_with_times(self)
 
     def describe(self) -> str:
+        if self.kind == "study":
+            return (f"Study Instance UID {self.uid} arrived with a second Patient ID: two patients under one study "
+                    "UID. The study is not processed (no report may mix them); ask the sender to correct its UIDs")
         what = "Series Instance UID" if self.kind == "series" else "SOP Instance UID"
         order = "after" if self.arrived_here_later else "before"
         return (f"{what} {self.uid} also arrived in study {self.other_study_uid} ({order} this one): each copy is "
@@ -124,7 +135,7 @@ class StudyDetail:
         return data
 
 
-def _summary_query():
+def summary_query():
     per_study = (
         select(
             Series.study_id.label("study_id"),
@@ -144,7 +155,7 @@ def _summary_query():
     ).outerjoin(per_study, per_study.c.study_id == Study.id)
 
 
-def _to_summary(study: Study, series_count: int, instance_count: int, size_bytes: int) -> StudySummary:
+def to_summary(study: Study, series_count: int, instance_count: int, size_bytes: int) -> StudySummary:
     return StudySummary(
         study_uid=study.study_uid,
         description=study.study_description,
@@ -156,6 +167,9 @@ def _to_summary(study: Study, series_count: int, instance_count: int, size_bytes
         study_date=study.study_date,
         first_received_at=study.first_received_at,
         last_received_at=study.last_received_at,
+        patient_name=study.patient_name,
+        patient_id=study.patient_id,
+        accession_number=study.accession_number,
     )
 
 
@@ -188,9 +202,9 @@ def list_studies(
     offset: int = 0,
 ) -> list[StudySummary]:
     """Studies, most recently received first. Dates are DICOM dates (YYYYMMDD), inclusive."""
-    query = _filtered(_summary_query(), status, modality, date_from, date_to)
+    query = _filtered(summary_query(), status, modality, date_from, date_to)
     query = query.order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit).offset(offset)
-    return [_to_summary(*row) for row in session.execute(query).all()]
+    return [to_summary(*row) for row in session.execute(query).all()]
 
 
 def count_studies(session: Session, *, status=None, modality=None, date_from=None, date_to=None) -> int:
@@ -199,7 +213,7 @@ def count_studies(session: Session, *, status=None, modality=None, date_from=Non
 
 
 def get_study(session: Session, study_uid: str) -> StudyDetail:
-    row = session.execute(_summary_query().where(Study.study_uid == study_uid)).first()
+    row = session.execute(summary_query().where(Study.study_uid == study_uid)).first()
     if row is None:
         raise StudyNotFound(study_uid)
     study = row[0]
@@ -209,6 +223,7 @@ def get_study(session: Session, study_uid: str) -> StudyDetail:
             func.count(Instance.id),
             func.coalesce(func.sum(case((Instance.conflict, 1), else_=0)), 0),
             func.coalesce(func.sum(Instance.size_bytes), 0),
+            func.coalesce(func.sum(case((Instance.other_patient, 1), else_=0)), 0),
         )
         .outerjoin(Instance, Instance.series_id == Series.id)
         .where(Series.study_id == study.id)
@@ -216,7 +231,7 @@ def get_study(session: Session, study_uid: str) -> StudyDetail:
         .order_by(Series.series_number, Series.id)
     ).all()
     return StudyDetail(
-        summary=_to_summary(*row),
+        summary=to_summary(*row),
         calling_ae=study.calling_ae,
         completed_at=study.completed_at,
         completion_reason=study.completion_reason,
@@ -233,8 +248,9 @@ def get_study(session: Session, study_uid: str) -> StudyDetail:
                 instance_count=int(n),
                 conflict_count=int(c),
                 size_bytes=int(b),
+                other_patient_count=int(o),
             )
-            for s, n, c, b in series_rows
+            for s, n, c, b, o in series_rows
         ],
         uid_collisions=uid_collisions(session, study.id),
     )

@@ -25,7 +25,8 @@ from pydantic_settings import (
 from dicom_node.compression import SegCompression
 from dicom_node.network import AllowedCaller, DicomAddress
 
-__all__ = ["Settings", "VlmBackend", "PredictorBackend", "CookieSecurity", "ConfigurationError", "default_receivers"]
+__all__ = ["Settings", "VlmBackend", "PredictorBackend", "VlmDtype", "VlmPromptMode", "PlaceholderForm", "SlicePolicy",
+           "BratsImages", "RejectAction", "CookieSecurity", "ConfigurationError", "default_receivers"]
 
 
 def default_receivers() -> int:
@@ -52,6 +53,51 @@ class CookieSecurity(str, enum.Enum):
 
     AUTO = "auto"  # when the request came over HTTPS: uvicorn's own TLS, or X-Forwarded-Proto from a trusted proxy
     ALWAYS = "always"  # behind a TLS proxy that does not send X-Forwarded-Proto (the dashboard needs HTTPS then)
+
+
+class VlmDtype(enum.StrEnum):
+    """``VLM_DTYPE``: the in-process model's weights and activations (``auto``: bfloat16 on a GPU that has it)."""
+
+    AUTO = "auto"
+    FLOAT16 = "float16"
+    BFLOAT16 = "bfloat16"
+    FLOAT32 = "float32"
+
+
+class VlmPromptMode(enum.StrEnum):
+    """``VLM_PROMPT_MODE`` of the ``openai`` backend: our templated prompt, or the server's chat template."""
+
+    TEMPLATED = "templated"
+    CHAT = "chat"
+
+
+class PlaceholderForm(enum.StrEnum):
+    """``VLM_PLACEHOLDER_FORM``: user turns' ``<image>`` as VILA-M3 was trained, or as its JSON/eval scripts wrote it."""
+
+    TRAINING = "training"
+    RAW = "raw"
+
+
+class SlicePolicy(enum.StrEnum):
+    """``AGENT_SLICE_POLICY``: which axial slice the model sees."""
+
+    MIDDLE = "middle"
+    MOST_STRUCTURE = "most_structure"
+
+
+class BratsImages(enum.StrEnum):
+    """``AGENT_BRATS_IMAGES``: the T1c slice four times (as trained), or the slice of each of the four sequences."""
+
+    AS_TRAINED = "as_trained"
+    SEQUENCES = "sequences"
+
+
+class RejectAction(enum.StrEnum):
+    """``REJECT_ACTION``: what a rejected draft sends: nothing, or an IOCM rejection note with this reason."""
+
+    NONE = "none"
+    QUALITY = "quality"
+    PATIENT_SAFETY = "patient_safety"
 
 
 class PredictorBackend(str, enum.Enum):
@@ -165,22 +211,22 @@ class Settings(BaseSettings):
     vlm_model_dir: Path | None = Field(None, description="VILA-M3 checkpoint folder; default: the one in HOME/models.")
     vlm_checkpoint: str = Field("Llama3-VILA-M3-8B", description="Which published checkpoint (chooses the template).")
     vlm_template: str | None = Field(None, description="llama_3, vicuna_v1 or hermes-2; default from VLM_CHECKPOINT.")
-    vlm_dtype: str = Field("auto", pattern=r"^(auto|float16|bfloat16|float32)$")
+    vlm_dtype: VlmDtype = VlmDtype.AUTO
     vlm_device: str = "auto"
     vlm_projector_order: str = Field("vila-355fda9", description="Token order of mlp_downsample (see the README).")
-    vlm_prompt_mode: str = Field("templated", pattern=r"^(templated|chat)$")
+    vlm_prompt_mode: VlmPromptMode = VlmPromptMode.TEMPLATED
     vlm_served_model: str | None = None
     vlm_api_key: SecretStr | None = None
     vlm_max_new_tokens: int = Field(1024, ge=1, le=8192)
     vlm_min_new_tokens: int = Field(2, ge=0)
     vlm_timeout_seconds: float = Field(300.0, gt=0)
-    vlm_placeholder_form: str = Field(
-        "training", pattern=r"^(training|raw)$",
+    vlm_placeholder_form: PlaceholderForm = Field(
+        PlaceholderForm.TRAINING,
         description="User turns with <image> as VILA-M3 was trained (training) or as the JSON/eval scripts wrote them (raw).",
     )
-    agent_slice_policy: str = Field("most_structure", pattern=r"^(middle|most_structure)$")
-    agent_brats_images: str = Field(
-        "as_trained", pattern=r"^(as_trained|sequences)$",
+    agent_slice_policy: SlicePolicy = SlicePolicy.MOST_STRUCTURE
+    agent_brats_images: BratsImages = Field(
+        BratsImages.AS_TRAINED,
         description="BraTS first turn: the T1c slice four times as trained, or the slice of each of the four sequences.",
     )
     expert_timeout_seconds: float = Field(900.0, gt=0)
@@ -195,13 +241,19 @@ class Settings(BaseSettings):
         max_length=40,
         description="Organisation root of every UID m3edge makes (set your own; the default is pydicom's).",
     )
+    viewer_dir: Path | None = Field(
+        None, description="The OHIF Viewer served at /viewer/ (its dist/ folder); default: where scripts/install "
+                          "put it (vendor/ohif in the installed tree).")
+    viewer_url_template: str = Field(
+        "", max_length=2000,
+        description="A site's own viewer: a URL with {study_uid} (and optionally {series_uid}, the first image "
+                    "series) that the study page links to beside m3edge's viewer; empty: none.")
     overlay_secondary_capture: bool = Field(True, description="Also send the overlay image as a Secondary Capture.")
     seg_compression: SegCompression = Field(
         SegCompression.JPEG2000_LOSSLESS,
         description="SEG frames: jpeg2000-lossless (JPEG 2000 Lossless, the default), or none (uncompressed, for "
                     "old viewers that cannot decode JPEG 2000).")
-    reject_action: str = Field("none", pattern=r"^(none|quality|patient_safety)$",
-                               description="What a rejected draft sends: nothing, or an IOCM rejection note.")
+    reject_action: RejectAction = Field(RejectAction.NONE, description="What a rejected draft sends: nothing, or an IOCM rejection note.")
 
     worker_cpu_threads: int = Field(
         0, ge=0, le=1024,
@@ -221,6 +273,22 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     # -- validation -----------------------------------------------------------------------------------------------
+
+    @field_validator("viewer_url_template")
+    @classmethod
+    def _check_viewer_url_template(cls, value: str) -> str:
+        if not value:
+            return value
+        if "{study_uid}" not in value:
+            raise ValueError("VIEWER_URL_TEMPLATE must hold {study_uid}, e.g. "
+                             "https://pacs.example/viewer?study={study_uid}")
+        if not (value.startswith(("https://", "http://")) or (value.startswith("/") and not value.startswith("//"))):
+            raise ValueError("VIEWER_URL_TEMPLATE must be an http(s) URL or a path of this site (starting with one /)")
+        try:
+            value.format(study_uid="1.2", series_uid="1.2")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"VIEWER_URL_TEMPLATE may use only {{study_uid}} and {{series_uid}} ({exc})") from exc
+        return value
 
     @field_validator("dicom_allowed_aes", mode="before")
     @classmethod
@@ -274,17 +342,6 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"{value!r} is not an IP address (use 0.0.0.0 for every interface)") from exc
         return value
-
-    @model_validator(mode="after")
-    def _check_stage_time_limits(self) -> Settings:
-        from service.pipeline.time_limits import StageTimeLimits
-
-        overrides = {stage: limit.model_dump(exclude_none=True) for stage, limit in self.stage_time_limits.items()}
-        try:
-            StageTimeLimits.with_overrides(overrides)
-        except ValueError as exc:
-            raise ValueError(f"STAGE_TIME_LIMITS: {exc}") from exc
-        return self
 
     @model_validator(mode="after")
     def _check_vlm(self) -> Settings:

@@ -7,14 +7,12 @@ A route's own ``destinations`` always win over both.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
 from dicom_node.network import DicomAddress
-from dicom_node.private_files import make_private_dirs
+from dicom_node.private_files import write_atomically
 from service.config import Settings
 
 __all__ = ["DestinationsStore"]
@@ -47,15 +45,6 @@ class DestinationsStore:
                 raise ValueError(f"{entry!r}: {exc}") from None
         if len({str(a) for a in parsed}) != len(parsed):
             raise ValueError("a destination is listed twice")
-        make_private_dirs(self.path.parent)
-        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".destinations-", suffix=".yaml")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                yaml.safe_dump([str(a) for a in parsed], handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        with write_atomically(self.path, text=True) as handle:
+            yaml.safe_dump([str(a) for a in parsed], handle)
         return parsed

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from dicom_node.intake.admission import DiskAdmission
 from dicom_node.private_files import looser_than_private
 from service.config import Settings
 
-__all__ = ["LooseEntry", "private_paths", "loose_entries"]
+__all__ = ["LooseEntry", "private_paths", "loose_entries", "spool_refusal"]
 
 # Folders of received images and results are walked this far at most (a spool may hold millions of files): enough to
 # find a folder or file made with a loose umask, which its neighbours then share.
@@ -78,3 +79,9 @@ def loose_entries(settings: Settings, limit: int = _WALK_LIMIT) -> list[LooseEnt
         if mode is not None:
             found.append(LooseEntry(path, mode))
     return found
+
+
+def spool_refusal(settings: Settings) -> str | None:
+    """Why the DICOM node would refuse a new association for lack of disk now (``SPOOL_HIGH_WATER_PERCENT``,
+    ``SPOOL_RESERVE_BYTES``), else None: the node's own rule, which doctor and the admin page report."""
+    return DiskAdmission(settings.spool_dir, settings.spool_high_water_percent, settings.spool_reserve_bytes).refusal()

@@ -9,7 +9,12 @@ so one bad row cannot fail its neighbours.
 Study state written here (the assembler reads it): a new study starts 'receiving' with first_received_at = opened_at =
 now; every new instance sets last_received_at; an instance for a study in any other state re-opens it (status
 'receiving', opened_at = now, reprocess_requested). A re-send of bytes already recorded changes nothing.
-Patient names, IDs, birth dates and accession numbers never reach these tables: ``ReceivedInstance`` does not carry them.
+Patient context (name, ID, accession number) is kept per study from the first instance that carries it, for signed-in
+reviewers; it is never logged. An instance whose Patient ID differs from its study's is recorded (its sender was told
+success) but flagged (``flag_study_patient_collision``): the study is never processed as one patient's.
+The instance's header as DICOM JSON (``ReceivedInstance.dicom_json``, patient attributes included) is kept in
+``instances.dicom_json`` for WADO-RS and QIDO ``includefield``, which serve it to signed-in users only, audited; it
+never reaches a log.
 
 Identity: a series is (study, Series Instance UID) and an instance lives in its study's series. A Series or SOP
 Instance UID that arrives in a second study is stored under that study like any other and flagged
@@ -32,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.intake.recording import ReceivedInstance, RecorderError
 from service.db.models import Instance, Series, Study, StudyStatus
-from service.uid_collisions import flag_instance_collisions, flag_series_collision
+from service.uid_collisions import flag_instance_collisions, flag_series_collision, flag_study_patient_collision
 
 __all__ = ["DatabaseRecorder"]
 
@@ -64,6 +69,20 @@ class _KnownStudy:
     modalities: str
     has_description: bool
     has_date: bool
+    patient_id: str | None = None  # None: not known yet (a study from before 0009, or none of its instances had one)
+    has_patient_name: bool = False
+    has_accession: bool = False
+    patient_collision: bool = False  # flagged by this writer already
+
+
+_STUDY_COLUMNS = (Study.id, Study.modalities, Study.study_description, Study.study_date, Study.patient_id,
+                  Study.patient_name, Study.accession_number)
+
+
+def _known(row) -> _KnownStudy:
+    id_, modalities, description, date, patient_id, patient_name, accession = row
+    return _KnownStudy(id_, modalities or "", bool(description), bool(date), patient_id or None, bool(patient_name),
+                       bool(accession))
 
 
 class _Catalog:
@@ -83,13 +102,9 @@ class _Catalog:
     def load_studies(self, connection: Connection, instances: list[ReceivedInstance]) -> None:
         missing = {i.study_uid for i in instances} - self.studies.keys()
         if missing:
-            rows = connection.execute(
-                select(Study.study_uid, Study.id, Study.modalities, Study.study_description, Study.study_date).where(
-                    Study.study_uid.in_(missing)
-                )
-            )
-            for uid, id_, modalities, description, date in rows:
-                self.studies[uid] = _KnownStudy(id_, modalities or "", bool(description), bool(date))
+            rows = connection.execute(select(Study.study_uid, *_STUDY_COLUMNS).where(Study.study_uid.in_(missing)))
+            for uid, *row in rows:
+                self.studies[uid] = _known(row)
         for instance in instances:
             if instance.study_uid not in self.studies:
                 now = instance.received_at
@@ -100,19 +115,19 @@ class _Catalog:
                         opened_at=now, last_received_at=now, modalities=instance.modality[:16],
                         study_description=instance.study_description, study_date=instance.study_date,
                         calling_ae=instance.calling_ae, reprocess_requested=False,
+                        patient_name=instance.patient_name, patient_id=instance.patient_id,
+                        accession_number=instance.accession_number,
                     )
                     .returning(Study.id)
                 ).scalar_one_or_none()
                 if id_ is None:  # another writer (a receiving process, STOW-RS) created it since the SELECT above
                     row = connection.execute(
-                        select(Study.id, Study.modalities, Study.study_description, Study.study_date).where(
-                            Study.study_uid == instance.study_uid
-                        )
-                    ).one()
-                    self.studies[instance.study_uid] = _KnownStudy(row[0], row[1] or "", bool(row[2]), bool(row[3]))
+                        select(*_STUDY_COLUMNS).where(Study.study_uid == instance.study_uid)).one()
+                    self.studies[instance.study_uid] = _known(row)
                     continue
                 self.studies[instance.study_uid] = _KnownStudy(
-                    id_, instance.modality[:16], bool(instance.study_description), bool(instance.study_date)
+                    id_, instance.modality[:16], bool(instance.study_description), bool(instance.study_date),
+                    instance.patient_id or None, bool(instance.patient_name), bool(instance.accession_number),
                 )
 
     def load_series(self, connection: Connection, instances: list[ReceivedInstance]) -> None:
@@ -248,11 +263,35 @@ def _touch_studies(connection: Connection, catalog: _Catalog, instances: list[Re
             if not known.has_date and instance.study_date:
                 values["study_date"] = instance.study_date
                 known.has_date = True
+            _patient_context(connection, known, instance, values)
         if modalities != known.modalities:
             values["modalities"] = modalities
             known.modalities = modalities
         if values:
             connection.execute(update(_studies).where(_studies.c.id == known.id).values(**values))
+
+
+def _patient_context(connection: Connection, known: _KnownStudy, instance: ReceivedInstance, values: dict) -> None:
+    """Fill the study's patient context from the first instance carrying it; flag a second Patient ID."""
+    if instance.patient_id:
+        if known.patient_id is None:
+            values["patient_id"] = known.patient_id = instance.patient_id
+        elif instance.patient_id != known.patient_id and not known.patient_collision:
+            flag_study_patient_collision(connection, instance.study_uid, known.id, instance.received_at)
+            known.patient_collision = True
+            return  # the other patient's name and accession never fill this study's
+    if not known.has_patient_name and instance.patient_name:
+        values["patient_name"] = instance.patient_name
+        known.has_patient_name = True
+    if not known.has_accession and instance.accession_number:
+        values["accession_number"] = instance.accession_number
+        known.has_accession = True
+
+
+def _other_patient(catalog: _Catalog, instance: ReceivedInstance) -> bool:
+    """Does the instance carry another Patient ID than its study (whose first one the catalog holds by now)?"""
+    known = catalog.studies[instance.study_uid].patient_id
+    return bool(instance.patient_id and known and instance.patient_id != known)
 
 
 def _count_opened(connection: Connection, instances: list[ReceivedInstance]) -> None:
@@ -283,6 +322,7 @@ def _apply_instances(connection: Connection, catalog: _Catalog, instances: list[
                 "sop_class_uid": i.sop_class_uid, "transfer_syntax_uid": i.transfer_syntax_uid,
                 "path": i.relative_path, "size_bytes": i.size_bytes, "digest": i.digest, "calling_ae": i.calling_ae,
                 "received_at": i.received_at, "conflict": i.conflict,
+                "other_patient": _other_patient(catalog, i), "dicom_json": i.dicom_json,
             }
             for i in fresh
         ],

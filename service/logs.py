@@ -37,13 +37,9 @@ def configure_logging(level: str = "INFO", json_lines: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # pynetdicom logs every PDU at DEBUG and dataset identifiers in its C-FIND/C-STORE request logs: keep PHI out.
+    # pynetdicom logs every PDU at DEBUG and dataset identifiers (patient data) at INFO: WARNING and above only. The
+    # DICOM node also turns LOG_REQUEST_IDENTIFIERS/LOG_RESPONSE_IDENTIFIERS off as it starts (pynetdicom's documented
+    # configuration module, ``pynetdicom._config``: dicom_node/scp/node.py), where identifiers are received.
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("alembic.runtime.plugins").setLevel(max(logging.WARNING, root.level))
-    try:
-        from pynetdicom import _config
-
-        _config.LOG_REQUEST_IDENTIFIERS = False
-        _config.LOG_RESPONSE_IDENTIFIERS = False
-    except ImportError:  # pragma: no cover - pynetdicom is a hard dependency
-        pass
+    # alembic says "Context impl SQLiteImpl" and each revision it runs at INFO: commands report what they did.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))

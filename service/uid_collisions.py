@@ -19,7 +19,8 @@ from sqlalchemy.engine import Connection
 from dicom_node.intake.recording import ReceivedInstance
 from service.db.models import Instance, Series, Study, UidCollision, UidKind
 
-__all__ = ["flag_series_collision", "flag_instance_collisions"]
+__all__ = ["flag_series_collision", "flag_instance_collisions", "flag_study_patient_collision",
+           "has_patient_collision"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -76,3 +77,21 @@ def flag_instance_collisions(connection: Connection, instances: list[ReceivedIns
         _flag(connection, UidKind.INSTANCE, instance.sop_instance_uid, instance.study_uid, study_id,
               by_uid.get(instance.sop_instance_uid, ()), instance.received_at)
         by_uid.setdefault(instance.sop_instance_uid, set()).add(study_id)
+
+
+def flag_study_patient_collision(connection: Connection, study_uid: str, study_id: int, detected_at: datetime) -> None:
+    """An instance arrived in ``study_id`` with another Patient ID than the study's: the Study Instance UID is used by
+    two patients. Flagged once (a ``study`` row naming the study twice); the pipeline never processes such a study
+    (``service.pipeline.ledger``), so no report mixes two patients' images. The log names the UID only."""
+    connection.execute(_insert_flag(connection).values(
+        kind=UidKind.STUDY.value, uid=study_uid, study_id=study_id, other_study_id=study_id, detected_at=detected_at))
+    LOGGER.warning(
+        "Study Instance UID %s arrived with a second Patient ID: two patients under one study UID; flagged, not "
+        "processed, never merged", study_uid)
+
+
+def has_patient_collision(connection_or_session, study_id: int) -> bool:
+    """Whether the study's UID has been seen with two Patient IDs."""
+    return connection_or_session.execute(
+        select(UidCollision.id).where(UidCollision.kind == UidKind.STUDY, UidCollision.study_id == study_id).limit(1)
+    ).first() is not None

@@ -75,18 +75,9 @@ def _inputs(tiny: bool) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
 
 def _open(expert: str, models_dir: Path, backend: str, engines_dir: Path):
     from engines.backends import EngineCache
-    from engines.experts.brats import BratsExpert
-    from engines.experts.cxr import CxrExpert
-    from engines.experts.vista3d import Vista3DExpert
-    from engines.model_store.layout import ModelsDirectory
+    from engines.experts import load_expert
 
-    layout = ModelsDirectory(models_dir)
-    cache = EngineCache(engines_dir)
-    if expert == "VISTA3D":
-        return Vista3DExpert(layout.vista3d, backend=backend, engine_cache=cache)
-    if expert == "BRATS":
-        return BratsExpert(layout.brats, backend=backend, engine_cache=cache)
-    return CxrExpert(layout.cxr, backend=backend, engine_cache=cache)
+    return load_expert(expert, models_dir, backend, EngineCache(engines_dir))
 
 
 def _run_measured(expert, volume, affine, tiny: bool):

@@ -29,6 +29,11 @@ class DiskUsage:
         stats = os.statvfs(path)
         return cls(stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize)
 
+    def describe(self) -> str:
+        """The one wording of a disk's state (doctor, the admin page, the node's refusal): free space and % used."""
+        return (f"{self.free_bytes / 2**30:.1f} GiB free of {self.total_bytes / 2**30:.1f} GiB, "
+                f"{self.used_percent:.0f}% used")
+
 
 class DiskAdmission:
     """Refuses when the disk holding ``path`` is fuller than ``high_water_percent`` or has less than ``reserve_bytes``."""

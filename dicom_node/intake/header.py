@@ -18,9 +18,10 @@ back). The one VR table of the node (``VRS``) is here; the STOW-RS reader of a p
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from io import BytesIO
 
+from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.filereader import read_dataset
 from pydicom.uid import UID
 
@@ -49,6 +50,8 @@ VRS = frozenset({
 LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"})
 
 _WANTED = {
+    0x00080005: "SpecificCharacterSet", 0x00080050: "AccessionNumber", 0x00100010: "PatientName",
+    0x00100020: "PatientID",
     0x00080016: "SOPClassUID", 0x00080018: "SOPInstanceUID", 0x00080020: "StudyDate", 0x00080060: "Modality",
     0x00081030: "StudyDescription", 0x0008103E: "SeriesDescription", 0x00180015: "BodyPartExamined",
     0x0020000D: "StudyInstanceUID", 0x0020000E: "SeriesInstanceUID", 0x00200011: "SeriesNumber",
@@ -86,6 +89,10 @@ class InstanceHeader:
     series_description: str
     series_number: int | None
     body_part_examined: str
+    # Patient context: handed to the recorder (the database), never logged.
+    patient_name: str = field(default="", repr=False)
+    patient_id: str = field(default="", repr=False)
+    accession_number: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -205,6 +212,18 @@ def _text(raw: bytes | None) -> str:
     return "" if raw is None else raw.decode("latin-1").rstrip("\x00 ").strip()
 
 
+def _person_name(raw: bytes | None, character_set: str) -> str:
+    """A PN value decoded in the data set's Specific Character Set (pydicom's public decoder; ISO 2022 escapes too)."""
+    if not raw:
+        return ""
+    terms = [t.strip() for t in character_set.split("\\")] if character_set else [""]
+    try:
+        text = decode_bytes(raw, convert_encodings(terms), {0x5E, 0x3D})
+    except Exception:  # noqa: BLE001 - an unknown or broken character set: keep what latin-1 reads, never fail intake
+        text = raw.decode("latin-1")
+    return text.rstrip("\x00 ").strip()
+
+
 def _uid_of(values: dict[str, str], keyword: str) -> str:
     value = values.get(keyword, "")
     if not value:
@@ -231,6 +250,9 @@ def _header_from(values: dict[str, str]) -> InstanceHeader:
         series_description=values.get("SeriesDescription", "")[:64],
         series_number=_series_number(values.get("SeriesNumber", "")),
         body_part_examined=values.get("BodyPartExamined", "")[:16],
+        patient_name=values.get("PatientName", "")[:200],
+        patient_id=values.get("PatientID", "")[:64],
+        accession_number=values.get("AccessionNumber", "")[:16],
     )
 
 
@@ -253,7 +275,9 @@ def read_instance_header(region: bytes | memoryview, transfer_syntax_uid: str) -
         except (UnreadableDataset, MissingAttribute, InvalidUid):
             pass
         raise
-    return _header_from({keyword: _text(raw.get(tag)) for tag, keyword in _WANTED.items()})
+    values = {keyword: _text(raw.get(tag)) for tag, keyword in _WANTED.items()}
+    values["PatientName"] = _person_name(raw.get(0x00100010), values["SpecificCharacterSet"])
+    return _header_from(values)
 
 
 def _read_with_pydicom(region: bytes | memoryview, *, implicit: bool, little_endian: bool) -> dict[str, str]:

@@ -30,6 +30,7 @@ from typing import Protocol
 
 from pydicom.uid import UID
 
+from dicom_node.dicomweb.metadata import stored_metadata
 from dicom_node.intake.admission import DiskAdmission
 from dicom_node.intake.deflate import check_inflated_size, inflated_prefix
 from dicom_node.intake.header import (
@@ -230,7 +231,10 @@ class IntakeSession:
                 received_at=received_at, modality=header.modality, study_description=header.study_description,
                 study_date=header.study_date, series_description=header.series_description,
                 series_number=header.series_number, body_part_examined=header.body_part_examined,
-                opens_association=opens,
+                patient_name=header.patient_name, patient_id=header.patient_id,
+                accession_number=header.accession_number, opens_association=opens,
+                dicom_json=None if spooled.outcome is StoreOutcome.DUPLICATE
+                else stored_metadata(self._intake.spool.root / spooled.relative_path),
             )
 
         def recorded(instance: ReceivedInstance) -> None:

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol, runtime_checkable
 
@@ -19,7 +19,9 @@ class RecorderError(RuntimeError):
 
 @dataclass(frozen=True)
 class ReceivedInstance:
-    """One instance on disk, with the patient-free attributes the database keeps (no names, IDs, dates of birth)."""
+    """One instance on disk, with the attributes the database keeps: descriptive ones and the patient context that
+    signed-in reviewers see (name, ID, accession number; never dates of birth), and its header as DICOM JSON
+    (``dicom_json``, patient attributes included) for DICOMweb. The node never logs them."""
 
     study_uid: str
     series_uid: str
@@ -39,9 +41,15 @@ class ReceivedInstance:
     series_description: str = ""
     series_number: int | None = None
     body_part_examined: str = ""
+    patient_name: str = field(default="", repr=False)
+    patient_id: str = field(default="", repr=False)
+    accession_number: str = field(default="", repr=False)
     # The first instance its association (or STOW-RS request) committed into this study: the study has one more
     # sender until ``associations_ended`` names it.
     opens_association: bool = False
+    # The instance's metadata as WADO-RS serves it (``dicom_node.dicomweb.stored_metadata``: DICOM JSON, zlib), kept
+    # at ingest so a study's metadata is never read from every file; None for a re-send or an unreadable header.
+    dicom_json: bytes | None = None
 
 
 @runtime_checkable

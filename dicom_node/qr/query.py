@@ -16,7 +16,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
 from dicom_node.qr.holdings import IndexedObject
-from dicom_node.qr.matching import element_matches, query_values
+from dicom_node.qr.matching import element_matches, element_values, query_values
 
 __all__ = ["QueryLevel", "IdentifierError", "find_matches", "objects_to_retrieve", "requested_study_uids"]
 
@@ -105,7 +105,7 @@ def _entities(objects: Sequence[IndexedObject], level: QueryLevel) -> list[_Enti
 
 
 def _values(element: DataElement) -> list[str]:
-    return query_values(element) if element.VR != "SQ" else []
+    return element_values(element) if element.VR != "SQ" else []
 
 
 def _matches(entity: _Entity, identifier: Dataset) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from itertools import islice
 from dataclasses import dataclass, field
 
 from pydicom import dcmread
@@ -30,6 +31,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicom_node.compression import UNCOMPRESSED, decompressed
 from dicom_node.network import DicomAddress
 from dicom_node.qr.holdings import HeldObject, IndexedObject, ObjectCatalog, ObjectHeaders
+from dicom_node.qr.matching import QueryTooCostly
 from dicom_node.qr.query import IdentifierError, find_matches, objects_to_retrieve, requested_study_uids
 
 __all__ = ["QueryRetrieveScp", "RetrievalEvent", "QUERY_RETRIEVE_SOP_CLASSES"]
@@ -48,6 +50,10 @@ SUCCESS = 0x0000
 IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
 UNABLE_TO_PROCESS = 0xC000
 MOVE_DESTINATION_UNKNOWN = 0xA801
+OUT_OF_RESOURCES = 0xA700
+# The most answers one C-FIND returns: beyond it the first ones are sent and the last status is Out of Resources
+# (A700) asking for a narrower query; the matching itself is linear (``dicom_node.qr.matching``).
+MAX_FIND_MATCHES = 1000
 
 
 @dataclass(frozen=True)
@@ -132,7 +138,13 @@ class QueryRetrieveScp:
         calling_ae, address = self._caller(event)
         try:
             identifier = event.identifier
-            answers = list(find_matches(self._indexed(identifier), identifier, self._ae_title))
+            answers = list(islice(find_matches(self._indexed(identifier), identifier, self._ae_title),
+                                  MAX_FIND_MATCHES + 1))
+        except QueryTooCostly as exc:
+            LOGGER.warning("C-FIND from %s refused: %s", calling_ae, exc)
+            self._notify(RetrievalEvent("find", calling_ae, address, "", outcome="refused", reason=str(exc)))
+            yield _status(OUT_OF_RESOURCES, str(exc)), None
+            return
         except IdentifierError as exc:
             LOGGER.warning("C-FIND from %s refused: %s", calling_ae, exc)
             self._notify(RetrievalEvent("find", calling_ae, address, "", outcome="refused", reason=str(exc)))
@@ -143,14 +155,18 @@ class QueryRetrieveScp:
             self._notify(RetrievalEvent("find", calling_ae, address, "", outcome="failed", reason=type(exc).__name__))
             yield _status(UNABLE_TO_PROCESS, f"unable to process: {exc.__class__.__name__}"), None
             return
+        truncated = len(answers) > MAX_FIND_MATCHES
+        answers = answers[:MAX_FIND_MATCHES]
         studies = tuple(sorted({str(a.get("StudyInstanceUID", "")) for a in answers} - {""}))
         self._notify(RetrievalEvent("find", calling_ae, address, self._level_of(identifier), studies,
-                                    matches=len(answers)))
+                                    matches=len(answers), reason="truncated" if truncated else ""))
         for answer in answers:
             if event.is_cancelled:
                 yield CANCELLED, None
                 return
             yield PENDING, answer
+        if truncated:
+            yield _status(OUT_OF_RESOURCES, f"more than {MAX_FIND_MATCHES} matches: narrow the query"), None
 
     # -- C-GET and C-MOVE -----------------------------------------------------------------------------------------
 
@@ -161,7 +177,7 @@ class QueryRetrieveScp:
         try:
             identifier = event.identifier
             return objects_to_retrieve(self._indexed(identifier), identifier)
-        except IdentifierError as exc:
+        except (IdentifierError, QueryTooCostly) as exc:
             LOGGER.warning("C-%s from %s refused: %s", operation.upper(), calling_ae, exc)
             self._notify(RetrievalEvent(operation, calling_ae, address, self._level_of(identifier),
                                         destination=destination, outcome="refused", reason=str(exc)))

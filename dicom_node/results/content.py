@@ -248,14 +248,45 @@ class VerifyingObserver:
 
 
 @dataclass(frozen=True)
+class FindingCorrection:
+    """The reader's word on one expert finding (a structure or pathology by its name in the draft): present or absent
+    (``None``: as drafted) and a note. The verified SR carries it as a comment naming the finding."""
+
+    name: str
+    present: bool | None = None
+    note: str = ""
+
+    def __post_init__(self) -> None:
+        _check_text("name", self.name)
+        if self.present is not None and not isinstance(self.present, bool):
+            raise TypeError("present must be True, False or None (as drafted)")
+        _check_text("note", self.note, max_length=1024, allow_empty=True)
+        if self.present is None and not self.note.strip():
+            raise ValueError(f"a correction of {self.name!r} needs present/absent or a note")
+
+    def statement(self) -> str:
+        verdict = {True: "present", False: "absent", None: "as drafted"}[self.present]
+        note = self.note.strip()
+        return f"Reader's assessment of {self.name}: {verdict}." + (f" {note}" if note else "")
+
+
+@dataclass(frozen=True)
 class Amendment:
-    """The reader's changes: a replacement narrative and/or a comment on the findings (None keeps the draft's)."""
+    """The reader's changes: a replacement narrative, a comment on the findings and corrections of single findings
+    (None or empty keeps the draft's)."""
 
     narrative: str | None = None
     findings_comment: str | None = None
+    finding_corrections: tuple[FindingCorrection, ...] = ()
 
     def __post_init__(self) -> None:
         if self.narrative is not None:
             _check_text("narrative", self.narrative, max_length=60_000)
         if self.findings_comment is not None:
             _check_text("findings_comment", self.findings_comment, max_length=60_000)
+        object.__setattr__(self, "finding_corrections", tuple(self.finding_corrections))
+        for correction in self.finding_corrections:
+            if not isinstance(correction, FindingCorrection):
+                raise TypeError("finding_corrections must hold FindingCorrection objects")
+        if len(self.finding_corrections) > 256:
+            raise ValueError("at most 256 finding corrections")

@@ -184,6 +184,8 @@ def _verified_content(
             narrative.TextValue = amendment.narrative
     if amendment.findings_comment is not None:
         containers[0].ContentSequence.append(text_item(READER_COMMENT, amendment.findings_comment))
+    for correction in amendment.finding_corrections:
+        containers[0].ContentSequence.append(text_item(READER_COMMENT, correction.statement()))
     items = _without_person_observer(items)  # an earlier reader, when a verified report is revised
     first_observer = next(
         (n for n, item in enumerate(items) if _concept(item) == _key(codes.DCM.ObserverType)), None

@@ -39,6 +39,8 @@ from dicom_node.scp.guarded_server import ConnectionLimits, GuardedAssociationSe
 from dicom_node.scp.handlers import OpenSessions, handle_association_end, handle_echo, handle_store, utc_now
 from dicom_node.scp.listener import SharedListener, shared_listener_server
 from dicom_node.scp.pdu_limits import PduLimits
+from dicom_node.scp.receiver_pool import ReceiverPool
+from dicom_node.scp.receivers import NodeConfig
 from dicom_node.scp.slots import AssociationSlots
 from dicom_node.scp.status import NodeStatus, NodeStatusFile, StatusPublisher
 from dicom_node.scp.storage_classes import register_retired_storage_classes, storage_sop_classes
@@ -281,11 +283,8 @@ class DicomNode:
         settings = self._settings
         receivers = getattr(settings, "dicom_receivers", 1)
         if receivers > 1:
-            from dicom_node.scp.receiver_pool import ReceiverPool
-            from dicom_node.scp.receivers import NodeConfig
-
             config = replace(NodeConfig.from_settings(settings), query_retrieve_factory=self._query_retrieve_factory,
-                             recorder_factory=self._recorder_factory)
+                             recorder_factory=self._recorder_factory, node_factory=type(self))
             on_change = self._status.changed if self._status is not None else None
             pool = ReceiverPool(config, self._recorder, receivers, on_change=on_change)
             pool.start()

@@ -13,14 +13,12 @@ database connections: Q/R only reads, and audits). A child exits when the parent
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import itertools
 import logging
 import logging.handlers
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -29,14 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from dicom_node.network import AllowedCaller
+from dicom_node.parent_process import signal_when_parent_dies
 from dicom_node.scp.listener import SharedListener
+from dicom_node.intake.spool import SpoolWriter
 from dicom_node.intake.recording import InstanceRecorder, ReceivedInstance, RecorderError
 
 __all__ = ["NodeConfig", "TlsConfig", "ReceiverFailed", "receiver_main"]
 
 LOGGER = logging.getLogger(__name__)
 _REPLY_TIMEOUT = 120.0
-_PR_SET_PDEATHSIG = 1
 
 
 class ReceiverFailed(RuntimeError):
@@ -73,6 +72,7 @@ class NodeConfig:
     dicom_receivers: int = 1
     query_retrieve_factory: Callable[[], Any] | None = None  # picklable; each receiving process builds its Q/R SCP
     recorder_factory: Callable[[], InstanceRecorder] | None = None  # picklable; else records go through the parent
+    node_factory: Callable[..., Any] | None = None  # picklable (a class): the node each receiving process runs
 
     @classmethod
     def from_settings(cls, settings: Any) -> NodeConfig:
@@ -165,31 +165,18 @@ class _RemoteRecorder:
         self._wait(*self._send("ended", (tuple(study_uids), ended_at)))
 
 
-def _die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel for SIGTERM when the parent's spawning thread ends (Linux), and leave at once if it already
-    has (a parent that died before the request was made)."""
-    if not sys.platform.startswith("linux"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        LOGGER.warning("PR_SET_PDEATHSIG refused (errno %d): this receiving process notices its parent's death only "
-                       "when their pipe closes", ctypes.get_errno())
-    if os.getppid() != parent_pid:
-        os._exit(0)
-
-
 def receiver_main(config: NodeConfig, connection, log_queue, log_level: int, listener: SharedListener,
                   parent_pid: int) -> None:
     """Entry point of a receiving process."""
-    _die_with_parent(parent_pid)
+    if not signal_when_parent_dies(parent_pid):  # SIGTERM once the parent's spawning thread ends
+        os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
     root.setLevel(log_level)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, log_level))
 
-    from dicom_node.scp.node import DicomNode, receiving_process_settings
-    from dicom_node.intake.spool import SpoolWriter
+    from dicom_node.scp.node import receiving_process_settings
 
     receiving_process_settings()
 
@@ -203,7 +190,7 @@ def receiver_main(config: NodeConfig, connection, log_queue, log_level: int, lis
         if config.recorder_factory is not None:
             recorder = config.recorder_factory()
         child = dataclasses.replace(config, dicom_status_file=None)
-        node = DicomNode(child, recorder, spool=SpoolWriter(config.spool_dir), listener=listener,
+        node = config.node_factory(child, recorder, spool=SpoolWriter(config.spool_dir), listener=listener,
                          prepare_spool=False, query_retrieve_factory=config.query_retrieve_factory)
         node.start()
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails (or retries) its start

@@ -11,12 +11,13 @@ No patient data is in it.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from dicom_node.private_files import write_atomically
 
 __all__ = ["NodeStatus", "NodeStatusFile", "StatusPublisher", "HEARTBEAT_SECONDS", "STALE_AFTER_SECONDS"]
 
@@ -64,10 +65,8 @@ class NodeStatusFile:
 
     def write(self, status: NodeStatus) -> None:
         """Replace the file atomically (no fsync: it describes a live process, and is rewritten every heartbeat)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        temp.write_text(json.dumps(asdict(status)))
-        os.replace(temp, self.path)
+        with write_atomically(self.path, text=True, durable=False) as handle:
+            handle.write(json.dumps(asdict(status)))
 
     def read(self) -> NodeStatus | None:
         """The last status published, or None when no node publishes here (never started, or stopped cleanly)."""

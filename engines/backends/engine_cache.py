@@ -13,12 +13,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dicom_node.private_files import write_bytes_atomically
 from engines.backends.base import Precision, ShapeProfile
 
 __all__ = ["EngineKey", "EngineCache", "file_sha256"]
@@ -97,8 +97,8 @@ class EngineCache:
             raise ValueError(f"refusing to cache an empty engine for {key.network}")
         path = self.path_for(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(path.with_suffix(".json"), json.dumps(key.as_dict(), indent=2).encode())
-        _atomic_write(path, engine_bytes)
+        write_bytes_atomically(path.with_suffix(".json"), json.dumps(key.as_dict(), indent=2).encode())
+        write_bytes_atomically(path, engine_bytes)
         return path
 
     def load(self, key: EngineKey, deserialize: Callable[[bytes], Any]) -> Any | None:
@@ -146,19 +146,3 @@ def _try_deserialize(deserialize: Callable[[bytes], Any], engine_bytes: bytes) -
         return None
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

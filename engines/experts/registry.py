@@ -5,6 +5,7 @@ Not a global: the worker builds one ``ExpertRegistry`` from its settings and pas
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 from engines.backends import BackendKind, EngineCache, Precision
 from engines.experts.base import Expert, ExpertName
 
-__all__ = ["ExpertRegistry"]
+__all__ = ["ExpertRegistry", "load_expert"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +57,25 @@ class ExpertRegistry:
                     logger.info("released expert %s", each.value)
 
     def _load(self, name: ExpertName) -> Expert:
-        options = {"backend": self.backend, "engine_cache": self.engine_cache, "precision": self.precision}
-        if name is ExpertName.VISTA3D:
-            from engines.experts.vista3d import Vista3DExpert
+        return load_expert(name, self.models.root, self.backend, self.engine_cache, self.precision)
 
-            return Vista3DExpert(self.models.vista3d, **options)
-        if name is ExpertName.BRATS:
-            from engines.experts.brats import BratsExpert
 
-            return BratsExpert(self.models.brats, **options)
-        from engines.experts.cxr import CxrExpert
+#: Each expert's class (module, name): imported on first use, since each pulls in torch and MONAI.
+_EXPERT_CLASSES = {
+    ExpertName.VISTA3D: ("engines.experts.vista3d", "Vista3DExpert"),
+    ExpertName.BRATS: ("engines.experts.brats", "BratsExpert"),
+    ExpertName.CXR: ("engines.experts.cxr", "CxrExpert"),
+}
 
-        return CxrExpert(self.models.cxr, **options)
+
+def load_expert(name: ExpertName | str, models_dir: Path, backend: BackendKind | str = BackendKind.AUTO,
+                engine_cache: EngineCache | None = None, precision: Precision | str = Precision.FP16) -> Expert:
+    """The one way an expert is built: the class ``name`` says, from its folder under ``models_dir``
+    (``ModelsDirectory``), on ``backend`` with TensorRT engines in ``engine_cache``."""
+    from engines.model_store.layout import EXPERT_FOLDERS
+
+    name = ExpertName(name)
+    module, class_name = _EXPERT_CLASSES[name]
+    expert_class = getattr(importlib.import_module(module), class_name)
+    return expert_class(Path(models_dir) / EXPERT_FOLDERS[name.value], backend=BackendKind(backend),
+                        engine_cache=engine_cache, precision=Precision(precision))

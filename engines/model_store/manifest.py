@@ -6,12 +6,13 @@ model's directory, ``/``-separated. The manifest itself is not listed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 from engines.backends.engine_cache import file_sha256
 
-__all__ = ["MANIFEST_NAME", "ManifestError", "write_manifest", "read_manifest", "verify_manifest"]
+__all__ = ["MANIFEST_NAME", "ManifestError", "write_manifest", "read_manifest", "verify_manifest", "folder_digest"]
 
 MANIFEST_NAME = "manifest.json"
 
@@ -58,3 +59,13 @@ def verify_manifest(directory: Path) -> dict:
         if actual != str(expected).lower():
             raise ManifestError(f"checksum mismatch for {relative}: manifest says {expected}, file has {actual}")
     return manifest
+
+
+def folder_digest(folder: Path) -> str:
+    """A digest that changes whenever a model's files change: sha256 of its manifest (which lists every file's
+    sha256), or of the folder's file names and sizes when it has none."""
+    manifest = folder / MANIFEST_NAME
+    if manifest.is_file():
+        return "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
+    listing = sorted(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in folder.rglob("*") if p.is_file())
+    return "files-sha256:" + hashlib.sha256("\n".join(listing).encode()).hexdigest()

@@ -1,6 +1,7 @@
 """The HTTP service: review API, administration, health and metrics (and, as they arrive, DICOMweb and the dashboard).
 
-``create_app(settings)`` builds everything from the settings it is given; tests pass their own.
+``create_app(settings, session_factory, intake)`` wires the routes to what it is given; the composition root
+(``service.composition.build_api``) builds those from the settings, and tests pass their own.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from service.api.routes import admin, dicomweb, health, reports, studies
 from service.api.request_gate import RequestGate
 from service.api.sessions import DashboardSessions
 from service.api.ui import mount_dashboard
+from service.api.viewer import mount_viewer
 from service.config import Settings
 from service.pipeline.intake import PipelineIntake
 from service.review import ReviewService
@@ -22,19 +24,9 @@ from service.routing.store import RoutingRulesStore
 __all__ = ["create_app"]
 
 
-def create_app(settings: Settings, session_factory: sessionmaker[Session] | None = None,
-               intake: PipelineIntake | None = None) -> FastAPI:
-    if session_factory is None:
-        from service.db.session import create_db_engine, make_session_factory
-
-        session_factory = make_session_factory(create_db_engine(settings.effective_database_url))
-    if intake is None:
-        from service.pipeline.celery_app import CeleryDispatcher, create_celery
-        from service.pipeline.ledger import PipelineLedger
-        from service.pipeline.time_limits import StageTimeLimits
-
-        ledger = PipelineLedger(session_factory, time_limits=StageTimeLimits.from_settings(settings))
-        intake = PipelineIntake(ledger, CeleryDispatcher(create_celery(settings), ledger))
+def create_app(settings: Settings, session_factory: sessionmaker[Session], intake: PipelineIntake) -> FastAPI:
+    """The API on ``session_factory``, sending work through ``intake``; ``service.composition.build_api`` builds
+    them from the settings."""
     app = FastAPI(
         title="m3edge",
         version="0.1.0",
@@ -55,5 +47,6 @@ def create_app(settings: Settings, session_factory: sessionmaker[Session] | None
     app.include_router(admin.router)
     app.include_router(dicomweb.router)
     mount_dashboard(app)
+    mount_viewer(app)
     app.add_middleware(RequestGate)  # the caller is checked, and the body bounded, before any route reads a body
     return app

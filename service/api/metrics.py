@@ -77,7 +77,8 @@ class DatabaseCollector:
         yield deliveries
 
         collisions = CounterMetricFamily(
-            "m3edge_uid_collisions", "Series or SOP Instance UIDs that arrived in a second study (kept apart, flagged)",
+            "m3edge_uid_collisions", "Series or SOP Instance UIDs that arrived in a second study (kept apart, flagged); "
+            "kind=study: a Study Instance UID that arrived with a second Patient ID (not processed)",
             labels=["kind"],
         )
         for kind, n in session.execute(select(UidCollision.kind, func.count()).group_by(UidCollision.kind)):

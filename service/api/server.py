@@ -11,11 +11,14 @@ nobody; uvicorn's ``FORWARDED_ALLOW_IPS`` environment variable is not read). ``A
 from __future__ import annotations
 
 import ssl
+import threading
+import time
 from typing import Any
 
 from service.config import Settings
+from service.running import ServiceStartError
 
-__all__ = ["uvicorn_options"]
+__all__ = ["uvicorn_options", "ApiThread"]
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
@@ -37,3 +40,31 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         if tls.require_client_certificate:
             options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
     return options
+
+
+class ApiThread:
+    """The HTTP API served by uvicorn in a thread of this process (``m3edge serve``)."""
+
+    def __init__(self, app, settings: Settings) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, lifespan="on", **uvicorn_options(settings)))
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start serving; refuse (ServiceStartError) when uvicorn could not listen, instead of running without it."""
+        config = self.server.config
+        self._thread = threading.Thread(target=self.server.run, name="m3edge-api", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started and self._thread.is_alive() and time.monotonic() < deadline:
+            self._thread.join(0.05)
+        if not self.server.started:
+            self.stop()
+            raise ServiceStartError(f"the HTTP API could not listen on {config.host}:{config.port} (set "
+                                    "M3EDGE_API_HOST and M3EDGE_API_PORT)")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=15)

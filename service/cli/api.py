@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from service.cli.context import cli_context
+from service.cli.startup import prepare_database
 
 __all__ = ["api_command"]
 
@@ -13,12 +14,10 @@ def api_command(ctx: typer.Context) -> None:
     """Serve the HTTP API on API_HOST:API_PORT until SIGINT or SIGTERM."""
     import uvicorn
 
-    from service.api.app import create_app
     from service.api.server import uvicorn_options
-    from service.cli.serve import prepare_database
+    from service.composition import build_api
 
     context = cli_context(ctx)
     settings = context.settings
     prepare_database(settings)
-    app = create_app(settings, context.session_factory)
-    uvicorn.run(app, **uvicorn_options(settings))
+    uvicorn.run(build_api(settings, context.session_factory), **uvicorn_options(settings))

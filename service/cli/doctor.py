@@ -4,7 +4,7 @@ rules, peers."""
 from __future__ import annotations
 
 import enum
-import shutil
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,10 +47,10 @@ def _database(settings: Settings, session_factory) -> Check:
 
 
 def _broker(settings: Settings) -> Check:
-    from service.pipeline.celery_app import create_celery
+    from service.composition import build_celery
 
-    app = create_celery(settings)
     try:
+        app = build_celery(settings)
         with app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=3)
     except Exception as exc:
@@ -62,11 +62,12 @@ def _broker(settings: Settings) -> Check:
 def _spool(settings: Settings) -> Check:
     from dicom_node.private_files import make_private_dirs
 
+    from dicom_node.intake.admission import DiskUsage
+    from service.home_files import spool_refusal
+
     spool = make_private_dirs(settings.spool_dir)
-    usage = shutil.disk_usage(spool)
-    used_percent = 100 * (usage.total - usage.free) / usage.total
-    detail = f"{spool}: {usage.free / 2**30:.1f} GiB free, {used_percent:.0f}% used"
-    if usage.free < settings.spool_reserve_bytes or used_percent > settings.spool_high_water_percent:
+    detail = f"{spool}: {DiskUsage.of(spool).describe()}"
+    if spool_refusal(settings) is not None:
         return Check("spool", Verdict.FAIL, detail + " (new associations are refused)")
     return Check("spool", Verdict.OK, detail)
 
@@ -165,10 +166,30 @@ def _destinations(settings: Settings) -> list[Check]:
     return checks
 
 
-def run_checks(settings: Settings, session_factory) -> list[Check]:
+def _configuration(settings: Settings) -> Check:
+    from service.composition import stage_time_limits
+    from service.config import ConfigurationError
+
+    try:
+        stage_time_limits(settings)
+    except ConfigurationError as exc:
+        return Check("configuration", Verdict.FAIL, str(exc))
     access = ", ".join(map(str, settings.dicom_allowed_aes)) or "loopback callers only"
-    checks = [Check("configuration", Verdict.OK,
-                    f"AE {settings.dicom_ae_title} on {settings.dicom_host}:{settings.dicom_port}; access: {access}")]
+    source = os.environ.get("M3EDGE_CONFIG")
+    return Check("configuration", Verdict.OK,
+                 f"AE {settings.dicom_ae_title} on {settings.dicom_host}:{settings.dicom_port}; access: {access}; "
+                 f"HOME {settings.home.resolve()}; from {'M3EDGE_CONFIG=' + source + ' and ' if source else ''}"
+                 "the M3EDGE_* environment")
+
+
+def _user() -> Check:
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Check("user", Verdict.WARN, "running as root: run m3edge as an unprivileged user (the image does)")
+    return Check("user", Verdict.OK, "not root")
+
+
+def run_checks(settings: Settings, session_factory) -> list[Check]:
+    checks = [_configuration(settings), _user()]
     probes: list[Callable[[], Check | list[Check]]] = [
         lambda: _database(settings, session_factory), lambda: _broker(settings), lambda: _spool(settings),
         lambda: _file_modes(settings), lambda: _dicom_node(settings), _gpu,

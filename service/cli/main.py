@@ -19,6 +19,7 @@ from service.cli.studies import studies_app
 from service.cli.users import users_app
 from service.cli.vlm import vlm_app
 from service.cli.worker import worker_command
+from service.config import ConfigurationError
 
 __all__ = ["app", "main"]
 
@@ -28,6 +29,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",  # paragraphs of a docstring reflow to the terminal; `code` renders as code
 )
 app.add_typer(db_app, name="db")
 app.add_typer(studies_app, name="studies")
@@ -58,4 +60,7 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, standalone_mode=True)
     except CliError as exc:
         print(f"m3edge: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except ConfigurationError as exc:  # found while building a part (STAGE_TIME_LIMITS, say)
+        print(f"m3edge: error: invalid configuration: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from service.cli.context import CliError, cli_context
+from service.db.models import Role
 
 __all__ = ["users_app"]
 
@@ -15,7 +16,7 @@ users_app = typer.Typer(help="Manage users, their roles and API tokens.", no_arg
 def add(
     ctx: typer.Context,
     name: str = typer.Argument(..., help="Login name."),
-    role: str = typer.Option(..., "--role", help="admin or reviewer."),
+    role: Role = typer.Option(..., "--role", help="admin or reviewer."),
     display_name: str = typer.Option("", help="Full name, as the verifying observer of signed reports."),
     organisation: str = typer.Option("", help="Organisation, as the verifying organisation of signed reports."),
     password: bool = typer.Option(False, "--password", help="Also set a dashboard password (asked for, not echoed)."),
@@ -23,10 +24,8 @@ def add(
     """Create a user and print its API token once (it is stored hashed and cannot be shown again)."""
     from service.db.session import session_scope
     from service.security import UserExists, add_user
-    from service.cli.serve import prepare_database
+    from service.cli.startup import prepare_database
 
-    if role not in ("admin", "reviewer"):
-        raise CliError(f"--role must be admin or reviewer, not {role!r}")
     secret = typer.prompt("Password", hide_input=True, confirmation_prompt=True) if password else None
     context = cli_context(ctx)
     prepare_database(context.settings)
@@ -36,7 +35,7 @@ def add(
                                 password=secret)
     except (UserExists, ValueError) as exc:
         raise CliError(str(exc)) from exc
-    typer.echo(f"user {name} ({role}) created; API token (shown once):")
+    typer.echo(f"user {name} ({role.value}) created; API token (shown once):")
     typer.echo(token)
 
 

@@ -15,9 +15,11 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -78,10 +80,15 @@ class Study(Base):
         default=StudyStatus.RECEIVING,
         index=True,
     )
-    # Patient-free descriptive attributes only: names, birth dates and accession numbers never enter these tables.
+    # Descriptive attributes, from the first instance that carries each one.
     modalities: Mapped[str] = mapped_column(String(64), default="")
     study_description: Mapped[str] = mapped_column(String(64), default="")
     study_date: Mapped[str] = mapped_column(String(8), default="")
+    # Patient context (migration 0009) for the people who review the study: shown to signed-in users only, every read
+    # audited, never logged. NULL: the study arrived before it was kept (nothing known); "" : the instances had none.
+    patient_name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    accession_number: Mapped[str | None] = mapped_column(String(16), nullable=True)
     calling_ae: Mapped[str] = mapped_column(String(16), default="")
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
@@ -139,6 +146,11 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # True for a second copy of an SOP Instance UID whose content differs from the first one kept.
     conflict: Mapped[bool] = mapped_column(Boolean, default=False)
+    # True for an instance whose Patient ID differs from its study's (a Study Instance UID reused by another patient):
+    # kept and flagged, never served with the study (QIDO, WADO) nor processed (migration 0009).
+    other_patient: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # WADO-RS metadata kept at ingest (DICOM JSON, zlib; dicom_node.dicomweb.stored_metadata); None: read the file.
+    dicom_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None, deferred=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")
 
@@ -146,6 +158,7 @@ class Instance(Base):
 class UidKind(str, enum.Enum):
     SERIES = "series"  # a Series Instance UID
     INSTANCE = "instance"  # a SOP Instance UID
+    STUDY = "study"  # a Study Instance UID that arrived with a second Patient ID (study_id == other_study_id)
 
 
 class UidCollision(Base):

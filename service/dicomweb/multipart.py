@@ -10,8 +10,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["MultipartError", "BodyPart", "FilePart", "new_boundary", "encode_parts", "parse_parts",
-           "media_type_parameters", "MultipartStream", "PartStart", "PartData", "PartEnd", "PartEvent"]
+__all__ = ["MultipartError", "BodyPart", "FilePart", "new_boundary", "encode_parts", "encode_bytes_parts",
+           "parse_parts", "media_type_parameters", "MultipartStream", "PartStart", "PartData", "PartEnd", "PartEvent"]
 
 _CHUNK = 1 << 20
 MAX_HEADER_BYTES = 16 * 1024  # a part's headers, or a boundary line with its padding
@@ -68,6 +68,12 @@ def encode_parts(parts: Iterable[FilePart], boundary: str) -> Iterator[bytes]:
                 yield chunk
         yield b"\r\n"
     yield f"--{boundary}--\r\n".encode("ascii")
+
+
+def encode_bytes_parts(parts: Iterable[bytes], content_type: str, boundary: str) -> bytes:
+    """A whole message of in-memory parts (frames, bulk data), each with ``content_type``."""
+    head = f"--{boundary}\r\nContent-Type: {content_type}\r\n\r\n".encode("ascii")
+    return b"".join(head + bytes(part) + b"\r\n" for part in parts) + f"--{boundary}--\r\n".encode("ascii")
 
 
 def _headers(raw: bytes) -> dict[str, str]:

@@ -1,8 +1,16 @@
 """QIDO-RS over the catalogue: studies, series and instances matched in SQL, answered in the DICOM JSON Model.
 
-The catalogue holds no patient attributes (by design: names, IDs and birth dates never enter the database), so QIDO
-matches on, and returns, what it does hold; a query on anything else is refused with a 400 that lists what works.
-Values are bound parameters: a query parameter never becomes SQL text.
+The catalogue holds the study's descriptive attributes and its patient context (PatientName, PatientID,
+AccessionNumber; never birth dates), so QIDO matches on, and returns, what it holds; a query on anything else is
+refused with a 400 that lists what works. Matching is PS3.18 8.3.4 / PS3.4 C.2.2.2: universal (empty), single
+value, a list of UIDs, date ranges and wildcards ``*`` and ``?`` through the matcher C-FIND uses
+(``dicom_node.qr.matching.WildcardPattern``: SQL ``LIKE`` with escaping, SQLite's ``GLOB`` where ``LIKE`` would ignore
+case). PatientName matches without regard to case (PostgreSQL: Unicode; SQLite: ASCII letters); everything else
+exactly. Fuzzy matching is off unless the query says ``fuzzymatching=true``; then a PatientName without wildcards
+matches every name holding each of its words (split at spaces, ``^``, ``,`` and ``=``; any case, any order: ``john
+doe`` finds ``DOE^JOHN``), and the other keys match as above.
+Each value is at most 64 characters (PatientName 194: three component groups). Values are bound parameters: a query
+parameter never becomes SQL text.
 """
 
 from __future__ import annotations
@@ -13,9 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pydicom.datadict import keyword_for_tag
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
+from dicom_node.qr.matching import WildcardPattern, has_wildcard
 from service.db.models import Instance, Series, Study
 from service.dicomweb.dicom_json import attribute
 from service.dicomweb.results import ResultInstances
@@ -39,7 +48,11 @@ class QidoError(ValueError):
     """A query the catalogue cannot answer; the message says what can be asked instead (a 400)."""
 
 
-STUDY_KEYS = {"StudyInstanceUID", "StudyDate", "ModalitiesInStudy", "StudyDescription"}
+STUDY_KEYS = {"StudyInstanceUID", "StudyDate", "ModalitiesInStudy", "StudyDescription", "PatientName", "PatientID",
+              "AccessionNumber"}
+# The keys whose answers carry patient data: every search is audited with the studies it returned.
+PATIENT_KEYS = {"PatientName", "PatientID", "AccessionNumber"}
+_MAX_LENGTH = {"PatientName": 194, "AccessionNumber": 16}
 SERIES_KEYS = {"SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription", "BodyPartExamined"}
 INSTANCE_KEYS = {"SOPInstanceUID", "SOPClassUID"}
 KEYS = {QidoLevel.STUDY: STUDY_KEYS, QidoLevel.SERIES: STUDY_KEYS | SERIES_KEYS,
@@ -53,6 +66,7 @@ class QidoQuery:
     limit: int = 100
     offset: int = 0
     warnings: list[str] = field(default_factory=list)
+    fuzzy: bool = False  # fuzzymatching=true: PatientName by its words (PS3.18 8.3.4.6 leaves the method to the server)
 
 
 def _keyword(key: str) -> str:
@@ -80,8 +94,10 @@ def _check(keyword: str, values: list[str]) -> list[str]:
     elif keyword == "SeriesNumber":
         if len(values) != 1 or not re.fullmatch(r"-?\d{1,10}", values[0]):
             raise QidoError("SeriesNumber is one integer")
-    elif any(len(v) > 64 for v in values):
-        raise QidoError(f"{keyword} values are at most 64 characters")
+    elif any(len(v) > _MAX_LENGTH.get(keyword, 64) for v in values):
+        raise QidoError(f"{keyword} values are at most {_MAX_LENGTH.get(keyword, 64)} characters")
+    elif keyword in PATIENT_KEYS and len(values) != 1:
+        raise QidoError(f"{keyword} takes one value (with wildcards * and ? if you like)")
     return values
 
 
@@ -92,34 +108,47 @@ def parse_qido(items: list[tuple[str, str]], level: QidoLevel, *, limit: int, of
     collected: dict[str, list[str]] = {}
     for key, value in items:
         if key in _CONTROL:
-            if key == "fuzzymatching" and value.lower() == "true":
-                query.warnings.append('299 m3edge "fuzzymatching is not supported; matching is exact or by wildcard"')
+            if key == "fuzzymatching":
+                query.fuzzy = value.strip().lower() == "true"
             continue
         keyword = _keyword(key)
         if keyword not in supported:
-            raise QidoError(f"cannot match on {key!r} here; this level matches on {', '.join(sorted(supported))} "
-                            "(the catalogue holds no patient attributes)")
+            raise QidoError(f"cannot match on {key!r} here; this level matches on {', '.join(sorted(supported))}")
         if value.strip():
             collected.setdefault(keyword, []).append(value)
     for keyword, values in collected.items():
-        parts = values if keyword.endswith("Description") or keyword == "StudyDate" else _split(values)
+        parts = values if keyword.endswith("Description") or keyword in {"StudyDate", "PatientName", "PatientID",
+                                                                          "AccessionNumber"} else _split(values)
         query.filters[keyword] = _check(keyword, parts)
     return query
 
 
-def _like(pattern: str):
-    escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped.replace("*", "%").replace("?", "_")
-
-
-def _text_match(column, values: list[str]):
+def _text_match(column, values: list[str], dialect: str = "postgresql", *, ignore_case: bool = False):
+    """Single-value or wildcard matching of a text column (PS3.4 C.2.2.2.1/C.2.2.2.4), the same as C-FIND's."""
     value = values[0]
-    if "*" in value or "?" in value:
-        return column.like(_like(value), escape="\\")
+    if has_wildcard(value):
+        pattern = WildcardPattern(value, ignore_case=ignore_case)
+        if ignore_case:
+            return func.lower(column).like(pattern.sql_like().lower(), escape="\\")
+        if dialect == "sqlite":  # SQLite's LIKE ignores the case of ASCII letters; GLOB does not
+            return column.op("GLOB")(pattern.sql_glob())
+        return column.like(pattern.sql_like(), escape="\\")
+    if ignore_case:
+        return func.lower(column) == value.lower()
     return column == value
 
 
-def _where(query, filters: dict[str, list[str]]):
+_NAME_WORDS = re.compile(r"[\s^,=]+")
+
+
+def _fuzzy_name(column, value: str):
+    """Every word of ``value`` somewhere in the name, any case (LIKE with its wildcards escaped)."""
+    words = [w for w in _NAME_WORDS.split(value.lower()) if w][:8]
+    escaped = [w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") for w in words]
+    return and_(*(func.lower(column).like(f"%{w}%", escape="\\") for w in escaped)) if escaped else column.is_not(None)
+
+
+def _where(query, filters: dict[str, list[str]], dialect: str = "postgresql", fuzzy: bool = False):
     for keyword, values in filters.items():
         if keyword == "StudyInstanceUID":
             query = query.where(Study.study_uid.in_(values))
@@ -136,7 +165,15 @@ def _where(query, filters: dict[str, list[str]]):
         elif keyword == "ModalitiesInStudy":
             query = query.where(Study.id.in_(select(Series.study_id).where(Series.modality.in_(values))))
         elif keyword == "StudyDescription":
-            query = query.where(_text_match(Study.study_description, values))
+            query = query.where(_text_match(Study.study_description, values, dialect))
+        elif keyword == "PatientName" and fuzzy and not has_wildcard(values[0]):
+            query = query.where(_fuzzy_name(Study.patient_name, values[0]))
+        elif keyword == "PatientName":
+            query = query.where(_text_match(Study.patient_name, values, dialect, ignore_case=True))
+        elif keyword == "PatientID":
+            query = query.where(_text_match(Study.patient_id, values, dialect))
+        elif keyword == "AccessionNumber":
+            query = query.where(_text_match(Study.accession_number, values, dialect))
         elif keyword == "SeriesInstanceUID":
             query = query.where(Series.series_uid.in_(values))
         elif keyword == "Modality":
@@ -144,7 +181,7 @@ def _where(query, filters: dict[str, list[str]]):
         elif keyword == "SeriesNumber":
             query = query.where(Series.series_number == int(values[0]))
         elif keyword == "SeriesDescription":
-            query = query.where(_text_match(Series.series_description, values))
+            query = query.where(_text_match(Series.series_description, values, dialect))
         elif keyword == "BodyPartExamined":
             query = query.where(Series.body_part_examined.in_(values))
         elif keyword == "SOPInstanceUID":
@@ -154,12 +191,23 @@ def _where(query, filters: dict[str, list[str]]):
     return query
 
 
+def _person_name(name: str | None) -> dict:
+    """A PN attribute with its component groups (Alphabetic=Ideographic=Phonetic, PS3.18 F.2.2)."""
+    if not name:
+        return {"vr": "PN"}
+    groups = dict(zip(("Alphabetic", "Ideographic", "Phonetic"), name.split("=")))
+    return {"vr": "PN", "Value": [{k: v for k, v in groups.items() if v}]}
+
+
 def _study_json(study: Study, modalities: list[str], series: int, instances: int, base: str) -> dict:
     return {
         "00080020": attribute("DA", study.study_date),
+        "00080050": attribute("SH", study.accession_number),
         "00080061": attribute("CS", *modalities),
         "00081030": attribute("LO", study.study_description),
         "00081190": attribute("UR", f"{base}/studies/{study.study_uid}"),
+        "00100010": _person_name(study.patient_name),
+        "00100020": attribute("LO", study.patient_id),
         "0020000D": attribute("UI", study.study_uid),
         "00201206": attribute("IS", series),
         "00201208": attribute("IS", instances),
@@ -193,13 +241,19 @@ def _instance_json(study_uid: str, series_uid: str, sop_class_uid: str, sop_uid:
     }
 
 
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
 def _held():
-    """Instances QIDO and WADO serve: a second copy kept for a conflicting re-send is not one of them."""
-    return Instance.conflict.is_(False)
+    """Instances QIDO and WADO serve: neither a second copy kept for a conflicting re-send, nor an instance of another
+    patient that arrived under the study's UID (kept and flagged, never served with it)."""
+    return Instance.conflict.is_(False) & Instance.other_patient.is_(False)
 
 
 def _search_studies(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:
-    ids = _where(select(Study.id).outerjoin(Series, Series.study_id == Study.id), query.filters).distinct()
+    ids = _where(select(Study.id).outerjoin(Series, Series.study_id == Study.id), query.filters,
+                 _dialect(session), query.fuzzy).distinct()
     studies = session.execute(
         select(Study).where(Study.id.in_(ids)).order_by(Study.id).limit(query.limit).offset(query.offset)
     ).scalars().all()
@@ -238,7 +292,8 @@ def _result_study_uids(session: Session, query: QidoQuery) -> list[str] | None:
     if not study_filters:
         return None
     return list(session.scalars(
-        _where(select(Study.study_uid).outerjoin(Series, Series.study_id == Study.id), study_filters).distinct()))
+        _where(select(Study.study_uid).outerjoin(Series, Series.study_id == Study.id), study_filters,
+               _dialect(session), query.fuzzy).distinct()))
 
 
 def _page(query: QidoQuery, rows: list[dict], count_held: Callable[[], int], produced: Callable[[], list[dict]]
@@ -253,7 +308,9 @@ def _page(query: QidoQuery, rows: list[dict], count_held: Callable[[], int], pro
 
 def _search_series(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:
     count = select(func.count(Instance.id)).where(Instance.series_id == Series.id, _held()).scalar_subquery()
-    matching = _where(select(Study, Series, count).join(Series, Series.study_id == Study.id), query.filters)
+    served = select(Instance.id).where(Instance.series_id == Series.id, _held()).exists()  # not another patient's
+    matching = _where(select(Study, Series, count).join(Series, Series.study_id == Study.id).where(served),
+                      query.filters, _dialect(session), query.fuzzy)
     rows = [
         _series_json(study.study_uid, series.series_uid, series.modality, series.series_description,
                      series.body_part_examined, series.series_number, int(n), base)
@@ -277,7 +334,7 @@ def _search_series(session: Session, query: QidoQuery, base: str, results: Resul
 def _search_instances(session: Session, query: QidoQuery, base: str, results: ResultInstances | None) -> list[dict]:
     matching = _where(select(Study.study_uid, Series.series_uid, Series.modality, Instance)
                       .join(Series, Series.study_id == Study.id).join(Instance, Instance.series_id == Series.id)
-                      .where(_held()), query.filters)
+                      .where(_held()), query.filters, _dialect(session), query.fuzzy)
     rows = [
         _instance_json(study_uid, series_uid, i.sop_class_uid, i.sop_instance_uid, modality, i.transfer_syntax_uid,
                        base)

@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, undefer
 
 from service.db.models import Instance, Series, Study
 from service.dicomweb.multipart import media_type_parameters
 
-__all__ = ["StoredFile", "stored_files", "NotAcceptable", "wanted_transfer_syntax", "wants_json"]
+__all__ = ["StoredFile", "stored_files", "NotAcceptable", "wanted_transfer_syntax", "wants_json",
+           "frame_content_type"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,18 +34,22 @@ class StoredFile:
     sop_instance_uid: str
     transfer_syntax_uid: str
     path: Path
+    dicom_json: bytes | None = None  # the metadata kept at ingest (``dicom_node.dicomweb.stored_metadata``), if asked
 
 
 def stored_files(session: Session, spool: Path, study_uid: str, series_uid: str | None = None,
-                 sop_instance_uid: str | None = None) -> list[StoredFile]:
-    """The held instances under a WADO-RS URL, in series then instance order; paths checked to be inside the spool."""
+                 sop_instance_uid: str | None = None, *, with_metadata: bool = False) -> list[StoredFile]:
+    """The held instances under a WADO-RS URL, in series then instance order; paths checked to be inside the spool.
+    ``with_metadata``: with the DICOM JSON each instance's row kept at ingest."""
     query = (select(Study.study_uid, Series.series_uid, Instance)
              .join(Series, Series.study_id == Study.id).join(Instance, Instance.series_id == Series.id)
-             .where(Study.study_uid == study_uid, Instance.conflict.is_(False)))
+             .where(Study.study_uid == study_uid, Instance.conflict.is_(False), Instance.other_patient.is_(False)))
     if series_uid is not None:
         query = query.where(Series.series_uid == series_uid)
     if sop_instance_uid is not None:
         query = query.where(Instance.sop_instance_uid == sop_instance_uid)
+    if with_metadata:
+        query = query.options(undefer(Instance.dicom_json))
     root = spool.resolve()
     files = []
     for study, series, instance in session.execute(query.order_by(Series.id, Instance.id)):
@@ -55,7 +60,8 @@ def stored_files(session: Session, spool: Path, study_uid: str, series_uid: str 
             LOGGER.warning("instance %s is recorded but its file is gone from the spool; not served",
                            instance.sop_instance_uid)
             continue
-        files.append(StoredFile(study, series, instance.sop_instance_uid, instance.transfer_syntax_uid, path))
+        files.append(StoredFile(study, series, instance.sop_instance_uid, instance.transfer_syntax_uid, path,
+                                instance.dicom_json if with_metadata else None))
     return files
 
 
@@ -111,3 +117,33 @@ def wants_json(accept: str) -> bool:
         if media_type in ("*/*", "application/*", "application/json", "application/dicom+json"):
             return True
     return False
+
+
+def frame_content_type(accept: str, transfer_syntax_uid: str, media_type: str) -> str:
+    """The Content-Type of each part of a frames or bulk data answer, or ``NotAcceptable``.
+
+    Frames go as stored (``transfer_syntax_uid``, whose image media type is ``media_type``, or
+    ``application/octet-stream`` for native pixel data): acceptable when the caller takes
+    ``multipart/related`` of ``application/octet-stream`` with ``transfer-syntax=*`` or that syntax (native data
+    also with none: Explicit VR Little Endian is its default), or of the image media type.
+    """
+    native = media_type == "application/octet-stream"
+    stored = f"{media_type}; transfer-syntax={transfer_syntax_uid}"
+    if not accept.strip():
+        return stored
+    for media_range in _ranges(accept):
+        range_type, parameters = media_type_parameters(media_range)
+        if range_type in ("*/*", "multipart/*"):
+            return stored
+        if range_type != "multipart/related":
+            continue
+        part_type = parameters.get("type", "application/octet-stream").lower()
+        syntax = parameters.get("transfer-syntax")
+        if part_type in ("application/octet-stream", "*/*"):
+            if syntax == "*" or syntax == transfer_syntax_uid or (syntax is None and native):
+                return f"application/octet-stream; transfer-syntax={transfer_syntax_uid}"
+        elif part_type in (media_type, "image/*") and not native:
+            if syntax in (None, "*", transfer_syntax_uid):
+                return stored
+    raise NotAcceptable(f"frames are sent as stored ({transfer_syntax_uid}), never transcoded: accept "
+                        f'multipart/related; type="application/octet-stream"; transfer-syntax=* (or {media_type})')

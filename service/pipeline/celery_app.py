@@ -14,9 +14,8 @@ from typing import Protocol
 from celery import Celery
 from kombu import Queue
 
-from dicom_node.private_files import SECRET_FILE_MODE, create_private_file
 from service.config import Settings
-from service.pipeline.embedded_broker import TRANSPORT_PATH
+from service.pipeline.embedded_broker import TRANSPORT_PATH, embedded_broker
 from service.pipeline.delivery import DeliveryQueue
 from service.pipeline.executor import StageExecutor
 from service.pipeline.ledger import PipelineLedger, StageTicket
@@ -40,19 +39,17 @@ class WorkerComponents(Protocol):
     time_limiter: StageTimeLimiter | None
 
 
-def create_celery(settings: Settings, components_factory: Callable[[], WorkerComponents] | None = None) -> Celery:
+def create_celery(settings: Settings, time_limits: StageTimeLimits,
+                  components_factory: Callable[[], WorkerComponents] | None = None) -> Celery:
     """The app for ``settings``. ``components_factory`` builds the worker's components once, on its first task;
-    without it the app only sends (the API, the DICOM node)."""
+    without it the app only sends (the API, the DICOM node). ``time_limits``: the stages' (the ledger's)."""
     broker = settings.effective_broker_url
     # A message not acknowledged by then is delivered again: longer than any stage may run.
-    transport_options: dict = {"visibility_timeout": StageTimeLimits.from_settings(settings).longest_hard_s + 600}
+    transport_options: dict = {"visibility_timeout": time_limits.longest_hard_s + 600}
     extra: dict = {}
     if settings.broker_url is None:  # the embedded broker: a SQLite file in HOME, no server
-        path = settings.home / "broker.db"
-        create_private_file(path, SECRET_FILE_MODE)  # SQLite keeps this mode for the file and its WAL
-        broker = f"sqlite:///{path.resolve()}"
+        broker, transport_options = embedded_broker(settings.home)
         extra["broker_transport"] = TRANSPORT_PATH
-        transport_options = {"polling_interval": 0.05}
     elif broker.startswith(("redis://", "rediss://")):
         transport_options["queue_order_strategy"] = "priority"  # urgent queues are read first
     app = Celery("m3edge", broker=broker, set_as_current=False)

@@ -14,12 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from dicom_node.network import DicomAddress
-from dicom_node.scu import DeliveryError, DeliveryReport
+from dicom_node.scu import DeliveryError, DeliveryReport, RetryPolicy, StorageSCU
 from service.db.counters import DELIVERIES_FAILED, add_to_counter
 from service.db.models import Delivery, utcnow
 from service.db.session import session_scope
 
-__all__ = ["ResultObject", "DeliveryQueue", "DeliveryOutcome", "Sender"]
+__all__ = ["ResultObject", "DeliveryQueue", "DeliveryOutcome", "Sender", "default_sender", "DEFAULT_SEND_RETRY"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -28,6 +28,17 @@ class Sender(Protocol):
     """What sends files (``dicom_node.scu.StorageSCU``)."""
 
     def send(self, destination: DicomAddress, paths: Iterable[str | Path]) -> DeliveryReport: ...
+
+
+#: Few quick tries per delivery attempt: the deliver stage (the executor) and the review's delivery (the sweeper)
+#: retry with back-off around them.
+DEFAULT_SEND_RETRY = RetryPolicy(attempts=2, first_delay=0.5, max_delay=2.0)
+
+
+def default_sender(calling_ae: str) -> StorageSCU:
+    """The one sender every part uses: C-STORE as ``calling_ae`` with :data:`DEFAULT_SEND_RETRY`. A compressed result
+    (a JPEG 2000 SEG) goes decompressed to a destination that takes it only uncompressed."""
+    return StorageSCU(calling_ae, retry=DEFAULT_SEND_RETRY, connection_timeout=5.0, decompress_when_refused=True)
 
 
 @dataclass(frozen=True)

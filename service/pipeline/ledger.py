@@ -33,10 +33,14 @@ from service.db.session import session_scope
 from service.pipeline.contracts import StageContract, stage_result_for_storage
 from service.pipeline.stages import STAGE_ORDER, Stage
 from service.pipeline.time_limits import StageTimeLimits
+from service.uid_collisions import has_patient_collision
 
 __all__ = ["PipelineLedger", "StageClaim", "StageTicket", "RunNotFound", "StageNotDue", "StageClaimLost"]
 
 LOGGER = logging.getLogger(__name__)
+
+PATIENT_COLLISION_ERROR = ("its Study Instance UID arrived with two Patient IDs (two patients under one study UID): "
+                           "not processed, so no report mixes them; ask the sender to correct its UIDs")
 
 
 class RunNotFound(LookupError):
@@ -114,6 +118,14 @@ class PipelineLedger:
             study = session.execute(select(Study).where(Study.study_uid == study_uid)).scalar_one_or_none()
             if study is None:
                 raise RunNotFound(f"no study {study_uid!r}")
+            if has_patient_collision(session, study.id):
+                # Two patients under one Study Instance UID: no report may mix their images (service.uid_collisions).
+                study.status = StudyStatus.FAILED
+                study.error = PATIENT_COLLISION_ERROR
+                if trigger == "complete":
+                    return None
+                session.commit()
+                raise ValueError(f"study {study_uid}: {PATIENT_COLLISION_ERROR}")
             if trigger == "complete":
                 taken = session.execute(
                     update(Study)

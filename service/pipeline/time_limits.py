@@ -103,7 +103,8 @@ class StageTimeLimits(Mapping[Stage, StageTimeLimit]):
 
     @classmethod
     def from_settings(cls, settings) -> StageTimeLimits:
-        """The limits ``STAGE_TIME_LIMITS`` sets (validated when the settings were built)."""
+        """The limits ``STAGE_TIME_LIMITS`` sets; ValueError names a bad one (``service.composition.stage_time_limits``
+        turns it into a ConfigurationError as the service is built)."""
         return cls.with_overrides({stage: limit.model_dump(exclude_none=True)
                                    for stage, limit in settings.stage_time_limits.items()})
 

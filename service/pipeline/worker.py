@@ -3,27 +3,35 @@
 GPU workers run one process per GPU (``--pool solo``), so models load once and stay loaded. The solo pool ignores
 Celery's time limits, so the worker enforces each stage's itself (``service.pipeline.time_limits``): a stage past its
 soft limit gets an exception, and one past its hard limit ends the process for its supervisor to restart.
+
+Why our limiter rather than Celery's prefork pool, which enforces the same limits (kept on reasons, not on a
+measurement): (1) a prefork child killed at its hard limit leaves no word on the stage row (only the pool's log), where
+our watchdog writes why on the row before the process ends, so the ledger and the reviewer see it; (2) the route's
+expert runs in a thread beside the VLM stage (``work/route_expert.py``), which no signal of the pool reaches, so that
+limit needs our limiter under any pool; (3) one process per GPU holds the models once, with no pool parent beside it.
+With a pool that enforces limits (``pool_enforces_time_limits``) the limiter leaves enforcement to Celery.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from celery import Celery
+from celery.exceptions import SecurityWarning
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.scu import StorageSCU
-from service.config import Settings
-from service.pipeline.celery_app import QUEUES, CeleryDispatcher, create_celery
+from service.pipeline.celery_app import QUEUES, CeleryDispatcher
 from service.pipeline.delivery import DeliveryQueue, Sender
 from service.pipeline.executor import StageExecutor, StageHandler
-from service.pipeline.intake import PipelineIntake, PipelineSweeper
+from service.pipeline.intake import PipelineSweeper
 from service.pipeline.ledger import PipelineLedger
 from service.pipeline.stages import Stage
-from service.pipeline.time_limits import StageTimeLimiter, StageTimeLimits
+from service.pipeline.time_limits import StageTimeLimiter
 
 __all__ = ["PipelineWorker", "parse_queues", "default_worker_name"]
 
@@ -55,29 +63,37 @@ class _Components:
     time_limiter: StageTimeLimiter | None
 
 
-class PipelineWorker:
-    """Builds the Celery app, the executor (handlers made once, lazily, in this process) and runs the worker."""
+class SendingSide(Protocol):
+    """The pipeline's sending side the worker runs beside (``service.composition.Pipeline``)."""
 
-    def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
+    ledger: PipelineLedger
+    app: Celery
+    dispatcher: CeleryDispatcher
+    sweeper: PipelineSweeper | None
+
+
+class PipelineWorker:
+    """Runs a Celery worker on ``pipeline.app``; its executor (handlers made once, lazily, in this process) and
+    delivery queue are made on the first task (:meth:`make_components`, the app's components factory).
+
+    Built by ``service.composition.build_worker``, which wires the app's components factory to this worker."""
+
+    def __init__(self, pipeline: SendingSide, session_factory: sessionmaker[Session],
                  handlers_factory: Callable[[], Mapping[Stage, StageHandler]], queues: Sequence[str],
-                 sender_factory: Callable[[], Sender] | None = None,
-                 name: str | None = None, sweeper_interval_s: float | None = 10.0, pool: str = "solo") -> None:
-        self.settings = settings
+                 sender_factory: Callable[[], Sender], name: str | None = None, pool: str = "solo") -> None:
         self.queues = list(queues)
         self.name = name or default_worker_name(self.queues)
         self.pool = pool
-        self.ledger = PipelineLedger(session_factory, time_limits=StageTimeLimits.from_settings(settings))
+        self.ledger = pipeline.ledger
         self.session_factory = session_factory
-        self._sender_factory = sender_factory or (
-            lambda: StorageSCU(settings.dicom_ae_title, decompress_when_refused=True))
-        self.app: Celery = create_celery(settings, components_factory=self._make_components)
-        self.dispatcher = CeleryDispatcher(self.app, self.ledger)
-        self.intake = PipelineIntake(self.ledger, self.dispatcher)
+        self._sender_factory = sender_factory
+        self.app: Celery = pipeline.app
+        self.dispatcher = pipeline.dispatcher
         self._handlers_factory = handlers_factory
-        self.sweeper = PipelineSweeper(self.intake, sweeper_interval_s) if sweeper_interval_s else None
+        self.sweeper = pipeline.sweeper
         self._worker = None
 
-    def _make_components(self) -> _Components:
+    def make_components(self) -> _Components:
         limiter = StageTimeLimiter.for_pool(self.ledger.time_limits, self.pool, on_hard_limit=self._note_hard_limit)
         executor = StageExecutor(self.ledger, self._handlers_factory(), self.dispatcher, worker_name=self.name,
                                  time_limiter=limiter)
@@ -100,6 +116,9 @@ class PipelineWorker:
         if self.sweeper is not None:
             self.sweeper.start()
         try:
+            # Celery warns on stderr, at length, when the worker runs as root; `m3edge doctor` says it in one line
+            # (the container image runs as an unprivileged user).
+            warnings.filterwarnings("ignore", category=SecurityWarning)
             self._worker = self.app.Worker(
                 hostname=self.name, queues=self.queues, pool=self.pool, concurrency=1, prefetch_multiplier=1,
                 loglevel=logging.getLevelName(logging.getLogger().level), without_heartbeat=True,

@@ -7,12 +7,10 @@ validated first, written atomically, and the previous version is kept beside it 
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 from pathlib import Path
 
-from dicom_node.private_files import make_private_dirs
+from dicom_node.private_files import write_atomically, write_bytes_atomically
 from service.config import Settings
 from service.routing.rules import RuleSet, load_rules, parse_rules
 
@@ -58,19 +56,10 @@ class RoutingRulesStore:
         """Validate ``text`` (RoutingRulesError with line and field when invalid), then replace the rules in force."""
         rules = parse_rules(text, "the submitted rules")
         target = self.writable_path
-        make_private_dirs(target.parent)
-        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".routing-", suffix=".yaml")
-        try:
-            with os.fdopen(fd, "w") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            if target.exists():
-                os.replace(target, target.with_name(target.name + ".previous"))
-            os.replace(temporary, target)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        if target.exists():  # the rules replaced are kept beside them, and the rules in force never go missing
+            write_bytes_atomically(target.with_name(target.name + ".previous"), target.read_bytes())
+        with write_atomically(target, text=True) as handle:
+            handle.write(text)
         with self._lock:
             self._cached = None
         return rules

@@ -4,10 +4,10 @@ PostgreSQL), the assembler completes studies and calls the hook once per complet
 from __future__ import annotations
 
 import os
-import time
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta, timezone
 
 import pytest
 from pydicom import dcmread
@@ -59,6 +59,11 @@ class RunningNode:
                 study.completion_count == count and hook.calls.count(uid) >= count else None
 
         return wait_for(completed, timeout=30, interval=0.05, message=f"study {uid} did not complete ({count})")
+
+
+def _aware(moment):
+    """A database timestamp as an aware UTC datetime (SQLite gives them back without a time zone)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def _settings(tmp_path, database_url: str, **timings) -> Settings:
@@ -146,9 +151,14 @@ def test_a_study_sent_over_two_associations_completes_once_after_the_last_releas
         for path in series.paths[1:3]:
             assert first.send_c_store(dcmread(path)).Status == 0x0000
         first.release()
-        wait_for(lambda: running.study(series.study_uid).last_released_at is not None, timeout=10,
-                 message="the first release was not recorded")
-        time.sleep(5 * 0.2)  # well past the grace: the assembler thread has swept several times
+        released = wait_for(lambda: running.study(series.study_uid).last_released_at, timeout=10,
+                            message="the first release was not recorded")
+        # A pass of the assembler as it would run well past the 0.2 s grace and before the 60 s idle limit (its
+        # clock, not a sleep, says when): B is still sending, so the study stays open.
+        past_grace = _aware(released) + timedelta(seconds=5)
+        probe = StudyAssembler(running.assembler.ledger, running.assembler.timings, running.hook,
+                               clock=lambda: past_grace)
+        assert probe.sweep() == []
         study = running.study(series.study_uid)
         assert (study.status, study.open_associations) == (StudyStatus.RECEIVING, 1)  # B is still sending
         assert second.send_c_store(dcmread(series.paths[3])).Status == 0x0000

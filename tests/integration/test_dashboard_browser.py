@@ -57,7 +57,7 @@ def test_reviewer_logs_in_opens_a_draft_sees_the_overlay_and_approves_it(api, se
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     database = session_factory.kw["bind"].dialect.name
 
-    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     console = ConsoleWatch(page)
@@ -67,15 +67,21 @@ def test_reviewer_logs_in_opens_a_draft_sees_the_overlay_and_approves_it(api, se
     page.screenshot(path=str(ARTIFACTS / f"01-login-{database}.png"))
     log_in(page, base, "rex", "another long secret")
     row = page.locator(f'tr[data-study-uid="{study_uid}"]')
-    assert row.locator(".status").first.inner_text() == "done"
-    assert "draft" in row.inner_text()
+    assert "awaiting review" in row.inner_text() and "Synthetic, Patient" in row.inner_text()  # the default view
     assert page.locator("#draft-notice").is_visible()
+    # compact rows: 25 of them fit under the table's top on a 1400 x 900 screen
+    top = page.evaluate("() => document.querySelector('#worklist-rows').getBoundingClientRect().top")
+    height = page.evaluate(f"() => document.querySelector('tr[data-study-uid=\"{study_uid}\"]')"
+                           ".getBoundingClientRect().height")
+    assert top + 25 * height <= 900, (top, height)
 
+    page.goto(base + "/ui/?state=all")
     failed_uid = seed_failed_run(session_factory, app.state.settings)  # arrives while the page is open
     page.locator(f'tr[data-study-uid="{failed_uid}"]').wait_for()
-    assert "ran out of memory" in page.locator(f'tr[data-study-uid="{failed_uid}"]').inner_text()
+    assert "failed in expert" in page.locator(f'tr[data-study-uid="{failed_uid}"]').inner_text()
     assert page.locator("#worklist-total").inner_text() == "2"
     page.screenshot(path=str(ARTIFACTS / f"02-worklist-{database}.png"), full_page=True)
+    row = page.locator(f'tr[data-study-uid="{study_uid}"]')
 
     row.locator("a").click()
     page.wait_for_url(re.compile(re.escape(f"/ui/studies/{study_uid}") + "$"))
@@ -89,16 +95,20 @@ def test_reviewer_logs_in_opens_a_draft_sees_the_overlay_and_approves_it(api, se
     assert "liver" in page.locator("#findings").inner_text()
     page.screenshot(path=str(ARTIFACTS / f"03-study-draft-{database}.png"), full_page=True)
 
-    page.click("#approve")
+    page.keyboard.press("a")  # approve: the confirmation page shows the verified SR first
+    page.locator("#review-confirm").wait_for()
+    assert "Verification statement" in page.locator("#sr-content").inner_text()
+    page.screenshot(path=str(ARTIFACTS / f"04-confirm-approve-{database}.png"), full_page=True)
+    page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"\?done=approve$"))
     assert page.locator("#report-status").inner_text() == "approved"
     assert "Approved" in page.locator("#review-message").inner_text()
     assert "Reviewed by rex" in page.locator("#reviewed-by").inner_text()
     assert "approved by rex" in page.locator("#report-notice").inner_text()
-    page.screenshot(path=str(ARTIFACTS / f"04-study-approved-{database}.png"), full_page=True)
+    page.screenshot(path=str(ARTIFACTS / f"05-study-approved-{database}.png"), full_page=True)
 
-    page.click("nav >> text=Worklist")
-    assert "approved" in page.locator(f'tr[data-study-uid="{study_uid}"]').inner_text()
+    page.goto(base + "/ui/?state=verified")
+    assert "verified (approved)" in page.locator(f'tr[data-study-uid="{study_uid}"]').inner_text()
     assert page.locator("a[href='/ui/admin']").count() == 0
     assert dispatcher.deliveries  # the verified SR was handed to delivery
     assert console.errors == []
@@ -111,7 +121,7 @@ def test_admin_sees_node_health_and_throughput_chart(api, session_factory, brows
     seed_reviewable_study(session_factory, app.state.settings)
     seed_failed_run(session_factory, app.state.settings)
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     console = ConsoleWatch(page)

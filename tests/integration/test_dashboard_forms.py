@@ -20,7 +20,7 @@ from service.security.login_limits import LoginThrottle
 from tests.conftest import require_tool
 from tests.integration.api.conftest import RecordingDispatcher, api  # noqa: F401  (the running API fixture)
 from tests.support.api_server import running_app
-from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study
+from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study, seed_skipped_run
 from tests.support.dcmtk import dcmtk_env
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
@@ -112,6 +112,24 @@ def test_login_sets_an_httponly_samesite_strict_cookie_and_is_audited(api):  # n
     assert [(e["actor"], e["outcome"], e["remote_addr"]) for e in events] == [("rex", "success", "127.0.0.1")]
 
 
+def test_the_login_pages_hint_makes_a_user_who_can_log_in(api, database_url, monkeypatch):  # noqa: F811
+    """Run the command the login page shows, as shown (the password typed at its prompt), then log in with it."""
+    from typer.testing import CliRunner
+
+    from service.cli.main import app as cli
+
+    base, _, _, app = api
+    with httpx.Client(base_url=base, timeout=30) as client:
+        hint = re.search(r"<code>m3edge (users add NAME [^<]*)</code>", client.get("/ui/login").text).group(1)
+        monkeypatch.setenv("M3EDGE_HOME", str(app.state.settings.home))
+        monkeypatch.setenv("M3EDGE_DATABASE_URL", database_url)
+        secret = "a reviewer's long secret"
+        result = CliRunner().invoke(cli, hint.replace("NAME", "rita").split(), input=f"{secret}\n{secret}\n")
+        assert result.exit_code == 0, result.output
+        response = log_in(client, "rita", secret)
+        assert response.status_code == 303 and response.headers["location"] == "/ui/", response.text
+
+
 def test_login_form_without_its_token_and_wrong_passwords_are_refused_and_audited(api):  # noqa: F811
     base, tokens, _, _ = api
     with httpx.Client(base_url=base) as client:
@@ -178,7 +196,10 @@ def test_state_changing_forms_need_the_sessions_csrf_token(api, session_factory)
         assert client.post("/ui/logout", data={}).status_code == 403
         assert report_version(base, tokens, study_uid) == ("draft", 1)
 
-        done = client.post(review_path, data={**form, "csrf_token": token})
+        shown = client.post(review_path, data={**form, "csrf_token": token})  # the confirmation step: nothing done
+        assert shown.status_code == 200 and 'id="review-confirm"' in shown.text
+        assert report_version(base, tokens, study_uid) == ("draft", 1)
+        done = client.post(review_path, data={**form, "csrf_token": token, "confirmed": "yes"})
         assert done.status_code == 303 and done.headers["location"].endswith("?done=approve")
         assert report_version(base, tokens, study_uid) == ("approved", 2)
         assert client.post("/ui/logout", data={"csrf_token": token}).status_code == 303
@@ -196,10 +217,11 @@ def test_a_second_concurrent_review_gets_a_clear_conflict_message(api, session_f
         log_in(rex, "rex")
         log_in(ada, "ada")
         rex_token, ada_token = page_token(rex, path), page_token(ada, path)  # both read version 1
-        first = rex.post(path + "/review", data={"action": "approve", "version": "1", "csrf_token": rex_token})
+        first = rex.post(path + "/review", data={"action": "approve", "version": "1", "csrf_token": rex_token,
+                                                 "confirmed": "yes"})
         assert first.status_code == 303
         second = ada.post(path + "/review", data={"action": "amend", "version": "1", "narrative": "My own words.",
-                                                  "csrf_token": ada_token})
+                                                  "csrf_token": ada_token, "confirmed": "yes"})
         assert second.status_code == 409
         assert "someone else reviewed this report" in second.text
         assert "My own words." in second.text  # the reader's text is kept for another try
@@ -216,7 +238,8 @@ def test_reject_needs_a_reason_and_then_ends_the_review(api, session_factory):  
         unexplained = client.post(path + "/review", data={"action": "reject", "version": "1", "csrf_token": token})
         assert unexplained.status_code == 422 and "reject needs a reason" in unexplained.text
         rejected = client.post(path + "/review", data={"action": "reject", "version": "1", "csrf_token": token,
-                                                      "comment": "Wrong series segmented."}, follow_redirects=True)
+                                                      "comment": "Wrong series segmented.", "confirmed": "yes"},
+                              follow_redirects=True)
         assert rejected.status_code == 200 and 'id="review-form"' not in rejected.text
         assert "Wrong series segmented." in rejected.text
     assert report_version(base, tokens, study_uid) == ("rejected", 2)
@@ -234,22 +257,25 @@ def test_reviewer_cannot_open_the_admin_page(api):  # noqa: F811
     assert {e["target"] for e in denied} == {"/ui/admin", "/ui/admin/echo"}
 
 
-def test_worklist_shows_stage_timings_errors_and_filters(api, session_factory):  # noqa: F811
+def test_worklist_shows_states_errors_and_filters(api, session_factory):  # noqa: F811
     base, _, _, app = api
     done_uid = seed_reviewable_study(session_factory, app.state.settings)
     failed_uid = seed_failed_run(session_factory, app.state.settings)
+    skipped_uid = seed_skipped_run(session_factory, app.state.settings,
+                                   "no rule's anatomy matched (BodyPartExamined KNEE)")
     with httpx.Client(base_url=base) as client:
         log_in(client, "rex")
-        page = client.get("/ui/").text
+        page = client.get("/ui/", params={"state": "all"}).text
         assert done_uid in page and failed_uid in page
-        assert "expert 3.5 s" in page and "CUDA out of memory" in page  # timings and the failed stage's error
-        assert "Synthetic" not in page  # no patient name anywhere
-        only_mr = client.get("/ui/", params={"modality": "mr"}).text
+        assert "awaiting review" in page and "failed in expert" in page  # the state of each run in words
+        only_mr = client.get("/ui/", params={"state": "all", "modality": "mr"}).text
         assert failed_uid in only_mr and done_uid not in only_mr
         bad = client.get("/ui/", params={"date_from": "31/01/2026"}).text
         assert "Filter not applied" in bad and done_uid in bad
-        rows = client.get("/ui/worklist/rows", params={"status": "done"})
-        assert rows.headers["x-total-count"] == "1" and done_uid in rows.text and failed_uid not in rows.text
+        rows = client.get("/ui/worklist/rows", params={"state": "failed"})
+        assert rows.headers["x-total-count"] == "1" and failed_uid in rows.text and done_uid not in rows.text
+        skipped = client.get("/ui/studies/" + skipped_uid).text  # a skipped run says why, not "Failed in : ..."
+        assert "Skipped: no rule&#39;s anatomy matched (BodyPartExamined KNEE)" in skipped and "Failed in" not in skipped
 
 
 @pytest.fixture
@@ -343,6 +369,6 @@ def test_a_demo_draft_can_only_be_rejected_in_the_api_and_on_the_page(api, sessi
         forged = client.post(path + "/review", data={"action": "approve", "version": "1", "csrf_token": token})
         assert forged.status_code == 409 and "can never be approved or amended" in forged.text
         rejected = client.post(path + "/review", data={"action": "reject", "version": "1", "comment": "Random weights.",
-                                                      "csrf_token": token})
+                                                      "csrf_token": token, "confirmed": "yes"})
         assert rejected.status_code == 303
     assert report_version(base, tokens, study_uid) == ("rejected", 2)

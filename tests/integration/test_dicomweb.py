@@ -116,8 +116,15 @@ def test_qido_searches_what_the_node_received(service, session_factory):
     (match,) = client.search_for_instances(search_filters={"SOPInstanceUID": one})
     assert _value(match, "00083002") == str(ct.all_instances[2].file_meta.TransferSyntaxUID)
 
+    # Patient context kept from the instances the node received (PS3.18 matching: PN any case, wildcards)
+    (by_name,) = client.search_for_studies(search_filters={"PatientName": "synthetic*", "ModalitiesInStudy": "CT"})
+    assert _value(by_name, "0020000D") == ct.study_instance_uid
+    assert _value(by_name, "00100010")["Alphabetic"] == str(ct.all_instances[0].PatientName)
+    assert _value(by_name, "00100020") == str(ct.all_instances[0].PatientID)
+    (by_id,) = client.search_for_studies(search_filters={"PatientID": str(ct.all_instances[0].PatientID)})
+    assert _value(by_id, "0020000D") == ct.study_instance_uid
     with pytest.raises(HTTPError, match="400"):
-        client.search_for_studies(search_filters={"PatientName": "Synthetic*"})  # no patient data in the catalogue
+        client.search_for_studies(search_filters={"PatientBirthDate": "19700101"})  # never kept
     assert "dicomweb.search" in _actions(session_factory)
 
 
@@ -154,7 +161,7 @@ def test_wado_returns_instances_byte_exact_and_their_metadata(service, session_f
 
     metadata = client.retrieve_instance_metadata(ct.study_instance_uid, series_uid, original.SOPInstanceUID)
     assert _value(metadata, "00100010")["Alphabetic"] == str(original.PatientName)
-    assert "7FE00010" not in metadata  # pixel data stays out of metadata
+    assert set(metadata["7FE00010"]) == {"vr", "BulkDataURI"}  # pixel data stays out of metadata: a link to it
     assert len(client.retrieve_study_metadata(ct.study_instance_uid)) == len(ct.all_instances)
     with pytest.raises(HTTPError, match="404"):
         client.retrieve_instance(ct.study_instance_uid, series_uid, "1.2.3.4")
@@ -269,7 +276,8 @@ def test_dicomweb_needs_a_token_and_refuses_hostile_input(service):
     assert refused.status_code == 401
     headers = {"Authorization": f"Bearer {service['token']}"}
     for query in ("StudyInstanceUID=1.2.3'%20OR%201=1", "StudyDate=2026-01-01", "limit=100000",
-                  "ModalitiesInStudy=CT'--", "00100010=X", "SeriesNumber=one", "SeriesDescription=" + "x" * 65):
+                  "ModalitiesInStudy=CT'--", "00100030=19700101", "PatientName=" + "x" * 195, "SeriesNumber=one",
+                  "SeriesDescription=" + "x" * 65):
         response = httpx.get(f"{base}/dicomweb/series?{query}", headers=headers)
         assert 400 <= response.status_code < 500, (query, response.status_code, response.text)
     for path in ("/dicomweb/studies/..%2F..%2Fetc/series/1.2/instances/1.2.3", "/dicomweb/studies/1.2.3%00/metadata",

@@ -21,9 +21,7 @@ from service.config import Settings
 from service.db.migrate import upgrade_database
 from service.db.models import PipelineRun, StageRun, Study, StudyStatus
 from service.db.session import create_db_engine, make_session_factory, session_scope
-from service.pipeline.celery_app import CeleryDispatcher, create_celery
-from service.pipeline.intake import PipelineIntake
-from service.pipeline.ledger import PipelineLedger
+from service.composition import build_pipeline
 from service.pipeline.stages import STAGE_ORDER
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.polling import wait_for
@@ -68,8 +66,7 @@ def test_two_workers_split_the_studies_and_run_every_stage_once(shared_backends,
     with session_scope(factory) as session:
         session.add_all(Study(study_uid=uid, status=StudyStatus.COMPLETE) for uid in uids)
     settings = Settings(home=tmp_path / "sender", database_url=url, broker_url=REDIS_URL)
-    ledger = PipelineLedger(factory)
-    intake = PipelineIntake(ledger, CeleryDispatcher(create_celery(settings), ledger))
+    intake = build_pipeline(settings, factory).intake
     run_ids = [intake.on_study_complete(uid) for uid in uids]
     assert None not in run_ids
 

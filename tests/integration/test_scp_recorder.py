@@ -9,11 +9,16 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import event, func, select, update
 
-from dicom_node.intake.recording import InstanceRecorder, ReceivedInstance, RecorderError
+from pydicom import dcmread
+
+from dicom_node.intake.recording import ReceivedInstance, RecorderError
 from service.db.models import Instance, Series, Study, StudyStatus
 from service.db.session import create_db_engine, make_session_factory
 from service.ingest import DatabaseRecorder
+from tests.support.dcmtk import storescu
+from tests.support.dicom_corpus import write_ct_series
 from tests.support.polling import wait_for
+from tests.support.scp_node import instances_in_db, running_node, study_row
 
 T0 = datetime(2026, 3, 1, 8, 0, tzinfo=timezone.utc)
 
@@ -46,8 +51,19 @@ def _study(session_factory, uid: str = "1.2.3") -> Study:
         return session.scalars(select(Study).where(Study.study_uid == uid)).one()
 
 
-def test_it_implements_the_nodes_recorder_protocol(recorder):
-    assert isinstance(recorder, InstanceRecorder)
+def test_a_node_recording_through_it_answers_success_only_for_a_committed_row(tmp_path, session_factory):
+    """The recorder as the DICOM node uses it (``InstanceRecorder``): dcmtk's storescu stores two instances, each
+    success status comes after the row exists, and the association's release reaches the study."""
+    series = write_ct_series(tmp_path / "source", 2, seed=11)
+    with running_node(tmp_path / "home", session_factory) as node:
+        result = storescu(node.port, series.paths)
+        assert result.returncode == 0, result.stderr
+        assert [row[0].sop_instance_uid for row in instances_in_db(session_factory)] == [
+            str(dcmread(path).SOPInstanceUID) for path in series.paths]
+        study = wait_for(lambda: (row := study_row(session_factory, series.study_uid)) is not None
+                         and row.last_released_at is not None and row, timeout=10,
+                         message="the association's release never reached the study")
+    assert study.status is StudyStatus.RECEIVING and study.open_associations == 0
 
 
 def test_a_new_study_starts_receiving_with_its_series_and_instances(recorder, session_factory):

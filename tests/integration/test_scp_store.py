@@ -179,23 +179,28 @@ def test_an_identical_resend_is_one_instance_and_different_content_is_kept_and_f
     assert conflict_bytes == [dataset_bytes(changed), dataset_bytes(changed_again)]
 
 
-def test_release_is_recorded_per_study_and_no_patient_data_reaches_the_database(tmp_path, session_factory, db_engine):
+def test_release_is_recorded_per_study_and_patient_context_is_kept_only_where_it_belongs(tmp_path, session_factory,
+                                                                                         db_engine, caplog):
     series = write_ct_series(tmp_path / "ct", 3, rows=64, columns=64, seed=5)
     with running_node(tmp_path / "home", session_factory) as node:
         assert storescu(node.port, series.paths).returncode == 0
         released = wait_for(lambda: (row := study_row(session_factory, series.study_uid)) and row.last_released_at,
                             timeout=10, message="the association's release was never recorded")
     assert released is not None
+    kept = ("patient_name", "patient_id", "accession_number")  # the patient context reviewers see (audited)
     with db_engine.connect() as connection:
         dump = " ".join(
             str(value)
             for table in ("studies", "series", "instances")
             for row in connection.execute(text(f"SELECT * FROM {table}"))
-            for value in row
+            for key, value in row._mapping.items() if not (table == "studies" and key in kept)
         )
+        context = connection.execute(text("SELECT patient_name, patient_id, accession_number FROM studies")).one()
     assert series.study_uid in dump
+    assert tuple(context) == (FAKE_PATIENT["PatientName"], FAKE_PATIENT["PatientID"], FAKE_PATIENT["AccessionNumber"])
     for secret in FAKE_PATIENT.values():
-        assert secret not in dump
+        assert secret not in dump  # never elsewhere; the birth date nowhere
+        assert secret not in caplog.text
 
 
 def test_an_association_proposing_only_non_storage_classes_gets_no_storage_context(tmp_path, session_factory):

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import numpy as np
 from PIL import Image
+from pydicom.uid import generate_uid
 
 from dicom_node.results import build_draft_report, build_segmentation
 from engines.agent.transcript import (
@@ -36,9 +37,9 @@ from service.db.models import (
 )
 from service.db.session import session_scope
 from tests.support.result_cases import FIXED_TIME, ct_case
-from tests.support.source_study import brain_mr_study, write_datasets
+from tests.support.source_study import brain_mr_study, cxr_study, write_datasets
 
-__all__ = ["seed_reviewable_study", "seed_failed_run", "overlay_png"]
+__all__ = ["seed_reviewable_study", "seed_failed_run", "seed_radiograph_study", "overlay_png"]
 
 STAGES = ("plan", "prepare", "expert", "vlm", "report", "deliver")
 
@@ -85,7 +86,9 @@ def _catalog(session, settings: Settings, datasets: list, description: str, moda
     study_uid = first.StudyInstanceUID
     study = Study(study_uid=study_uid, status=status, modalities=modality, study_description=description,
                   study_date="20260102", calling_ae="MODALITY", first_received_at=now - timedelta(minutes=5),
-                  last_received_at=now - timedelta(minutes=4), completed_at=now - timedelta(minutes=3))
+                  last_received_at=now - timedelta(minutes=4), completed_at=now - timedelta(minutes=3),
+                  patient_name=str(first.get("PatientName", "")), patient_id=str(first.get("PatientID", "")),
+                  accession_number=str(first.get("AccessionNumber", "")))
     session.add(study)
     session.flush()
     series = Series(study_id=study.id, series_uid=first.SeriesInstanceUID, modality=modality,
@@ -158,4 +161,31 @@ def seed_failed_run(session_factory, settings: Settings) -> str:
     with session_scope(session_factory) as session:
         study = _catalog(session, settings, datasets, "MR BRAIN", "MR", StudyStatus.FAILED)
         _run(session, study, RunStatus.FAILED, failed_stage="expert")
+    return datasets[0].StudyInstanceUID
+
+
+def seed_skipped_run(session_factory, settings: Settings, reason: str) -> str:
+    """A knee MR study whose run was skipped in plan (no rule's anatomy matched), with ``reason`` as the ledger keeps it."""
+    datasets = brain_mr_study().series["t1c"]
+    study_uid, series_uid = generate_uid(), generate_uid()  # apart from seed_failed_run's study of the same maker
+    for ds in datasets:
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study_uid, series_uid, generate_uid()
+    with session_scope(session_factory) as session:
+        study = _catalog(session, settings, datasets, "MR KNEE", "MR", StudyStatus.SKIPPED)
+        run = _run(session, study, RunStatus.SKIPPED)
+        run.error = reason
+    return datasets[0].StudyInstanceUID
+
+
+def seed_radiograph_study(session_factory, settings: Settings) -> str:
+    """A chest radiograph (DX), done, with a draft whose findings are CXR scores and no overlay (none is drawn for a
+    radiograph: the page shows the image itself)."""
+    datasets = cxr_study(size=64).series["cxr"]
+    with session_scope(session_factory) as session:
+        study = _catalog(session, settings, datasets, "CHEST PA", "DX", StudyStatus.DONE)
+        run = _run(session, study, RunStatus.DONE)
+        session.add(Report(study_id=study.id, run_id=run.id, question="Is there a pneumothorax?",
+                           narrative="No pneumothorax. " + "The lungs are clear and well expanded; " * 20,
+                           findings={"expert": "CXR", "scores": {"Pneumothorax": 0.12, "Effusion": 0.71}},
+                           transcript={}, objects={}))
     return datasets[0].StudyInstanceUID

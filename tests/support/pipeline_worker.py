@@ -18,7 +18,7 @@ from service.logs import configure_logging
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import PipelineLedger
 from service.pipeline.stages import Stage
-from service.pipeline.worker import PipelineWorker
+from service.composition import build_worker
 
 
 def recording_handlers(markers: Path):
@@ -40,8 +40,8 @@ def run_test_worker(handlers_for: Callable[[PipelineLedger], dict]) -> None:
     configure_logging("INFO")
     factory = make_session_factory(create_db_engine(settings.effective_database_url))
     ledger = PipelineLedger(factory)
-    worker = PipelineWorker(settings, factory, lambda: handlers_for(ledger), ["cpu.urgent", "gpu.urgent", "io.urgent",
-                            "cpu", "gpu", "io"], name="test-worker@localhost", sweeper_interval_s=1.0)
+    worker = build_worker(settings, factory, ["cpu.urgent", "gpu.urgent", "io.urgent", "cpu", "gpu", "io"],
+                          handlers_factory=lambda: handlers_for(ledger), name="test-worker@localhost", sweep_seconds=1.0)
     worker.run()
 
 

@@ -17,7 +17,8 @@ from service.db.session import create_db_engine, make_session_factory
 from service.logs import configure_logging
 from service.pipeline.executor import StageOutcome
 from service.pipeline.stages import Stage
-from service.pipeline.worker import PipelineWorker, parse_queues
+from service.composition import build_worker
+from service.pipeline.worker import parse_queues
 
 BARRIER_TIMEOUT_S = 60.0
 
@@ -49,8 +50,8 @@ def main() -> None:
     settings = Settings.load()
     configure_logging("WARNING")
     factory = make_session_factory(create_db_engine(settings.effective_database_url))
-    worker = PipelineWorker(settings, factory, lambda: recording_handlers(markers, name), queues, name=name,
-                            sweeper_interval_s=1.0)
+    worker = build_worker(settings, factory, queues, handlers_factory=lambda: recording_handlers(markers, name),
+                          name=name, sweep_seconds=1.0)
     worker.run()
 
 

@@ -335,14 +335,14 @@ def test_entrypoint_refuses_a_missing_secret_file_and_a_doubly_set_value(tmp_pat
 
 
 def test_healthcheck_follows_the_real_api_readiness(tmp_path, session_factory, database_url):
-    from service.api.app import create_app
+    from service.composition import build_api
     from service.config import Settings
     from tests.support.api_server import running_app
     from tests.support.ports import free_port
 
     settings = Settings(home=tmp_path / "home", database_url=database_url)
     settings.spool_dir.mkdir(parents=True)
-    with running_app(create_app(settings, session_factory)) as base:
+    with running_app(build_api(settings, session_factory)) as base:
         port = base.rsplit(":", 1)[1]
         ready = subprocess.run([sys.executable, str(HEALTHCHECK), "readyz"], capture_output=True, text=True, timeout=30,
                                env={**os.environ, "M3EDGE_API_PORT": port})
@@ -358,8 +358,59 @@ def test_healthcheck_follows_the_real_api_readiness(tmp_path, session_factory, d
     assert closed.returncode == 1 and "nothing accepts connections" in closed.stderr
 
 
-def test_readme_deployment_section_covers_scale_out_and_air_gapped_models():
-    readme = (ROOT / "README.md").read_text()
-    deployment = readme.split("\n## Deployment", 1)[1].split("\n## ", 1)[0]
-    for phrase in ("m3edge worker --queues gpu", "m3edge models import", "bench/gpu_check.sh", "docker compose"):
-        assert phrase in deployment, phrase
+def _m3edge_command_lines(text: str) -> list[str]:
+    """Every ``m3edge ...`` command the text shows: inline code and lines of code blocks."""
+    lines = re.findall(r"`(?:\.venv/bin/)?m3edge ([^`]+)`", text)
+    block = False
+    for line in text.splitlines():
+        if line.startswith("```"):
+            block = not block
+        elif block:
+            lines += re.findall(r"(?:^|[\s/])m3edge ((?:[a-z][\w-]*)(?: [^#&|;]*)?)", line)
+    expanded = []
+    for line in lines:  # `m3edge models demo|import` shows two commands
+        choice = next((w for w in line.split() if re.fullmatch(r"[a-z]+(\|[a-z]+)+", w)), None)
+        expanded += [line.replace(choice, c, 1) for c in choice.split("|")] if choice else [line]
+    return [line.strip() for line in expanded]
+
+
+def test_every_m3edge_command_the_readme_shows_exists_with_its_options():
+    import typer
+
+    from service.cli.main import app
+
+    root = typer.main.get_command(app)
+    shown = _m3edge_command_lines((ROOT / "README.md").read_text())
+    assert len(shown) >= 10, shown
+    for line in (line for line in shown if not line.startswith("--")):  # `m3edge --help`
+        command, words = root, line.split()
+        path = []
+        while words and words[0] in getattr(command, "commands", {}):
+            path.append(words[0])
+            command = command.commands[words.pop(0)]
+        assert path and not hasattr(command, "commands"), f"`m3edge {line}`: no such command"
+        options = {name for parameter in command.params for name in parameter.opts + parameter.secondary_opts}
+        for option in (w.split("=", 1)[0] for w in words if w.startswith("--")):
+            assert option in options | {"--help"}, f"`m3edge {line}`: m3edge {' '.join(path)} has no {option}"
+
+
+def test_every_setting_compose_and_the_readme_name_is_a_real_setting(compose):
+    """An M3EDGE_* variable that no setting reads is a typo an operator would never notice: compose's environment,
+    the README's text (``*_FILE`` forms are read by the entry point; nested settings use ``__``)."""
+    from service.config import Settings
+
+    settings = {f"M3EDGE_{name.upper()}" for name in Settings.model_fields}
+    # read by something other than the settings: the settings' file, the install script, the power-loss tests, and
+    # the variables compose itself interpolates
+    outside = {"M3EDGE_CONFIG", "M3EDGE_TORCH", "M3EDGE_POWERLOSS_CYCLES",
+               *re.findall(r"\$\{(M3EDGE_\w+?)(?::?[-?][^}]*)?\}", COMPOSE.read_text())}
+
+    def known(variable: str) -> bool:
+        base = variable.removesuffix("_FILE").split("__", 1)[0]
+        return variable in outside or base in settings
+
+    used = {key for service in compose["services"].values() for key in (service.get("environment") or {})
+            if key.startswith("M3EDGE_")}
+    assert used and not sorted(v for v in used if not known(v))
+    named = set(re.findall(r"\bM3EDGE_[A-Z0-9_]*[A-Z0-9]", (ROOT / "README.md").read_text()))
+    assert named and not sorted(v for v in named if not known(v))

@@ -16,18 +16,32 @@ from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Path, Query, Request
 import anyio.from_thread
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from dicom_node.dicomweb import FrameError, media_type_of, parse_frame_list, read_bulk_data, read_frames
 from dicom_node.private_files import make_private_dirs
 from service.api.deps import CurrentUser, SessionDep, client_address
 from service.api.problems import Problem
-from service.dicomweb.dicom_json import attribute, header_json
-from service.dicomweb.multipart import FilePart, encode_parts, media_type_parameters, new_boundary
+from service.dicomweb.includefield import include_fields, parse_includefield
+from service.dicomweb.metadata_documents import MetadataDocuments
+from service.dicomweb.multipart import (
+    FilePart,
+    encode_bytes_parts,
+    encode_parts,
+    media_type_parameters,
+    new_boundary,
+)
 from service.dicomweb.qido import MAX_LIMIT, QidoError, QidoLevel, parse_qido, search
 from service.dicomweb.results import ResultInstances
 from service.dicomweb.stow import StowReceiver, StowRefused
-from service.dicomweb.wado import NotAcceptable, stored_files, wanted_transfer_syntax, wants_json
+from service.dicomweb.wado import (
+    NotAcceptable,
+    frame_content_type,
+    stored_files,
+    wanted_transfer_syntax,
+    wants_json,
+)
 from service.security import record_audit
 
 __all__ = ["router"]
@@ -113,6 +127,7 @@ def _search(request: Request, session, user, level: QidoLevel, limit: int, offse
         raise Problem(406, "not acceptable", f"search results are {DICOM_JSON}")
     try:
         query = parse_qido(list(request.query_params.multi_items()), level, limit=limit, offset=offset)
+        fields = parse_includefield([v for k, v in request.query_params.multi_items() if k == "includefield"], level)
     except QidoError as exc:
         raise Problem(400, "unsupported query", str(exc)) from exc
     for keyword, value in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid)):
@@ -121,9 +136,13 @@ def _search(request: Request, session, user, level: QidoLevel, limit: int, offse
             query.filters[keyword] = [value] if asked is None or value in asked else []
     answerable = all(query.filters.values())
     results = search(session, query, _base(request), _results(request.app)) if answerable else []
+    include_fields(session, results, level, fields)
     record_audit(session, user.name, "dicomweb.search", study_uid=study_uid or "", target=level.value,
                  remote_addr=client_address(request),
-                 detail={"keys": sorted(query.filters), "matches": len(results), "offset": offset})
+                 detail={"keys": sorted(query.filters), "matches": len(results), "offset": offset,
+                         # which studies (and so whose patient context) the answer showed: UIDs, never the values
+                         "studies": sorted({v for r in results for v in r.get("0020000D", {}).get("Value", [])})[:100],
+                         "includefield": len(fields)})
     headers = {"Warning": ", ".join(query.warnings)} if query.warnings else None
     return JSONResponse(results, media_type=DICOM_JSON, headers=headers)
 
@@ -199,25 +218,79 @@ def _retrieve(request: Request, session, user, study_uid: str, series_uid: str |
 
 
 def _metadata(request: Request, session, user, study_uid: str, series_uid: str | None = None,
-              sop_uid: str | None = None) -> JSONResponse:
+              sop_uid: str | None = None) -> Response:
     if not wants_json(request.headers.get("accept", "")):
         raise Problem(406, "not acceptable", f"metadata is {DICOM_JSON}")
-    files = _files(request, session, study_uid, series_uid, sop_uid)
-    body = [_header_json(f) for f in files]
+    files = stored_files(session, request.app.state.settings.spool_dir, study_uid, series_uid, sop_uid,
+                         with_metadata=True)
+    files += _results(request.app).files(study_uid, series_uid, sop_uid)
+    if not files:
+        raise Problem(404, "not found", "nothing held under this URL (search with QIDO-RS for what is)")
+    body = _metadata_documents(request.app).body(files, _base(request))
     record_audit(session, user.name, "dicomweb.metadata.read", study_uid=study_uid,
                  target=sop_uid or series_uid or "", remote_addr=client_address(request),
                  detail={"instances": len(files)})
-    return JSONResponse(body, media_type=DICOM_JSON)
+    return Response(body, media_type=DICOM_JSON)
 
 
-def _header_json(stored) -> dict:
+def _metadata_documents(app: FastAPI) -> MetadataDocuments:
+    with _STATE_LOCK:
+        documents = getattr(app.state, "dicomweb_metadata", None)
+        if documents is None:
+            documents = app.state.dicomweb_metadata = MetadataDocuments()
+        return documents
+
+
+def _one_file(request: Request, session, study_uid: str, series_uid: str, sop_uid: str):
+    files = _files(request, session, study_uid, series_uid, sop_uid)
+    return files[0]
+
+
+def _frame_parts(request: Request, session, user, study_uid: str, series_uid: str, sop_uid: str, read, what: str,
+                 event: str) -> Response:
+    stored = _one_file(request, session, study_uid, series_uid, sop_uid)
     try:
-        return header_json(stored.path)
-    except Exception as exc:  # noqa: BLE001 - one unreadable file must not hide its neighbours' metadata
-        LOGGER.warning("cannot read the header of %s (%s); answering its UIDs only", stored.sop_instance_uid,
-                       exc.__class__.__name__)
-        return {"00080018": attribute("UI", stored.sop_instance_uid), "0020000D": attribute("UI", stored.study_uid),
-                "0020000E": attribute("UI", stored.series_uid)}
+        frames = read(stored.path)
+    except FrameError as exc:
+        raise Problem(exc.status, "not found" if exc.status == 404 else "bad request", str(exc)) from exc
+    try:
+        content_type = frame_content_type(request.headers.get("accept", ""), frames.transfer_syntax_uid,
+                                          media_type_of(frames.transfer_syntax_uid) if frames.compressed
+                                          else "application/octet-stream")
+    except NotAcceptable as exc:
+        raise Problem(406, "not acceptable", str(exc)) from exc
+    record_audit(session, user.name, event, study_uid=study_uid, target=sop_uid, remote_addr=client_address(request),
+                 detail={what: len(frames.parts)})
+    boundary = new_boundary()
+    part_type = content_type.split(";")[0]
+    return Response(encode_bytes_parts(frames.parts, content_type, boundary),
+                    media_type=f'multipart/related; type="{part_type}"; boundary={boundary}')
+
+
+@router.get("/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}/frames/{frame_list}",
+            summary="WADO-RS: frames of one instance, as stored (never transcoded)",
+            responses={200: {"content": {'multipart/related; type="application/octet-stream"': {}}}},
+            response_class=Response)
+def retrieve_frames(study_uid: StudyUid, series_uid: SeriesUid, sop_instance_uid: InstanceUid,
+                    frame_list: Annotated[str, Path(pattern=r"^[0-9]+(,[0-9]+)*$", max_length=40_000)],
+                    request: Request, user: CurrentUser, session: SessionDep):
+    try:
+        numbers = parse_frame_list(frame_list)
+    except FrameError as exc:
+        raise Problem(exc.status, "bad request", str(exc)) from exc
+    return _frame_parts(request, session, user, study_uid, series_uid, sop_instance_uid,
+                        lambda path: read_frames(path, numbers), "frames", "dicomweb.frames.read")
+
+
+@router.get("/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}/bulkdata/{tag}",
+            summary="WADO-RS: one bulk data attribute of an instance (the BulkDataURI its metadata gives)",
+            responses={200: {"content": {'multipart/related; type="application/octet-stream"': {}}}},
+            response_class=Response)
+def retrieve_bulk_data(study_uid: StudyUid, series_uid: SeriesUid, sop_instance_uid: InstanceUid,
+                       tag: Annotated[str, Path(pattern=r"^[0-9A-Fa-f]{8}$")], request: Request, user: CurrentUser,
+                       session: SessionDep):
+    return _frame_parts(request, session, user, study_uid, series_uid, sop_instance_uid,
+                        lambda path: read_bulk_data(path, int(tag, 16)), "parts", "dicomweb.bulkdata.read")
 
 
 _DICOM_PARTS = {200: {"content": {'multipart/related; type="application/dicom"': {}}}}
@@ -245,20 +318,20 @@ def retrieve_instance(study_uid: StudyUid, series_uid: SeriesUid, sop_instance_u
 
 
 @router.get("/studies/{study_uid}/metadata", summary="WADO-RS: metadata of every instance of a study")
-def study_metadata(study_uid: StudyUid, request: Request, user: CurrentUser, session: SessionDep) -> JSONResponse:
+def study_metadata(study_uid: StudyUid, request: Request, user: CurrentUser, session: SessionDep) -> Response:
     return _metadata(request, session, user, study_uid)
 
 
 @router.get("/studies/{study_uid}/series/{series_uid}/metadata", summary="WADO-RS: metadata of a series")
 def series_metadata(study_uid: StudyUid, series_uid: SeriesUid, request: Request, user: CurrentUser,
-                    session: SessionDep) -> JSONResponse:
+                    session: SessionDep) -> Response:
     return _metadata(request, session, user, study_uid, series_uid)
 
 
 @router.get("/studies/{study_uid}/series/{series_uid}/instances/{sop_instance_uid}/metadata",
             summary="WADO-RS: metadata of one instance")
 def instance_metadata(study_uid: StudyUid, series_uid: SeriesUid, sop_instance_uid: InstanceUid, request: Request,
-                      user: CurrentUser, session: SessionDep) -> JSONResponse:
+                      user: CurrentUser, session: SessionDep) -> Response:
     return _metadata(request, session, user, study_uid, series_uid, sop_instance_uid)
 
 

@@ -13,7 +13,15 @@ from pydantic import BaseModel, Field
 from service.api.deps import CurrentUser, SessionDep, client_address
 from service.api.problems import Problem
 from service.api.routes.studies import StudyUid
-from service.review import DemoReportNotVerifiable, ReviewConflict, ReviewError, ReviewRequest, latest_report
+from dicom_node.results import clean_text
+from service.review import (
+    DemoReportNotVerifiable,
+    FindingCorrection,
+    ReviewConflict,
+    ReviewError,
+    ReviewRequest,
+    latest_report,
+)
 from service.security import record_audit
 
 __all__ = ["router", "report_json"]
@@ -68,11 +76,19 @@ def get_report(study_uid: StudyUid, user: CurrentUser, session: SessionDep, requ
     return report_json(report)
 
 
+class FindingCorrectionBody(BaseModel):
+    name: Annotated[str, Field(min_length=1, max_length=64, description="The finding's name in the report")]
+    present: Annotated[bool | None, Field(description="true: present, false: absent, null: as drafted")] = None
+    note: Annotated[str, Field(max_length=1024)] = ""
+
+
 class ReviewBody(BaseModel):
     action: Literal["approve", "amend", "reject"]
     version: Annotated[int, Field(ge=1, description="The report version you reviewed (from GET .../report)")]
     narrative: Annotated[str | None, Field(max_length=20_000)] = None
     comment: Annotated[str | None, Field(max_length=10_000, description="amend: on the findings; reject: the reason")] = None
+    findings: Annotated[list[FindingCorrectionBody], Field(max_length=256, description="amend: the reader's word on "
+                                                           "single findings, written into the verified SR")] = []
 
 
 @router.post("/{study_uid}/review", summary="Approve, amend or reject the draft; writes and delivers a verified SR",
@@ -80,15 +96,17 @@ class ReviewBody(BaseModel):
 def review(study_uid: StudyUid, body: ReviewBody, user: CurrentUser, session: SessionDep, request: Request) -> dict:
     service = request.app.state.review
     try:
+        corrections = tuple(FindingCorrection(f.name, f.present, clean_text(f.note)) for f in body.findings)
         report = service.review(session, study_uid, user, ReviewRequest(body.action, body.version, body.narrative,
-                                                                        body.comment), client_address(request))
+                                                                        body.comment, corrections),
+                                client_address(request))
     except DemoReportNotVerifiable as exc:
         session.rollback()
         raise Problem(409, "a DEMO draft cannot be verified", str(exc)) from exc
     except ReviewConflict as exc:
         session.rollback()
         raise Problem(409, "review conflict", str(exc)) from exc
-    except ReviewError as exc:
+    except (ReviewError, ValueError, TypeError) as exc:
         session.rollback()
         raise Problem(422, "invalid review", str(exc)) from exc
     return report_json(report)

@@ -33,6 +33,7 @@ class StudyPage(BaseModel):
 def list_route(
     user: CurrentUser,
     session: SessionDep,
+    request: Request,
     status: StudyStatus | None = None,
     modality: Annotated[str | None, Query(pattern=r"^[A-Z]{1,16}$")] = None,
     date_from: DicomDate = None,
@@ -43,6 +44,9 @@ def list_route(
     rows = list_studies(session, status=status, modality=modality, date_from=date_from, date_to=date_to, limit=limit,
                         offset=offset)
     total = count_studies(session, status=status, modality=modality, date_from=date_from, date_to=date_to)
+    # The items carry patient context: audited with the studies returned (UIDs, never the values).
+    record_audit(session, user.name, "studies.list", remote_addr=client_address(request),
+                 detail={"studies": [r.study_uid for r in rows], "offset": offset})
     return StudyPage(items=[r.to_json() for r in rows], total=total, limit=limit, offset=offset)
 
 

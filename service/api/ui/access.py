@@ -55,8 +55,9 @@ class PageRefused(Exception):
 
 
 def safe_next(path: str | None) -> str:
-    """Only a dashboard path of this site: no open redirect to another host."""
-    if not path or not path.startswith("/ui/") or path.startswith("//") or "\\" in path or "\n" in path:
+    """Only a dashboard or viewer path of this site: no open redirect to another host."""
+    if (not path or not path.startswith(("/ui/", "/viewer/")) or path.startswith("//") or "\\" in path
+            or "\n" in path):
         return "/ui/"
     return path
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import shutil
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
@@ -18,14 +17,15 @@ from urllib.parse import urlsplit
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from dicom_node.intake.admission import DiskUsage
 from service.config import Settings
 from service.db.models import PipelineRun, RunStatus, StageRun, StageStatus, Study, utcnow
+from service.home_files import spool_refusal
 
 __all__ = ["HealthCheck", "NodeHealth", "WorkerActivity", "recent_failures", "worker_activity", "echo_destination"]
 
 LOGGER = logging.getLogger(__name__)
 PROBE_TIMEOUT_S = 2.0
-LOW_DISK_FRACTION = 0.10
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,11 @@ class NodeHealth:
         spool = self.settings.spool_dir
         if not spool.is_dir():
             return HealthCheck("Spool disk", "error", f"{spool} does not exist: run 'm3edge serve' or create it")
-        usage = shutil.disk_usage(spool)
-        free = usage.free / usage.total if usage.total else 0.0
-        detail = f"{usage.free / 2**30:.1f} GiB free of {usage.total / 2**30:.1f} GiB ({free:.0%})"
-        return HealthCheck("Spool disk", "warning" if free < LOW_DISK_FRACTION else "ok", detail)
+        detail = DiskUsage.of(spool).describe()
+        refusal = spool_refusal(self.settings)
+        if refusal is not None:
+            return HealthCheck("Spool disk", "error", f"{detail}: new associations are refused")
+        return HealthCheck("Spool disk", "ok", detail)
 
     def gpu(self) -> HealthCheck:
         if not self._torch_checked:

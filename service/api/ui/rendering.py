@@ -62,11 +62,29 @@ def _dicom_date(value: str) -> str:
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if value and len(value) == 8 and value.isdigit() else value or ""
 
 
+def _patient_value(value: str | None) -> str:
+    """A patient attribute as shown: "not recorded" for a study received before m3edge kept them (NULL), a dash for
+    instances that carried none."""
+    if value is None:
+        return "not recorded"
+    return value or "—"
+
+
+def _person_name(value: str | None) -> str:
+    """A DICOM PN (``Family^Given^Middle^Prefix^Suffix``, groups joined by ``=``) as people write it."""
+    if not value:
+        return _patient_value(value)
+    family, _, rest = value.split("=")[0].partition("^")
+    given = " ".join(p for p in rest.split("^") if p)
+    return f"{family}, {given}" if family and given else family or given
+
+
 class PageRenderer:
     def __init__(self, templates_dir: Path = TEMPLATES_DIR) -> None:
         self.environment = Environment(loader=FileSystemLoader(str(templates_dir)),
                                        autoescape=select_autoescape(["html"], default=True), auto_reload=False)
-        self.environment.filters.update(when=_when, seconds=_seconds, size=_size, dicom_date=_dicom_date)
+        self.environment.filters.update(when=_when, seconds=_seconds, size=_size, dicom_date=_dicom_date,
+                                        patient_value=_patient_value, person_name=_person_name)
 
     def render(self, request: Request, template: str, context: dict, *, user: Principal | None = None,
                status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:

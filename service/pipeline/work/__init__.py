@@ -11,9 +11,10 @@ from collections.abc import Callable
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.config import Settings
-from service.pipeline.delivery import Sender
+from service.pipeline.delivery import Sender, default_sender
 from service.pipeline.executor import StageHandler
 from service.pipeline.stages import Stage
+from service.pipeline.time_limits import StageTimeLimits
 from service.pipeline.work.deliver import DeliverStage
 from service.pipeline.work.expert import ExpertStage
 from service.pipeline.work.plan import PlanStage
@@ -22,16 +23,7 @@ from service.pipeline.work.report import ReportStage
 from service.pipeline.work.resources import StageResources
 from service.pipeline.work.vlm import VlmStage
 
-__all__ = ["build_stage_handlers", "StageResources", "default_sender"]
-
-
-def default_sender(settings: Settings) -> Sender:
-    """C-STORE as our AE title; few quick tries per attempt, since the executor retries the stage with back-off. A
-    compressed result (a JPEG 2000 SEG) goes decompressed to a destination that takes it only uncompressed."""
-    from dicom_node.scu import RetryPolicy, StorageSCU
-
-    return StorageSCU(settings.dicom_ae_title, retry=RetryPolicy(attempts=2, first_delay=0.5, max_delay=2.0),
-                      connection_timeout=5.0, decompress_when_refused=True)
+__all__ = ["build_stage_handlers", "StageResources"]
 
 
 def build_stage_handlers(
@@ -40,13 +32,14 @@ def build_stage_handlers(
     *,
     sender: Sender | None = None,
     vlm_factory: Callable[[], object] | None = None,
+    time_limits: StageTimeLimits | None = None,
 ) -> dict[Stage, StageHandler]:
-    resources = StageResources(settings, session_factory, vlm_factory)
+    resources = StageResources(settings, session_factory, vlm_factory, time_limits=time_limits)
     return {
         Stage.PLAN: PlanStage(resources),
         Stage.PREPARE: PrepareStage(resources),
         Stage.EXPERT: ExpertStage(resources),
         Stage.VLM: VlmStage(resources),
         Stage.REPORT: ReportStage(resources),
-        Stage.DELIVER: DeliverStage(resources, sender or default_sender(settings)),
+        Stage.DELIVER: DeliverStage(resources, sender or default_sender(settings.dicom_ae_title)),
     }

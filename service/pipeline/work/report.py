@@ -75,7 +75,7 @@ def _vlm_identity(model: VlmIdentity) -> AlgorithmIdentity:
 
 
 def _write(dataset, path: Path) -> ResultObject:
-    with write_atomically(path, ".dcm") as handle:
+    with write_atomically(path) as handle:
         dataset.save_as(handle, enforce_file_format=True)
     return ResultObject(path=str(path), sop_instance_uid=str(dataset.SOPInstanceUID),
                         sop_class_uid=str(dataset.SOPClassUID))

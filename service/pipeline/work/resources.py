@@ -7,15 +7,11 @@ Stage results (``service.pipeline.contracts``) stay small JSON; arrays go to ``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,14 +20,16 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from dicom_node.private_files import make_private_dirs
+from dicom_node.private_files import write_atomically
 from service.config import Settings
 from service.db.models import Instance, PipelineRun, Series, Study
 from service.db.session import session_scope
+from engines.model_store.manifest import folder_digest
 from service.pipeline.stages import PermanentStageError
+from service.pipeline.time_limits import StageTimeLimits
+from service.pipeline.work.vlm_loader import load_vlm
 
-__all__ = ["StageResources", "StoredInstance", "write_atomically", "write_json", "save_arrays", "load_arrays",
-           "folder_digest"]
+__all__ = ["StageResources", "StoredInstance", "write_atomically", "write_json", "save_arrays", "load_arrays"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -43,24 +41,8 @@ class StoredInstance:
     path: Path  # absolute, in the spool
 
 
-@contextmanager
-def write_atomically(path: Path, suffix: str = "") -> Iterator[Any]:
-    """Yield a binary file handle on a temporary file beside ``path``; fsync and rename it into place on success."""
-    make_private_dirs(path.parent)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=suffix or path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def save_arrays(path: Path, **arrays: np.ndarray) -> str:
-    with write_atomically(path, ".npz") as handle:
+    with write_atomically(path) as handle:
         np.savez(handle, **arrays)
     return str(path)
 
@@ -73,16 +55,6 @@ def load_arrays(path: str | Path, *names: str) -> dict[str, np.ndarray]:
     except FileNotFoundError as exc:
         raise PermanentStageError(f"{path} is gone (was HOME/work cleaned?); reprocess the study from the start") \
             from exc
-
-
-def folder_digest(folder: Path) -> str:
-    """A digest that changes whenever a model's files change: sha256 of its manifest (which lists every file's
-    sha256), or of the folder's file names and sizes when it has none."""
-    manifest = folder / "manifest.json"
-    if manifest.is_file():
-        return "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
-    listing = sorted(f"{p.relative_to(folder)}:{p.stat().st_size}" for p in folder.rglob("*") if p.is_file())
-    return "files-sha256:" + hashlib.sha256("\n".join(listing).encode()).hexdigest()
 
 
 class _Lazy:
@@ -109,13 +81,14 @@ class _Lazy:
 class StageResources:
     def __init__(self, settings: Settings, session_factory: sessionmaker[Session],
                  vlm_factory: Callable[[], Any] | None = None,
-                 experts_factory: Callable[[], Any] | None = None) -> None:
-        """``vlm_factory`` and ``experts_factory`` replace loading VILA-M3 and the expert registry from the settings."""
+                 experts_factory: Callable[[], Any] | None = None,
+                 time_limits: StageTimeLimits | None = None) -> None:
+        """``vlm_factory`` and ``experts_factory`` replace loading VILA-M3 and the expert registry from the settings;
+        ``time_limits`` are the worker's (its ledger's), else those the settings give."""
         self.settings = settings
+        self.time_limits = time_limits or StageTimeLimits.from_settings(settings)
         self.session_factory = session_factory
         self._experts = _Lazy(experts_factory or self._make_registry)
-        from service.pipeline.work.vlm_loader import load_vlm
-
         self._vlm = _Lazy(vlm_factory or (lambda: load_vlm(settings)))
         self._digests: dict[Path, str] = {}
 
@@ -164,7 +137,7 @@ class StageResources:
                 select(Series.series_uid, Instance.sop_instance_uid, Instance.path)
                 .join(Instance, Instance.series_id == Series.id)
                 .join(Study, Study.id == Series.study_id)
-                .where(Study.study_uid == study_uid, Instance.conflict.is_(False))
+                .where(Study.study_uid == study_uid, Instance.conflict.is_(False), Instance.other_patient.is_(False))
                 .order_by(Series.series_uid, Instance.path)
             ).all()
         spool = self.settings.spool_dir
@@ -180,6 +153,6 @@ class StageResources:
 
 
 def write_json(path: Path, content: Mapping[str, Any] | list) -> str:
-    with write_atomically(path, ".json") as handle:
+    with write_atomically(path) as handle:
         handle.write(json.dumps(content, indent=1).encode())
     return str(path)

@@ -29,7 +29,7 @@ from service.pipeline.contracts import Consultations, ExpertStageResult, Prepare
 from service.pipeline.executor import StageOutcome
 from service.pipeline.ledger import StageClaim
 from service.pipeline.stages import Stage, TransientStageError
-from service.pipeline.time_limits import StageTimedOut, StageTimeLimits
+from service.pipeline.time_limits import StageTimedOut
 from service.pipeline.work.expert import ExpertStage
 from service.pipeline.work.resources import StageResources, write_atomically, write_json
 from service.pipeline.work.route_expert import RouteExpert
@@ -53,7 +53,7 @@ class RegistryExpert:
 def _write_png(rgb: np.ndarray, path: Path) -> str:
     from PIL import Image
 
-    with write_atomically(path, ".png") as handle:
+    with write_atomically(path) as handle:
         Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8), mode="RGB").save(handle, format="PNG")
     return str(path)
 
@@ -69,7 +69,7 @@ class VlmStage:
         a recorder)."""
         self.resources = resources
         self._exit_process = exit_process
-        self._expert_limits = StageTimeLimits.from_settings(resources.settings)
+        self._expert_limits = resources.time_limits
 
     def _agent(self, loaded):
         from engines.agent import AgentSettings, ConsultationAgent

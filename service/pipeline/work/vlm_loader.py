@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.model_store.manifest import folder_digest
 from service.config import Settings, VlmBackend
 from service.pipeline.stages import PermanentStageError
 
@@ -54,8 +55,6 @@ def _template(settings: Settings) -> str:
 
 
 def load_vlm(settings: Settings) -> LoadedVlm:
-    from service.pipeline.work.resources import folder_digest
-
     template = _template(settings)
     if settings.vlm_backend is VlmBackend.OPENAI:
         from engines.vlm import OpenAIVisionLanguageModel

@@ -51,7 +51,8 @@ def test_revoked_token_is_refused_and_denials_are_audited(api):
         assert client.post("/api/v1/admin/users/rex/revoke-tokens", headers=admin).json()["revoked"] == 1
         assert client.get("/api/v1/studies", headers=reviewer).status_code == 401
         audit = client.get("/api/v1/admin/audit", headers=admin, params={"actor": "rex"}).json()
-        assert [e["action"] for e in audit["items"]] == ["access.denied"]
+        # newest first: the refused read, then the list it read before (studies carry patient context: audited)
+        assert [e["action"] for e in audit["items"]] == ["access.denied", "studies.list"]
         assert audit["items"][0]["outcome"] == "denied" and audit["items"][0]["remote_addr"] == "127.0.0.1"
 
 

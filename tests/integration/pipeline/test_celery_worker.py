@@ -16,14 +16,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from service.cli.worker import WorkerProcess
+from service.worker_process import WorkerProcess
 from service.config import Settings
 from service.db.migrate import upgrade_database
 from service.db.models import StageRun, StageStatus, Study, StudyStatus
 from service.db.session import create_db_engine, make_session_factory, session_scope
-from service.pipeline.celery_app import CeleryDispatcher, create_celery
-from service.pipeline.intake import PipelineIntake
-from service.pipeline.ledger import PipelineLedger
+from service.composition import build_pipeline
 from tests.support.databases import create_postgres_database, drop_postgres_database
 from tests.support.polling import wait_for
 
@@ -69,8 +67,7 @@ def test_worker_killed_during_expert_stage_resumes_and_runs_each_later_stage_onc
     factory = make_session_factory(create_db_engine(settings.effective_database_url))
     with session_scope(factory) as session:
         session.add(Study(study_uid="1.2.826.0.1.3680043.8.498.1", status=StudyStatus.COMPLETE))
-    ledger = PipelineLedger(factory)
-    intake = PipelineIntake(ledger, CeleryDispatcher(create_celery(settings), ledger))
+    intake = build_pipeline(settings, factory).intake
 
     worker = start_worker(env, markers)
     try:
@@ -110,8 +107,7 @@ def test_a_hung_stage_is_interrupted_at_its_soft_limit_and_ends_its_worker_at_th
     factory = make_session_factory(create_db_engine(settings.effective_database_url))
     with session_scope(factory) as session:
         session.add(Study(study_uid="1.2.826.0.1.3680043.8.498.2", status=StudyStatus.COMPLETE))
-    ledger = PipelineLedger(factory)
-    intake = PipelineIntake(ledger, CeleryDispatcher(create_celery(settings), ledger))
+    intake = build_pipeline(settings, factory).intake
     supervisor = WorkerProcess(restart_delay_s=0.5, env=env,
                                command=[sys.executable, "-m", "tests.support.hanging_stage_worker", str(markers)])
     supervisor.start()

@@ -1,9 +1,9 @@
-"""Enhanced multi-frame CT through the real stage handlers: read as a volume in ``prepare``, its SEG, overlay SC and SR
+"""Enhanced multi-frame CT and MR through the real stage handlers: read as a volume in ``prepare``, its SEG, overlay SC and SR
 written against its frames (dciodvfy clean); what is still not one volume is refused in ``prepare`` with the reason,
 before any model runs.
 
-The enhanced instances are Legacy Converted Enhanced CT, built by highdicom from the small chest/abdomen CT; the
-models are the small demo models.
+The enhanced instances are Legacy Converted Enhanced CT and MR, built by highdicom from the small chest/abdomen CT and
+the four-sequence brain MR; the models are the small demo models.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from service.config import Settings
 from service.db.models import Report, StageRun, StageStatus, Study, StudyStatus
 from service.db.session import session_scope
 from tests.conftest import require_tool, sqlite_only_database
-from tests.support.pipeline_study import ct_study, run_inline, store_in_spool
+from tests.support.pipeline_study import brain_study, ct_study, run_inline, store_in_spool
 from tests.support.synthetic_series import enhanced_series
 
 
@@ -67,6 +67,50 @@ def test_an_enhanced_ct_gets_a_draft_whose_seg_and_overlay_lie_on_its_frames(tmp
     evidence = {str(i.ReferencedSOPInstanceUID) for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for series in s.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
     assert evidence == {enhanced.SOPInstanceUID, seg.SOPInstanceUID}
+    for kind in ("sr", "seg", "overlay"):
+        assert _errors(objects[kind]["path"]) == [], kind
+
+
+def _enhanced_brain_mr() -> list[pydicom.Dataset]:
+    """Each of the four brain MR sequences as one Legacy Converted Enhanced MR instance, as a modern scanner sends."""
+    by_series: dict[str, list[pydicom.Dataset]] = {}
+    for dataset in brain_study():
+        by_series.setdefault(str(dataset.SeriesInstanceUID), []).append(dataset)
+    enhanced = []
+    for number, slices in enumerate(by_series.values(), start=1):
+        instance = enhanced_series(slices, series_number=number)
+        instance.SeriesDescription = slices[0].SeriesDescription
+        instance.BodyPartExamined = "HEAD"
+        instance.StudyDescription = "MRI BRAIN W/WO"
+        enhanced.append(instance)
+    return enhanced
+
+
+@pytest.mark.slow
+def test_an_enhanced_brain_mr_gets_a_draft_whose_seg_lies_on_its_frames(tmp_path, database_url, session_factory,
+                                                                        small_demo_models_dir):
+    (tmp_path / "models").symlink_to(small_demo_models_dir, target_is_directory=True)
+    settings = Settings(home=tmp_path, database_url=database_url, vlm_max_new_tokens=12)
+    enhanced = _enhanced_brain_mr()
+    uid = store_in_spool(settings, session_factory, enhanced)
+    outcomes = run_inline(settings, session_factory, uid).outcomes
+    assert outcomes[-1] == ("deliver", "done"), outcomes
+    with session_scope(session_factory) as session:
+        report = session.scalars(select(Report)).one()
+        objects, expert = report.objects, report.findings["expert"]
+    assert expert == "BRATS"
+    ours = {str(d.SOPInstanceUID): int(d.NumberOfFrames) for d in enhanced}
+    seg = pydicom.dcmread(objects["seg"]["path"])
+    referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
+                  for r in s.ReferencedInstanceSequence}
+    assert referenced and referenced <= set(ours)
+    for item in seg.PerFrameFunctionalGroupsSequence:
+        source = item.DerivationImageSequence[0].SourceImageSequence[0]
+        assert 1 <= int(source.ReferencedFrameNumber) <= ours[source.ReferencedSOPInstanceUID]
+    sr = pydicom.dcmread(objects["sr"]["path"])
+    evidence = {str(i.ReferencedSOPInstanceUID) for s in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in s.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
+    assert referenced | {seg.SOPInstanceUID} <= evidence
     for kind in ("sr", "seg", "overlay"):
         assert _errors(objects[kind]["path"]) == [], kind
 

@@ -113,3 +113,25 @@ def test_the_inflated_prefix_stops_at_its_size():
     stream = _deflated(bytes(range(256)) * 10_000)
     assert inflated_prefix([stream], 1000) == (bytes(range(256)) * 4)[:1000]
     assert len(inflated_prefix([stream[i:i + 7] for i in range(0, len(stream), 7)], 5000)) == 5000
+
+
+@pytest.mark.parametrize(("charset", "name"), [("ISO_IR 192", "Wang^XiaoDong=王^小東"), ("ISO_IR 100", "Müller^Jürgen"),
+                                               ("", "Doe^Jane")])
+def test_the_patient_context_is_read_in_the_data_sets_character_set(charset, name):
+    from pydicom.dataset import Dataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    dataset = Dataset()
+    if charset:
+        dataset.SpecificCharacterSet = charset
+    dataset.SOPClassUID, dataset.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5"
+    dataset.AccessionNumber, dataset.PatientName, dataset.PatientID = "ACC-1", name, "PID-1"
+    dataset.StudyInstanceUID, dataset.SeriesInstanceUID = "1.2.3", "1.2.3.4"
+    for syntax, implicit in (("1.2.840.10008.1.2.1", False), ("1.2.840.10008.1.2", True)):
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = True, implicit
+        write_dataset(buffer, dataset)
+        header = read_instance_header(buffer.getvalue(), syntax)
+        assert (header.patient_name, header.patient_id, header.accession_number) == (name, "PID-1", "ACC-1")
+        assert name not in repr(header) and "PID-1" not in repr(header)  # never in a log line that prints it

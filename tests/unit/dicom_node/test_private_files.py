@@ -88,10 +88,24 @@ def test_the_spool_writes_0640_files_in_0750_folders_under_any_umask(tmp_path, o
 
 
 def test_the_pipelines_work_and_result_files_are_private_under_any_umask(tmp_path, open_umask):
-    from service.pipeline.work.resources import write_atomically
+    from dicom_node.private_files import write_atomically
 
     target = tmp_path / "home" / "work" / "1.2.3" / "run-1" / "input.npz"
-    with write_atomically(target, ".npz") as handle:
+    with write_atomically(target) as handle:
         handle.write(b"arrays")
     folders = [tmp_path / "home" / "work", target.parent.parent, target.parent]
     assert [mode(p) for p in folders] == [0o750] * 3 and mode(target) == 0o600
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_content_and_no_temporary_file(tmp_path):
+    from dicom_node.private_files import write_atomically, write_bytes_atomically
+
+    target = write_bytes_atomically(tmp_path / "rules.yaml", b"old")
+    with pytest.raises(RuntimeError, match="half-way"):
+        with write_atomically(target, text=True) as handle:
+            handle.write("new, but never finished")
+            raise RuntimeError("half-way")
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["rules.yaml"]
+    with write_atomically(target, text=True, durable=False) as handle:
+        handle.write("new")
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["rules.yaml"]

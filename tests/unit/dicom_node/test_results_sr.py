@@ -209,6 +209,37 @@ def test_verified_report_replaces_the_draft_with_reader_and_amendment():
         e.DeviceUID for e in draft.ContributingEquipmentSequence if "DeviceUID" in e]
 
 
+def test_finding_corrections_are_written_into_the_verified_report_and_checked():
+    from dicom_node.results import FindingCorrection
+
+    case, _, draft = _ct_draft(demo=False)
+    corrections = (FindingCorrection("hepatic tumor", False, "a simple cyst"), FindingCorrection("liver", None, "fatty"))
+    verified = _roundtrip(build_verified_report(_roundtrip(draft), READER, case.uids,
+                                                amendment=Amendment(finding_corrections=corrections), now=FIXED_TIME))
+    comments = [item.TextValue for item in _text_items_named(verified, "Comment")]
+    assert comments == ["Reader's assessment of hepatic tumor: absent. a simple cyst",
+                        "Reader's assessment of liver: as drafted. fatty"]
+    with pytest.raises(ValueError, match="needs present/absent or a note"):
+        FindingCorrection("liver")
+    with pytest.raises(TypeError, match="present must be"):
+        FindingCorrection("liver", "yes")
+    with pytest.raises(TypeError, match="FindingCorrection objects"):
+        Amendment(finding_corrections=("liver: absent",))
+
+
+def _text_items_named(dataset, name: str) -> list:
+    found = []
+
+    def walk(items):
+        for item in items or []:
+            if item.get("ValueType") == "TEXT" and item.ConceptNameCodeSequence[0].CodeMeaning == name:
+                found.append(item)
+            walk(item.get("ContentSequence"))
+
+    walk(dataset.ContentSequence)
+    return found
+
+
 def test_a_demo_draft_is_never_verified():
     case, _, draft = _ct_draft(demo=True)
     for amendment in (None, Amendment("Looks fine.")):

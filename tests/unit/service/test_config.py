@@ -95,3 +95,51 @@ def test_bad_values_name_the_setting(monkeypatch, name, value, fragment):
         return
     with pytest.raises(ConfigurationError, match=fragment):
         Settings.load()
+
+
+def test_fixed_value_settings_are_enums_and_a_wrong_value_names_the_choices(monkeypatch):
+    from service.config import RejectAction, SlicePolicy, VlmDtype
+
+    monkeypatch.setenv("M3EDGE_REJECT_ACTION", "patient_safety")
+    monkeypatch.setenv("M3EDGE_VLM_DTYPE", "bfloat16")
+    settings = Settings.load()
+    assert settings.reject_action is RejectAction.PATIENT_SAFETY and settings.vlm_dtype is VlmDtype.BFLOAT16
+    assert settings.agent_slice_policy is SlicePolicy.MOST_STRUCTURE
+    monkeypatch.setenv("M3EDGE_REJECT_ACTION", "patient-safety")
+    with pytest.raises(ConfigurationError, match="(?s)reject_action.*'none', 'quality' or 'patient_safety'"):
+        Settings.load()
+
+
+def test_the_example_yaml_configuration_loads_and_the_environment_wins(monkeypatch, tmp_path):
+    from service.composition import stage_time_limits
+    from service.config import RejectAction
+
+    example = Path(__file__).resolve().parents[3] / "deploy" / "m3edge.example.yaml"
+    monkeypatch.setenv("M3EDGE_CONFIG", str(example))
+    monkeypatch.setenv("M3EDGE_HOME", str(tmp_path))
+    settings = Settings.load()
+    assert settings.home == tmp_path  # the environment wins over the file
+    assert settings.dicom_allowed_aes == [AllowedCaller.parse("CT01"), AllowedCaller.parse("PACS@10.0.0.20")]
+    assert settings.destinations == [DicomAddress.parse("PACS@10.0.0.20:104")]
+    assert settings.reject_action is RejectAction.NONE and settings.api_host == "127.0.0.1"
+    assert stage_time_limits(settings)["expert"].hard_s == 3600
+    readme = (example.parents[1] / "README.md").read_text().split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
+    shown = tmp_path / "readme.yaml"
+    shown.write_text(readme.split("```yaml\n", 1)[1].split("```", 1)[0])
+    monkeypatch.setenv("M3EDGE_CONFIG", str(shown))
+    assert Settings.load().destinations == settings.destinations  # the README's example says the same
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(example.read_text().replace("dicom_ae_title:", "dicom_ae_titel:"))
+    monkeypatch.setenv("M3EDGE_CONFIG", str(broken))
+    with pytest.raises(ConfigurationError, match="dicom_ae_titel"):
+        Settings.load()
+
+
+def test_the_settings_import_nothing_of_the_pipeline_or_the_command_line():
+    import subprocess
+    import sys
+
+    probe = ("import sys, service.config; print(sorted(m for m in sys.modules if m.startswith(('service.pipeline', "
+             "'service.cli', 'celery', 'torch'))))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stdout + result.stderr

@@ -62,9 +62,9 @@ def body_routes(app):
 
 def test_every_route_that_takes_a_body_checks_its_caller_first_and_bounds_the_body(tmp_path):
     """Enumerated from the app itself, so a new route cannot escape the gate unchecked or unbounded."""
-    from service.api.app import create_app
+    from service.composition import build_api
 
-    seen = {(method, path) for method, path in body_routes(create_app(Settings(home=tmp_path)))
+    seen = {(method, path) for method, path in body_routes(build_api(Settings(home=tmp_path)))
             if method in {"POST", "PUT", "PATCH", "DELETE"}}
     for method, path in seen:
         rule = rule_for(method, re.sub(r"\{[^}]+\}", "x1", path))

@@ -56,4 +56,6 @@ def test_concurrent_attempts_never_check_more_passwords_than_the_limit(session_f
     for thread in threads:
         thread.join(timeout=120)
     assert len(results) == 30
-    assert 1 <= results.count("failure") <= 5 and results.count("user") == 30 - results.count("failure")
+    # at most the limit get their password checked; none at all is possible (and safe) when every attempt is recorded
+    # before any of them counts: each then sees 29 pending attempts and is refused
+    assert results.count("failure") <= 5 and results.count("user") == 30 - results.count("failure")

@@ -236,3 +236,27 @@ def test_invalid_rules_name_line_and_field(text, line, field, message):
 def test_yaml_tags_that_build_objects_are_refused():
     with pytest.raises(RoutingRulesError, match="syntax"):
         parse_rules("version: 1\nrules: !!python/object/apply:os.system ['true']\n")
+
+
+def _readme_example_rules() -> str:
+    """The YAML example of the README's "Routing rules" section, as a reader would copy it."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    section = readme.split("## Routing rules", 1)[1].split("\n## ", 1)[0]
+    return section.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readmes_example_rules_parse_and_route_as_the_readme_says():
+    rules = parse_rules(_readme_example_rules())
+    assert all(rule.match.anatomy is not None for rule in rules.rules)  # "keep an anatomy in every rule you write"
+    er = route_study(rules, study({"Modality": "DX", "ViewPosition": "AP", "BodyPartExamined": "PORT CHEST"},
+                                  study_attributes={"StudyDescription": "ER trauma"}))
+    assert er.rule.name == "chest-xray-urgent-er" and er.rule.priority is Priority.URGENT
+    spine = route_study(rules, study({"Modality": "DX", "ViewPosition": "AP", "SeriesDescription": "C-spine AP"},
+                                     study_attributes={"StudyDescription": "ER trauma"}))
+    assert spine.rule is None, spine.explain()
+    liver = route_study(rules, study({"Modality": "CT", "BodyPartExamined": "LIVER"}))
+    assert (liver.rule.name, liver.rule.argument) == ("ct-liver", "hepatic tumor")
+    head = route_study(rules, study({"Modality": "CT", "BodyPartExamined": "HEAD"}))
+    assert head.rule is None, head.explain()

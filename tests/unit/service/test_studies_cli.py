@@ -111,3 +111,33 @@ def test_studies_errors_are_messages_not_tracebacks(database_url, args):
     result = run_cli(database_url, *args)
     assert result.returncode == 2
     assert result.stderr.startswith("m3edge: error:") and "Traceback" not in result.stderr
+
+
+def test_studies_list_and_show_print_the_patient_context_audit_it_and_log_none_of_it(database_url, session_factory):
+    from sqlalchemy import select
+
+    from service.db.models import AuditEvent
+
+    with session_scope(session_factory) as session:
+        _add_study(session, "1.2.3.7", series=1, per_series=1)
+        _add_study(session, "1.2.3.8", series=1, per_series=1)  # received before 0009: nothing recorded
+        session.flush()
+        session.query(Study).filter_by(study_uid="1.2.3.7").update(
+            {"patient_name": "Doe^Jane", "patient_id": "PID-77", "accession_number": "ACC-7"})
+    listed = run_cli(database_url, "studies", "list")
+    assert listed.returncode == 0, listed.stderr
+    row = next(line for line in listed.stdout.splitlines() if "1.2.3.7" in line)
+    assert "Doe^Jane" in row and "PID-77" in row and "ACC-7" in row
+    assert "not recorded" in next(line for line in listed.stdout.splitlines() if "1.2.3.8" in line)
+    searched = json.loads(run_cli(database_url, "studies", "list", "--json", "--search", "doe").stdout)
+    assert [r["study_uid"] for r in searched] == ["1.2.3.7"] and searched[0]["patient_id"] == "PID-77"
+    shown = run_cli(database_url, "studies", "show", "1.2.3.7")
+    assert "patient       Doe^Jane   ID PID-77   accession ACC-7" in shown.stdout
+    for result in (listed, shown):
+        assert "Doe" not in result.stderr and "PID-77" not in result.stderr
+    with session_factory() as session:
+        events = session.execute(select(AuditEvent.actor, AuditEvent.action, AuditEvent.study_uid, AuditEvent.detail)
+                                 .order_by(AuditEvent.id)).all()
+    assert [(a, b) for a, b, _, _ in events] == [("cli", "studies.list"), ("cli", "studies.list"), ("cli", "study.read")]
+    assert set(events[0][3]["studies"]) == {"1.2.3.7", "1.2.3.8"} and events[1][3]["searched"] is True
+    assert events[2][2] == "1.2.3.7" and "Doe" not in str(events)

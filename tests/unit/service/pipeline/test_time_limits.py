@@ -274,16 +274,18 @@ def test_limits_default_from_the_stage_table_and_settings_change_them():
     assert limits.longest_hard_s == 3600
 
 
-def test_settings_refuse_unknown_stages_and_a_soft_limit_above_the_hard_one(monkeypatch):
+def test_the_composition_refuses_unknown_stages_and_a_soft_limit_above_the_hard_one(monkeypatch):
+    from service.composition import stage_time_limits
+
     monkeypatch.setenv("M3EDGE_STAGE_TIME_LIMITS", '{"exprt": {"hard": 60}}')
-    with pytest.raises(ConfigurationError, match="unknown stage.*exprt.*choose from plan"):
-        Settings.load()
+    with pytest.raises(ConfigurationError, match="STAGE_TIME_LIMITS: unknown stage.*exprt.*choose from plan"):
+        stage_time_limits(Settings.load())
     monkeypatch.setenv("M3EDGE_STAGE_TIME_LIMITS", '{"plan": {"soft": 200}}')
     with pytest.raises(ConfigurationError, match=r"stage plan: .*soft time limit \(200 s\).*hard limit \(120 s\)"):
-        Settings.load()
+        stage_time_limits(Settings.load())
     monkeypatch.delenv("M3EDGE_STAGE_TIME_LIMITS")
     monkeypatch.setenv("M3EDGE_STAGE_TIME_LIMITS__VLM__HARD", "2400")
-    assert StageTimeLimits.from_settings(Settings.load())[Stage.VLM] == StageTimeLimit(2370, 2400)
+    assert stage_time_limits(Settings.load())[Stage.VLM] == StageTimeLimit(2370, 2400)
 
 
 LATE_ALARM_SCRIPT = """

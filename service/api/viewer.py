@@ -1,0 +1,176 @@
+"""The OHIF Viewer at ``/viewer/``, reading m3edge's own DICOMweb with the signed-in user's dashboard session.
+
+``scripts/install-viewer`` (run by ``scripts/install`` and the Docker build) puts OHIF's prebuilt ``dist/`` at a
+pinned version, integrity-checked, into ``vendor/ohif`` (or ``VIEWER_DIR``), rewritten to live under ``/viewer/``.
+This module serves it:
+
+- ``/viewer/app-config.js`` is generated here, not taken from the package: one DICOMweb data source, this site's
+  ``/dicomweb`` (same origin: the browser sends the session cookie, so there is no second log-in and no token in a
+  URL; DICOMweb takes a session for GET only, anything else needs the CSRF header), and none of OHIF's data sources
+  that load from a URL;
+- the page itself (``index.html``, for every route of OHIF's own: ``/viewer/viewer?StudyInstanceUIDs=...``) needs a
+  dashboard session: without one the browser goes to the log-in page and comes back;
+- OHIF's code (bundles, workers, codecs, fonts) is public and served to anyone, as ``/ui/static`` is;
+- every answer carries :data:`VIEWER_CSP`, the strictest policy under which OHIF renders CT and SEG (found by running
+  it in Chromium and reading the console for violations; ``tests/integration/test_viewer_browser.py``).
+
+Without the viewer installed, ``/viewer/`` answers 503 saying how to install it; the rest of m3edge is unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
+
+from service.api.ui.access import PageRefused, PageUser
+from service.config import Settings
+
+__all__ = ["router", "viewer_dir", "viewer_study_url", "mount_viewer", "VIEWER_CSP", "INSTALL_HINT"]
+
+MOUNT = "/viewer/"
+REPOSITORY = Path(__file__).resolve().parents[2]
+DEFAULT_VIEWER_DIR = REPOSITORY / "vendor" / "ohif"
+BOOT_SCRIPT = Path(__file__).resolve().parent / "static" / "viewer" / "boot.js"
+INSTALL_HINT = ("The OHIF Viewer is not installed. Run scripts/install-viewer (scripts/install runs it) where m3edge "
+                "is installed; an air-gapped site sets M3EDGE_VIEWER_TARBALL to a copied @ohif/app tarball first.")
+# Found by running OHIF 3.13 in Chromium on a CT and its SEG and reading the console for violations (see the README):
+# 'unsafe-eval' because its SEG loader compiles code with new Function (ndarray); 'unsafe-inline' styles because React
+# sets style attributes; data: images for its icons. Nothing else: its workers are same-origin files.
+VIEWER_CSP = ("default-src 'self'; script-src 'self' 'unsafe-eval'; worker-src 'self'; "
+              "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self'; connect-src 'self'; "
+              "object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+VIEWER_HEADERS = {
+    "Content-Security-Policy": VIEWER_CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+router = APIRouter(include_in_schema=False)
+
+
+def viewer_dir(settings: Settings) -> Path:
+    return settings.viewer_dir or DEFAULT_VIEWER_DIR
+
+
+def viewer_study_url(study_uid: str) -> str:
+    """The viewer's page for one study (OHIF's basic viewer mode)."""
+    return f"{MOUNT}viewer?StudyInstanceUIDs={study_uid}"
+
+
+def app_config() -> str:
+    """OHIF's ``window.config``: m3edge's DICOMweb as the only data source, nothing loaded from elsewhere."""
+    data_source = {
+        "namespace": "@ohif/extension-default.dataSourcesModule.dicomweb",
+        "sourceName": "m3edge",
+        "configuration": {
+            "friendlyName": "m3edge",
+            "name": "m3edge",
+            "qidoSupportsIncludeField": True,
+            "imageRendering": "wadors",
+            "thumbnailRendering": "wadors",
+            "enableStudyLazyLoad": True,
+            "supportsFuzzyMatching": False,
+            "supportsWildcard": True,
+            "staticWado": False,
+            "singlepart": "",
+            "bulkDataURI": {"enabled": True, "relativeResolution": "studies"},
+            "omitQuotationForMultipartRequest": True,
+        },
+    }
+    config = {
+        "routerBasename": MOUNT.rstrip("/"),
+        "extensions": [],
+        "modes": [],
+        "customizationService": {},
+        "showStudyList": True,
+        "maxNumberOfWebWorkers": 2,
+        "showWarningMessageForCrossOrigin": False,
+        "showCPUFallbackMessage": True,
+        "showLoadingIndicator": True,
+        "strictZSpacingForVolumeViewport": True,
+        "investigationalUseDialog": {"option": "never"},
+        "maxNumRequests": {"interaction": 100, "thumbnail": 5, "prefetch": 10},
+        "defaultDataSourceName": "m3edge",
+        "dataSources": [data_source],
+    }
+    roots = ", ".join(f"{key}: origin + '/dicomweb'" for key in ("wadoUriRoot", "qidoRoot", "wadoRoot"))
+    return ("// Generated by m3edge (service/api/viewer.py): this site's DICOMweb, same origin, the session's cookie.\n"
+            "(function () {\n"
+            "  var origin = window.location.origin;\n"
+            f"  var config = {json.dumps(config, indent=1)};\n"
+            f"  Object.assign(config.dataSources[0].configuration, {{{roots}}});\n"
+            "  window.config = config;\n"
+            "})();\n")
+
+
+def _installed(request: Request) -> StaticFiles:
+    files = getattr(request.app.state, "viewer_files", None)
+    if files is None:
+        directory = viewer_dir(request.app.state.settings)
+        if not (directory / "index.html").is_file():
+            raise PageRefused(503, "Viewer not installed", INSTALL_HINT)
+        files = StaticFiles(directory=directory)
+        request.app.state.viewer_files = files
+    return files
+
+
+@router.get("/viewer")
+def viewer_root() -> RedirectResponse:
+    return RedirectResponse(MOUNT, status_code=307)
+
+
+@router.get("/viewer/app-config.js")
+def viewer_config(request: Request, user: PageUser) -> Response:
+    _installed(request)
+    return Response(app_config(), media_type="text/javascript",
+                    headers={**VIEWER_HEADERS, "Cache-Control": "no-store"})
+
+
+@router.get("/viewer/m3edge-boot.js")
+def viewer_boot() -> Response:
+    return Response(BOOT_SCRIPT.read_text(encoding="utf-8"), media_type="text/javascript",
+                    headers={**VIEWER_HEADERS, "Cache-Control": "no-cache"})
+
+
+def _index(request: Request, files: StaticFiles) -> Response:
+    page = (Path(files.directory) / "index.html").read_text(encoding="utf-8")
+    return Response(page, media_type="text/html", headers={**VIEWER_HEADERS, "Cache-Control": "no-store"})
+
+
+@router.get("/viewer/{path:path}")
+async def viewer_file(path: str, request: Request) -> Response:
+    files = _installed(request)
+    if path and path != "index.html" and "." in path.rsplit("/", 1)[-1]:
+        try:
+            response = await files.get_response(path, request.scope)
+        except HTTPException as exc:
+            if exc.status_code != 404:
+                raise
+            return Response("not found", status_code=404, media_type="text/plain", headers=VIEWER_HEADERS)
+        response.headers.update({**VIEWER_HEADERS, "Cache-Control": "no-cache"})
+        return response
+    return await _page(request, files)
+
+
+async def _page(request: Request, files: StaticFiles) -> Response:
+    """OHIF's single page, for any of its own routes; only for a signed-in user (else the log-in page, then back)."""
+    from starlette.concurrency import run_in_threadpool
+
+    from service.api.ui.access import page_user
+    from service.db.session import session_scope
+
+    def check() -> None:
+        with session_scope(request.app.state.session_factory) as session:
+            page_user(request, session)
+
+    await run_in_threadpool(check)
+    return _index(request, files)
+
+
+def mount_viewer(app: FastAPI) -> None:
+    app.include_router(router)
