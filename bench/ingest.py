@@ -2,22 +2,25 @@
 
 ``python -m bench.ingest`` generates CT-like instances (512 x 512, 16-bit, realistic geometry; about 0.5 MB each) once
 into a cache folder, then, one target after the other in the same run, starts the target on free ports with its own
-storage, sends the whole corpus with ``--senders`` parallel storescu processes (the same for every target; dcmtk and
-Orthanc run with TCP_NODELAY=1), stops it and prints MB/s and instances/s with the ratios m3edge/Orthanc and
-m3edge/storescp.
+storage, sends the whole corpus with N parallel storescu processes for each N of ``--senders`` (default 1 and 8:
+one association, as a PACS sends a study, and 8 concurrent senders; the same for every target; dcmtk and Orthanc run
+with TCP_NODELAY=1), times ``--latency-samples`` one-instance associations, stops it and prints MB/s and instances/s,
+the median and range over the rounds, and the ratios m3edge/Orthanc and m3edge/storescp (each round's ratio, then
+their median and range), throughput and one-instance association latency.
 
 - m3edge: ``m3edge scp`` with its embedded SQLite database and ``--receivers`` receiving processes (by default the
-  node's own: one per CPU core, at most 4), durability on: each file written to a temporary file and fdatasync'ed, linked under its final name,
-  its directory fsynced and its database row committed (SQLite WAL, synchronous=FULL) before each success status;
-  the count of recorded instances is checked afterwards.
+  node's own: one per CPU core, at most 4), durability on: each instance's bytes and record appended to its
+  process's journal and fdatasync'ed (one sync shared by the instances waiting at that moment) before its success
+  status; files, names (syncfs) and rows (SQLite WAL, synchronous=FULL) filed in the background. The bench waits
+  until every instance has its row and prints how long that took after the last response.
 - storescp: ``storescp --fork`` writing plain files (no fsync): the ceiling to report.
 - Orthanc: SQLite index, ``SyncStorageArea`` true, no compression. Traced with strace (Orthanc 1.10.1), that means one
   fdatasync of each stored file, written in place under its final name; no fsync of its directories; and index
   commits that are not synced (SQLite WAL with synchronous=NORMAL: the WAL is synced at checkpoints only). Its
   success status therefore promises less than m3edge's; the comparison gives Orthanc that advantage.
 
-``--runs`` repeats the whole comparison (the order of the targets rotates each run, the machine may be shared and
-noisy); each run is printed, then the median of each target and the ratios of the medians. The configuration of each
+``--runs`` repeats the whole comparison (the order of the targets rotates each round, the machine may be shared and
+noisy); each round is printed, then the medians and the ratios. The configuration of each
 target and the share of idle CPU during each transfer are printed too.
 """
 
@@ -108,6 +111,8 @@ class Measurement:
 class Transfer:
     seconds: float
     idle: float | None  # share of the machine's CPU time left idle during the transfer (None off Linux)
+    latency: float | None = None  # median seconds of one-instance associations after the transfer
+    filed: float | None = None  # m3edge: seconds from the transfer's end until every instance had its row
 
 
 def send(port: int, files: list[Path], senders: int, called_ae: str) -> Transfer:
@@ -133,6 +138,20 @@ def send(port: int, files: list[Path], senders: int, called_ae: str) -> Transfer
     if failures:
         raise RuntimeError(f"storescu failed: {failures[0]}")
     return Transfer(elapsed, idle)
+
+
+def association_latency(port: int, file: Path, called_ae: str, samples: int) -> list[float]:
+    """Seconds of ``samples`` one-instance associations (storescu: connect, associate, C-STORE, release), one after
+    the other; the storescu process start is included, the same for every target."""
+    times = []
+    for _ in range(samples):
+        started = time.monotonic()
+        completed = subprocess.run(["storescu", "-aet", "BENCH", "-aec", called_ae, "127.0.0.1", str(port), str(file)],
+                                   env=_dcmtk_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=120)
+        times.append(time.monotonic() - started)
+        if completed.returncode != 0:
+            raise RuntimeError(f"storescu failed: {completed.stderr.decode(errors='replace')[-500:]}")
+    return times
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -165,14 +184,23 @@ def describe_targets(senders: int, receivers: int) -> dict[str, str]:
     return {
         "m3edge": f"m3edge scp, DICOM_RECEIVERS={receivers}, DICOM_MAX_ASSOCIATIONS={max(16, senders * 2)}, "
                   f"DICOM_MAX_PDU_SIZE=default, SQLite (WAL, synchronous=FULL); per instance before its status: "
-                  f"file fdatasync, link, directory fsync, row commit",
+                  f"its bytes and record appended to the process's journal and one fdatasync shared by every "
+                  f"instance waiting then; file, name (syncfs) and row filed in the background",
         "storescp": "storescp --fork, plain files, no fsync (the ceiling)",
         "orthanc": f"Orthanc, SyncStorageArea=true (fdatasync of each file; no directory fsync; SQLite index "
                    f"synchronous=NORMAL), StorageCompression=false, DicomThreadsCount={max(4, senders)}",
     }
 
 
-def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int) -> Transfer:
+def _recorded(database: Path) -> int:
+    try:
+        with sqlite3.connect(database, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM instances").fetchone()[0]
+    except sqlite3.Error:
+        return -1
+
+
+def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int, latency_samples: int = 0) -> Transfer:
     home = work / "m3edge"
     port = _free_port()
     env = {
@@ -195,17 +223,23 @@ def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int) -> T
         if process.poll() is not None:
             raise RuntimeError(f"m3edge scp exited: {(home / 'scp.log').read_text()[-2000:]}")
         transfer = send(port, files, senders, "M3EDGE")
+        ended = time.monotonic()
+        _wait(lambda: _recorded(home / "m3edge.db") >= len(files), 600, "m3edge did not record every instance")
+        filed = time.monotonic() - ended
+        latency = (_median(association_latency(port, files[0], "M3EDGE", latency_samples))
+                   if latency_samples else None)
+        transfer = Transfer(transfer.seconds, transfer.idle, latency, filed)
     finally:
         _stop(process)
         log.close()
     with sqlite3.connect(home / "m3edge.db") as db:
         recorded = db.execute("SELECT count(*) FROM instances").fetchone()[0]
-    if recorded != len(files):
+    if recorded != len(files):  # the latency samples re-send files[0]: a duplicate, no new row
         raise RuntimeError(f"m3edge recorded {recorded} of {len(files)} instances")
     return transfer
 
 
-def run_storescp(files: list[Path], work: Path, senders: int) -> Transfer:
+def run_storescp(files: list[Path], work: Path, senders: int, latency_samples: int = 0) -> Transfer:
     out = work / "storescp"
     out.mkdir(parents=True)
     port = _free_port()
@@ -215,12 +249,15 @@ def run_storescp(files: list[Path], work: Path, senders: int) -> Transfer:
     )
     try:
         _wait(lambda: _port_open(port), 60, "storescp did not listen")
-        return send(port, files, senders, "STORESCP")
+        transfer = send(port, files, senders, "STORESCP")
+        latency = (_median(association_latency(port, files[0], "STORESCP", latency_samples))
+                   if latency_samples else None)
+        return Transfer(transfer.seconds, transfer.idle, latency)
     finally:
         _stop(process)
 
 
-def run_orthanc(files: list[Path], work: Path, senders: int) -> Transfer:
+def run_orthanc(files: list[Path], work: Path, senders: int, latency_samples: int = 0) -> Transfer:
     folder = work / "orthanc"
     folder.mkdir(parents=True)
     dicom_port, http_port = _free_port(), _free_port()
@@ -254,18 +291,21 @@ def run_orthanc(files: list[Path], work: Path, senders: int) -> Transfer:
             stored = json.load(answer)["CountInstances"]
         if stored != len(files):
             raise RuntimeError(f"Orthanc stored {stored} of {len(files)} instances")
-        return transfer
+        latency = (_median(association_latency(dicom_port, files[0], "ORTHANC", latency_samples))
+                   if latency_samples else None)
+        return Transfer(transfer.seconds, transfer.idle, latency)
     finally:
         _stop(process)
         log.close()
 
 
-def _run_target(target: str, files: list[Path], work: Path, senders: int, receivers: int) -> Transfer:
+def _run_target(target: str, files: list[Path], work: Path, senders: int, receivers: int,
+                latency_samples: int = 0) -> Transfer:
     if target == "m3edge":
-        return run_m3edge(files, work, senders, receivers)
+        return run_m3edge(files, work, senders, receivers, latency_samples)
     if target == "storescp":
-        return run_storescp(files, work, senders)
-    return run_orthanc(files, work, senders)
+        return run_storescp(files, work, senders, latency_samples)
+    return run_orthanc(files, work, senders, latency_samples)
 
 
 def _median(values: list[float]) -> float:
@@ -274,15 +314,23 @@ def _median(values: list[float]) -> float:
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
-def main(argv: list[str] | None = None) -> list[Measurement]:
-    """Run the comparison; return each target's median measurement, in the order of ``--targets``."""
+def _spread(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
+
+
+def main(argv: list[str] | None = None) -> dict[int, list[Measurement]]:
+    """Run the comparison for each sender count; return each target's median measurement per sender count."""
     parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=320, help="corpus size in MB (at least 300 for the report)")
     parser.add_argument("--rows", type=int, default=512, help="rows = columns of each slice (512 for the report)")
-    parser.add_argument("--senders", type=int, default=8, help="parallel storescu processes, the same for every target")
+    parser.add_argument("--senders", default="1,8",
+                        help="comma-separated parallel storescu counts (each measured in its own rounds; default 1,8: "
+                             "one association, as a PACS sends a study, and 8 concurrent senders)")
     parser.add_argument("--receivers", type=int, default=default_receivers(),
                         help="m3edge receiving processes (DICOM_RECEIVERS; default: the node's, one per core, at most 4)")
-    parser.add_argument("--runs", type=int, default=3, help="how many times to run the whole comparison")
+    parser.add_argument("--runs", type=int, default=3, help="how many rounds of the whole comparison")
+    parser.add_argument("--latency-samples", type=int, default=9,
+                        help="one-instance associations timed per target and round, after the transfer (0: none)")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help="comma-separated subset of " + ",".join(TARGETS))
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "m3edge-bench-corpus")
@@ -292,37 +340,62 @@ def main(argv: list[str] | None = None) -> list[Measurement]:
     unknown = set(targets) - set(TARGETS)
     if unknown:
         parser.error(f"unknown target(s) {', '.join(sorted(unknown))}")
+    sender_counts = [int(n) for n in args.senders.split(",") if n.strip()]
 
     files = corpus(args.cache, args.size_mb, args.rows)
     total = sum(p.stat().st_size for p in files)
-    print(f"corpus: {len(files)} instances, {total / 1e6:.1f} MB; {args.senders} parallel storescu per target; "
-          f"{args.runs} run(s); {os.cpu_count()} CPU core(s)", flush=True)
-    described = describe_targets(args.senders, args.receivers)
-    for target in targets:
-        print(f"  {target}: {described[target]}", flush=True)
-    seconds: dict[str, list[float]] = {target: [] for target in targets}
-    with tempfile.TemporaryDirectory(prefix="m3edge-bench-", dir=args.workdir) as tmp:
-        for run in range(args.runs):
-            order = targets[run % len(targets):] + targets[:run % len(targets)]  # who goes first rotates
-            for target in order:
-                work = Path(tmp) / f"{target}-{run}"
-                transfer = _run_target(target, files, work, args.senders, args.receivers)
-                shutil.rmtree(work, ignore_errors=True)
-                seconds[target].append(transfer.seconds)
-                result = Measurement(target, transfer.seconds, len(files), total)
-                idle = transfer.idle
-                idle_text = "" if idle is None else f"  (machine CPU idle during the transfer: {idle:.0%})"
-                print(f"run {run + 1} {target:>12}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} "
-                      f"instances/s  ({transfer.seconds:.2f} s){idle_text}", flush=True)
-    results = [Measurement(target, _median(seconds[target]), len(files), total) for target in targets]
-    print(f"median of {args.runs} run(s):")
-    for result in results:
-        print(f"{result.target:>12}: {result.mb_per_s:8.1f} MB/s  {result.instances_per_s:8.1f} instances/s")
-    by_name = {r.target: r for r in results}
-    if "m3edge" in by_name:
-        for peer in ("orthanc", "storescp"):
-            if peer in by_name:
-                print(f"m3edge/{peer}: {by_name['m3edge'].mb_per_s / by_name[peer].mb_per_s:.2f}")
+    print(f"corpus: {len(files)} instances, {total / 1e6:.1f} MB; sender counts {sender_counts}; {args.runs} "
+          f"round(s), targets rotated each round; {os.cpu_count()} CPU core(s)", flush=True)
+    results: dict[int, list[Measurement]] = {}
+    for senders in sender_counts:
+        described = describe_targets(senders, args.receivers)
+        print(f"== {senders} sender(s)", flush=True)
+        for target in targets:
+            print(f"  {target}: {described[target]}", flush=True)
+        seconds: dict[str, list[float]] = {target: [] for target in targets}
+        latencies: dict[str, list[float]] = {target: [] for target in targets}
+        filed: list[float] = []
+        with tempfile.TemporaryDirectory(prefix="m3edge-bench-", dir=args.workdir) as tmp:
+            for run in range(args.runs):
+                order = targets[run % len(targets):] + targets[:run % len(targets)]  # who goes first rotates
+                for target in order:
+                    work = Path(tmp) / f"{target}-{run}"
+                    transfer = _run_target(target, files, work, senders, args.receivers, args.latency_samples)
+                    shutil.rmtree(work, ignore_errors=True)
+                    seconds[target].append(transfer.seconds)
+                    if transfer.latency is not None:
+                        latencies[target].append(transfer.latency)
+                    if transfer.filed is not None:
+                        filed.append(transfer.filed)
+                    result = Measurement(target, transfer.seconds, len(files), total)
+                    extra = "" if transfer.idle is None else f"  (machine CPU idle during the transfer: {transfer.idle:.0%})"
+                    if transfer.latency is not None:
+                        extra += f"  one-instance association {transfer.latency * 1000:.0f} ms"
+                    if transfer.filed is not None:
+                        extra += f"  all rows in {transfer.filed:.2f} s after the last response"
+                    print(f"round {run + 1} {target:>9} x{senders}: {result.mb_per_s:8.1f} MB/s  "
+                          f"{result.instances_per_s:8.1f} instances/s  ({transfer.seconds:.2f} s){extra}", flush=True)
+        medians = [Measurement(target, _median(seconds[target]), len(files), total) for target in targets]
+        results[senders] = medians
+        print(f"-- {senders} sender(s), median of {args.runs} round(s) (range):")
+        for target, result in zip(targets, medians):
+            rates = [total / 1e6 / s for s in seconds[target]]
+            line = f"{target:>9}: {result.mb_per_s:8.1f} MB/s ({_spread(rates)})"
+            if latencies[target]:
+                line += f"  one-instance association {_median(latencies[target]) * 1000:.0f} ms"
+            print(line)
+        if filed:
+            print(f"   m3edge: every row in the database {_median(filed):.2f} s (median) after the last response")
+        if "m3edge" in seconds:
+            for peer in ("orthanc", "storescp"):
+                if peer in seconds:
+                    ratios = [peer_s / own for own, peer_s in zip(seconds["m3edge"], seconds[peer])]
+                    print(f"   m3edge/{peer} throughput x{senders}: median of rounds {_median(ratios):.2f} "
+                          f"(range {_spread(ratios)})")
+            if "orthanc" in latencies and latencies["orthanc"] and latencies["m3edge"]:
+                ratios = [own / peer for own, peer in zip(latencies["m3edge"], latencies["orthanc"])]
+                print(f"   m3edge/orthanc one-instance association latency: median {_median(ratios):.2f} "
+                      f"(range {_spread(ratios)})")
     return results
 
 

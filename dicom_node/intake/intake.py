@@ -7,9 +7,11 @@ In order, each in one place:
 2. **header**: the identity (study, series, SOP instance) and the descriptive attributes the catalogue keeps, read
    from the data set's first bytes (``dicom_node.intake.header``); a STOW-RS part whose File Meta names another SOP
    Instance than its data set, or another study than the request's URL, is refused;
-3. **the durable step** (:class:`DurableStore`): the instance's file and its database record, both durable before
-   ``store`` returns; today :class:`SpoolAndRecorder` (fdatasync, link, directory fsync, with the row's commit
-   overlapping the directory fsync). This is the one seam a journal (issue 17) replaces;
+3. **the durable step** (:class:`DurableStore`): the instance's bytes and its database record, both durable before
+   ``store`` returns. The node and STOW-RS use :class:`~dicom_node.intake.journal.JournalStore` (one group-committed
+   fdatasync of the process's journal; the file and row follow in the background, the row only once the file and
+   its name are durable). :class:`SpoolAndRecorder` is the plain way, for callers without a journal: the file
+   (fdatasync, link, directory fsync), then the row;
 4. **senders**: each session (an association, or a STOW-RS request) counts once as an open sender of every study it
    stored into, until :meth:`IntakeSession.end` (study assembly's "released" signal).
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -37,6 +39,7 @@ from dicom_node.intake.header import (
     encode_file_meta,
     read_instance_header,
 )
+from dicom_node.intake.journal import MemoryFile
 from dicom_node.intake.limits import IntakeLimits
 from dicom_node.intake.recording import InstanceRecorder, ReceivedInstance, begin_recording
 from dicom_node.intake.spool import InstanceLocation, PendingFile, SpooledFile, SpoolWriter, StoreOutcome
@@ -109,6 +112,12 @@ class StoredInstance:
 class DurableStore(Protocol):
     """The durable step: make the instance's file and its record durable, both, before returning."""
 
+    def new_file(self) -> PendingFile | MemoryFile:
+        """Where a C-STORE data set is put (with its File Meta) before ``persist``."""
+
+    def ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
+        """A sender that stored into ``study_uids`` ended (after the records of what it stored)."""
+
     def persist(
         self, pending: PendingFile, location: InstanceLocation, describe: Callable[[SpooledFile], ReceivedInstance],
         recorded: Callable[[ReceivedInstance], None],
@@ -118,29 +127,29 @@ class DurableStore(Protocol):
 
 
 class SpoolAndRecorder:
-    """The file in the spool (fdatasync, link, directory fsync) and the row by the recorder (group commit), the
-    commit started as soon as the file's name is linked, so the directory fsync and the commit overlap."""
+    """The plain durable step, without a journal: the file in the spool (fdatasync, link, directory fsync), then the
+    row by the recorder (its group commit). Three syncs in series per instance; the row is committed only once the
+    file's name is durable, so no crash leaves a recorded instance without its file."""
 
     def __init__(self, spool: SpoolWriter, recorder: InstanceRecorder) -> None:
         self.spool = spool
         self.recorder = recorder
 
+    def new_file(self) -> PendingFile:
+        return self.spool.new_file()
+
+    def ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
+        self.recorder.associations_ended(study_uids, ended_at)
+
     def persist(
         self, pending: PendingFile, location: InstanceLocation, describe: Callable[[SpooledFile], ReceivedInstance],
         recorded: Callable[[ReceivedInstance], None],
     ) -> SpooledFile:
-        commits: list[tuple[ReceivedInstance, Callable[[], None]]] = []
-
-        def start_recording(spooled: SpooledFile) -> None:
-            instance = describe(spooled)
-            commits.append((instance, begin_recording(self.recorder, instance)))
-
-        try:
-            return self.spool.publish(pending, location, on_linked=start_recording)
-        finally:
-            for instance, wait_for_commit in commits:  # also when the directory sync failed: never leave one behind
-                wait_for_commit()
-                recorded(instance)
+        spooled = self.spool.publish(pending, location)
+        instance = describe(spooled)
+        begin_recording(self.recorder, instance)()
+        recorded(instance)
+        return spooled
 
 
 class IntakeSession:
@@ -178,11 +187,12 @@ class IntakeSession:
                            header.sop_instance_uid, self.calling_ae, stored.spooled.relative_path)
         return stored
 
-    def _spool_from_memory(self, data_set: DataSetInMemory, syntax: UID) -> tuple[InstanceHeader, PendingFile]:
+    def _spool_from_memory(self, data_set: DataSetInMemory, syntax: UID,
+                           ) -> tuple[InstanceHeader, PendingFile | MemoryFile]:
         data = memoryview(data_set.data)
         header = self._intake.read_header(syntax, len(data), lambda offset, size: data[offset:offset + size],
                                           lambda: (data,))
-        pending = self._intake.spool.new_file()
+        pending = self._intake.store.new_file()
         try:
             pending.write(encode_file_meta(header.sop_class_uid or data_set.sop_class_uid, header.sop_instance_uid,
                                            syntax, self.calling_ae))
@@ -206,7 +216,7 @@ class IntakeSession:
             raise
         return header
 
-    def _persist(self, pending: PendingFile, header: InstanceHeader, syntax: UID, sop_class_uid: str) -> StoredInstance:
+    def _persist(self, pending: PendingFile | MemoryFile, header: InstanceHeader, syntax: UID, sop_class_uid: str) -> StoredInstance:
         location = InstanceLocation(header.study_uid, header.series_uid, header.sop_instance_uid)
         received_at = self._intake.clock()
         with self._lock:
@@ -244,7 +254,7 @@ class IntakeSession:
         if not studies:
             return
         try:
-            self._intake.recorder.associations_ended(studies, self._intake.clock())
+            self._intake.store.ended(studies, self._intake.clock())
         except Exception:  # noqa: BLE001 - bookkeeping must never break the DICOM path
             LOGGER.exception("could not record the end of a sender for %d study(ies)", len(studies))
 

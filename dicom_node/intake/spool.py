@@ -11,6 +11,7 @@ at start-up.
 
 from __future__ import annotations
 
+import ctypes
 import enum
 import errno
 import hashlib
@@ -129,6 +130,25 @@ def _ignore(_spooled: SpooledFile) -> None:
     return None
 
 
+_LIBC = None
+
+
+def _syncfs(fd: int) -> int:
+    """libc's ``syncfs(fd)``: 0 on success, -1 on failure (``ctypes_errno()`` says why), -2 where there is none."""
+    global _LIBC
+    try:
+        if _LIBC is None:
+            _LIBC = ctypes.CDLL(None, use_errno=True)
+        function = _LIBC.syncfs
+    except (OSError, AttributeError):
+        return -2
+    return int(function(fd))
+
+
+def ctypes_errno() -> int:
+    return ctypes.get_errno() or errno.EIO
+
+
 class PendingFile:
     """A new instance file being filled: unnamed (``temp_path`` None) or a named temporary file, until published.
 
@@ -142,6 +162,7 @@ class PendingFile:
         self.temp_path = temp_path
         self.size = 0
         self._digest = _new_digest()
+        self._known_digest: str | None = None  # set by SpoolWriter.copy_into_new_file: the bytes were checked before
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -168,6 +189,8 @@ class PendingFile:
 
     @property
     def digest(self) -> str:
+        if self._known_digest is not None:
+            return self._known_digest
         return self._digest.hexdigest()
 
     def discard(self) -> None:
@@ -296,20 +319,72 @@ class SpoolWriter:
                 pending.write(chunk)
             return self.publish(pending, location, on_linked=on_linked)
 
+    def copy_into_new_file(self, source_fd: int, offset: int, size: int, digest: str) -> PendingFile:
+        """A pending file holding ``size`` bytes of ``source_fd`` from ``offset`` (copied inside the kernel where the
+        file system allows), whose SHA-256 ``digest`` the caller already knows (the journal checked it)."""
+        pending = self.new_file()
+        try:
+            with _spool_errors(self.root):
+                copied = 0
+                while copied < size:
+                    try:
+                        step = os.copy_file_range(source_fd, pending.fd, size - copied, offset + copied, copied)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                            raise
+                        step = 0
+                    if step <= 0:  # no copy_file_range here (or a short source): the plain way
+                        block = os.pread(source_fd, min(_READ_CHUNK, size - copied), offset + copied)
+                        if not block:
+                            raise SpoolError(errno.EIO, "the journal ended before the instance's last byte")
+                        step = os.pwrite(pending.fd, block, copied)
+                    copied += step
+        except BaseException:
+            pending.discard()
+            raise
+        pending.size = size
+        pending._known_digest = digest
+        return pending
+
+    def existing_digest(self, relative_path: str) -> str | None:
+        """The SHA-256 of the file at ``relative_path`` in the spool, or None when there is none."""
+        try:
+            return _digest_of(f"{self._root}/{relative_path}")
+        except FileNotFoundError:
+            return None
+
+    def sync_file_system(self) -> None:
+        """Make every file and name written to the spool so far durable: one ``syncfs`` of the spool's file system
+        (Linux), else ``os.sync``. Used by the journal's background step after it has linked a batch of files."""
+        if not self.durable:
+            return
+        with _spool_errors(self.root):
+            fd = os.open(self._root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                result = _syncfs(fd)
+                if result == -2:
+                    os.sync()
+                elif result != 0:
+                    code = ctypes_errno()
+                    raise OSError(code, os.strerror(code))
+            finally:
+                os.close(fd)
+
     def publish(
         self, pending: PendingFile, location: InstanceLocation, *,
-        on_linked: Callable[[SpooledFile], None] | None = None,
+        on_linked: Callable[[SpooledFile], None] | None = None, sync: bool = True,
     ) -> SpooledFile:
         """Make ``pending`` the instance at ``location``, durably; never overwrite another file. Closes ``pending``.
 
         ``on_linked`` is called once the file's data is durable and its final name is decided and linked (or found
-        to hold these bytes already), before the directory fsync that makes the name durable: the node starts the
-        database commit there, so the two syncs overlap. ``publish`` returns only after that directory fsync.
+        to hold these bytes already), before the directory fsync that makes the name durable. ``publish`` returns
+        only after that directory fsync. ``sync=False`` skips both syncs (the file's and its directory's): the
+        caller makes them durable later (the journal's background step, :meth:`sync_file_system`).
         Raises ``SpoolFull`` when the disk is full and ``SpoolError`` for other I/O failures; nothing is left behind.
         """
         try:
             with _spool_errors(self.root):
-                if self.durable:
+                if self.durable and sync:
                     os.fdatasync(pending.fd)  # data and size; the name is made durable by the directory fsync
                 series_dir = self._ensure_dir(location)
                 fd, temp = pending.fd, pending.temp_path
@@ -321,7 +396,9 @@ class SpoolWriter:
                 else:
                     def link(target: str) -> None:
                         os.link(temp, target)
-                return self._publish(location, series_dir, link, pending.size, pending.digest, on_linked or _ignore)
+                spooled = self._publish(location, series_dir, link, pending.size, pending.digest, on_linked or _ignore,
+                                        sync_directory=sync)
+                return spooled
         finally:
             pending.discard()
 
@@ -350,8 +427,10 @@ class SpoolWriter:
 
     def _publish(
         self, location: InstanceLocation, series_dir: str, link: Callable[[str], None], size: int, digest: str,
-        on_linked: Callable[[SpooledFile], None],
+        on_linked: Callable[[SpooledFile], None], *, sync_directory: bool = True,
     ) -> SpooledFile:
+        if not sync_directory:
+            series_dir = ""  # _announce skips the directory fsync
         primary = f"{location.series_dir}/{location.primary_name}"
         if self._link(link, f"{self._root}/{primary}"):
             return self._announce(SpooledFile(primary, size, digest, StoreOutcome.STORED, conflict=False), series_dir,
@@ -372,7 +451,8 @@ class SpoolWriter:
         self, spooled: SpooledFile, series_dir: str, on_linked: Callable[[SpooledFile], None]
     ) -> SpooledFile:
         on_linked(spooled)
-        self._sync(series_dir)
+        if series_dir:
+            self._sync(series_dir)
         return spooled
 
     @staticmethod

@@ -62,8 +62,8 @@ def _status(code: int, comment: str) -> Dataset:
 def handle_store(event, sessions: OpenSessions) -> int | Dataset:
     """Take one C-STORE data set in through the intake and answer; never raises (pynetdicom would abort).
 
-    Success (or the conflicting-duplicate warning) is answered only once the instance's file, its name and its
-    database row are all durable.
+    Success (or the conflicting-duplicate warning) is answered only once the instance's bytes and its record are
+    durable (the journal, ``dicom_node.intake.journal``); its file and row are filed right after.
     """
     calling_ae = calling_ae_of(event.assoc)
     sop_uid = str(event.request.AffectedSOPInstanceUID or "")[:64]

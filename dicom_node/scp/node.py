@@ -5,7 +5,12 @@ documented ``pynetdicom._config`` settings, and ``AE.make_server`` with our ``Gu
 (``dicom_node.scp.guarded_server``). The fast path that once reached into pynetdicom's internals (an event-driven
 reactor, DIMSE shortcuts, memoised UID checks, shared contexts, whole-PDU reads) is gone: measured on and off in the
 same ``bench.ingest`` runs, none of it gave 20% more throughput (8 senders: 45/39/52 MB/s with the event-driven
-reactor, 64/72/65 MB/s stock; one association: 21.5 vs 24.5, 9.2 vs 16.2, 24.0 vs 22.1 MB/s).
+reactor, 64/72/65 MB/s stock; one association: 21.5 vs 24.5, 9.2 vs 16.2, 24.0 vs 22.1 MB/s). Measured again with
+the journal (issue 17, one association, 105 MB, alternating, loaded machine): pynetdicom's reactor sleeps cut
+tenfold 56.2/37.2/59.2 MB/s against 54.5/41.9/53.1 stock, so no fast path came back (``dicom_node/scp/fastpath/``
+does not exist); with the journal's fdatasync taken out, 49.1/52.7 against 50.4/54.4 with it: the sync is not the
+limit either. py-spy (``--gil``) showed the process holding the GIL about 1 s of a 5 s transfer: on that 2-core
+machine under a load of 5-8, waiting for a CPU between pynetdicom's thread hand-offs is where the time goes.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
 from dicom_node.intake import DiskAdmission, Intake, IntakeLimits, InstanceRecorder, SpoolWriter
+from dicom_node.intake.journal import JournalStore
 from dicom_node.network import AllowedCaller
 from dicom_node.qr import QueryRetrieveScp
 from dicom_node.scp.access import AccessPolicy
@@ -39,7 +45,8 @@ from dicom_node.scp.slots import AssociationSlots
 from dicom_node.scp.status import NodeStatus, NodeStatusFile, StatusPublisher
 from dicom_node.scp.storage_classes import register_retired_storage_classes, storage_sop_classes
 
-__all__ = ["DicomNode", "NodeSettings", "NodeNotRunning", "ACCEPTED_TRANSFER_SYNTAXES", "LOCAL_LIMIT_EXCEEDED"]
+__all__ = ["DicomNode", "NodeSettings", "NodeNotRunning", "ACCEPTED_TRANSFER_SYNTAXES", "LOCAL_LIMIT_EXCEEDED",
+           "receiving_process_settings"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -98,6 +105,22 @@ class NodeSettings(Protocol):
         """Where the node publishes whether it accepts (``dicom_node.scp.status``); None: nowhere."""
 
 
+def receiving_process_settings() -> None:
+    """Process-wide settings for a process whose work is receiving (``m3edge scp`` and each receiving process; not
+    the library's callers, whose pydicom settings stay theirs).
+
+    pydicom's reading validation off (``config.settings.reading_validation_mode = IGNORE``, its public setting):
+    pynetdicom deep-copies the supported presentation contexts for every association (about 180 storage classes x
+    18 transfer syntaxes: some 3,300 UIDs), and each copied UID was checked against pydicom's UID regex again:
+    measured here, one-instance associations took 147/309 ms with it and 94/240 ms without (storescu, median of 9,
+    loaded machine). Nothing the node decides rests on those checks: received data sets are stored as sent, and
+    the intake validates the UIDs it files under itself (``dicom_node.uids``).
+    """
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+
+
 def server_tls_context(tls: _TlsSettings) -> ssl.SSLContext:
     """TLS 1.2+ server context from the node's certificate and key; client certificates checked against the CA file."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -124,7 +147,10 @@ def connection_limits(settings: NodeSettings) -> ConnectionLimits:
 
 
 class DicomNode:
-    """Verification + Storage SCP on ``DICOM_PORT``; each instance is durable and recorded before its success status.
+    """Verification + Storage SCP on ``DICOM_PORT``; each instance is durable before its success status.
+
+    (Journaled: bytes and record in one group-committed sync; the file and row follow in the background, and a start
+    replays what a stopped process journaled: ``dicom_node.intake.journal``.)
 
     ``start()`` returns once the port is bound (``port`` gives it, also when ``DICOM_PORT=0``); ``stop()`` closes it.
     """
@@ -169,7 +195,9 @@ class DicomNode:
         self._access = AccessPolicy(settings.dicom_allowed_aes, own_ae_title=settings.dicom_ae_title,
                                     require_called_ae=settings.dicom_require_called_ae)
         admission = DiskAdmission(settings.spool_dir, settings.spool_high_water_percent, settings.spool_reserve_bytes)
-        self._intake = Intake(self._spool, recorder, admission=admission, limits=intake_limits(settings), clock=clock)
+        self._journal = JournalStore(self._spool, recorder)
+        self._intake = Intake(self._spool, recorder, admission=admission, limits=intake_limits(settings), clock=clock,
+                              store=self._journal)
         self._sessions = OpenSessions(self._intake)
         self._slots = AssociationSlots(settings.dicom_max_associations)
         self._server: Any = None
@@ -264,6 +292,7 @@ class DicomNode:
             self._publish_status()
             self._log_started(tls=settings.dicom_tls is not None, receivers=receivers)
             return
+        self._journal.start()  # replays what a process that is gone journaled and never filed
         if self._query_retrieve is None and self._query_retrieve_factory is not None:
             self._query_retrieve = self._query_retrieve_factory()
         tls = server_tls_context(settings.dicom_tls) if settings.dicom_tls is not None else None
@@ -321,7 +350,13 @@ class DicomNode:
         server.shutdown()
         for assoc in list(server.active_associations):
             assoc.abort()
+        self._journal.close()  # files and records what it journaled
         LOGGER.info("DICOM node stopped")
+
+    def wait_until_recorded(self, timeout: float = 60.0) -> bool:
+        """Wait until every instance acknowledged so far has its file and row (this process's journal; with
+        ``DICOM_RECEIVERS`` > 1 the receiving processes file their own). True if done within ``timeout``."""
+        return self._journal.wait_until_recorded(timeout)
 
     def _on_association_requested(self, event) -> None:
         """EVT_REQUESTED: refuse unknown callers, a wrong called AE title, anyone while the spool is too full, and

@@ -176,7 +176,14 @@ def receiver_main(config: NodeConfig, connection, log_queue, log_level: int, lis
     root.setLevel(log_level)
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, log_level))
 
+    from dicom_node.scp.node import receiving_process_settings
+
+    receiving_process_settings()
+
     stop = threading.Event()
+    # SIGTERM (the parent stopping, or dying: PR_SET_PDEATHSIG) stops the node the orderly way, so that what its
+    # journal holds is filed before the process exits (else the next start replays it).
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     remote = _RemoteRecorder(connection, stop)  # also how this process learns that it must stop
     recorder = remote
     try:

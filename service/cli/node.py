@@ -27,7 +27,8 @@ def scp_command(
 ) -> None:
     """Run the DICOM node (Verification + Storage SCP) until SIGINT or SIGTERM.
 
-    Each received instance is written to the spool (fsynced) and recorded in the database before its success status.
+    Each received instance is durable (journaled, ``dicom_node.intake.journal``) before its success status; its file
+    in the spool and its row in the database follow right after.
     An embedded SQLite database is created or upgraded automatically.
     """
     from service.composition import build_service
@@ -35,6 +36,9 @@ def scp_command(
     context = cli_context(ctx)
     settings = context.settings
     prepare_database(settings)
+    from dicom_node.scp.node import receiving_process_settings
+
+    receiving_process_settings()
     pipeline = pipeline and assemble  # only an assembled study enters the pipeline
     if pipeline:
         check_routing_rules(settings)

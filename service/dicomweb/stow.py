@@ -5,7 +5,9 @@ from its first bytes, the File Meta the node writes (as for C-STORE: our impleme
 pending spool file, and the data set follows it there chunk by chunk, as received. At the end of the part the
 intake (``dicom_node.intake``) applies the same limits, header reading, durable step and record as a C-STORE;
 the request is one intake session (recorded with calling AE ``STOW-RS``), so its end counts as the end of an
-association for study assembly and the study is completed and processed like one sent by C-STORE.
+association for study assembly and the study is completed and processed like one sent by C-STORE. The durable step
+is the API process's journal (``dicom_node.intake.journal``), as in the DICOM node; the response also waits until
+the stored instances have their rows, so a search right after it finds them.
 
 Whole-request refusals are typed (:class:`StowRefused`): a body over ``STOW_MAX_REQUEST_BYTES`` or an instance over
 ``DICOM_MAX_INSTANCE_BYTES`` / ``DICOM_MAX_INFLATED_BYTES`` stops the reading at once (413; what was stored before
@@ -215,6 +217,11 @@ class StowReceiver:
             session.end()  # the end of the request is the end of the transfer: the assembler's 'released' signal
         if not result.stored and not result.failed:
             raise StowRefused(400, "no instances", "the multipart body holds no parts")
+        wait = getattr(self.intake.store, "wait_until_recorded", None)
+        if result.stored and wait is not None:
+            # Each stored part is durable (journaled) already; the answer also waits for their rows, so a client
+            # that searches right after its STOW-RS finds what it stored (one wait per request, not per part).
+            wait()
         return result
 
     @staticmethod

@@ -101,8 +101,13 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path, database_url, 
         resend = storescu(node.port, series.paths, timeout=300)
         assert resend.returncode == 0, resend.output[-2000:]
         assert set(resend.responses().values()) == {"Success"}
-        with session_factory() as session:
-            rows = session.scalars(select(Instance)).all()
+
+        def all_recorded() -> list:  # acknowledged means journaled: the rows follow a moment later
+            with session_factory() as session:
+                rows = session.scalars(select(Instance)).all()
+            return rows if len(rows) >= len(uid_of) else []
+
+        rows = wait_for(all_recorded, timeout=60, message="the re-sent series was never recorded whole")
         assert sorted(r.sop_instance_uid for r in rows) == sorted(uid_of.values())
         assert not any(r.conflict for r in rows)
         on_disk = {str(p.relative_to(spool)) for p in spool.rglob("*.dcm") if ".incoming" not in p.parts}

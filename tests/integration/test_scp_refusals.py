@@ -3,6 +3,7 @@ a full disk, unknown callers, a full spool disk at association time, plain TCP w
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -124,13 +125,18 @@ def test_crafted_uids_are_refused_and_nothing_escapes_the_spool(tmp_path, sessio
     assert not Path("/tmp/escaped").exists()
 
 
-def test_a_full_disk_answers_out_of_resources(tmp_path, session_factory):
+def test_a_full_disk_answers_out_of_resources(tmp_path, session_factory, monkeypatch):
     class DiskFullSpool(SpoolWriter):
         """Temporary files on /dev/full: every write fails with the kernel's real ENOSPC."""
 
         def _open_new(self, temp: str | None) -> int:
             return os.open("/dev/full", os.O_WRONLY)
 
+    def no_space(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    # The journal (where a C-STORE's bytes go first) reserves its space up front: that is where a full disk shows.
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
     spool = DiskFullSpool(tmp_path / "home" / "spool")
     with running_node(tmp_path / "home", session_factory, spool=spool) as node:
         statuses = _send(node.port, [_file(tmp_path, "a.dcm", _data_set()), _file(tmp_path, "b.dcm", _data_set())])

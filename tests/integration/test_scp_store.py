@@ -230,7 +230,12 @@ def test_several_receiving_processes_share_the_port_and_record_through_the_paren
         ]
         assert [sender.wait(timeout=120) for sender in senders] == [0, 0, 0, 0]
         assert echoscu(node.port).returncode == 0
-        rows = instances_in_db(session_factory)
+        # each receiving process files its journal in the background: the rows follow the acknowledgements
+        def all_recorded() -> list:
+            found = instances_in_db(session_factory)
+            return found if len(found) >= 32 else []
+
+        rows = wait_for(all_recorded, timeout=60, message="not every acknowledged instance was recorded")
         for instance, _, _ in rows:
             assert _received(node, instance.path).stat().st_size == instance.size_bytes
         released = wait_for(

@@ -15,7 +15,17 @@ from service.config import Settings
 from service.db.models import Instance, Series, Study
 from service.ingest import DatabaseRecorder
 
-__all__ = ["running_node", "instances_in_db", "study_row", "node_settings"]
+__all__ = ["running_node", "instances_in_db", "study_row", "node_settings", "settle"]
+
+# The nodes running_node started and not yet stopped: a success status means "journaled"; the file and row follow
+# in the background (dicom_node.intake.journal), so the readers below first wait until those are done.
+_RUNNING: list[DicomNode] = []
+
+
+def settle(timeout: float = 60.0) -> None:
+    """Wait until every instance the running nodes (one receiving process each) acknowledged has its row."""
+    for node in list(_RUNNING):
+        assert node.wait_until_recorded(timeout), "the node did not file its journaled instances in time"
 
 
 def node_settings(home: Path, **overrides) -> Settings:
@@ -33,14 +43,17 @@ def running_node(
     recorder = DatabaseRecorder(session_factory).start()
     node = DicomNode(node_settings(home, **overrides), recorder, spool=spool)
     node.start()
+    _RUNNING.append(node)
     try:
         yield node
     finally:
+        _RUNNING.remove(node)
         node.stop()
         recorder.close()
 
 
 def instances_in_db(session_factory: sessionmaker[Session]) -> list[tuple[Instance, Series, Study]]:
+    settle()
     with session_factory() as session:
         rows = session.execute(
             select(Instance, Series, Study).join(Series, Instance.series_id == Series.id).join(
@@ -51,5 +64,6 @@ def instances_in_db(session_factory: sessionmaker[Session]) -> list[tuple[Instan
 
 
 def study_row(session_factory: sessionmaker[Session], study_uid: str) -> Study | None:
+    settle()
     with session_factory() as session:
         return session.scalars(select(Study).where(Study.study_uid == study_uid)).one_or_none()

@@ -64,6 +64,7 @@ async def _lifespan(app: FastAPI):
     yield
     receiver = getattr(app.state, "stow_receiver", None)
     if receiver is not None:
+        receiver.intake.store.close()  # files and records what its journal holds
         receiver.intake.recorder.close()
 
 
@@ -81,6 +82,7 @@ def _receiver(app: FastAPI) -> StowReceiver:
         receiver = getattr(app.state, "stow_receiver", None)
         if receiver is None:
             from dicom_node.intake import DiskAdmission, Intake, IntakeLimits, SpoolWriter
+            from dicom_node.intake.journal import JournalStore
             from dicom_node.intake.spool import INCOMING_DIR
             from dicom_node.scp.handlers import utc_now
             from service.ingest import DatabaseRecorder
@@ -88,12 +90,17 @@ def _receiver(app: FastAPI) -> StowReceiver:
             settings = app.state.settings
             # No SpoolWriter.prepare(): it clears temporary files, and the node's process may be writing some now.
             make_private_dirs(settings.spool_dir / INCOMING_DIR)
+            spool, recorder = SpoolWriter(settings.spool_dir), DatabaseRecorder(app.state.session_factory)
+            # The same durable step as the DICOM node's: this process's own journal (replaying any a stopped
+            # process left), one group-committed sync per instance.
+            journal = JournalStore(spool, recorder).start()
             intake = Intake(
-                SpoolWriter(settings.spool_dir), DatabaseRecorder(app.state.session_factory),
+                spool, recorder,
                 admission=DiskAdmission(settings.spool_dir, settings.spool_high_water_percent,
                                         settings.spool_reserve_bytes),
-                limits=IntakeLimits(settings.dicom_max_instance_bytes, settings.dicom_max_inflated_bytes),
-                clock=utc_now,
+                limits=IntakeLimits(settings.dicom_max_instance_bytes,
+                                    settings.dicom_max_inflated_bytes),
+                clock=utc_now, store=journal,
             )
             receiver = StowReceiver(intake, max_request_bytes=settings.stow_max_request_bytes)
             app.state.stow_receiver = receiver

@@ -10,9 +10,12 @@ completes.
 ``M3EDGE_POWERLOSS_MODEL=random`` cuts with the randomised model instead (each cycle its own seed).
 
 A second test cuts one recorded transfer at every crash point (after each sync the node completed) instead of one
-random kill; it shows a gap of today's receive path deterministically (``RECORD_BEFORE_NAME``: a recorded instance,
-never acknowledged, without its file). When a random kill happens to land in that gap, the first tests finish every
-other check and then end as an expected failure naming it; a lost acknowledged instance always fails them.
+random kill: at none of them may the database record an instance whose file is not complete in the spool. It found
+the gap ``RECORD_BEFORE_NAME`` of the receive path before the journal (a row committed before the directory fsync
+that makes its file's name durable); the journal's background step commits rows only after one ``syncfs`` made
+their files and names durable (``dicom_node.intake.journal``), and the test passes. Should a random kill of the
+first tests ever land in such a gap again, they finish every other check and then end as an expected failure naming
+it; a lost acknowledged instance always fails them.
 """
 
 from __future__ import annotations
@@ -37,11 +40,9 @@ pytestmark = pytest.mark.slow
 
 SLICES = 24  # per series, 256 x 256: about 130 kB an instance
 RECORD_BEFORE_NAME = (
-    "today's receive path commits an instance's row while the fsync of its series directory, which makes the "
-    "file's name durable, is still running (dicom_node/intake/intake.py SpoolAndRecorder.persist starts the commit "
-    "from SpoolWriter.publish's on_linked): a power cut after the commit's WAL fsync and before that directory fsync "
-    "leaves a recorded instance whose file is not on disk (it was never acknowledged). The fix belongs to the "
-    "durable step being rebuilt (issue 17): make the row durable only after the name is (or journal both)"
+    "a recorded instance without its file after a power cut: the row was made durable before the file's name "
+    "(the gap of the receive path before the journal, whose SpoolAndRecorder started the commit from "
+    "SpoolWriter.publish's on_linked, before the directory fsync); the journal commits rows only after syncfs"
 )
 NODE_ENV = {"M3EDGE_STUDY_IDLE_SECONDS": "2", "M3EDGE_STUDY_RELEASE_GRACE_SECONDS": "1"}
 
@@ -191,7 +192,6 @@ def _recorded_in(tree: dict[str, bytes | None], scratch: Path) -> list[tuple[str
         connection.close()
 
 
-@pytest.mark.xfail(strict=True, reason=RECORD_BEFORE_NAME)
 def test_no_crash_point_leaves_a_recorded_instance_without_its_file(powerloss_shim, tmp_path):
     """One association of 8 instances, all acknowledged; then a strict cut at every moment a sync completed: every
     instance the database records at that moment has its complete file in the spool. Directory syncs are made slow
@@ -203,6 +203,9 @@ def test_no_crash_point_leaves_a_recorded_instance_without_its_file(powerloss_sh
     try:
         result = storescu(node.port, series.paths)
         assert list(result.responses().values()) == ["Success"] * 8, result.output[-2000:]
+        # Acknowledged means journaled; the files and rows follow in the background: record the moments they land.
+        wait_for(lambda: node.query("SELECT count(*) FROM instances") == [[8]], timeout=60, interval=0.2,
+                 message="the journaled instances were never recorded")
     finally:
         node.kill()
     points = node.simulator.crash_points()
