@@ -30,7 +30,6 @@ from typing import Protocol
 
 from pydicom.uid import UID
 
-from dicom_node.dicomweb.metadata import stored_metadata
 from dicom_node.intake.admission import DiskAdmission
 from dicom_node.intake.deflate import check_inflated_size, inflated_prefix
 from dicom_node.intake.header import (
@@ -41,7 +40,7 @@ from dicom_node.intake.header import (
 )
 from dicom_node.intake.journal import MemoryFile
 from dicom_node.intake.limits import IntakeLimits
-from dicom_node.intake.recording import InstanceRecorder, ReceivedInstance, begin_recording
+from dicom_node.intake.recording import InstanceRecorder, ReceivedInstance, begin_recording, with_kept_metadata
 from dicom_node.intake.spool import InstanceLocation, PendingFile, SpooledFile, SpoolWriter, StoreOutcome
 from dicom_node.intake.statuses import (
     CONFLICTING_DUPLICATE_COMMENT,
@@ -146,7 +145,7 @@ class SpoolAndRecorder:
         recorded: Callable[[ReceivedInstance], None],
     ) -> SpooledFile:
         spooled = self.spool.publish(pending, location)
-        instance = describe(spooled)
+        instance = with_kept_metadata(describe(spooled), self.spool.root)
         begin_recording(self.recorder, instance)()
         recorded(instance)
         return spooled
@@ -233,8 +232,6 @@ class IntakeSession:
                 series_number=header.series_number, body_part_examined=header.body_part_examined,
                 patient_name=header.patient_name, patient_id=header.patient_id,
                 accession_number=header.accession_number, opens_association=opens,
-                dicom_json=None if spooled.outcome is StoreOutcome.DUPLICATE
-                else stored_metadata(self._intake.spool.root / spooled.relative_path),
             )
 
         def recorded(instance: ReceivedInstance) -> None:

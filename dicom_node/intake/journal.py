@@ -52,7 +52,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from dicom_node.intake.recording import InstanceRecorder, ReceivedInstance, RecorderError, begin_recording
+from dicom_node.intake.recording import (
+    InstanceRecorder,
+    ReceivedInstance,
+    RecorderError,
+    begin_recording,
+    with_kept_metadata,
+)
 from dicom_node.intake.spool import (
     InstanceLocation,
     PendingFile,
@@ -523,9 +529,9 @@ class JournalStore:
                 instance = entry.instance
                 location = InstanceLocation(instance.study_uid, instance.series_uid, instance.sop_instance_uid)
                 spooled = self.spool.publish(pending, location, sync=False)
-                instances.append(dataclasses.replace(
+                instances.append(with_kept_metadata(dataclasses.replace(
                     instance, relative_path=spooled.relative_path, conflict=spooled.conflict,
-                    duplicate=spooled.outcome is StoreOutcome.DUPLICATE))
+                    duplicate=spooled.outcome is StoreOutcome.DUPLICATE), self.spool.root))
         finally:
             for pending in pendings:
                 pending.discard()  # published ones are closed already

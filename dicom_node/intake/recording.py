@@ -5,12 +5,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ReceivedInstance", "InstanceRecorder", "RecorderError", "begin_recording"]
+from dicom_node.dicomweb.metadata import stored_metadata
+
+__all__ = ["ReceivedInstance", "InstanceRecorder", "RecorderError", "begin_recording", "with_kept_metadata"]
 
 
 class RecorderError(RuntimeError):
@@ -63,6 +67,15 @@ class InstanceRecorder(Protocol):
         """An association that stored into these studies was released or aborted (assembly's 'released' signal).
 
         ``study_uids`` are the studies into which it committed an instance marked ``opens_association``."""
+
+
+def with_kept_metadata(instance: ReceivedInstance, spool_root: Path) -> ReceivedInstance:
+    """``instance`` with the WADO-RS metadata of its file (``dicom_node.dicomweb.stored_metadata``), read once its file
+    is in the spool and before its row is recorded: off the C-STORE's critical path where the journal files it after
+    the response. A duplicate keeps none (its row is not written again)."""
+    if instance.duplicate or instance.dicom_json is not None:
+        return instance
+    return dataclasses.replace(instance, dicom_json=stored_metadata(spool_root / instance.relative_path))
 
 
 def begin_recording(recorder: InstanceRecorder, instance: ReceivedInstance) -> Callable[[], None]:
