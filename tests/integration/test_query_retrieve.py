@@ -222,6 +222,7 @@ def test_storage_still_works_on_a_node_with_query_retrieve(qr_node, tmp_path, se
     files = write_datasets(tmp_path / "cxr", cxr_study().all_instances)
     sent = storescu(node.port, files, calling_ae="FINDSCU")
     assert sent.returncode == 0 and set(sent.responses().values()) == {"Success"}, sent.output
+    assert node.wait_until_recorded(60), "the node did not file its journaled instances in time"
     stored = [row[0].sop_instance_uid for row in instances_in_db(session_factory)]
     assert stored == [cxr_study().all_instances[0].SOPInstanceUID]
 

@@ -87,6 +87,8 @@ def two_studies(tmp_path, database_url, session_factory, caplog, small_demo_mode
                 sent = storescu(node.port, write_datasets(studies[key], tmp_path / "sent" / key))
                 assert sent.returncode == 0, sent.output
                 assert set(sent.responses().values()) == {"Success"}, sent.output
+            # a success means journaled: the rows (and the collision's warning) follow in the background
+            assert node.wait_until_recorded(60), "the node did not file its journaled instances in time"
         log = caplog.text
         for key in ("a", "b"):
             uid = str(studies[key][0].StudyInstanceUID)
