@@ -400,9 +400,9 @@ def test_every_setting_compose_and_the_readme_name_is_a_real_setting(compose):
     from service.config import Settings
 
     settings = {f"M3EDGE_{name.upper()}" for name in Settings.model_fields}
-    # read by something other than the settings: the settings' file, the install scripts (what they read), the power-loss tests, and
+    # read by something other than the settings: the settings' file, the install scripts (what they read), the durability tests, and
     # the variables compose itself interpolates
-    outside = {"M3EDGE_CONFIG", "M3EDGE_POWERLOSS_CYCLES",
+    outside = {"M3EDGE_CONFIG", "M3EDGE_POWERLOSS_CYCLES", "M3EDGE_KILL_CYCLES",
                *re.findall(r"\$\{(M3EDGE_\w+?)(?::?[-?][^}]*)?\}", COMPOSE.read_text()),
                *(name for script in (ROOT / "scripts").iterdir() if script.is_file()
                  for name in re.findall(r"""(?:\$\{?|environ\.get\(["'])(M3EDGE_[A-Z0-9_]+)""", script.read_text()))}
