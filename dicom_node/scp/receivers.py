@@ -122,7 +122,10 @@ class _RemoteRecorder:
             while True:
                 message = self._connection.recv()
                 if message[0] == "stop":
-                    break
+                    # keep reading: stopping files what the journal still holds, and each of those rows waits
+                    # for its answer from the parent (which serves this connection until this process has exited)
+                    self._stop.set()
+                    continue
                 _, call_id, error = message
                 pending = self._pending.pop(call_id, None)
                 if pending is not None:
