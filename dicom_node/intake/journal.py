@@ -66,6 +66,7 @@ from dicom_node.intake.spool import (
     SpoolError,
     SpoolWriter,
     StoreOutcome,
+    _fsync_dir,
     _new_digest,
     _spool_errors,
 )
@@ -602,11 +603,3 @@ def _copy_all(source_fd: int, target_fd: int, size: int, offset: int) -> None:
                 raise SpoolError(5, "the received file ended before its last byte")
             step = os.pwrite(target_fd, block, offset + copied)
         copied += step
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
