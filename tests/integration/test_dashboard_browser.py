@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from playwright import sync_api as playwright_api
 
+from tests.conftest import sqlite_only_database
 from tests.integration.api.conftest import api  # noqa: F401  (the running API fixture)
 from tests.support.dashboard_study import seed_failed_run, seed_reviewable_study
 
@@ -17,6 +18,13 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "dashboard"
 TIMEOUT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def migrated_database_url(tmp_path_factory) -> str:
+    """SQLite only: the browser drives the same API on either engine (the API and the review run on both in their own
+    tests)."""
+    return sqlite_only_database(tmp_path_factory)
 
 
 @pytest.fixture
