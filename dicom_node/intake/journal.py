@@ -4,9 +4,11 @@
 For each instance, on the critical path of its C-STORE (or STOW-RS part):
 
 1. the instance's record (what the database will hold, ``ReceivedInstance``) and its bytes (File Meta + data set)
-   are appended to the process's journal segment, in one ``pwritev`` into space preallocated when the segment was
+   are appended to the process's journal segment, in one ``pwritev`` into space allocated when the segment was
    made (writing into allocated space keeps the sync to the data: measured on this machine's ext4, an fdatasync
-   after appending 512 KiB took 12-15 ms, after overwriting preallocated space 3 ms);
+   after appending 512 KiB took 12-15 ms, after overwriting preallocated space 3 ms). A process's first segment is
+   preallocated; each next one is written through with zeros in the background once the current one is a quarter
+   full, so that a sync no longer converts extents either (0.27 ms instead of 0.59 ms for 512 KiB, quiet machine);
 2. one ``fdatasync`` of the segment makes it durable, shared by every instance appended before that sync began
    (group commit: the associations of this process waiting at that moment wait for one sync together);
 3. the success status is answered.
@@ -88,6 +90,8 @@ _MAGIC = b"M3J1"
 _HEADER = struct.Struct("<4sIQI")  # magic, record length, data length, CRC-32 of the record
 _READ_CHUNK = 1 << 20
 _BATCH = 128  # instances materialised per batch at most (each holds an open file until linked)
+_SPARE_AT = 0.25  # the next segment is prepared (written through) once the current one is this full
+_ZEROS = bytes(_READ_CHUNK)
 _LINGER_SECONDS = 0.1  # how long the background step waits for a batch to fill (unless someone waits for it)
 _RETRY_SECONDS = 1.0
 
@@ -388,6 +392,8 @@ class JournalStore:
         self._stopping = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        self._spare: _Segment | None = None  # the next segment, written through ahead of need
+        self._spare_thread: threading.Thread | None = None
         self.replayed = 0  # instances replayed at start (tests read it)
         self.syncs = 0  # journal fdatasyncs on the critical path (the bench and tests read it)
 
@@ -420,6 +426,13 @@ class JournalStore:
             thread.join(timeout)
         with self._append_lock:
             segment, self._segment = self._segment, None
+            spare_thread = self._spare_thread
+        if spare_thread is not None:
+            spare_thread.join(timeout)
+        with self._append_lock:
+            spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close_and_remove()
         if segment is not None:
             segment.retired = True
             if segment.outstanding == 0:
@@ -531,13 +544,20 @@ class JournalStore:
 
     # -- the journal ----------------------------------------------------------------------------------------------
 
-    def _new_segment(self, capacity: int) -> _Segment:
+    def _new_segment(self, capacity: int, *, written: bool = False) -> _Segment:
+        """A new segment of ``capacity`` bytes, its space allocated and its name durable. ``written``: its blocks
+        written through with zeros (the spare: see :meth:`_prepare_spare`), else allocated (``posix_fallocate``)."""
         name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         new_path = f"{self._dir}/{name}{_NEW_SUFFIX}"
         fd = os.open(new_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while this process lives: not an orphan
-            os.posix_fallocate(fd, 0, capacity)
+            if written:
+                position = 0
+                while position < capacity:
+                    position += os.pwrite(fd, _ZEROS[:capacity - position], position)
+            else:
+                os.posix_fallocate(fd, 0, capacity)
             os.fsync(fd)
             path = f"{self._dir}/{name}{_SUFFIX}"
             os.rename(new_path, path)
@@ -565,7 +585,11 @@ class JournalStore:
                     segment.retired = True
                     if segment.outstanding == 0:
                         segment.close_and_remove()
-                segment = self._segment = self._new_segment(max(self._segment_bytes, length))
+                spare, self._spare = self._spare, None
+                if spare is not None and spare.capacity < length:
+                    spare.close_and_remove()
+                    spare = None
+                segment = self._segment = spare or self._new_segment(max(self._segment_bytes, length))
             offset = segment.size
             data_offset = offset + len(header) + len(record)
             if isinstance(pending, MemoryFile):
@@ -576,7 +600,29 @@ class JournalStore:
             segment.size = offset + length
             segment.outstanding += 1
             self._appended += 1
+            if (self._spare is None and self._spare_thread is None and not self._closed
+                    and segment.size >= _SPARE_AT * segment.capacity):
+                self._spare_thread = threading.Thread(target=self._prepare_spare, name="journal-spare", daemon=True)
+                self._spare_thread.start()
             return segment, data_offset, self._appended
+
+    def _prepare_spare(self) -> None:
+        """Make the next segment ahead of need, its blocks written through with zeros. Appending into blocks already
+        written changes no extent, so each sync on the critical path flushes the data alone: measured here, an
+        fdatasync after 512 KiB took 0.27 ms in a written-through segment and 0.59 ms in a preallocated one (whose
+        unwritten extents each sync has to convert, a metadata commit); over one association of a CT that is
+        0.3 ms less per instance. The price is the segment's size in extra writes, off the critical path."""
+        spare = None
+        try:
+            spare = self._new_segment(self._segment_bytes, written=True)
+        except OSError as exc:  # the next rotation allocates one itself, as without a spare
+            LOGGER.warning("could not prepare the next journal segment ahead (%s)", exc.strerror or exc)
+        with self._append_lock:
+            self._spare_thread = None
+            if spare is not None and not self._closed and self._spare is None:
+                self._spare, spare = spare, None
+        if spare is not None:
+            spare.close_and_remove()
 
     def _wait_for_sync(self, sequence: int) -> None:
         """Return once a fdatasync that began after record ``sequence`` was written has completed (group commit:

@@ -199,3 +199,81 @@ def test_memory_file_reads_back_what_was_written():
     assert memory.size == 8 and memory.read(2, 4) == b"cdef"
     assert b"".join(bytes(c) for c in memory.chunks(4)) == b"efgh"
     assert journal_module.MemoryFile is MemoryFile
+
+
+def _segments(store: JournalStore) -> set[str]:
+    return {p.name for p in store.directory.iterdir() if p.name.endswith(".journal")}
+
+
+def test_the_next_segment_is_written_through_ahead_and_taken_at_rotation(spool, monkeypatch):
+    """Once a segment is a quarter full the next one is prepared in the background, its blocks written (so a sync in
+    it flushes data alone); the rotation takes it instead of allocating one on the critical path, and one that was
+    never used is removed at close (or replayed as empty after a crash)."""
+    allocated = []
+    real_fallocate = os.posix_fallocate
+    monkeypatch.setattr(os, "posix_fallocate", lambda fd, offset, size: (allocated.append(size),
+                                                                      real_fallocate(fd, offset, size)))
+    store = JournalStore(spool, _Recorder(), segment_bytes=64 * 1024).start()
+    try:
+        _store(store, "1.2.3.4.1", os.urandom(20 * 1024))  # past a quarter of the first segment
+        first = Path(store._segment.path)
+        while store._spare is None:  # prepared by its thread
+            threading.Event().wait(0.01)
+        spare = Path(store._spare.path)
+        assert spare.read_bytes() == bytes(64 * 1024) and spare.name.endswith(".journal")
+        for n in range(2, 6):  # 5 x 20 KiB: the second segment takes over
+            _store(store, f"1.2.3.4.{n}", os.urandom(20 * 1024))
+        assert Path(store._segment.path) == spare and allocated == [64 * 1024]  # only the first was allocated
+        assert store.wait_until_recorded(30)
+        assert not first.exists()  # filed, then deleted
+    finally:
+        store.close()
+    assert not [p for p in store.directory.iterdir()]
+    assert len(store.recorder.rows) == 5
+
+
+def test_a_spare_segment_left_by_a_crash_replays_as_empty(spool):
+    store = JournalStore(spool, _Recorder(), segment_bytes=64 * 1024).start()
+    _store(store, "1.2.3.4.1", os.urandom(20 * 1024))
+    while store._spare is None:
+        threading.Event().wait(0.01)
+    assert store.wait_until_recorded(30)
+    os.close(store._spare.fd)  # kill -9: the locks go with the descriptors
+    _crash(store)
+    again = JournalStore(spool, _Recorder()).start()
+    try:
+        # the live segment's one record again (filed before: a duplicate), nothing from the spare; both removed
+        assert again.replayed == 1 and [row.duplicate for row in again.recorder.rows] == [True]
+        assert _segments(again) == set()
+    finally:
+        again.close()
+
+
+def test_shipped_batches_are_filed_by_another_filer_in_order(spool):
+    """A receiving process (``filing_process``) files nothing itself: its batches, ends included, go to the filer of
+    the node's process, which files them from the segment and answers; then the segment is deleted."""
+    parent = _Recorder()
+    shipped: list[list] = []
+
+    class _Parent:
+        filer = journal_module.JournalFiler(spool, parent)
+
+        def file(self, items):
+            shipped.append(items)
+            self.filer.file_shipped(items)
+
+    store = JournalStore(spool, _Recorder(), filing_process=_Parent()).start()
+    try:
+        _store(store, "1.2.3.4.1", b"one" * 100)
+        store.ended([STUDY], datetime(2026, 1, 1, tzinfo=timezone.utc))
+        assert store.wait_until_recorded(30)
+    finally:
+        store.close()
+    assert store.recorder.rows == [] and [row.sop_instance_uid for row in parent.rows] == ["1.2.3.4.1"]
+    assert parent.events == ["row 1.2.3.4.1", "ended"]
+    kinds = [item[0] for batch in shipped for item in batch]
+    assert kinds == ["instance", "ended"]
+    assert spool.path_of(f"{STUDY}/{SERIES}/1.2.3.4.1.dcm").read_bytes() == b"one" * 100
+    assert not [p for p in store.directory.iterdir()]
+    with pytest.raises(journal_module.SpoolError):  # a segment outside the journal is never opened
+        _Parent.filer.file_shipped([("instance", "/etc/passwd", 0, parent.rows[0])])
