@@ -34,6 +34,7 @@ from dicom_node.intake import DiskAdmission, Intake, IntakeLimits, InstanceRecor
 from dicom_node.intake.journal import JournalStore
 from dicom_node.network import AllowedCaller
 from dicom_node.qr import QueryRetrieveScp
+from dicom_node.scp import fastpath
 from dicom_node.scp.access import AccessPolicy
 from dicom_node.scp.guarded_server import ConnectionLimits, GuardedAssociationServer
 from dicom_node.scp.handlers import OpenSessions, handle_association_end, handle_echo, handle_store, utc_now
@@ -93,6 +94,7 @@ class NodeSettings(Protocol):
     dicom_associate_timeout_seconds: float
     dicom_max_instance_bytes: int
     dicom_max_inflated_bytes: int
+    dicom_fast_path: bool
     dicom_tls: _TlsSettings | None
     spool_high_water_percent: float
     spool_reserve_bytes: int
@@ -306,6 +308,8 @@ class DicomNode:
         ]
         if self._query_retrieve is not None:
             handlers += self._query_retrieve.handlers()
+        if self._fast_path() and fastpath.install():
+            handlers += fastpath.event_handlers()
         server_class = GuardedAssociationServer if self._listener is None else shared_listener_server(self._listener)
         server = self._application_entity().make_server(
             (settings.dicom_host, settings.dicom_port), evt_handlers=handlers, ssl_context=tls,
@@ -317,6 +321,9 @@ class DicomNode:
         self._publish_status()
         if self._listener is None:  # else a receiving process: its parent has said all this
             self._log_started(tls=tls is not None, receivers=1)
+
+    def _fast_path(self) -> bool:
+        return bool(getattr(self._settings, "dicom_fast_path", True))
 
     def _publish_status(self) -> None:
         if self._status is not None:
@@ -330,9 +337,9 @@ class DicomNode:
                 "This is the safe default; list your PACS as AE or AE@host to accept them."
             )
         LOGGER.info(
-            "DICOM node %s listening on %s:%d%s with %d receiving process(es); access: %s; spool %s",
+            "DICOM node %s listening on %s:%d%s with %d receiving process(es); access: %s; spool %s; %s",
             settings.dicom_ae_title, settings.dicom_host, self.port, " (TLS)" if tls else "", receivers,
-            self._access.describe(), self._spool.root,
+            self._access.describe(), self._spool.root, fastpath.describe(self._fast_path()),
         )
 
     def stop(self) -> None:
