@@ -37,7 +37,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 __all__ = ["TESTED_VERSIONS", "STOCK_DELAY", "ACTIVE_WINDOW", "event_handlers", "PacedTime", "available", "install",
-           "uninstall", "installed", "describe"]
+           "uninstall", "installed", "describe", "associations_paced"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ _PACE = "_m3edge_pace"  # attribute of an association's and its DUL's thread obj
 _lock = threading.Lock()
 _warned = False
 _installed: dict[Any, Any] = {}  # pynetdicom module -> the ``time`` it had before ``install``
+_paced = 0  # associations this process has paced
 
 
 def installed_version() -> str | None:
@@ -72,14 +73,37 @@ def available() -> bool:
     return False
 
 
+def _sleeps_found(association, dul) -> bool:
+    """Whether both reactors still sleep the way ``PacedTime`` recognises (a check on top of the version's)."""
+    import inspect
+
+    from pynetdicom import AE
+
+    try:
+        return ("time.sleep(0.001)" in inspect.getsource(association.Association._run_reactor)
+                and "time.sleep(self._run_loop_delay)" in inspect.getsource(dul.DULServiceProvider.run_reactor)
+                and association.Association(AE(), "acceptor").dul._run_loop_delay == STOCK_DELAY)
+    except (OSError, TypeError, AttributeError):
+        return False
+
+
 def install() -> bool:
     """Pace pynetdicom's reactors (process-wide, idempotent) when its version was tested; False: stock pynetdicom.
 
     Only associations with ``event_handlers()`` bound are paced; every other sleep goes to ``time.sleep`` unchanged.
     """
+    global _warned
     if not available():
         return False
     from pynetdicom import association, dul
+
+    if not _installed and not _sleeps_found(association, dul):
+        with _lock:
+            if not _warned:
+                _warned = True
+                LOGGER.warning("pynetdicom %s does not sleep where the DICOM fast path expects: the node runs stock "
+                               "pynetdicom", installed_version())
+        return False
 
     with _lock:
         for module in (association, dul):
@@ -121,12 +145,20 @@ class _Pace:
         self.awaiting_reply = False
 
 
+def associations_paced() -> int:
+    """How many associations this process has paced so far (their first request marked them)."""
+    return _paced
+
+
 def _pace_of(assoc) -> _Pace:
+    global _paced
     pace = getattr(assoc, _PACE, None)
     if pace is None:
         pace = _Pace()
         setattr(assoc.dul, _PACE, pace)
         setattr(assoc, _PACE, pace)
+        with _lock:
+            _paced += 1
     return pace
 
 
