@@ -1,7 +1,7 @@
 """The composition root: the one place that builds the running service's parts from the settings.
 
 Every command and the API call it: ``m3edge serve`` (:func:`build_service`: recorder, pipeline worker child, sweeper,
-assembler, DICOM node, HTTP API), ``m3edge scp`` (:func:`build_pipeline` and :func:`build_node`), ``m3edge worker``
+assembler, metadata keeper, DICOM node, HTTP API), ``m3edge scp`` (:func:`build_pipeline` and :func:`build_node`), ``m3edge worker``
 (:func:`build_worker`), ``m3edge api`` (:func:`build_api`), ``m3edge studies reprocess`` (:func:`build_pipeline`).
 Each part takes what it works with as arguments; nothing here is read from a global. The stage time limits are built
 once per process (:func:`stage_time_limits`) and every part reads them from the ledger; there is one default sender
@@ -23,6 +23,7 @@ from service.api.app import create_app
 from service.api.server import ApiThread
 from service.assembly import build_assembler
 from service.config import ConfigurationError, Settings
+from service.dicomweb.metadata_keeper import MetadataKeeper
 from service.dicomweb.query_retrieve import QueryRetrieveFactory
 from service.ingest import DatabaseRecorder, RecorderFactory
 from service.pipeline.celery_app import CeleryDispatcher, create_celery
@@ -154,6 +155,8 @@ def build_service(
     if assemble:
         assembler = build_assembler(settings, session_factory, hook)
         parts.append(ServicePart("study assembler", assembler.start, assembler.stop))
+    keeper = MetadataKeeper(session_factory, settings.spool_dir)
+    parts.append(ServicePart("metadata keeper", keeper.start, keeper.stop))
     node = build_node(settings, session_factory, recorder)
     parts.append(ServicePart("DICOM node", node.start, node.stop))
     if api:

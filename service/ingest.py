@@ -12,9 +12,9 @@ now; every new instance sets last_received_at; an instance for a study in any ot
 Patient context (name, ID, accession number) is kept per study from the first instance that carries it, for signed-in
 reviewers; it is never logged. An instance whose Patient ID differs from its study's is recorded (its sender was told
 success) but flagged (``flag_study_patient_collision``): the study is never processed as one patient's.
-The instance's header as DICOM JSON (``ReceivedInstance.dicom_json``, patient attributes included) is kept in
-``instances.dicom_json`` for WADO-RS and QIDO ``includefield``, which serve it to signed-in users only, audited; it
-never reaches a log.
+The instance's header as DICOM JSON (patient attributes included) is kept in ``instances.dicom_json`` afterwards, by
+``service.dicomweb.metadata_keeper`` (off the receiving processes), for WADO-RS and QIDO ``includefield``, which
+serve it to signed-in users only, audited; it never reaches a log.
 
 Identity: a series is (study, Series Instance UID) and an instance lives in its study's series. A Series or SOP
 Instance UID that arrives in a second study is stored under that study like any other and flagged
@@ -322,7 +322,7 @@ def _apply_instances(connection: Connection, catalog: _Catalog, instances: list[
                 "sop_class_uid": i.sop_class_uid, "transfer_syntax_uid": i.transfer_syntax_uid,
                 "path": i.relative_path, "size_bytes": i.size_bytes, "digest": i.digest, "calling_ae": i.calling_ae,
                 "received_at": i.received_at, "conflict": i.conflict,
-                "other_patient": _other_patient(catalog, i), "dicom_json": i.dicom_json,
+                "other_patient": _other_patient(catalog, i),
             }
             for i in fresh
         ],

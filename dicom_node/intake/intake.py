@@ -40,7 +40,7 @@ from dicom_node.intake.header import (
 )
 from dicom_node.intake.journal import MemoryFile
 from dicom_node.intake.limits import IntakeLimits
-from dicom_node.intake.recording import InstanceRecorder, ReceivedInstance, begin_recording, with_kept_metadata
+from dicom_node.intake.recording import InstanceRecorder, ReceivedInstance, begin_recording
 from dicom_node.intake.spool import InstanceLocation, PendingFile, SpooledFile, SpoolWriter, StoreOutcome
 from dicom_node.intake.statuses import (
     CONFLICTING_DUPLICATE_COMMENT,
@@ -145,7 +145,7 @@ class SpoolAndRecorder:
         recorded: Callable[[ReceivedInstance], None],
     ) -> SpooledFile:
         spooled = self.spool.publish(pending, location)
-        instance = with_kept_metadata(describe(spooled), self.spool.root)
+        instance = describe(spooled)
         begin_recording(self.recorder, instance)()
         recorded(instance)
         return spooled

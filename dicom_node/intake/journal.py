@@ -57,7 +57,6 @@ from dicom_node.intake.recording import (
     ReceivedInstance,
     RecorderError,
     begin_recording,
-    with_kept_metadata,
 )
 from dicom_node.intake.spool import (
     InstanceLocation,
@@ -140,6 +139,7 @@ def _encode(instance: ReceivedInstance) -> bytes:
 
 def _decode(record: bytes) -> ReceivedInstance:
     fields = json.loads(record)
+    fields.pop("dicom_json", None)  # journaled by an earlier version (always null then): kept by the service now
     fields["received_at"] = datetime.fromisoformat(fields["received_at"])
     return ReceivedInstance(**fields)
 
@@ -530,9 +530,9 @@ class JournalStore:
                 instance = entry.instance
                 location = InstanceLocation(instance.study_uid, instance.series_uid, instance.sop_instance_uid)
                 spooled = self.spool.publish(pending, location, sync=False)
-                instances.append(with_kept_metadata(dataclasses.replace(
+                instances.append(dataclasses.replace(
                     instance, relative_path=spooled.relative_path, conflict=spooled.conflict,
-                    duplicate=spooled.outcome is StoreOutcome.DUPLICATE), self.spool.root))
+                    duplicate=spooled.outcome is StoreOutcome.DUPLICATE))
         finally:
             for pending in pendings:
                 pending.discard()  # published ones are closed already

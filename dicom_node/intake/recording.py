@@ -5,16 +5,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from dicom_node.dicomweb.metadata import stored_metadata
-
-__all__ = ["ReceivedInstance", "InstanceRecorder", "RecorderError", "begin_recording", "with_kept_metadata"]
+__all__ = ["ReceivedInstance", "InstanceRecorder", "RecorderError", "begin_recording"]
 
 
 class RecorderError(RuntimeError):
@@ -24,8 +20,8 @@ class RecorderError(RuntimeError):
 @dataclass(frozen=True)
 class ReceivedInstance:
     """One instance on disk, with the attributes the database keeps: descriptive ones and the patient context that
-    signed-in reviewers see (name, ID, accession number; never dates of birth), and its header as DICOM JSON
-    (``dicom_json``, patient attributes included) for DICOMweb. The node never logs them."""
+    signed-in reviewers see (name, ID, accession number; never dates of birth). The node never logs them. (Its
+    header as DICOM JSON is kept later, off the receiving process: ``service.dicomweb.metadata_keeper``.)"""
 
     study_uid: str
     series_uid: str
@@ -51,9 +47,6 @@ class ReceivedInstance:
     # The first instance its association (or STOW-RS request) committed into this study: the study has one more
     # sender until ``associations_ended`` names it.
     opens_association: bool = False
-    # The instance's metadata as WADO-RS serves it (``dicom_node.dicomweb.stored_metadata``: DICOM JSON, zlib), kept
-    # at ingest so a study's metadata is never read from every file; None for a re-send or an unreadable header.
-    dicom_json: bytes | None = None
 
 
 @runtime_checkable
@@ -67,15 +60,6 @@ class InstanceRecorder(Protocol):
         """An association that stored into these studies was released or aborted (assembly's 'released' signal).
 
         ``study_uids`` are the studies into which it committed an instance marked ``opens_association``."""
-
-
-def with_kept_metadata(instance: ReceivedInstance, spool_root: Path) -> ReceivedInstance:
-    """``instance`` with the WADO-RS metadata of its file (``dicom_node.dicomweb.stored_metadata``), read once its file
-    is in the spool and before its row is recorded: off the C-STORE's critical path where the journal files it after
-    the response. A duplicate keeps none (its row is not written again)."""
-    if instance.duplicate or instance.dicom_json is not None:
-        return instance
-    return dataclasses.replace(instance, dicom_json=stored_metadata(spool_root / instance.relative_path))
 
 
 def begin_recording(recorder: InstanceRecorder, instance: ReceivedInstance) -> Callable[[], None]:

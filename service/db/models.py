@@ -20,6 +20,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -132,7 +133,12 @@ class Series(Base):
 
 class Instance(Base):
     __tablename__ = "instances"
-    __table_args__ = (Index("ix_instances_sop_uid", "sop_instance_uid"),)
+    __table_args__ = (
+        Index("ix_instances_sop_uid", "sop_instance_uid"),
+        # the rows whose metadata the keeper has still to keep (a partial index: stays small whatever the catalogue)
+        Index("ix_instances_metadata_waiting", "id", sqlite_where=text("dicom_json IS NULL"),
+              postgresql_where=text("dicom_json IS NULL")),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     series_id: Mapped[int] = mapped_column(ForeignKey("series.id", ondelete="CASCADE"), index=True)
@@ -149,7 +155,8 @@ class Instance(Base):
     # True for an instance whose Patient ID differs from its study's (a Study Instance UID reused by another patient):
     # kept and flagged, never served with the study (QIDO, WADO) nor processed (migration 0009).
     other_patient: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
-    # WADO-RS metadata kept at ingest (DICOM JSON, zlib; dicom_node.dicomweb.stored_metadata); None: read the file.
+    # WADO-RS metadata (DICOM JSON, zlib) kept once the study is quiet (service.dicomweb.metadata_keeper); None: not
+    # kept yet, empty: unreadable (both read from the file when asked). ix_instances_metadata_waiting finds the former.
     dicom_json: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, default=None, deferred=True)
 
     series: Mapped[Series] = relationship(back_populates="instances")

@@ -1,4 +1,4 @@
-"""QIDO-RS ``includefield`` (PS3.18 8.3.4.3): attributes beyond the default ones, from the metadata kept at ingest.
+"""QIDO-RS ``includefield`` (PS3.18 8.3.4.3): attributes beyond the default ones, from the metadata kept per instance.
 
 A search answers from the catalogue's columns; an attribute asked with ``includefield`` (a keyword or a tag, comma
 separated, or ``all``) is added from the DICOM JSON that ``instances.dicom_json`` kept for the study's, series' or
@@ -69,28 +69,28 @@ def _representatives(session: Session, rows: list[dict], level: QidoLevel) -> di
         keys = {(_first(r, "0020000D"),) for r in rows}
         first = (select(Study.study_uid, func.min(Instance.id))
                  .join(Series, Series.study_id == Study.id).join(Instance, Instance.series_id == Series.id)
-                 .where(Study.study_uid.in_([k[0] for k in keys]), Instance.dicom_json.is_not(None),
+                 .where(Study.study_uid.in_([k[0] for k in keys]), func.length(Instance.dicom_json) > 0,
                         Instance.conflict.is_(False))
                  .group_by(Study.study_uid))
     elif level is QidoLevel.SERIES:
         keys = {(_first(r, "0020000D"), _first(r, "0020000E")) for r in rows}
         first = (select(Study.study_uid, Series.series_uid, func.min(Instance.id))
                  .join(Series, Series.study_id == Study.id).join(Instance, Instance.series_id == Series.id)
-                 .where(Series.series_uid.in_([k[1] for k in keys]), Instance.dicom_json.is_not(None),
+                 .where(Series.series_uid.in_([k[1] for k in keys]), func.length(Instance.dicom_json) > 0,
                         Instance.conflict.is_(False))
                  .group_by(Study.study_uid, Series.series_uid))
     else:
         keys = {(_first(r, "0020000D"), _first(r, "0020000E"), _first(r, "00080018")) for r in rows}
         first = (select(Study.study_uid, Series.series_uid, Instance.sop_instance_uid, Instance.id)
                  .join(Series, Series.study_id == Study.id).join(Instance, Instance.series_id == Series.id)
-                 .where(Instance.sop_instance_uid.in_([k[2] for k in keys]), Instance.dicom_json.is_not(None),
+                 .where(Instance.sop_instance_uid.in_([k[2] for k in keys]), func.length(Instance.dicom_json) > 0,
                         Instance.conflict.is_(False)))
     ids = {tuple(found[:-1]): found[-1] for found in session.execute(first) if tuple(found[:-1]) in keys}
     if not ids:
         return {}
     kept = dict(session.execute(select(Instance.id, Instance.dicom_json)
                                 .where(Instance.id.in_(list(ids.values())))).all())
-    return {key: kept[id_] for key, id_ in ids.items() if kept.get(id_) is not None}
+    return {key: kept[id_] for key, id_ in ids.items() if kept.get(id_)}
 
 
 def include_fields(session: Session, rows: list[dict], level: QidoLevel, tags: list[str]) -> None:

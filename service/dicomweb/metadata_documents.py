@@ -1,8 +1,9 @@
 """WADO-RS metadata bodies from what was kept at ingest, not from the files.
 
-A received instance's row holds its DICOM JSON (``instances.dicom_json``, written when it was stored); a study's
-metadata is those documents joined, with their BulkDataURIs made absolute for this request. An instance without one
-(stored before migration 0010, or a header pydicom could not render then) and the result objects m3edge wrote
+A received instance's row holds its DICOM JSON (``instances.dicom_json``, kept once its study went quiet:
+``service.dicomweb.metadata_keeper``); a study's metadata is those documents joined, with their BulkDataURIs made
+absolute for this request. An instance without one (its study still receiving, or a header pydicom could not render:
+``UNREADABLE``) and the result objects m3edge wrote
 (SR, SEG, overlay: files under ``HOME/results``, never changed once written) are read from their file once and kept
 in a bounded cache keyed by path, size and modification time.
 """
@@ -39,7 +40,7 @@ class MetadataDocuments:
         return b"[" + b",".join(parts) + b"]"
 
     def _document(self, stored: StoredFile) -> bytes:
-        if stored.dicom_json is not None:
+        if stored.dicom_json:  # None: not kept yet; empty: unreadable when the keeper tried (read the file, as here)
             return unpack_metadata(stored.dicom_json)
         try:
             status = stored.path.stat()

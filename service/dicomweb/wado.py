@@ -34,13 +34,13 @@ class StoredFile:
     sop_instance_uid: str
     transfer_syntax_uid: str
     path: Path
-    dicom_json: bytes | None = None  # the metadata kept at ingest (``dicom_node.dicomweb.stored_metadata``), if asked
+    dicom_json: bytes | None = None  # the metadata kept (``metadata_keeper``), if asked
 
 
 def stored_files(session: Session, spool: Path, study_uid: str, series_uid: str | None = None,
                  sop_instance_uid: str | None = None, *, with_metadata: bool = False) -> list[StoredFile]:
     """The held instances under a WADO-RS URL, in series then instance order; paths checked to be inside the spool.
-    ``with_metadata``: with the DICOM JSON each instance's row kept at ingest."""
+    ``with_metadata``: with the DICOM JSON kept in each instance's row."""
     query = (select(Study.study_uid, Series.series_uid, Instance)
              .join(Series, Series.study_id == Study.id).join(Instance, Instance.series_id == Series.id)
              .where(Study.study_uid == study_uid, Instance.conflict.is_(False), Instance.other_patient.is_(False)))

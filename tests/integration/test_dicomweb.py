@@ -22,6 +22,7 @@ from service.api.app import create_app
 from service.assembly import build_assembler
 from service.db.models import AuditEvent, Instance, PipelineRun, Report, Series, Study, StudyStatus
 from service.db.session import session_scope
+from service.dicomweb.metadata_keeper import MetadataKeeper
 from service.dicomweb.multipart import FilePart, MultipartError, encode_parts, media_type_parameters, parse_parts
 from service.ingest import DatabaseRecorder
 from service.pipeline.intake import PipelineIntake
@@ -69,6 +70,7 @@ def service(tmp_path, database_url, session_factory):
     finally:
         node.stop()
         recorder.close()
+    MetadataKeeper(session_factory, settings.spool_dir).keep_pending(quiet_seconds=0)  # as serve does once quiet
     with running_app(app) as base:
         yield {"base": base, "token": reviewer, "settings": settings, "ct": ct, "ct_files": files}
 

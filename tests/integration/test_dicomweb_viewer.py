@@ -1,4 +1,4 @@
-"""What the OHIF Viewer asks of m3edge's DICOMweb, over real HTTP: metadata kept at ingest (C-STORE by dcmtk's
+"""What the OHIF Viewer asks of m3edge's DICOMweb, over real HTTP: metadata kept per instance (C-STORE by dcmtk's
 storescu) and served from the catalogue, BulkDataURIs that resolve, frames as stored (native, single-bit SEG frames,
 RLE), and QIDO-RS ``includefield``."""
 
@@ -30,7 +30,7 @@ def _parts(answer: httpx.Response) -> list:
     return parse_parts(answer.content, parameters["boundary"])
 
 
-def test_metadata_is_kept_at_ingest_and_served_without_reading_the_files(service, session_factory):  # noqa: F811
+def test_metadata_is_kept_and_served_without_reading_the_files(service, session_factory):  # noqa: F811
     ct = service["ct"]
     study_uid = ct.study_instance_uid
     with session_factory() as session:
