@@ -13,9 +13,9 @@ their median and range), throughput and one-instance association latency.
   process's journal and fdatasync'ed (one sync shared by the instances waiting at that moment) before its success
   status; files, names (syncfs) and rows (SQLite WAL, synchronous=FULL) filed in the background. The bench waits
   until every instance has its row and prints how long that took after the last response.
-- m3edge-off: the same with ``DICOM_FAST_PATH=false`` (stock pynetdicom, without ``dicom_node.scp.fastpath``):
+- m3edge-fast: the same with ``DICOM_FAST_PATH=true`` (``dicom_node.scp.fastpath``; the node's default is off):
   ``--fast-path on,off`` measures both in the same rounds and prints the on/off ratio, the comparison that decides
-  whether the fast path stays.
+  whether the fast path is worth its reach into pynetdicom.
 - storescp: ``storescp --fork`` writing plain files (no fsync): the ceiling to report.
 - Orthanc: SQLite index, ``SyncStorageArea`` true, no compression. Traced with strace (Orthanc 1.10.1), that means one
   fdatasync of each stored file, written in place under its final name; no fsync of its directories; and index
@@ -51,7 +51,7 @@ SLICE_BYTES = 512 * 512 * 2
 SLICES_PER_SERIES = 250
 TARGETS = ("m3edge", "storescp", "orthanc")
 DEFAULT_TARGETS = TARGETS
-FAST_PATH_OFF = "m3edge-off"  # the m3edge target with DICOM_FAST_PATH=false (``--fast-path on,off`` or ``off``)
+FAST_PATH_ON = "m3edge-fast"  # the m3edge target with DICOM_FAST_PATH=true (``--fast-path on`` or ``on,off``)
 
 
 def _free_port() -> int:
@@ -190,7 +190,7 @@ def describe_targets(senders: int, receivers: int) -> dict[str, str]:
                   f"DICOM_MAX_PDU_SIZE=default, SQLite (WAL, synchronous=FULL); per instance before its status: "
                   f"its bytes and record appended to the process's journal and one fdatasync shared by every "
                   f"instance waiting then; file, name (syncfs) and row filed in the background",
-        FAST_PATH_OFF: "the same with DICOM_FAST_PATH=false (stock pynetdicom)",
+        FAST_PATH_ON: "the same with DICOM_FAST_PATH=true (dicom_node/scp/fastpath.py)",
         "storescp": "storescp --fork, plain files, no fsync (the ceiling)",
         "orthanc": f"Orthanc, SyncStorageArea=true (fdatasync of each file; no directory fsync; SQLite index "
                    f"synchronous=NORMAL), StorageCompression=false, DicomThreadsCount={max(4, senders)}",
@@ -206,7 +206,7 @@ def _recorded(database: Path) -> int:
 
 
 def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int, latency_samples: int = 0, *,
-               fast_path: bool = True) -> Transfer:
+               fast_path: bool = False) -> Transfer:
     home = work / "m3edge"
     port = _free_port()
     env = {
@@ -308,8 +308,8 @@ def run_orthanc(files: list[Path], work: Path, senders: int, latency_samples: in
 
 def _run_target(target: str, files: list[Path], work: Path, senders: int, receivers: int,
                 latency_samples: int = 0) -> Transfer:
-    if target in ("m3edge", FAST_PATH_OFF):
-        return run_m3edge(files, work, senders, receivers, latency_samples, fast_path=target == "m3edge")
+    if target in ("m3edge", FAST_PATH_ON):
+        return run_m3edge(files, work, senders, receivers, latency_samples, fast_path=target == FAST_PATH_ON)
     if target == "storescp":
         return run_storescp(files, work, senders, latency_samples)
     return run_orthanc(files, work, senders, latency_samples)
@@ -340,9 +340,9 @@ def main(argv: list[str] | None = None) -> dict[int, list[Measurement]]:
                         help="one-instance associations timed per target and round, after the transfer (0: none)")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help="comma-separated subset of " + ",".join(TARGETS))
-    parser.add_argument("--fast-path", default="on",
-                        help="m3edge's DICOM_FAST_PATH: on, off, or on,off (both in the same rounds: the 'm3edge' and "
-                             f"'{FAST_PATH_OFF}' targets, and their ratio)")
+    parser.add_argument("--fast-path", default="off",
+                        help="m3edge's DICOM_FAST_PATH: off (the default, the node's), on, or on,off (both in the same "
+                             f"rounds: the '{FAST_PATH_ON}' and 'm3edge' targets, and their ratio)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "m3edge-bench-corpus")
     parser.add_argument("--workdir", type=Path, default=None, help="where targets store (a temporary folder by default)")
     args = parser.parse_args(argv)
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> dict[int, list[Measurement]]:
         parser.error("--fast-path takes on, off or on,off")
     if "m3edge" in targets:
         at = targets.index("m3edge")
-        targets[at:at + 1] = [name for name, value in (("m3edge", "on"), (FAST_PATH_OFF, "off")) if value in fast_path]
+        targets[at:at + 1] = [name for name, value in ((FAST_PATH_ON, "on"), ("m3edge", "off")) if value in fast_path]
     sender_counts = [int(n) for n in args.senders.split(",") if n.strip()]
 
     files = corpus(args.cache, args.size_mb, args.rows)
@@ -389,30 +389,33 @@ def main(argv: list[str] | None = None) -> dict[int, list[Measurement]]:
                         extra += f"  one-instance association {transfer.latency * 1000:.0f} ms"
                     if transfer.filed is not None:
                         extra += f"  all rows in {transfer.filed:.2f} s after the last response"
-                    print(f"round {run + 1} {target:>10} x{senders}: {result.mb_per_s:8.1f} MB/s  "
+                    print(f"round {run + 1} {target:>11} x{senders}: {result.mb_per_s:8.1f} MB/s  "
                           f"{result.instances_per_s:8.1f} instances/s  ({transfer.seconds:.2f} s){extra}", flush=True)
         medians = [Measurement(target, _median(seconds[target]), len(files), total) for target in targets]
         results[senders] = medians
         print(f"-- {senders} sender(s), median of {args.runs} round(s) (range):")
         for target, result in zip(targets, medians):
             rates = [total / 1e6 / s for s in seconds[target]]
-            line = f"{target:>10}: {result.mb_per_s:8.1f} MB/s ({_spread(rates)})"
+            line = f"{target:>11}: {result.mb_per_s:8.1f} MB/s ({_spread(rates)})"
             if latencies[target]:
                 line += f"  one-instance association {_median(latencies[target]) * 1000:.0f} ms"
             print(line)
         if filed:
             print(f"   m3edge: every row in the database {_median(filed):.2f} s (median) after the last response")
+        if FAST_PATH_ON in seconds and "m3edge" in seconds:
+            ratios = [off / on for on, off in zip(seconds[FAST_PATH_ON], seconds["m3edge"])]
+            print(f"   fast path on/off ({FAST_PATH_ON}/m3edge) throughput x{senders}: median of rounds "
+                  f"{_median(ratios):.2f} (range {_spread(ratios)})")
+            if latencies[FAST_PATH_ON] and latencies["m3edge"]:
+                ratios = [on / off for on, off in zip(latencies[FAST_PATH_ON], latencies["m3edge"])]
+                print(f"   fast path on/off one-instance association latency: median {_median(ratios):.2f} "
+                      f"(range {_spread(ratios)})")
         if "m3edge" in seconds:
-            for peer in (FAST_PATH_OFF, "orthanc", "storescp"):
+            for peer in ("orthanc", "storescp"):
                 if peer in seconds:
                     ratios = [peer_s / own for own, peer_s in zip(seconds["m3edge"], seconds[peer])]
-                    what = " (fast path on/off)" if peer == FAST_PATH_OFF else ""
-                    print(f"   m3edge/{peer} throughput x{senders}{what}: median of rounds {_median(ratios):.2f} "
+                    print(f"   m3edge/{peer} throughput x{senders}: median of rounds {_median(ratios):.2f} "
                           f"(range {_spread(ratios)})")
-            if FAST_PATH_OFF in latencies and latencies[FAST_PATH_OFF] and latencies["m3edge"]:
-                ratios = [own / peer for own, peer in zip(latencies["m3edge"], latencies[FAST_PATH_OFF])]
-                print(f"   m3edge/{FAST_PATH_OFF} one-instance association latency: median {_median(ratios):.2f} "
-                      f"(range {_spread(ratios)})")
             if "orthanc" in latencies and latencies["orthanc"] and latencies["m3edge"]:
                 ratios = [own / peer for own, peer in zip(latencies["m3edge"], latencies["orthanc"])]
                 print(f"   m3edge/orthanc one-instance association latency: median {_median(ratios):.2f} "

@@ -168,8 +168,9 @@ class Settings(BaseSettings):
         description="Largest size a deflated data set may inflate to (C-STORE: Out of Resources; STOW-RS: 413).",
     )
     dicom_fast_path: bool = Field(
-        True, description="Pace pynetdicom's reactors on busy associations (dicom_node/scp/fastpath.py) where the "
-                          "installed pynetdicom is a version it was tested with; false: stock pynetdicom.",
+        False, description="Pace pynetdicom's reactors on busy associations (dicom_node/scp/fastpath.py) where the "
+                           "installed pynetdicom is a version it was tested with; off by default: it measured below "
+                           "the 20% a fast path must show.",
     )
     dicom_tls: TlsSettings | None = None
     dicom_receivers: int = Field(

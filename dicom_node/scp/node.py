@@ -323,7 +323,7 @@ class DicomNode:
             self._log_started(tls=tls is not None, receivers=1)
 
     def _fast_path(self) -> bool:
-        return bool(getattr(self._settings, "dicom_fast_path", True))
+        return bool(getattr(self._settings, "dicom_fast_path", False))
 
     def _publish_status(self) -> None:
         if self._status is not None:

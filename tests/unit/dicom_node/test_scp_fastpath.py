@@ -77,8 +77,8 @@ def test_the_node_installs_the_fast_path_only_when_the_setting_is_on(tmp_path, c
 def test_the_setting_reaches_the_receiving_processes(tmp_path):
     from dicom_node.scp.receivers import NodeConfig
 
-    assert NodeConfig.from_settings(node_settings(tmp_path, dicom_fast_path=False)).dicom_fast_path is False
-    assert NodeConfig.from_settings(node_settings(tmp_path)).dicom_fast_path is True
+    assert NodeConfig.from_settings(node_settings(tmp_path, dicom_fast_path=True)).dicom_fast_path is True
+    assert NodeConfig.from_settings(node_settings(tmp_path)).dicom_fast_path is False  # off by default
 
 
 # -- pacing ------------------------------------------------------------------------------------------------------------
