@@ -1,16 +1,26 @@
 """``DicomNode``: the Verification and Storage SCP that PACS send studies to (plus Query/Retrieve, when given).
 
-Built on pynetdicom's public API only: an ``AE`` with its supported contexts and timeouts, event handlers, the
+Built on pynetdicom's public API: an ``AE`` with its supported contexts and timeouts, event handlers, the
 documented ``pynetdicom._config`` settings, and ``AE.make_server`` with our ``GuardedAssociationServer``
-(``dicom_node.scp.guarded_server``). The fast path that once reached into pynetdicom's internals (an event-driven
-reactor, DIMSE shortcuts, memoised UID checks, shared contexts, whole-PDU reads) is gone: measured on and off in the
-same ``bench.ingest`` runs, none of it gave 20% more throughput (8 senders: 45/39/52 MB/s with the event-driven
-reactor, 64/72/65 MB/s stock; one association: 21.5 vs 24.5, 9.2 vs 16.2, 24.0 vs 22.1 MB/s). Measured again with
-the journal (issue 17, one association, 105 MB, alternating, loaded machine): pynetdicom's reactor sleeps cut
-tenfold 56.2/37.2/59.2 MB/s against 54.5/41.9/53.1 stock, so no fast path came back (``dicom_node/scp/fastpath/``
-does not exist); with the journal's fdatasync taken out, 49.1/52.7 against 50.4/54.4 with it: the sync is not the
-limit either. py-spy (``--gil``) showed the process holding the GIL about 1 s of a 5 s transfer: on that 2-core
-machine under a load of 5-8, waiting for a CPU between pynetdicom's thread hand-offs is where the time goes.
+(``dicom_node.scp.guarded_server``). With ``DICOM_FAST_PATH`` on, and only on the pynetdicom version it was tested
+with, ``dicom_node.scp.fastpath`` (the one module that touches pynetdicom's internals) makes the reactors of a busy
+association wake when a request, a reply or the peer's next bytes are there instead of polling every 1 ms.
+
+It is off by default: measured on and off in the same ``python -m bench.ingest --fast-path on,off`` runs (issue 17;
+2-core machine shared with other work; 201 MB of CT, DICOM_RECEIVERS=2; each figure the median of the rounds' on/off
+ratios), one association 1.18 (5 rounds, 0.94-1.30; before the metadata keeper), 1.10 (5 rounds, 0.93-1.13) and
+1.06 (7 rounds, 0.96-1.47; medians 87.7 against 77.3 MB/s); 8 senders 0.97, 0.89 and 0.85 (0.82-1.22): below the
+20% a reach into a library's internals must show, and a loss with concurrent senders (each association's prompt
+wake-ups compete for the process's one GIL). An idle association costs what it costs stock (its reactors go back to
+pynetdicom's 1 ms sleeps 50 ms after its last request or reply): the node's process with one idle association held
+used 6.8% of a core with the fast path, 6.2% without (medians of 3 rounds of 5 s; ranges 6.0-7.6% and 5.8-7.0%).
+
+Earlier fast paths (an event-driven request handler replacing pynetdicom's, DIMSE shortcuts, memoised UID checks,
+shared contexts, whole-PDU reads) were measured the same way and removed: none gave 20% (8 senders: 45/39/52 MB/s
+with the event-driven reactor, 64/72/65 MB/s stock; one association: 21.5 vs 24.5, 9.2 vs 16.2, 24.0 vs 22.1 MB/s).
+With the journal's fdatasync taken out, one association ran 49.1/52.7 against 50.4/54.4 MB/s with it: the sync is not
+the limit. py-spy (``--gil``) showed the process holding the GIL about 1 s of a 5 s transfer on that 2-core machine
+under a load of 5-8: waiting for a CPU between pynetdicom's thread hand-offs is where the time goes.
 """
 
 from __future__ import annotations
