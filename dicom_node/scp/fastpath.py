@@ -125,7 +125,10 @@ def uninstall() -> None:
 
 
 def installed() -> bool:
-    return bool(_installed)
+    """Whether both of pynetdicom's reactor modules see ``PacedTime`` now."""
+    from pynetdicom import association, dul
+
+    return all(isinstance(module.time, PacedTime) for module in (association, dul))
 
 
 def describe(enabled: bool) -> str:
