@@ -25,7 +25,7 @@ from service.assembly import build_assembler
 from service.config import ConfigurationError, Settings
 from service.dicomweb.metadata_keeper import MetadataKeeper
 from service.dicomweb.query_retrieve import QueryRetrieveFactory
-from service.ingest import DatabaseRecorder, RecorderFactory
+from service.ingest import DatabaseRecorder
 from service.pipeline.celery_app import CeleryDispatcher, create_celery
 from service.pipeline.delivery import Sender, default_sender
 from service.pipeline.executor import StageHandler
@@ -115,10 +115,10 @@ def build_api(settings: Settings, session_factory: sessionmaker[Session] | None 
 
 
 def build_node(settings: Settings, session_factory: sessionmaker[Session], recorder: DatabaseRecorder) -> DicomNode:
-    """The DICOM node recording through ``recorder``; each receiving process (``DICOM_RECEIVERS`` > 1) builds its
-    own recorder and query/retrieve SCP from the picklable factories."""
-    return DicomNode(settings, recorder, query_retrieve_factory=QueryRetrieveFactory(settings, session_factory),
-                     recorder_factory=RecorderFactory(settings.effective_database_url))
+    """The DICOM node recording through ``recorder`` (in this process, also for what the receiving processes of
+    ``DICOM_RECEIVERS`` > 1 journal: they only receive); each receiving process builds its own Query/Retrieve SCP
+    from the picklable factory."""
+    return DicomNode(settings, recorder, query_retrieve_factory=QueryRetrieveFactory(settings, session_factory))
 
 
 def log_study_complete(study_uid: str) -> None:

@@ -525,22 +525,9 @@ class DatabaseRecorder:
                     LOGGER.exception("a commit callback failed")
 
 
-class RecorderFactory:
-    """What ``DicomNode(recorder_factory=...)`` takes: a started ``DatabaseRecorder`` on the settings' database, made
-    in each receiving process (``DICOM_RECEIVERS`` > 1) with an engine of its own. Picklable."""
-
-    def __init__(self, database_url: str) -> None:
-        self.database_url = database_url
-
-    def __call__(self) -> DatabaseRecorder:
-        from service.db.session import create_db_engine, make_session_factory
-
-        return DatabaseRecorder(make_session_factory(create_db_engine(self.database_url))).start()
-
-
 def make_recorder(session_factory: sessionmaker[Session]) -> DatabaseRecorder:
     """A started recorder for ``session_factory``."""
     return DatabaseRecorder(session_factory).start()
 
 
-__all__ += ["make_recorder", "reset_open_associations", "RecorderFactory"]
+__all__ += ["make_recorder", "reset_open_associations"]

@@ -11,15 +11,18 @@ For each instance, on the critical path of its C-STORE (or STOW-RS part):
    (group commit: the associations of this process waiting at that moment wait for one sync together);
 3. the success status is answered.
 
-A background thread (the *materialiser*) then makes each journaled instance what it was before this journal: a
+A background thread (the *materialiser*) then has each journaled instance filed by the :class:`JournalFiler`: a
 file under its final name in the spool (copied from the journal inside the kernel, linked, never overwriting) and a
-row in the database. Per batch of whatever queued up meanwhile: every file's bytes into an unnamed file, one
+row in the database. A receiving process of ``DICOM_RECEIVERS`` > 1 files nothing itself: its materialiser ships
+each batch (segment path, offset, record: :data:`ShippedItem`) to the node's own process (a
+:class:`FilingProcess`), whose filer does the same and answers; it keeps its interpreter for receiving. Per batch of whatever queued up meanwhile: every file's bytes into an unnamed file, one
 ``syncfs`` of the spool's file system (the bytes durable before any name points at them), the names, a second
 ``syncfs`` (the names durable), then the rows (the recorder's group commit), then the association ends that came
 after them, in order. A segment is deleted once every record in it has its durable file and committed row. So a
 row is never committed before its file and name are durable.
 
-Start-up (:meth:`JournalStore.start`): every segment no live process holds (``flock``) is replayed: each record
+Start-up (:meth:`JournalStore.start`, or :meth:`JournalFiler.replay_orphans` in the node's own process before its
+receiving processes start and again whenever one dies): every segment no live process holds (``flock``) is replayed: each record
 whose bytes match their SHA-256 is materialised as above (idempotent: a file already there with these bytes is a
 duplicate, and a duplicate whose path has a row is not recorded again); the first record that is short or does not
 match ends that segment (nothing after it can have been acknowledged: an acknowledgement waits for a sync that
@@ -37,6 +40,7 @@ conflicting copy when it is linked (flagged as such in its row).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import fcntl
 import json
 import logging
@@ -51,6 +55,7 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from dicom_node.intake.recording import (
     InstanceRecorder,
@@ -70,7 +75,8 @@ from dicom_node.intake.spool import (
     _spool_errors,
 )
 
-__all__ = ["JournalStore", "MemoryFile", "JOURNAL_DIR", "SEGMENT_BYTES"]
+__all__ = ["JournalStore", "JournalFiler", "FilingProcess", "FilingProcessGone", "ShippedItem", "MemoryFile",
+           "JOURNAL_DIR", "SEGMENT_BYTES"]
 
 LOGGER = logging.getLogger(__name__)
 
@@ -203,14 +209,167 @@ def _read_records(fd: int) -> Iterator[tuple[int, ReceivedInstance]]:
         offset = data_offset + data_length
 
 
+# What a receiving process ships to the node's own process, in journal order: ("instance", segment path, data offset,
+# record) for each instance it acknowledged, ("ended", study UIDs, ended at) for each sender that ended after them.
+ShippedItem = tuple
+
+
+class FilingProcessGone(RuntimeError):
+    """The process that files for this one is gone (it died or stopped): what is journaled stays for its next start."""
+
+
+class FilingProcess(Protocol):
+    """Another process that files what this one journals: a receiving process ships to the node's own process."""
+
+    def file(self, items: list[ShippedItem]) -> None:
+        """Return once every item is filed (files, names and rows durable); raise ``RecorderError`` to be asked
+        again later, ``FilingProcessGone`` when it is gone."""
+
+
+class JournalFiler:
+    """The filing step: journaled instances made files under their names and rows (see the module's docstring), the
+    sender ends told after them, and the replay of segments no live process holds. Thread-safe.
+
+    A process that journals for itself files through one (its :class:`JournalStore`'s background step); the node's
+    own process files through one for its receiving processes (``DICOM_RECEIVERS`` > 1: :meth:`file_shipped`), so that
+    a receiving process spends its interpreter on receiving alone.
+    """
+
+    def __init__(self, spool: SpoolWriter, recorder: InstanceRecorder, directory: Path | None = None) -> None:
+        self.spool = spool
+        self.recorder = recorder
+        self.directory = Path(directory) if directory is not None else spool.root / JOURNAL_DIR
+        self._dir = os.fspath(self.directory)
+
+    def prepare(self) -> None:
+        """Make the journal folder (0700) and its name durable."""
+        with _spool_errors(self.directory):
+            os.makedirs(self._dir, mode=0o700, exist_ok=True)
+            os.chmod(self._dir, 0o700)
+            # The folder's own name (and the spool's, in HOME) must be durable before anything journaled in it is
+            # acknowledged: a directory's fsync covers its entries, not its own name in its parent.
+            _fsync_dir(os.path.dirname(self._dir))
+            _fsync_dir(os.path.dirname(os.path.dirname(self._dir)))
+
+    def file(self, entries: list[_Entry]) -> None:
+        """File the entries: their bytes into unnamed files, one syncfs (data durable before any name points at it:
+        a power cut never leaves a name on bytes that did not reach the disk), the names, a second syncfs (names
+        durable), then the rows (never a row before its file and name)."""
+        pendings = []
+        try:
+            for entry in entries:
+                instance = entry.instance
+                pendings.append(self.spool.copy_into_new_file(entry.segment.fd, entry.data_offset,
+                                                              instance.size_bytes, instance.digest))
+            if pendings:
+                self.spool.sync_file_system()
+            instances = []
+            for entry, pending in zip(entries, pendings):
+                instance = entry.instance
+                location = InstanceLocation(instance.study_uid, instance.series_uid, instance.sop_instance_uid)
+                spooled = self.spool.publish(pending, location, sync=False)
+                instances.append(dataclasses.replace(
+                    instance, relative_path=spooled.relative_path, conflict=spooled.conflict,
+                    duplicate=spooled.outcome is StoreOutcome.DUPLICATE))
+        finally:
+            for pending in pendings:
+                pending.discard()  # published ones are closed already
+        if instances:
+            self.spool.sync_file_system()
+        waits = [begin_recording(self.recorder, instance) for instance in instances]
+        for wait in waits:
+            wait()
+
+    def ended(self, study_uids: Collection[str], ended_at: datetime) -> None:
+        """A sender ended (after the rows of everything it stored): told to the recorder."""
+        if not study_uids:
+            return
+        try:
+            self.recorder.associations_ended(study_uids, ended_at)
+        except Exception:  # noqa: BLE001 - bookkeeping: the idle timer completes the studies otherwise
+            LOGGER.exception("could not record the end of a sender for %d study(ies)", len(study_uids))
+
+    def file_shipped(self, items: list[ShippedItem]) -> None:
+        """File what a receiving process shipped (its segments are read here, never changed: it deletes them once
+        this returns). Raises ``OSError`` or ``RecorderError`` when it could not (the process ships them again)."""
+        segments: dict[str, _Segment] = {}
+        try:
+            run: list[_Entry] = []
+            for item in items:
+                if item[0] == "instance":
+                    _, path, data_offset, instance = item
+                    segment = segments.get(path)
+                    if segment is None:
+                        segment = segments[path] = _Segment(path, self._open_segment(path), 0, retired=True)
+                    run.append(_Entry(segment, int(data_offset), instance))
+                    continue
+                if run:
+                    self.file(run)
+                    run = []
+                _, study_uids, ended_at = item
+                self.ended(tuple(study_uids), ended_at)
+            if run:
+                self.file(run)
+        finally:
+            for segment in segments.values():
+                os.close(segment.fd)
+
+    def _open_segment(self, path: str) -> int:
+        if os.path.dirname(path) != self._dir or not path.endswith(_SUFFIX):
+            raise SpoolError(errno.EINVAL, "a receiving process named a journal segment outside the journal")
+        with _spool_errors(self.directory):
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def replay_orphans(self) -> int:
+        """File every segment left by a process that is gone; return how many instances they held."""
+        replayed = segments = 0
+        try:
+            names = sorted(os.listdir(self._dir))
+        except FileNotFoundError:
+            return 0
+        for name in names:
+            if not name.endswith((_SUFFIX, _NEW_SUFFIX)):
+                continue
+            path = f"{self._dir}/{name}"
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue  # another process replayed it meanwhile
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)  # a live process's segment
+                continue
+            if os.fstat(fd).st_nlink == 0:  # replayed and removed by another process between listdir and open
+                os.close(fd)
+                continue
+            segment = _Segment(path, fd, 0, retired=True)
+            if name.endswith(_SUFFIX):
+                entries = [_Entry(segment, offset, dataclasses.replace(instance, opens_association=False))
+                           for offset, instance in _read_records(fd)]
+                for start in range(0, len(entries), _BATCH):
+                    self.file(entries[start:start + _BATCH])
+                replayed += len(entries)
+                segments += 1
+            segment.close_and_remove()
+        if segments:
+            LOGGER.warning("replayed %d instance(s) from %d journal segment(s) of a process that stopped before "
+                           "filing them", replayed, segments)
+        return replayed
+
+
 class JournalStore:
     """The durable step by journal (see the module's docstring). Thread-safe; one per process."""
 
     def __init__(self, spool: SpoolWriter, recorder: InstanceRecorder, directory: Path | None = None, *,
-                 segment_bytes: int = SEGMENT_BYTES) -> None:
+                 segment_bytes: int = SEGMENT_BYTES, filing_process: FilingProcess | None = None) -> None:
+        """``filing_process``: another process files what this one journals (a receiving process: the node's own
+        process); it also replays what a process that is gone left, so this one replays nothing at start."""
         self.spool = spool
         self.recorder = recorder
-        self.directory = Path(directory) if directory is not None else spool.root / JOURNAL_DIR
+        self.filer = JournalFiler(spool, recorder, directory)
+        self.filing_process = filing_process
+        self.directory = self.filer.directory
         self._dir = os.fspath(self.directory)
         self._segment_bytes = segment_bytes
         self._append_lock = threading.Lock()
@@ -240,14 +399,10 @@ class JournalStore:
             if self._thread is not None:
                 return self
             self._stopping = self._closed = False
-        with _spool_errors(self.directory):
-            os.makedirs(self._dir, mode=0o700, exist_ok=True)
-            os.chmod(self._dir, 0o700)
-            # The folder's own name (and the spool's, in HOME) must be durable before anything journaled in it is
-            # acknowledged: a directory's fsync covers its entries, not its own name in its parent.
-            _fsync_dir(os.path.dirname(self._dir))
-            _fsync_dir(os.path.dirname(os.path.dirname(self._dir)))
-            self.replayed = self._replay_orphans()
+        self.filer.prepare()
+        if self.filing_process is None:
+            with _spool_errors(self.directory):
+                self.replayed = self.filer.replay_orphans()
         thread = threading.Thread(target=self._materialise_forever, name="journal-materialiser", daemon=True)
         with self._work:
             self._thread = thread
@@ -493,8 +648,16 @@ class JournalStore:
         entries = [item for item in batch if isinstance(item, _Entry)]
         while True:  # the journal holds them: keep trying (a full disk, a database away) rather than lose them
             try:
-                self._materialise(entries)
+                if self.filing_process is not None:
+                    self.filing_process.file([_shipped(item) for item in batch])
+                else:
+                    self._materialise(entries)
                 break
+            except FilingProcessGone:
+                # Stopping with the node's process gone: each segment stays (outstanding) for its next start.
+                LOGGER.warning("%d journaled instance(s) left for the node's next start to file: the node's process "
+                               "is gone", len(entries))
+                return
             except (OSError, RecorderError) as exc:
                 LOGGER.error("cannot file %d journaled instance(s) yet (%s: %s); trying again in %g s", len(entries),
                              exc.__class__.__name__, exc, _RETRY_SECONDS)
@@ -506,76 +669,19 @@ class JournalStore:
                 entry.segment.outstanding -= 1
                 if entry.segment.retired and entry.segment.outstanding == 0:
                     entry.segment.close_and_remove()
-        for item in batch:
-            if isinstance(item, _Ended) and item.study_uids:
-                try:
-                    self.recorder.associations_ended(item.study_uids, item.ended_at)
-                except Exception:  # noqa: BLE001 - bookkeeping: the idle timer completes the studies otherwise
-                    LOGGER.exception("could not record the end of a sender for %d study(ies)", len(item.study_uids))
+        if self.filing_process is None:
+            for item in batch:
+                if isinstance(item, _Ended):
+                    self.filer.ended(item.study_uids, item.ended_at)
 
     def _materialise(self, entries: list[_Entry]) -> None:
-        """File the entries: their bytes into unnamed files, one syncfs (data durable before any name points at it:
-        a power cut never leaves a name on bytes that did not reach the disk), the names, a second syncfs (names
-        durable), then the rows (never a row before its file and name)."""
-        pendings = []
-        try:
-            for entry in entries:
-                instance = entry.instance
-                pendings.append(self.spool.copy_into_new_file(entry.segment.fd, entry.data_offset,
-                                                              instance.size_bytes, instance.digest))
-            if pendings:
-                self.spool.sync_file_system()
-            instances = []
-            for entry, pending in zip(entries, pendings):
-                instance = entry.instance
-                location = InstanceLocation(instance.study_uid, instance.series_uid, instance.sop_instance_uid)
-                spooled = self.spool.publish(pending, location, sync=False)
-                instances.append(dataclasses.replace(
-                    instance, relative_path=spooled.relative_path, conflict=spooled.conflict,
-                    duplicate=spooled.outcome is StoreOutcome.DUPLICATE))
-        finally:
-            for pending in pendings:
-                pending.discard()  # published ones are closed already
-        if instances:
-            self.spool.sync_file_system()
-        waits = [begin_recording(self.recorder, instance) for instance in instances]
-        for wait in waits:
-            wait()
+        self.filer.file(entries)
 
-    # -- replay ---------------------------------------------------------------------------------------------------
 
-    def _replay_orphans(self) -> int:
-        """Materialise every segment left by a process that is gone; return how many instances they held."""
-        replayed = segments = 0
-        for name in sorted(os.listdir(self._dir)):
-            if not name.endswith((_SUFFIX, _NEW_SUFFIX)):
-                continue
-            path = f"{self._dir}/{name}"
-            try:
-                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-            except FileNotFoundError:
-                continue  # another process replayed it meanwhile
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)  # a live process's segment
-                continue
-            if os.fstat(fd).st_nlink == 0:  # replayed and removed by another process between listdir and open
-                os.close(fd)
-                continue
-            segment = _Segment(path, fd, 0, retired=True)
-            if name.endswith(_SUFFIX):
-                entries = [_Entry(segment, offset, dataclasses.replace(instance, opens_association=False))
-                           for offset, instance in _read_records(fd)]
-                for start in range(0, len(entries), _BATCH):
-                    self._materialise(entries[start:start + _BATCH])
-                replayed += len(entries)
-                segments += 1
-            segment.close_and_remove()
-        if segments:
-            LOGGER.warning("replayed %d instance(s) from %d journal segment(s) of a process that stopped before "
-                           "filing them", replayed, segments)
-        return replayed
+def _shipped(item: _Entry | _Ended) -> ShippedItem:
+    if isinstance(item, _Ended):
+        return ("ended", item.study_uids, item.ended_at)
+    return ("instance", item.segment.path, item.data_offset, item.instance)
 
 
 def _write_all(fd: int, parts: list[bytes | memoryview], offset: int) -> None:

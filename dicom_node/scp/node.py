@@ -41,7 +41,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.sop_class import Verification
 
 from dicom_node.intake import DiskAdmission, Intake, IntakeLimits, InstanceRecorder, SpoolWriter
-from dicom_node.intake.journal import JournalStore
+from dicom_node.intake.journal import FilingProcess, JournalStore
 from dicom_node.network import AllowedCaller
 from dicom_node.qr import QueryRetrieveScp
 from dicom_node.scp import fastpath
@@ -178,15 +178,15 @@ class DicomNode:
         prepare_spool: bool = True,
         query_retrieve: QueryRetrieveScp | None = None,
         query_retrieve_factory: Callable[[], QueryRetrieveScp] | None = None,
-        recorder_factory: Callable[[], InstanceRecorder] | None = None,
+        filing_process: FilingProcess | None = None,
     ) -> None:
         """``query_retrieve`` adds C-FIND/C-GET/C-MOVE (Study Root) behind the same access policy.
 
         ``query_retrieve_factory`` builds it instead, at ``start()``: with ``DICOM_RECEIVERS`` > 1 each receiving
         process calls it (so it must be picklable), and every process serves Query/Retrieve as well as storage.
-        ``recorder_factory`` (picklable) gives each receiving process a recorder of its own; without it they record
-        through ``recorder`` in this process. ``listener`` is given to a receiving process (``DICOM_RECEIVERS`` > 1):
-        it accepts on its parent's socket, in turn.
+        With ``DICOM_RECEIVERS`` > 1 this process files and records, through ``recorder``, what the receiving
+        processes journal. ``listener`` and ``filing_process`` are given to a receiving process: it accepts on its
+        parent's socket, in turn, and ships what it journals to its parent to be filed.
         """
         self._settings = settings
         if query_retrieve is not None and query_retrieve_factory is not None:
@@ -201,13 +201,12 @@ class DicomNode:
                                  "(or query_retrieve_factory for Query/Retrieve)")
         self._query_retrieve = query_retrieve
         self._query_retrieve_factory = query_retrieve_factory
-        self._recorder_factory = recorder_factory
         self._recorder = recorder
         self._spool = spool or SpoolWriter(settings.spool_dir)
         self._access = AccessPolicy(settings.dicom_allowed_aes, own_ae_title=settings.dicom_ae_title,
                                     require_called_ae=settings.dicom_require_called_ae)
         admission = DiskAdmission(settings.spool_dir, settings.spool_high_water_percent, settings.spool_reserve_bytes)
-        self._journal = JournalStore(self._spool, recorder)
+        self._journal = JournalStore(self._spool, recorder, filing_process=filing_process)
         self._intake = Intake(self._spool, recorder, admission=admission, limits=intake_limits(settings), clock=clock,
                               store=self._journal)
         self._sessions = OpenSessions(self._intake)
@@ -296,9 +295,9 @@ class DicomNode:
         receivers = getattr(settings, "dicom_receivers", 1)
         if receivers > 1:
             config = replace(NodeConfig.from_settings(settings), query_retrieve_factory=self._query_retrieve_factory,
-                             recorder_factory=self._recorder_factory, node_factory=type(self))
+                             node_factory=type(self))
             on_change = self._status.changed if self._status is not None else None
-            pool = ReceiverPool(config, self._recorder, receivers, on_change=on_change)
+            pool = ReceiverPool(config, self._recorder, receivers, on_change=on_change, filer=self._journal.filer)
             pool.start()
             self._pool = pool
             self._publish_status()
@@ -371,8 +370,8 @@ class DicomNode:
         LOGGER.info("DICOM node stopped")
 
     def wait_until_recorded(self, timeout: float = 60.0) -> bool:
-        """Wait until every instance acknowledged so far has its file and row (this process's journal; with
-        ``DICOM_RECEIVERS`` > 1 the receiving processes file their own). True if done within ``timeout``."""
+        """Wait until every instance this process acknowledged so far has its file and row (its journal; with
+        ``DICOM_RECEIVERS`` > 1 the receiving processes' rows follow as they ship them). True if done in ``timeout``."""
         return self._journal.wait_until_recorded(timeout)
 
     def _on_association_requested(self, event) -> None:

@@ -1,5 +1,10 @@
-"""The parent of the receiving processes (``DICOM_RECEIVERS`` > 1): it listens, starts them, records for them, and
-restarts any that dies.
+"""The parent of the receiving processes (``DICOM_RECEIVERS`` > 1): it listens, starts them, files and records what
+they journal, and restarts any that dies.
+
+Filing: each receiving process ships what it journaled (``dicom_node.intake.journal``: segment, offset, record) and
+this process's :class:`~dicom_node.intake.journal.JournalFiler` makes the files, names and rows, then answers; the
+child deletes a segment once all of it is filed. What a dead child journaled and never saw filed is replayed here
+(its segments are no longer locked), as is whatever a stopped node left, before the first child starts.
 
 Supervision: one thread, the supervisor, starts every receiving process (so the process that ``PR_SET_PDEATHSIG``
 ties each one to is a thread that lives as long as the pool) and waits on their sentinels. A process that dies is
@@ -26,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from dicom_node.intake.journal import JournalFiler
 from dicom_node.intake.recording import InstanceRecorder, RecorderError
 from dicom_node.scp.listener import SharedListener
 from dicom_node.scp.receivers import NodeConfig, ReceiverFailed, receiver_main
@@ -81,13 +87,14 @@ class _Receiver:
 
 
 class ReceiverPool:
-    """``count`` receiving processes sharing ``config.dicom_port``; records go through ``recorder`` in this process
-    (unless each has its own ``recorder_factory``). ``on_change`` is called whenever one dies or becomes ready."""
+    """``count`` receiving processes sharing ``config.dicom_port``; what they journal is filed by ``filer`` and recorded
+    through ``recorder`` in this process. ``on_change`` is called whenever one dies or becomes ready."""
 
     def __init__(self, config: NodeConfig, recorder: InstanceRecorder, count: int,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None, *, filer: JournalFiler) -> None:
         self._config = config
         self._recorder = recorder
+        self._filer = filer
         self._count = count
         self._on_change = on_change or (lambda: None)
         self._context = multiprocessing.get_context("spawn")
@@ -136,6 +143,10 @@ class ReceiverPool:
         return listener.getsockname()[1]
 
     def start(self) -> None:
+        self._filer.prepare()
+        replayed = self._filer.replay_orphans()  # what a stopped node left, before anyone journals again
+        if replayed:
+            LOGGER.info("filed %d instance(s) a stopped node had journaled", replayed)
         self.port = self._listen()
         self._turn = self._context.Value("Q", 0)  # whose turn the next association is (see dicom_node.scp.listener)
         # Each process may hold the whole DICOM_MAX_ASSOCIATIONS (a share, limit / count, refused callers while
@@ -226,6 +237,7 @@ class ReceiverPool:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._replay("after the receiving processes stopped")  # a child killed while stopping left its segments
         if self._log_queue is not None:
             self._log_queue.put(None)
             if self._log_thread is not None:
@@ -278,7 +290,22 @@ class ReceiverPool:
             receiver.connection = None
         LOGGER.error("receiving process %s (pid %s) died with %s; starting it again in %g s (%d death(s) since "
                      "the node started)", receiver.name, process.pid, _exit_text(process.exitcode), delay, deaths)
+        # what it journaled and never saw filed (its segments are unlocked now): filed here, beside the supervision
+        threading.Thread(target=self._replay, args=(f"after {receiver.name} died",), name="receiver-replay",
+                         daemon=True).start()
         self._on_change()
+
+    def _replay(self, when: str) -> None:
+        while True:
+            try:
+                replayed = self._filer.replay_orphans()
+                break
+            except (OSError, RecorderError) as exc:  # the journal keeps them: try again rather than lose them
+                LOGGER.error("cannot file the journal segments left %s yet (%s: %s); trying again in 1 s", when,
+                             exc.__class__.__name__, exc)
+                time.sleep(1.0)
+        if replayed:
+            LOGGER.warning("filed %d instance(s) journaled by a receiving process %s", replayed, when)
 
     def _restart_due(self) -> None:
         now = time.monotonic()
@@ -314,7 +341,9 @@ class ReceiverPool:
         try:
             while True:
                 kind, call_id, payload = connection.recv()
-                if submit is not None:  # no thread per waiting C-STORE: the recorder answers when it has committed
+                if kind == "file" and self._executor is not None:
+                    self._executor.submit(self._file, connection, lock, call_id, payload)
+                elif submit is not None:  # no thread per waiting C-STORE: the recorder answers when it has committed
                     self._submit(submit, connection, lock, kind, call_id, payload)
                 elif self._executor is not None:
                     self._executor.submit(self._answer, connection, lock, kind, call_id, payload)
@@ -345,6 +374,17 @@ class ReceiverPool:
             error = str(exc)
         except Exception as exc:  # noqa: BLE001 - the child must always get an answer
             LOGGER.exception("recording for a receiving process failed")
+            error = f"{exc.__class__.__name__}: {exc}"
+        _reply(connection, lock, call_id, error)
+
+    def _file(self, connection, lock: threading.Lock, call_id: int, items: list) -> None:
+        error = None
+        try:
+            self._filer.file_shipped(items)
+        except (OSError, RecorderError) as exc:  # the child ships them again after a pause
+            error = f"{exc.__class__.__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - the child must always get an answer
+            LOGGER.exception("filing for a receiving process failed")
             error = f"{exc.__class__.__name__}: {exc}"
         _reply(connection, lock, call_id, error)
 

@@ -268,21 +268,23 @@ def test_several_receiving_processes_share_the_port_and_record_through_the_paren
 
 
 @pytest.mark.slow
-def test_receiving_processes_with_recorders_of_their_own_take_one_study_over_four_associations(
+def test_receiving_processes_ship_one_study_over_four_associations_to_the_node_which_files_it(
     tmp_path, session_factory, database_url
 ):
-    """DICOM_RECEIVERS=2 as ``m3edge scp`` runs it: each process records straight into the database. Four senders
-    send the series of ONE study at once, so both processes create its study row and count its senders."""
+    """DICOM_RECEIVERS=2 as ``m3edge scp`` runs it: the receiving processes journal, the node's own process files and
+    records. Four senders send the series of ONE study at once, through both processes; one study row, its senders
+    counted, every instance once, and no segment left in the journal."""
+    from dicom_node.intake.journal import JOURNAL_DIR
     from dicom_node.scp import DicomNode
-    from service.ingest import DatabaseRecorder, RecorderFactory
+    from service.ingest import DatabaseRecorder
     from tests.support.scp_node import node_settings
 
     study_uid = "1.2.826.0.1.3680043.8.498.77"
     series = [write_ct_series(tmp_path / f"s{i}", 6, rows=64, columns=64, seed=60 + i, study_uid=study_uid,
                               series_number=i + 1) for i in range(4)]
     parent = DatabaseRecorder(session_factory).start_for_node()
-    node = DicomNode(node_settings(tmp_path / "home", dicom_receivers=2, database_url=database_url), parent,
-                     recorder_factory=RecorderFactory(database_url))
+    settings = node_settings(tmp_path / "home", dicom_receivers=2, database_url=database_url)
+    node = DicomNode(settings, parent)
     node.start()
     try:
         senders = [subprocess.Popen(storescu_command(node.port, s.paths), env=dcmtk_env(), stdout=subprocess.DEVNULL,
@@ -293,7 +295,8 @@ def test_receiving_processes_with_recorders_of_their_own_take_one_study_over_fou
     finally:
         node.stop()
         parent.close()
-    assert parent.commits == 0  # nothing went through the parent
+    assert parent.commits > 0  # recorded by the node's own process
+    assert sorted((settings.spool_dir / JOURNAL_DIR).iterdir()) == []  # every segment filed, then deleted
     rows = instances_in_db(session_factory)
     assert sorted(instance.sop_instance_uid for instance, _, _ in rows) == sorted(
         dcmread(path).SOPInstanceUID for s in series for path in s.paths)
