@@ -169,8 +169,8 @@ class Settings(BaseSettings):
     )
     dicom_fast_path: bool = Field(
         False, description="Pace pynetdicom's reactors on busy associations (dicom_node/scp/fastpath.py) where the "
-                           "installed pynetdicom is a version it was tested with; off by default: it measured below "
-                           "the 20% a fast path must show.",
+                           "installed pynetdicom is a version it was tested with; off by default: it did not clearly "
+                           "show the 20% a fast path must (dicom_node/scp/node.py).",
     )
     dicom_tls: TlsSettings | None = None
     dicom_receivers: int = Field(

@@ -8,12 +8,18 @@ association wake when a request, a reply or the peer's next bytes are there inst
 
 It is off by default: measured on and off in the same ``python -m bench.ingest --fast-path on,off`` runs (issue 17;
 2-core machine shared with other work; 201 MB of CT, DICOM_RECEIVERS=2; each figure the median of the rounds' on/off
-ratios), one association 1.18 (5 rounds, 0.94-1.30; before the metadata keeper), 1.10 (5 rounds, 0.93-1.13) and
-1.06 (7 rounds, 0.96-1.47; medians 87.7 against 77.3 MB/s); 8 senders 0.97, 0.89 and 0.85 (0.82-1.22): below the
-20% a reach into a library's internals must show, and a loss with concurrent senders (each association's prompt
-wake-ups compete for the process's one GIL). An idle association costs what it costs stock (its reactors go back to
-pynetdicom's 1 ms sleeps 50 ms after its last request or reply): the node's process with one idle association held
-used 6.8% of a core with the fast path, 6.2% without (medians of 3 rounds of 5 s; ranges 6.0-7.6% and 5.8-7.0%).
+ratios, range in brackets), one association gained 1.18 (5 rounds, 0.94-1.30) before the metadata keeper, then
+1.10 (5 rounds, 0.93-1.13) and 1.06 (7 rounds, 0.96-1.47), and with receiving processes that only receive 1.24
+(5 rounds, 0.83-1.49; 68.9 against 60.8 MB/s) and 1.14 (9 rounds, 0.90-1.33; 94.2 against 82.5 MB/s): the 14
+rounds on the current code give a median of 1.19, at best on the edge of the 20% a reach into a library's internals
+must show, within this machine's noise. With 8 senders it gave nothing: 0.97, 0.89, 0.85 (0.82-1.22), then 1.03
+(0.77-1.45) (concurrent associations keep the process busy anyway, and their prompt wake-ups compete for its GIL).
+
+An idle association costs about what it costs stock: its reactors go back to pynetdicom's 1 ms sleeps 50 ms after
+its last request or reply, and each sleep's check adds 1-3 us to the ~25 us of CPU a 1 ms sleep costs. ``m3edge
+scp`` (one receiving process) holding one association idle after a C-STORE used 5.8% of a core over 5 s with the
+fast path, 5.6% without (medians of 5 alternating rounds; ranges 4.4-7.4% and 4.6-7.4%; an earlier 3 rounds: 6.8%
+and 6.2%).
 
 Earlier fast paths (an event-driven request handler replacing pynetdicom's, DIMSE shortcuts, memoised UID checks,
 shared contexts, whole-PDU reads) were measured the same way and removed: none gave 20% (8 senders: 45/39/52 MB/s
