@@ -13,6 +13,9 @@ their median and range), throughput and one-instance association latency.
   process's journal and fdatasync'ed (one sync shared by the instances waiting at that moment) before its success
   status; files, names (syncfs) and rows (SQLite WAL, synchronous=FULL) filed in the background. The bench waits
   until every instance has its row and prints how long that took after the last response.
+- m3edge-fast: the same with ``DICOM_FAST_PATH=true`` (``dicom_node.scp.fastpath``; the node's default is off):
+  ``--fast-path on,off`` measures both in the same rounds and prints the on/off ratio, the comparison that decides
+  whether the fast path is worth its reach into pynetdicom.
 - storescp: ``storescp --fork`` writing plain files (no fsync): the ceiling to report.
 - Orthanc: SQLite index, ``SyncStorageArea`` true, no compression. Traced with strace (Orthanc 1.10.1), that means one
   fdatasync of each stored file, written in place under its final name; no fsync of its directories; and index
@@ -48,6 +51,7 @@ SLICE_BYTES = 512 * 512 * 2
 SLICES_PER_SERIES = 250
 TARGETS = ("m3edge", "storescp", "orthanc")
 DEFAULT_TARGETS = TARGETS
+FAST_PATH_ON = "m3edge-fast"  # the m3edge target with DICOM_FAST_PATH=true (``--fast-path on`` or ``on,off``)
 
 
 def _free_port() -> int:
@@ -186,6 +190,7 @@ def describe_targets(senders: int, receivers: int) -> dict[str, str]:
                   f"DICOM_MAX_PDU_SIZE=default, SQLite (WAL, synchronous=FULL); per instance before its status: "
                   f"its bytes and record appended to the process's journal and one fdatasync shared by every "
                   f"instance waiting then; file, name (syncfs) and row filed in the background",
+        FAST_PATH_ON: "the same with DICOM_FAST_PATH=true (dicom_node/scp/fastpath.py)",
         "storescp": "storescp --fork, plain files, no fsync (the ceiling)",
         "orthanc": f"Orthanc, SyncStorageArea=true (fdatasync of each file; no directory fsync; SQLite index "
                    f"synchronous=NORMAL), StorageCompression=false, DicomThreadsCount={max(4, senders)}",
@@ -200,13 +205,15 @@ def _recorded(database: Path) -> int:
         return -1
 
 
-def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int, latency_samples: int = 0) -> Transfer:
+def run_m3edge(files: list[Path], work: Path, senders: int, receivers: int, latency_samples: int = 0, *,
+               fast_path: bool = False) -> Transfer:
     home = work / "m3edge"
     port = _free_port()
     env = {
         **os.environ, "M3EDGE_HOME": str(home), "M3EDGE_DICOM_PORT": str(port), "M3EDGE_DICOM_HOST": "127.0.0.1",
         "M3EDGE_SPOOL_RESERVE_BYTES": "0", "M3EDGE_LOG_LEVEL": "INFO", "M3EDGE_DICOM_RECEIVERS": str(receivers),
         "M3EDGE_DICOM_MAX_ASSOCIATIONS": str(max(16, senders * 2)), "M3EDGE_STUDY_IDLE_SECONDS": "3600",
+        "M3EDGE_DICOM_FAST_PATH": "true" if fast_path else "false",
     }
     env.pop("M3EDGE_DATABASE_URL", None)  # the embedded default: SQLite in HOME
     home.mkdir(parents=True)
@@ -301,8 +308,8 @@ def run_orthanc(files: list[Path], work: Path, senders: int, latency_samples: in
 
 def _run_target(target: str, files: list[Path], work: Path, senders: int, receivers: int,
                 latency_samples: int = 0) -> Transfer:
-    if target == "m3edge":
-        return run_m3edge(files, work, senders, receivers, latency_samples)
+    if target in ("m3edge", FAST_PATH_ON):
+        return run_m3edge(files, work, senders, receivers, latency_samples, fast_path=target == FAST_PATH_ON)
     if target == "storescp":
         return run_storescp(files, work, senders, latency_samples)
     return run_orthanc(files, work, senders, latency_samples)
@@ -333,6 +340,9 @@ def main(argv: list[str] | None = None) -> dict[int, list[Measurement]]:
                         help="one-instance associations timed per target and round, after the transfer (0: none)")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help="comma-separated subset of " + ",".join(TARGETS))
+    parser.add_argument("--fast-path", default="off",
+                        help="m3edge's DICOM_FAST_PATH: off (the default, the node's), on, or on,off (both in the same "
+                             f"rounds: the '{FAST_PATH_ON}' and 'm3edge' targets, and their ratio)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "m3edge-bench-corpus")
     parser.add_argument("--workdir", type=Path, default=None, help="where targets store (a temporary folder by default)")
     args = parser.parse_args(argv)
@@ -340,6 +350,12 @@ def main(argv: list[str] | None = None) -> dict[int, list[Measurement]]:
     unknown = set(targets) - set(TARGETS)
     if unknown:
         parser.error(f"unknown target(s) {', '.join(sorted(unknown))}")
+    fast_path = [v.strip() for v in args.fast_path.split(",") if v.strip()]
+    if not fast_path or set(fast_path) - {"on", "off"}:
+        parser.error("--fast-path takes on, off or on,off")
+    if "m3edge" in targets:
+        at = targets.index("m3edge")
+        targets[at:at + 1] = [name for name, value in ((FAST_PATH_ON, "on"), ("m3edge", "off")) if value in fast_path]
     sender_counts = [int(n) for n in args.senders.split(",") if n.strip()]
 
     files = corpus(args.cache, args.size_mb, args.rows)
@@ -373,19 +389,27 @@ def main(argv: list[str] | None = None) -> dict[int, list[Measurement]]:
                         extra += f"  one-instance association {transfer.latency * 1000:.0f} ms"
                     if transfer.filed is not None:
                         extra += f"  all rows in {transfer.filed:.2f} s after the last response"
-                    print(f"round {run + 1} {target:>9} x{senders}: {result.mb_per_s:8.1f} MB/s  "
+                    print(f"round {run + 1} {target:>11} x{senders}: {result.mb_per_s:8.1f} MB/s  "
                           f"{result.instances_per_s:8.1f} instances/s  ({transfer.seconds:.2f} s){extra}", flush=True)
         medians = [Measurement(target, _median(seconds[target]), len(files), total) for target in targets]
         results[senders] = medians
         print(f"-- {senders} sender(s), median of {args.runs} round(s) (range):")
         for target, result in zip(targets, medians):
             rates = [total / 1e6 / s for s in seconds[target]]
-            line = f"{target:>9}: {result.mb_per_s:8.1f} MB/s ({_spread(rates)})"
+            line = f"{target:>11}: {result.mb_per_s:8.1f} MB/s ({_spread(rates)})"
             if latencies[target]:
                 line += f"  one-instance association {_median(latencies[target]) * 1000:.0f} ms"
             print(line)
         if filed:
             print(f"   m3edge: every row in the database {_median(filed):.2f} s (median) after the last response")
+        if FAST_PATH_ON in seconds and "m3edge" in seconds:
+            ratios = [off / on for on, off in zip(seconds[FAST_PATH_ON], seconds["m3edge"])]
+            print(f"   fast path on/off ({FAST_PATH_ON}/m3edge) throughput x{senders}: median of rounds "
+                  f"{_median(ratios):.2f} (range {_spread(ratios)})")
+            if latencies[FAST_PATH_ON] and latencies["m3edge"]:
+                ratios = [on / off for on, off in zip(latencies[FAST_PATH_ON], latencies["m3edge"])]
+                print(f"   fast path on/off one-instance association latency: median {_median(ratios):.2f} "
+                      f"(range {_spread(ratios)})")
         if "m3edge" in seconds:
             for peer in ("orthanc", "storescp"):
                 if peer in seconds:

@@ -167,6 +167,11 @@ class Settings(BaseSettings):
         512 << 20, ge=1 << 20,
         description="Largest size a deflated data set may inflate to (C-STORE: Out of Resources; STOW-RS: 413).",
     )
+    dicom_fast_path: bool = Field(
+        False, description="Pace pynetdicom's reactors on busy associations (dicom_node/scp/fastpath.py) where the "
+                           "installed pynetdicom is a version it was tested with; off by default: it did not clearly "
+                           "show the 20% a fast path must (dicom_node/scp/node.py).",
+    )
     dicom_tls: TlsSettings | None = None
     dicom_receivers: int = Field(
         default_factory=default_receivers, ge=1, le=64,

@@ -1,16 +1,32 @@
 """``DicomNode``: the Verification and Storage SCP that PACS send studies to (plus Query/Retrieve, when given).
 
-Built on pynetdicom's public API only: an ``AE`` with its supported contexts and timeouts, event handlers, the
+Built on pynetdicom's public API: an ``AE`` with its supported contexts and timeouts, event handlers, the
 documented ``pynetdicom._config`` settings, and ``AE.make_server`` with our ``GuardedAssociationServer``
-(``dicom_node.scp.guarded_server``). The fast path that once reached into pynetdicom's internals (an event-driven
-reactor, DIMSE shortcuts, memoised UID checks, shared contexts, whole-PDU reads) is gone: measured on and off in the
-same ``bench.ingest`` runs, none of it gave 20% more throughput (8 senders: 45/39/52 MB/s with the event-driven
-reactor, 64/72/65 MB/s stock; one association: 21.5 vs 24.5, 9.2 vs 16.2, 24.0 vs 22.1 MB/s). Measured again with
-the journal (issue 17, one association, 105 MB, alternating, loaded machine): pynetdicom's reactor sleeps cut
-tenfold 56.2/37.2/59.2 MB/s against 54.5/41.9/53.1 stock, so no fast path came back (``dicom_node/scp/fastpath/``
-does not exist); with the journal's fdatasync taken out, 49.1/52.7 against 50.4/54.4 with it: the sync is not the
-limit either. py-spy (``--gil``) showed the process holding the GIL about 1 s of a 5 s transfer: on that 2-core
-machine under a load of 5-8, waiting for a CPU between pynetdicom's thread hand-offs is where the time goes.
+(``dicom_node.scp.guarded_server``). With ``DICOM_FAST_PATH`` on, and only on the pynetdicom version it was tested
+with, ``dicom_node.scp.fastpath`` (the one module that touches pynetdicom's internals) makes the reactors of a busy
+association wake when a request, a reply or the peer's next bytes are there instead of polling every 1 ms.
+
+It is off by default: measured on and off in the same ``python -m bench.ingest --fast-path on,off`` runs (issue 17;
+2-core machine shared with other work; 201 MB of CT, DICOM_RECEIVERS=2; each figure the median of the rounds' on/off
+ratios, range in brackets), one association gained 1.18 (5 rounds, 0.94-1.30) before the metadata keeper, then
+1.10 (5 rounds, 0.93-1.13) and 1.06 (7 rounds, 0.96-1.47), and with receiving processes that only receive 1.24
+(5 rounds, 0.83-1.49; 68.9 against 60.8 MB/s) and 1.14 (9 rounds, 0.90-1.33; 94.2 against 82.5 MB/s): the 14
+rounds on the current code give a median of 1.19, at best on the edge of the 20% a reach into a library's internals
+must show, within this machine's noise. With 8 senders it gave nothing: 0.97, 0.89, 0.85 (0.82-1.22), then 1.03
+(0.77-1.45) (concurrent associations keep the process busy anyway, and their prompt wake-ups compete for its GIL).
+
+An idle association costs about what it costs stock: its reactors go back to pynetdicom's 1 ms sleeps 50 ms after
+its last request or reply, and each sleep's check adds 1-3 us to the ~25 us of CPU a 1 ms sleep costs. ``m3edge
+scp`` (one receiving process) holding one association idle after a C-STORE used 5.8% of a core over 5 s with the
+fast path, 5.6% without (medians of 5 alternating rounds; ranges 4.4-7.4% and 4.6-7.4%; an earlier 3 rounds: 6.8%
+and 6.2%).
+
+Earlier fast paths (an event-driven request handler replacing pynetdicom's, DIMSE shortcuts, memoised UID checks,
+shared contexts, whole-PDU reads) were measured the same way and removed: none gave 20% (8 senders: 45/39/52 MB/s
+with the event-driven reactor, 64/72/65 MB/s stock; one association: 21.5 vs 24.5, 9.2 vs 16.2, 24.0 vs 22.1 MB/s).
+With the journal's fdatasync taken out, one association ran 49.1/52.7 against 50.4/54.4 MB/s with it: the sync is not
+the limit. py-spy (``--gil``) showed the process holding the GIL about 1 s of a 5 s transfer on that 2-core machine
+under a load of 5-8: waiting for a CPU between pynetdicom's thread hand-offs is where the time goes.
 """
 
 from __future__ import annotations
@@ -34,6 +50,7 @@ from dicom_node.intake import DiskAdmission, Intake, IntakeLimits, InstanceRecor
 from dicom_node.intake.journal import FilingProcess, JournalStore
 from dicom_node.network import AllowedCaller
 from dicom_node.qr import QueryRetrieveScp
+from dicom_node.scp import fastpath
 from dicom_node.scp.access import AccessPolicy
 from dicom_node.scp.guarded_server import ConnectionLimits, GuardedAssociationServer
 from dicom_node.scp.handlers import OpenSessions, handle_association_end, handle_echo, handle_store, utc_now
@@ -93,6 +110,7 @@ class NodeSettings(Protocol):
     dicom_associate_timeout_seconds: float
     dicom_max_instance_bytes: int
     dicom_max_inflated_bytes: int
+    dicom_fast_path: bool
     dicom_tls: _TlsSettings | None
     spool_high_water_percent: float
     spool_reserve_bytes: int
@@ -305,6 +323,8 @@ class DicomNode:
         ]
         if self._query_retrieve is not None:
             handlers += self._query_retrieve.handlers()
+        if self._fast_path() and fastpath.install():
+            handlers += fastpath.event_handlers()
         server_class = GuardedAssociationServer if self._listener is None else shared_listener_server(self._listener)
         server = self._application_entity().make_server(
             (settings.dicom_host, settings.dicom_port), evt_handlers=handlers, ssl_context=tls,
@@ -316,6 +336,9 @@ class DicomNode:
         self._publish_status()
         if self._listener is None:  # else a receiving process: its parent has said all this
             self._log_started(tls=tls is not None, receivers=1)
+
+    def _fast_path(self) -> bool:
+        return bool(getattr(self._settings, "dicom_fast_path", False))
 
     def _publish_status(self) -> None:
         if self._status is not None:
@@ -329,9 +352,9 @@ class DicomNode:
                 "This is the safe default; list your PACS as AE or AE@host to accept them."
             )
         LOGGER.info(
-            "DICOM node %s listening on %s:%d%s with %d receiving process(es); access: %s; spool %s",
+            "DICOM node %s listening on %s:%d%s with %d receiving process(es); access: %s; spool %s; %s",
             settings.dicom_ae_title, settings.dicom_host, self.port, " (TLS)" if tls else "", receivers,
-            self._access.describe(), self._spool.root,
+            self._access.describe(), self._spool.root, fastpath.describe(self._fast_path()),
         )
 
     def stop(self) -> None:

@@ -69,6 +69,7 @@ class NodeConfig:
     dicom_associate_timeout_seconds: float = 5.0
     dicom_max_instance_bytes: int = 1 << 30
     dicom_max_inflated_bytes: int = 512 << 20
+    dicom_fast_path: bool = False
     dicom_status_file: Path | None = None  # where the parent publishes the node's status (children never write it)
     dicom_tls: TlsConfig | None = None
     spool_high_water_percent: float = 95.0
@@ -88,6 +89,7 @@ class NodeConfig:
             dicom_associate_timeout_seconds=settings.dicom_associate_timeout_seconds,
             dicom_max_instance_bytes=settings.dicom_max_instance_bytes,
             dicom_max_inflated_bytes=settings.dicom_max_inflated_bytes,
+            dicom_fast_path=getattr(settings, "dicom_fast_path", False),
             dicom_status_file=getattr(settings, "dicom_status_file", None),
             dicom_tls=None if tls is None else TlsConfig(
                 Path(tls.certificate), Path(tls.private_key),

@@ -16,6 +16,7 @@ from pynetdicom.sop_class import CTImageStorage, MRImageStorage, SecondaryCaptur
 from sqlalchemy import text
 
 from dicom_node.intake.statuses import SUCCESS, WARNING_CONFLICTING_DUPLICATE
+from dicom_node.scp import fastpath
 from dicom_node.scp.handlers import handle_store  # noqa: F401 - imported so a rename breaks this test module loudly
 from tests.support.dcmtk import dcmtk_env, echoscu, storescu, storescu_command
 from tests.support.dicom_corpus import (
@@ -43,6 +44,14 @@ def encoded(tmp_path_factory, ct_source) -> dict[str, Path]:
         ts: encode_as(rgb if ts == JPEGBaseline8Bit else ct_source, ts, folder / f"{ts}.dcm")
         for ts in TRANSFER_SYNTAXES
     }
+
+
+@pytest.fixture(params=[True, False], ids=["fast-path-on", "fast-path-off"])
+def fast_path(request):
+    """DICOM_FAST_PATH both ways; yields the setting and checks afterwards that only 'on' paced associations."""
+    paced = fastpath.associations_paced()
+    yield request.param
+    assert (fastpath.associations_paced() > paced) is request.param
 
 
 def _received(node, relative_path: str) -> Path:
@@ -76,11 +85,11 @@ def test_each_transfer_syntax_is_stored_as_received(tmp_path, session_factory, e
     assert instance.size_bytes == _received(node, instance.path).stat().st_size
 
 
-def test_streamed_data_sets_are_stored_byte_for_byte(tmp_path, session_factory, encoded, monkeypatch):
+def test_streamed_data_sets_are_stored_byte_for_byte(tmp_path, session_factory, encoded, monkeypatch, fast_path):
     """pynetdicom's SCU streams each file's data set unchanged: the stored file holds exactly those bytes."""
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
     sources = [p for p in encoded.values()] + [Path(get_testdata_file("MR_small.dcm"))]
-    with running_node(tmp_path, session_factory) as node:
+    with running_node(tmp_path, session_factory, dicom_fast_path=fast_path) as node:
         ae = AE(ae_title="STREAMER")
         for source in sources:
             ds = dcmread(source, stop_before_pixels=True)
@@ -104,9 +113,21 @@ def test_streamed_data_sets_are_stored_byte_for_byte(tmp_path, session_factory, 
         assert dataset_bytes(source) in stored, source.name
 
 
-def test_several_associations_at_once_all_arrive(tmp_path, session_factory):
+def test_a_study_sent_over_one_association_arrives_whole(tmp_path, session_factory, fast_path):
+    """How a PACS sends: one association, each C-STORE waiting for the previous response."""
+    series = write_ct_series(tmp_path / "ct", 40, rows=128, columns=128, seed=3)
+    with running_node(tmp_path / "home", session_factory, dicom_fast_path=fast_path) as node:
+        result = storescu(node.port, series.paths)
+        assert result.returncode == 0, result.output[-2000:]
+        assert set(result.responses().values()) == {"Success"} and len(result.responses()) == 40
+        rows = instances_in_db(session_factory)
+    assert sorted(i.sop_instance_uid for i, _, _ in rows) == sorted(
+        dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in series.paths)
+
+
+def test_several_associations_at_once_all_arrive(tmp_path, session_factory, fast_path):
     series = [write_ct_series(tmp_path / f"s{i}", 12, rows=128, columns=128, seed=i) for i in range(4)]
-    with running_node(tmp_path / "home", session_factory) as node:
+    with running_node(tmp_path / "home", session_factory, dicom_fast_path=fast_path) as node:
         senders = [
             subprocess.Popen(storescu_command(node.port, s.paths, calling_ae=f"MODALITY{i}"), env=dcmtk_env(),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

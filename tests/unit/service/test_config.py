@@ -25,6 +25,12 @@ def test_defaults_are_the_embedded_mode():
     assert settings.vlm_backend is VlmBackend.VILA
     assert settings.predictor_backend is PredictorBackend.AUTO
     assert settings.worker_cpu_threads == 0  # the model runtimes' own default
+    assert settings.dicom_fast_path is False  # measured below the 20% a fast path must show (dicom_node/scp/node.py)
+
+
+def test_the_dicom_fast_path_is_one_setting_away(monkeypatch):
+    monkeypatch.setenv("M3EDGE_DICOM_FAST_PATH", "true")
+    assert Settings.load().dicom_fast_path is True
 
 
 @pytest.mark.parametrize(("cores", "expected"), [(1, 1), (2, 2), (3, 3), (16, 4)])
