@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
-import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,18 +54,20 @@ class RunningService:
 def run_until_signalled(service: RunningService, on_started: Callable[[], object] = lambda: None) -> None:
     """Start ``service``, call ``on_started``, block until SIGINT or SIGTERM, then stop it (also when starting fails);
     the previous signal handlers are put back."""
-    stop_requested = threading.Event()
+    requested: list[int] = []
 
     def request_stop(signum, _frame) -> None:
-        LOGGER.info("%s received: stopping", signal.Signals(signum).name)
-        stop_requested.set()
+        # Only note it: the handler runs in the main thread wherever that is (inside a lock's acquisition, a log
+        # call), so taking any lock here (an Event's, logging's) could wait for the main thread itself forever.
+        requested.append(signum)
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         service.start()
         on_started()
-        while not stop_requested.wait(1.0):  # a timed wait: the handler runs between waits on every platform
-            pass
+        while not requested:
+            time.sleep(0.2)  # the handler runs between sleeps
+        LOGGER.info("%s received: stopping", signal.Signals(requested[0]).name)
     finally:
         service.stop()
         for sig, handler in previous.items():

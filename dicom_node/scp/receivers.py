@@ -204,8 +204,11 @@ def receiver_main(config: NodeConfig, connection, log_queue, log_level: int, lis
 
     stop = threading.Event()
     # SIGTERM (the parent stopping, or dying: PR_SET_PDEATHSIG) stops the node the orderly way, so that what its
-    # journal holds is filed before the process exits (else the next start replays it).
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    # journal holds is filed before the process exits (else the next start replays it). The handler only notes it:
+    # it runs in the main thread wherever that is, possibly inside ``stop.wait()`` holding the event's lock, where a
+    # ``stop.set()`` would wait for itself forever (seen: a parent's death brings the pipe's end and SIGTERM at once).
+    signalled: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: signalled.append(signum))
     remote = _RemoteRecorder(connection, stop)  # also how this process learns that it must stop
     try:
         child = dataclasses.replace(config, dicom_status_file=None)
@@ -217,5 +220,6 @@ def receiver_main(config: NodeConfig, connection, log_queue, log_level: int, lis
         connection.send(("failed", -1, f"{exc.__class__.__name__}: {exc}"))
         return
     connection.send(("ready", -1, None))
-    stop.wait()
+    while not (signalled or stop.wait(0.2)):
+        pass
     node.stop()

@@ -68,6 +68,11 @@ def _successes(output: Path) -> set[Path]:
     return {path for path, status in result.responses().items() if status == "Success"}
 
 
+def _children(pid: int) -> list[int]:
+    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()]
+
+
 def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path, database_url, session_factory):
     series = write_ct_series(tmp_path / "ct", 150, seed=21)
     uid_of = {path: dcmread(path, stop_before_pixels=True).SOPInstanceUID for path in series.paths}
@@ -79,10 +84,14 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path, database_url, 
                                       stderr=subprocess.STDOUT)
         wait_for(lambda: len(_successes(output)) >= 25 or sender.poll() is not None, timeout=120,
                  message="storescu never got 25 instances through")
+        receivers = _children(node.process.pid)
         node.kill9()
         sender.wait(timeout=60)
         acknowledged = _successes(output)
         assert 25 <= len(acknowledged) < len(series.paths), "the kill did not land mid-transfer"
+        # its receiving processes end with it (SIGTERM from the kernel, the pipe's end: both at once, no deadlock)
+        wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in receivers), timeout=30,
+                 message="a receiving process outlived the node it belonged to")
 
         node.start()  # a restart cleans up what the crash left half-written
         spool = node.home / "spool"
@@ -114,11 +123,6 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path, database_url, 
         assert on_disk == {r.path for r in rows}
     finally:
         node.stop()
-
-
-def _children(pid: int) -> list[int]:
-    return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-            for child in (task / "children").read_text().split()]
 
 
 def test_receiving_processes_killed_mid_transfer_leave_their_journal_to_the_node(tmp_path, database_url,
