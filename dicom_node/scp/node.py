@@ -12,7 +12,9 @@ ratios, range in brackets), one association gained 1.18 (5 rounds, 0.94-1.30) be
 1.10 (5 rounds, 0.93-1.13) and 1.06 (7 rounds, 0.96-1.47), and with receiving processes that only receive 1.24
 (5 rounds, 0.83-1.49; 68.9 against 60.8 MB/s) and 1.14 (9 rounds, 0.90-1.33; 94.2 against 82.5 MB/s): the 14
 rounds on the current code give a median of 1.19, at best on the edge of the 20% a reach into a library's internals
-must show, within this machine's noise. With 8 senders it gave nothing: 0.97, 0.89, 0.85 (0.82-1.22), then 1.03
+must show, within this machine's noise. Once the machine was quiet (no other work; 5 rounds, with Orthanc and
+storescp rotated in): 1.18 (1.02-1.39; 96.9 against 76.8 MB/s, Orthanc 90.7), 8 senders 0.99 (0.81-1.12), the
+one-instance association 0.80 (0.72-1.20). With 8 senders it gave nothing: 0.97, 0.89, 0.85 (0.82-1.22), then 1.03
 (0.77-1.45) (concurrent associations keep the process busy anyway, and their prompt wake-ups compete for its GIL).
 
 An idle association costs about what it costs stock: its reactors go back to pynetdicom's 1 ms sleeps 50 ms after

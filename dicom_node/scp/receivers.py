@@ -6,8 +6,9 @@ free takes the next association) and journals what it receives in its own segmen
 C-STORE answered once its bytes and record are synced: ``dicom_node.intake.journal``). The child files nothing: it
 ships each batch of what it journaled (segment, offset, record) over a pipe to the parent, whose
 :class:`~dicom_node.intake.journal.JournalFiler` makes the files, names and rows, and deletes a segment once the
-parent has filed all of it. So a child's interpreter is spent on receiving alone (filing and recording in the child,
-one association of a 400-slice CT went at 68-70 MB/s; with them elsewhere 83-85 MB/s, same run, this machine). Given
+parent has filed all of it. So a child's interpreter is spent on receiving alone: one association of a 400-slice CT
+went at 68-70 MB/s with the filing and recording in the receiving process and at 83-85 MB/s with none there (same run,
+this machine; two rounds each). Given
 a picklable ``query_retrieve_factory``, each child builds its own Query/Retrieve SCP (its own database connections:
 Q/R only reads, and audits). A child exits when the parent asks, and when the parent dies (``PR_SET_PDEATHSIG``: the
 kernel signals it; the pipe's end is the second way to notice); what it journaled and did not see filed is then
