@@ -1,4 +1,4 @@
-"""WADO-RS metadata bodies from what was kept at ingest, not from the files.
+"""WADO-RS metadata bodies from what was kept per instance, not from the files.
 
 A received instance's row holds its DICOM JSON (``instances.dicom_json``, kept once its study went quiet:
 ``service.dicomweb.metadata_keeper``); a study's metadata is those documents joined, with their BulkDataURIs made

@@ -68,6 +68,17 @@ def _successes(output: Path) -> set[Path]:
     return {path for path, status in result.responses().items() if status == "Success"}
 
 
+def sending_until(port: int, paths, output: Path, acknowledged: int) -> subprocess.Popen:
+    """storescu sending ``paths`` over one association (its output in ``output``), once it has ``acknowledged``
+    successes (or has ended)."""
+    with output.open("w") as sink:
+        sender = subprocess.Popen(storescu_command(port, paths), env=dcmtk_env(), stdout=sink,
+                                  stderr=subprocess.STDOUT)
+    wait_for(lambda: len(_successes(output)) >= acknowledged or sender.poll() is not None, timeout=120,
+             message=f"storescu never got {acknowledged} instances through")
+    return sender
+
+
 def _children(pid: int) -> list[int]:
     return [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
             for child in (task / "children").read_text().split()]
@@ -79,11 +90,7 @@ def test_kill_9_mid_transfer_loses_nothing_acknowledged(tmp_path, database_url, 
     node = ScpProcess(tmp_path / "home", database_url, free_port()).start()
     try:
         output = tmp_path / "storescu.out"
-        with output.open("w") as sink:
-            sender = subprocess.Popen(storescu_command(node.port, series.paths), env=dcmtk_env(), stdout=sink,
-                                      stderr=subprocess.STDOUT)
-        wait_for(lambda: len(_successes(output)) >= 25 or sender.poll() is not None, timeout=120,
-                 message="storescu never got 25 instances through")
+        sender = sending_until(node.port, series.paths, output, acknowledged=25)
         receivers = _children(node.process.pid)
         node.kill9()
         sender.wait(timeout=60)

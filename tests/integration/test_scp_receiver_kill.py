@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 
 import pytest
 from pydicom import dcmread
@@ -14,8 +13,8 @@ from sqlalchemy import select
 
 from service.db.models import Instance
 from tests.conftest import sqlite_only_database
-from tests.integration.test_scp_kill import ScpProcess, _children, _successes
-from tests.support.dcmtk import dcmtk_env, storescu, storescu_command
+from tests.integration.test_scp_kill import ScpProcess, _children, _successes, sending_until
+from tests.support.dcmtk import storescu
 from tests.support.dicom_corpus import write_ct_series
 from tests.support.polling import wait_for
 from tests.support.ports import free_port
@@ -42,11 +41,7 @@ def test_receiving_processes_killed_mid_transfer_leave_their_journal_to_the_node
         receivers = wait_for(lambda: len(found := _children(node.process.pid)) >= 2 and found, timeout=30,
                              message="the receiving processes did not start")
         output = tmp_path / "storescu.out"
-        with output.open("w") as sink:
-            sender = subprocess.Popen(storescu_command(node.port, series.paths), env=dcmtk_env(), stdout=sink,
-                                      stderr=subprocess.STDOUT)
-        wait_for(lambda: len(_successes(output)) >= 25 or sender.poll() is not None, timeout=120,
-                 message="storescu never got 25 instances through")
+        sender = sending_until(node.port, series.paths, output, acknowledged=25)
         for pid in receivers:
             os.kill(pid, signal.SIGKILL)
         sender.wait(timeout=60)
