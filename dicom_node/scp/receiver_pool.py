@@ -105,6 +105,8 @@ class ReceiverPool:
         self._log_queue = None
         self._log_thread: threading.Thread | None = None
         self._supervisor: threading.Thread | None = None
+        self._replay_thread: threading.Thread | None = None
+        self._replay_wanted: str | None = None
         self._requests: list[tuple[Callable[[], Any], Future]] = []
         self._wake_reader, self._wake_writer = multiprocessing.Pipe(duplex=False)
         self._lock = threading.Lock()
@@ -237,7 +239,7 @@ class ReceiverPool:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
-        self._replay("after the receiving processes stopped")  # a child killed while stopping left its segments
+        self._replay("after the receiving processes stopped", retry=False)  # one killed while stopping left some
         if self._log_queue is not None:
             self._log_queue.put(None)
             if self._log_thread is not None:
@@ -291,18 +293,42 @@ class ReceiverPool:
         LOGGER.error("receiving process %s (pid %s) died with %s; starting it again in %g s (%d death(s) since "
                      "the node started)", receiver.name, process.pid, _exit_text(process.exitcode), delay, deaths)
         # what it journaled and never saw filed (its segments are unlocked now): filed here, beside the supervision
-        threading.Thread(target=self._replay, args=(f"after {receiver.name} died",), name="receiver-replay",
-                         daemon=True).start()
+        self._request_replay(f"after {receiver.name} died")
         self._on_change()
 
-    def _replay(self, when: str) -> None:
+    def _request_replay(self, when: str) -> None:
+        """One replaying thread at a time (a process dying again and again while the database is away must not
+        pile them up); a request made while it runs makes it look again."""
+        with self._lock:
+            self._replay_wanted = when
+            if self._replay_thread is not None:
+                return
+            self._replay_thread = threading.Thread(target=self._replay_while_wanted, name="receiver-replay",
+                                                   daemon=True)
+            self._replay_thread.start()
+
+    def _replay_while_wanted(self) -> None:
+        while True:
+            with self._lock:
+                when, self._replay_wanted = self._replay_wanted, None
+                if when is None:
+                    self._replay_thread = None
+                    return
+            self._replay(when)
+
+    def _replay(self, when: str, *, retry: bool = True) -> None:
+        """File the segments no live process holds; ``retry``: until it can (the journal keeps them meanwhile), else
+        once (stopping: what is left is filed by the next start)."""
         while True:
             try:
                 replayed = self._filer.replay_orphans()
                 break
-            except (OSError, RecorderError) as exc:  # the journal keeps them: try again rather than lose them
-                LOGGER.error("cannot file the journal segments left %s yet (%s: %s); trying again in 1 s", when,
-                             exc.__class__.__name__, exc)
+            except (OSError, RecorderError) as exc:
+                LOGGER.error("cannot file the journal segments left %s%s (%s: %s)", when,
+                             "; trying again in 1 s" if retry else "; the next start will", exc.__class__.__name__,
+                             exc)
+                if not retry:
+                    return
                 time.sleep(1.0)
         if replayed:
             LOGGER.warning("filed %d instance(s) journaled by a receiving process %s", replayed, when)
