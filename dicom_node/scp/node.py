@@ -14,7 +14,8 @@ ratios, range in brackets), one association gained 1.18 (5 rounds, 0.94-1.30) be
 rounds on the current code give a median of 1.19, at best on the edge of the 20% a reach into a library's internals
 must show, within this machine's noise. Once the machine was quiet (no other work; 5 rounds, with Orthanc and
 storescp rotated in): 1.18 (1.02-1.39; 96.9 against 76.8 MB/s, Orthanc 90.7), 8 senders 0.99 (0.81-1.12), the
-one-instance association 0.80 (0.72-1.20). With 8 senders it gave nothing: 0.97, 0.89, 0.85 (0.82-1.22), then 1.03
+one-instance association 0.80 (0.72-1.20); again 1.17 (1.13-1.30; 115.2 against 93.6 MB/s, Orthanc 116.4), 8 senders
+1.00; m3edge alone, 9 rounds: 1.19 (1.11-1.25; 115.8 against 97.8 MB/s). Consistently just short of 20%. With 8 senders it gave nothing: 0.97, 0.89, 0.85 (0.82-1.22), then 1.03
 (0.77-1.45) (concurrent associations keep the process busy anyway, and their prompt wake-ups compete for its GIL).
 
 An idle association costs about what it costs stock: its reactors go back to pynetdicom's 1 ms sleeps 50 ms after
